@@ -1,0 +1,74 @@
+// ptrain: the command-line entry point. Subcommands live in cmd_*.cc and register themselves.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+
+#include "build_info.h"
+#include "command.h"
+#include "ptrain/core/error.h"
+#include "ptrain/core/log.h"
+
+namespace ptrain::cli {
+
+GlobalOptions& global_options() {
+  static GlobalOptions options;
+  return options;
+}
+
+std::vector<CommandInfo>& command_registry() {
+  static std::vector<CommandInfo> registry;
+  return registry;
+}
+
+static std::string version_string() {
+  const char* yes_no[] = {"no", "yes"};
+  return fmt::format("ptrain {} (commit {})\nfeatures: cuda={} nccl={} gloo=yes", PTRAIN_VERSION,
+                     PTRAIN_GIT_COMMIT, yes_no[PTRAIN_BUILT_WITH_CUDA],
+                     yes_no[PTRAIN_BUILT_WITH_CUDA]);
+}
+
+static int run_main(int argc, char** argv) {
+  CLI::App app{"ptrain: launch and run distributed training jobs"};
+  app.set_version_flag("--version", version_string());
+  app.require_subcommand(1);
+  app.fallthrough();
+  auto& global = global_options();
+  app.add_option("--log-level", global.log_level, "trace|debug|info|warn|error|off")
+      ->capture_default_str();
+
+  auto& registry = command_registry();
+  std::stable_sort(registry.begin(), registry.end(),
+                   [](const CommandInfo& a, const CommandInfo& b) { return a.order < b.order; });
+  Action chosen;
+  for (auto& info : registry) {
+    CLI::App* sub = app.add_subcommand(info.name, info.description);
+    if (info.hidden) sub->group("");
+    auto action = std::make_shared<Action>(info.setup(*sub));
+    sub->callback([action, &chosen] { chosen = *action; });
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : kExitConfig;
+  }
+  init_logging(global.log_level);
+  return chosen ? chosen() : kExitConfig;
+}
+
+}  // namespace ptrain::cli
+
+int main(int argc, char** argv) {
+  try {
+    return ptrain::cli::run_main(argc, argv);
+  } catch (const ptrain::Error& e) {
+    fmt::print(stderr, "ptrain: error: {}\n", e.message());
+    return e.exit_code();
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "ptrain: internal error: {}\n", e.what());
+    return ptrain::kExitFailure;
+  }
+}

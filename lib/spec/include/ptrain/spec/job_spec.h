@@ -1,0 +1,153 @@
+// The job spec as plain structs: what `spec::load` returns after parsing, defaults, `--set`
+// overrides and validation. No YAML types appear outside lib/spec. DESIGN.md §5 and
+// configs/README.md describe every field.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ptrain::spec {
+
+struct HostSlots {
+  std::string host;
+  int slots = 0;  // 0 = procs_per_node
+};
+
+struct SshSpec {
+  std::string user;                  // empty = ssh's default
+  int port = 0;                      // 0 = ssh's default
+  std::string identity;              // private key file
+  std::vector<std::string> options;  // extra `-o Key=Value` options
+  std::string config;                // ssh_config file (-F)
+};
+
+struct NodesSpec {
+  std::vector<HostSlots> hosts{{"localhost", 0}};
+  std::string hostfile;            // DeepSpeed/OpenMPI `host slots=N`
+  int procs_per_node = 1;          // resolved; `gpu` resolves to the GPU count
+  bool procs_per_gpu = false;      // the spec said `procs_per_node: gpu`
+  std::string device = "auto";     // auto|cpu|cuda
+  int threads_per_proc = 0;        // 0 = 1 when several workers share a node, else all cores
+  SshSpec ssh;
+  std::string remote_ptrain;       // default: the launcher's own absolute path
+  bool ship_binary = false;
+};
+
+struct RendezvousSpec {
+  std::string bind;                // empty = 127.0.0.1 for `run`, the route to hosts for `launch`
+  int port = 0;                    // 0 = kernel-chosen
+  double timeout_s = 60;
+};
+
+struct ParallelSpec {
+  int data = 1;                    // resolved from `auto`
+  bool data_auto = false;
+  int tensor = 1;
+  int pipeline = 1;
+  std::string data_mode = "sync";  // sync|async
+  int staleness = 4;
+  int servers = 1;
+  int zero = 0;                    // 0|1
+  double bucket_mb = 25;
+  std::string schedule = "1f1b";   // gpipe|1f1b
+  int microbatches = 1;
+  std::vector<int> stages;         // layer counts per pipeline stage; empty = balanced
+  std::string comm = "auto";       // auto|gloo|nccl
+};
+
+struct ModelSpec {
+  std::string type = "gpt";        // gpt|mlp
+  // gpt
+  int layers = 2;
+  int heads = 2;
+  int dim = 64;
+  int seq_len = 64;
+  int vocab = 256;
+  // mlp
+  int input = 0;
+  std::vector<int> hidden;
+  int classes = 0;
+  std::string init_from;           // safetensors path (resolved)
+};
+
+struct DataSpec {
+  std::string type = "synthetic";  // tokens|text|synthetic|csv
+  std::string path;                // resolved against the spec's folder
+  int batch_size = 8;              // global, in sequences (gpt) or samples (mlp)
+  bool shuffle = false;
+  double eval_fraction = 0;
+};
+
+struct OptimizerSpec {
+  std::string type = "adamw";      // adamw|sgd
+  double lr = 3e-4;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  double momentum = 0.0;
+  bool nesterov = false;
+  double grad_clip = 0.0;          // 0 = off
+};
+
+struct LrScheduleSpec {
+  int warmup = 0;
+  std::string decay = "none";      // none|cosine|linear
+  double min_lr = 0.0;
+};
+
+struct TrainSpec {
+  int64_t steps = 100;
+  uint64_t seed = 1;
+  std::string precision = "fp32";  // fp32|bf16
+  int grad_accum = 1;
+  int log_every = 1;
+  int eval_every = 0;              // 0 = never
+  OptimizerSpec optimizer;
+  LrScheduleSpec schedule;
+};
+
+struct CheckpointSpec {
+  int every = 0;                   // 0 = only at the end
+  std::string dir;                 // empty = RUN_DIR/checkpoints
+  int keep = 2;
+  std::string resume = "auto";     // auto|never|PATH
+};
+
+struct FaultToleranceSpec {
+  int max_restarts = 0;
+  double heartbeat_s = 5;
+  double hang_timeout_s = 300;
+  double term_grace_s = 5;
+};
+
+struct LoggingSpec {
+  std::string dir = "runs";        // resolved against the spec's folder
+  std::string console = "rank0";   // rank0|all|none
+  std::string level = "info";
+};
+
+struct JobSpec {
+  std::string name = "job";
+  std::vector<std::string> command;  // non-empty: launcher-only mode
+  std::map<std::string, std::string> env;
+  NodesSpec nodes;
+  RendezvousSpec rendezvous;
+  ParallelSpec parallel;
+  ModelSpec model;
+  DataSpec data;
+  TrainSpec train;
+  CheckpointSpec checkpoint;
+  FaultToleranceSpec fault_tolerance;
+  LoggingSpec logging;
+
+  std::string source_path;           // the file it came from ("" for in-memory specs)
+
+  bool launcher_only() const { return !command.empty(); }
+  int world_size() const { return parallel.data * parallel.tensor * parallel.pipeline; }
+};
+
+}  // namespace ptrain::spec

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Configures and builds ptrain into build/ (Release, ninja). Extra arguments go to cmake's
+# configure step, e.g. scripts/build.sh -DPTRAIN_CUDA=OFF.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${PTRAIN_BUILD_DIR:-build}
+if [[ ! -f "$BUILD_DIR/build.ninja" || $# -gt 0 ]]; then
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+fi
+jobs=$(nproc)
+cmake --build "$BUILD_DIR" -j "$jobs"
