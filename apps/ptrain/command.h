@@ -30,6 +30,9 @@ struct CommandInfo {
 };
 
 std::vector<CommandInfo>& command_registry();
+// `ptrain bench <name>` harnesses register here the same way (PTRAIN_BENCH); the `bench`
+// subcommand exists only when at least one harness is built in.
+std::vector<CommandInfo>& bench_registry();
 
 struct Registrar {
   Registrar(CommandInfo info) { command_registry().push_back(std::move(info)); }
@@ -37,7 +40,13 @@ struct Registrar {
 
 }  // namespace ptrain::cli
 
+struct BenchRegistrar {
+  BenchRegistrar(CommandInfo info) { bench_registry().push_back(std::move(info)); }
+};
+
 #define PTRAIN_CONCAT_INNER(a, b) a##b
 #define PTRAIN_CONCAT(a, b) PTRAIN_CONCAT_INNER(a, b)
 #define PTRAIN_COMMAND(...) \
   static ::ptrain::cli::Registrar PTRAIN_CONCAT(ptrain_command_, __LINE__){__VA_ARGS__};
+#define PTRAIN_BENCH(...) \
+  static ::ptrain::cli::BenchRegistrar PTRAIN_CONCAT(ptrain_bench_, __LINE__){__VA_ARGS__};

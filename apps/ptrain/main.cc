@@ -22,6 +22,26 @@ std::vector<CommandInfo>& command_registry() {
   return registry;
 }
 
+std::vector<CommandInfo>& bench_registry() {
+  static std::vector<CommandInfo> registry;
+  return registry;
+}
+
+static void sort_by_order(std::vector<CommandInfo>& infos) {
+  std::stable_sort(infos.begin(), infos.end(),
+                   [](const CommandInfo& a, const CommandInfo& b) { return a.order < b.order; });
+}
+
+static void add_commands(CLI::App& parent, std::vector<CommandInfo>& infos, Action& chosen) {
+  sort_by_order(infos);
+  for (auto& info : infos) {
+    CLI::App* sub = parent.add_subcommand(info.name, info.description);
+    if (info.hidden) sub->group("");
+    auto action = std::make_shared<Action>(info.setup(*sub));
+    sub->callback([action, &chosen] { chosen = *action; });
+  }
+}
+
 static std::string version_string() {
   const char* yes_no[] = {"no", "yes"};
   return fmt::format("ptrain {} (commit {})\nfeatures: cuda={} nccl={} gloo=yes", PTRAIN_VERSION,
@@ -38,15 +58,12 @@ static int run_main(int argc, char** argv) {
   app.add_option("--log-level", global.log_level, "trace|debug|info|warn|error|off")
       ->capture_default_str();
 
-  auto& registry = command_registry();
-  std::stable_sort(registry.begin(), registry.end(),
-                   [](const CommandInfo& a, const CommandInfo& b) { return a.order < b.order; });
   Action chosen;
-  for (auto& info : registry) {
-    CLI::App* sub = app.add_subcommand(info.name, info.description);
-    if (info.hidden) sub->group("");
-    auto action = std::make_shared<Action>(info.setup(*sub));
-    sub->callback([action, &chosen] { chosen = *action; });
+  add_commands(app, command_registry(), chosen);
+  if (!bench_registry().empty()) {
+    CLI::App* bench = app.add_subcommand("bench", "Measurement harnesses (ratios against a baseline)");
+    bench->require_subcommand(1);
+    add_commands(*bench, bench_registry(), chosen);
   }
 
   try {
