@@ -38,11 +38,11 @@ struct Registrar {
   Registrar(CommandInfo info) { command_registry().push_back(std::move(info)); }
 };
 
-}  // namespace ptrain::cli
-
 struct BenchRegistrar {
   BenchRegistrar(CommandInfo info) { bench_registry().push_back(std::move(info)); }
 };
+
+}  // namespace ptrain::cli
 
 #define PTRAIN_CONCAT_INNER(a, b) a##b
 #define PTRAIN_CONCAT(a, b) PTRAIN_CONCAT_INNER(a, b)
