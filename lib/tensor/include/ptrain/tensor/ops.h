@@ -89,6 +89,21 @@ struct Ops {
   // g + momentum*buf; p -= lr * update.
   void (*sgd_update)(float* params, const float* grads, float* momentum_buf, size_t n, float lr,
                      float momentum, bool nesterov, float weight_decay, bool first_step);
+
+  // --- bf16 mixed precision (additive: nullptr on a backend without bf16, so check first) ---
+  // bf16 values are stored as uint16_t (the upper half of an fp32, rounded to nearest even) so
+  // that no device type leaks into this header. A trainer keeps fp32 master weights, converts
+  // them (and activations) to bf16 copies, and runs its GEMMs with fp32 accumulation and output.
+  void (*f32_to_bf16)(uint16_t* out, const float* inp, size_t n);
+  void (*bf16_to_f32)(float* out, const uint16_t* inp, size_t n);
+  // As gemm / gemm_strided_batched, with bf16 A and B; C and the accumulation are fp32.
+  void (*gemm_bf16)(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                    const uint16_t* A, int lda, const uint16_t* B, int ldb, float beta, float* C,
+                    int ldc);
+  void (*gemm_bf16_strided_batched)(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                                    const uint16_t* A, int lda, int64_t stride_a,
+                                    const uint16_t* B, int ldb, int64_t stride_b, float beta,
+                                    float* C, int ldc, int64_t stride_c, int count);
 };
 
 // The CPU table (always present).
