@@ -1,0 +1,44 @@
+// The launcher of one job: owns the coordinator, the run directory and the agents; runs the event
+// loop that supervises the workers (first failure aborts all, signals are forwarded, hung workers
+// count as failed) and writes summary.json. `ptrain run` uses it with one in-process agent.
+#pragma once
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "ptrain/spec/job_spec.h"
+
+namespace ptrain::launch {
+
+struct LauncherOptions {
+  std::string spec_yaml;       // the resolved spec written to job.yaml and sent on Join
+  std::string worker_program;  // the ptrain binary for built-in workers; empty = this executable
+  std::FILE* out = stdout;     // console (progress, worker lines)
+  int tty = -1;                // 1/0 forces the live progress line on/off; -1 = isatty(out)
+};
+
+// The outcome of a job; exit_code is what `ptrain run` exits with.
+struct JobResult {
+  int exit_code = 0;
+  std::string status;  // "succeeded", "failed", "interrupted"
+  std::string run_dir;
+};
+
+class Launcher {
+ public:
+  Launcher(spec::JobSpec spec, LauncherOptions options);
+  ~Launcher();
+  Launcher(const Launcher&) = delete;
+  Launcher& operator=(const Launcher&) = delete;
+
+  // Runs the job to its end. Throws (ConfigError, IoError) only for what stops it from starting:
+  // an unusable run folder, a busy explicit port.
+  JobResult run();
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ptrain::launch

@@ -1,0 +1,45 @@
+// The run directory (DESIGN.md section 7): runs/<name>-<YYYYmmdd-HHMMSS>/ with job.yaml,
+// rank-<r>.log, launcher.log, metrics.jsonl and summary.json.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+namespace ptrain::launch {
+
+class RunDir {
+ public:
+  // Creates root/<name>-<YYYYmmdd-HHMMSS>/ (root too, if missing). Two runs started in the same
+  // second get distinct folders (-2, -3, ... appended): mkdir is the arbiter, no race.
+  static RunDir create(const std::string& root, const std::string& name);
+  // Opens an existing run directory (for `ptrain logs`).
+  static RunDir open(const std::string& path);
+
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+  std::string rank_log(int rank) const;
+
+  // Replaces the file atomically (write to a temporary, then rename).
+  void write_file(const std::string& name, const std::string& content) const;
+  // Appends one line to metrics.jsonl. Thread-safe.
+  void append_metrics(const std::string& json);
+  // Appends "<timestamp> <text>" to launcher.log. Thread-safe.
+  void log(const std::string& text);
+
+ private:
+  std::string path_;
+  struct Files;
+  std::shared_ptr<Files> files_;
+};
+
+// A line of a rank log: "2026-11-26 23:42:07.123 <text>".
+std::string format_log_line(int64_t unix_us, const std::string& text);
+
+// The newest run directory under root (by the time in its name, then by mtime); nullopt when none.
+std::optional<std::string> newest_run(const std::string& root);
+
+}  // namespace ptrain::launch

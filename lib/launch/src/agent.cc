@@ -1,0 +1,251 @@
+#include "ptrain/launch/agent.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+#include "ptrain/launch/run_dir.h"
+
+extern char** environ;
+
+namespace ptrain::launch {
+
+namespace {
+constexpr size_t kMaxLine = 64 * 1024;  // longer lines are split: a worker cannot exhaust memory
+}
+
+struct Agent::Worker {
+  int rank = 0;
+  int local_rank = 0;
+  ChildProcess proc;
+  int log_fd = -1;
+  std::string out_pending, err_pending;
+  bool reported = false;
+  ~Worker() {
+    if (log_fd >= 0) ::close(log_fd);
+  }
+};
+
+Agent::Agent(AgentOptions options) : options_(std::move(options)) {}
+
+Agent::~Agent() {
+  for (auto& w : workers_) w->proc.signal_group(SIGKILL);
+  workers_.clear();  // ChildProcess reaps
+}
+
+std::string Agent::log_path(int rank) const {
+  return options_.run_dir + "/" + fmt::format("rank-{}.log", rank);
+}
+
+std::vector<std::string> Agent::worker_env(int local_rank, int round) const {
+  const auto& o = options_;
+  std::map<std::string, std::string> env;
+  for (char** e = environ; e && *e; ++e) {
+    std::string kv(*e);
+    size_t eq = kv.find('=');
+    if (eq != std::string::npos) env[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  int rank = o.first_rank + local_rank;
+  env["PTRAIN_COORDINATOR"] = o.coordinator;
+  env["PTRAIN_TOKEN"] = o.token;
+  env["PTRAIN_RUN_DIR"] = o.run_dir;
+  env["PTRAIN_NODE"] = o.node;
+  env["RANK"] = std::to_string(rank);
+  env["LOCAL_RANK"] = std::to_string(local_rank);
+  env["WORLD_SIZE"] = std::to_string(o.world_size);
+  env["LOCAL_WORLD_SIZE"] = std::to_string(o.local_world_size);
+  env["GROUP_RANK"] = std::to_string(o.node_rank);
+  env["NODE_RANK"] = std::to_string(o.node_rank);
+  env["GROUP_WORLD_SIZE"] = std::to_string(o.num_nodes);
+  env["ROLE_RANK"] = std::to_string(rank);
+  env["ROLE_WORLD_SIZE"] = std::to_string(o.world_size);
+  env["MASTER_ADDR"] = o.master_addr;
+  env["MASTER_PORT"] = std::to_string(o.master_port);
+  env["TORCHELASTIC_RUN_ID"] = o.run_id;
+  env["TORCHELASTIC_RESTART_COUNT"] = std::to_string(round);
+  env["TORCHELASTIC_MAX_RESTARTS"] = std::to_string(o.max_restarts);
+  if (o.threads_per_proc > 0) {
+    env["OMP_NUM_THREADS"] = std::to_string(o.threads_per_proc);
+  } else if (!env.count("OMP_NUM_THREADS")) {
+    unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    env["OMP_NUM_THREADS"] = std::to_string(o.local_world_size > 1 ? 1u : cores);
+  }
+  if (o.cuda) {
+    // One GPU per local rank, chosen among the ones we were given (if any were named).
+    auto it = env.find("CUDA_VISIBLE_DEVICES");
+    std::vector<std::string> visible;
+    if (it != env.end()) {
+      size_t start = 0;
+      const std::string& list = it->second;
+      while (start <= list.size() && !list.empty()) {
+        size_t end = list.find(',', start);
+        if (end == std::string::npos) end = list.size();
+        visible.push_back(list.substr(start, end - start));
+        start = end + 1;
+      }
+    }
+    env["CUDA_VISIBLE_DEVICES"] = visible.empty()
+                                      ? std::to_string(local_rank)
+                                      : visible[static_cast<size_t>(local_rank) % visible.size()];
+  }
+  for (const auto& [k, v] : o.extra_env) env[k] = v;
+  std::vector<std::string> out;
+  out.reserve(env.size());
+  for (const auto& [k, v] : env) out.push_back(k + "=" + v);
+  return out;
+}
+
+void Agent::spawn_all(int round) {
+  workers_.clear();
+  spawn_failures_.clear();
+  for (int local = 0; local < options_.local_world_size; ++local) {
+    auto w = std::make_unique<Worker>();
+    w->local_rank = local;
+    w->rank = options_.first_rank + local;
+    std::string path = log_path(w->rank);
+    w->log_fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (w->log_fd < 0) throw IoError(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+    ProcessOptions po;
+    po.argv = options_.argv;
+    po.env = worker_env(local, round);
+    po.cwd = options_.cwd;
+    try {
+      w->proc = ChildProcess::spawn(po);
+    } catch (const SpawnError& e) {
+      std::string text = fmt::format("ptrain: {}", e.what());
+      w->out_pending.clear();
+      std::string line = text;
+      WorkerLine wl{w->rank, unix_micros(), true, line};
+      std::string formatted = format_log_line(wl.time_us, text);
+      if (::write(w->log_fd, formatted.data(), formatted.size()) < 0) {
+      }
+      if (on_line) on_line(wl);
+      ExitStatus st;
+      st.code = e.exit_code();
+      spawn_failures_.push_back({w->rank, -1, st, e.what()});
+      w->reported = true;
+    }
+    workers_.push_back(std::move(w));
+  }
+}
+
+void Agent::add_poll_fds(std::vector<struct pollfd>& fds) const {
+  for (const auto& w : workers_) {
+    if (w->proc.stdout_fd() >= 0) fds.push_back({w->proc.stdout_fd(), POLLIN, 0});
+    if (w->proc.stderr_fd() >= 0) fds.push_back({w->proc.stderr_fd(), POLLIN, 0});
+  }
+}
+
+void Agent::handle_ready(const std::vector<struct pollfd>& fds) {
+  for (const auto& p : fds) {
+    if (!(p.revents & (POLLIN | POLLHUP | POLLERR))) continue;
+    for (auto& w : workers_) {
+      if (p.fd == w->proc.stdout_fd())
+        read_pipe(*w, false);
+      else if (p.fd == w->proc.stderr_fd())
+        read_pipe(*w, true);
+    }
+  }
+}
+
+void Agent::emit(Worker& w, bool is_stderr, std::string& pending, bool flush_partial) {
+  size_t start = 0;
+  int64_t now = unix_micros();
+  std::string batch;
+  while (true) {
+    size_t nl = pending.find('\n', start);
+    size_t len;
+    if (nl != std::string::npos) {
+      len = nl - start;
+    } else if (pending.size() - start >= kMaxLine || (flush_partial && start < pending.size())) {
+      len = pending.size() - start;
+    } else {
+      break;
+    }
+    std::string text = pending.substr(start, len);
+    if (!text.empty() && text.back() == '\r') text.pop_back();
+    batch += format_log_line(now, text);
+    if (on_line) on_line(WorkerLine{w.rank, now, is_stderr, text});
+    start += len + (nl != std::string::npos ? 1 : 0);
+    if (nl == std::string::npos) break;
+  }
+  pending.erase(0, start);
+  if (!batch.empty() && w.log_fd >= 0) {
+    size_t done = 0;
+    while (done < batch.size()) {
+      ssize_t n = ::write(w.log_fd, batch.data() + done, batch.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      done += static_cast<size_t>(n);
+    }
+  }
+}
+
+void Agent::read_pipe(Worker& w, bool is_stderr) {
+  int fd = is_stderr ? w.proc.stderr_fd() : w.proc.stdout_fd();
+  std::string& pending = is_stderr ? w.err_pending : w.out_pending;
+  char buf[65536];
+  for (int i = 0; i < 16; ++i) {  // bounded: one chatty worker cannot starve the others
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n > 0) {
+      pending.append(buf, static_cast<size_t>(n));
+      emit(w, is_stderr, pending, false);
+      continue;
+    }
+    if (n < 0 && (errno == EINTR)) continue;
+    if (n < 0 && errno == EAGAIN) return;
+    emit(w, is_stderr, pending, true);  // EOF or error: flush the partial last line
+    if (is_stderr)
+      w.proc.close_stderr();
+    else
+      w.proc.close_stdout();
+    return;
+  }
+}
+
+std::vector<WorkerExit> Agent::reap() {
+  std::vector<WorkerExit> out = std::move(spawn_failures_);
+  spawn_failures_.clear();
+  for (auto& w : workers_) {
+    if (w->reported) continue;
+    if (auto st = w->proc.try_wait()) {
+      w->reported = true;
+      out.push_back({w->rank, w->proc.pid(), *st, {}});
+    }
+  }
+  return out;
+}
+
+void Agent::signal_all(int sig) {
+  for (auto& w : workers_) w->proc.signal_group(sig);
+}
+
+int Agent::running() const {
+  int n = 0;
+  for (const auto& w : workers_)
+    if (w->proc.running()) ++n;
+  return n;
+}
+
+pid_t Agent::pid_of(int rank) const {
+  for (const auto& w : workers_)
+    if (w->rank == rank) return w->proc.pid();
+  return -1;
+}
+
+void Agent::drain(Millis timeout) {
+  Deadline deadline(timeout);
+  while (!deadline.expired()) {
+    std::vector<struct pollfd> fds;
+    add_poll_fds(fds);
+    if (fds.empty()) return;
+    int n = ::poll(fds.data(), fds.size(), static_cast<int>(deadline.remaining().count()) + 1);
+    if (n > 0) handle_ready(fds);
+  }
+}
+
+}  // namespace ptrain::launch

@@ -1,0 +1,139 @@
+#include "ptrain/launch/run_dir.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+
+#include "ptrain/core/error.h"
+#include "ptrain/core/time.h"
+
+namespace ptrain::launch {
+
+namespace fs = std::filesystem;
+
+struct RunDir::Files {
+  std::mutex mu;
+  int metrics_fd = -1;
+  int launcher_fd = -1;
+  ~Files() {
+    if (metrics_fd >= 0) ::close(metrics_fd);
+    if (launcher_fd >= 0) ::close(launcher_fd);
+  }
+};
+
+namespace {
+
+std::string safe_name(const std::string& name) {
+  std::string out;
+  for (char c : name)
+    out +=
+        (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.') ? c : '_';
+  return out.empty() ? "job" : out;
+}
+
+int open_append(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) throw IoError(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+  return fd;
+}
+
+void write_all(int fd, const std::string& data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // a full disk must not take the launcher down mid-run
+    done += static_cast<size_t>(n);
+  }
+}
+
+}  // namespace
+
+std::string format_log_line(int64_t unix_us, const std::string& text) {
+  return format_timestamp(unix_us) + " " + text + "\n";
+}
+
+RunDir RunDir::create(const std::string& root, const std::string& name) {
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  if (ec)
+    throw IoError(fmt::format("cannot create the run folder root '{}': {}", root, ec.message()),
+                  "set logging.dir to a writable folder");
+  time_t now = ::time(nullptr);
+  struct tm tm_local;
+  localtime_r(&now, &tm_local);
+  char stamp[32];
+  strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tm_local);
+  std::string base = fmt::format("{}/{}-{}", root, safe_name(name), stamp);
+  for (int i = 1; i < 10000; ++i) {
+    std::string candidate = i == 1 ? base : fmt::format("{}-{}", base, i);
+    if (::mkdir(candidate.c_str(), 0755) == 0) return open(candidate);
+    if (errno != EEXIST)
+      throw IoError(
+          fmt::format("cannot create run folder '{}': {}", candidate, std::strerror(errno)));
+  }
+  throw IoError(
+      fmt::format("cannot create a run folder under '{}': too many runs named {}", root, base));
+}
+
+RunDir RunDir::open(const std::string& path) {
+  if (!fs::is_directory(path)) throw IoError(fmt::format("'{}' is not a run folder", path));
+  RunDir dir;
+  dir.path_ = path;
+  dir.files_ = std::make_shared<Files>();
+  return dir;
+}
+
+std::string RunDir::rank_log(int rank) const {
+  return file(fmt::format("rank-{}.log", rank));
+}
+
+void RunDir::write_file(const std::string& name, const std::string& content) const {
+  std::string target = file(name);
+  std::string tmp = target + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << content;
+    if (!out) throw IoError(fmt::format("cannot write {}", tmp));
+  }
+  if (::rename(tmp.c_str(), target.c_str()) != 0)
+    throw IoError(fmt::format("cannot write {}: {}", target, std::strerror(errno)));
+}
+
+void RunDir::append_metrics(const std::string& json) {
+  std::lock_guard lock(files_->mu);
+  if (files_->metrics_fd < 0) files_->metrics_fd = open_append(file("metrics.jsonl"));
+  write_all(files_->metrics_fd, json + "\n");
+}
+
+void RunDir::log(const std::string& text) {
+  std::lock_guard lock(files_->mu);
+  if (files_->launcher_fd < 0) files_->launcher_fd = open_append(file("launcher.log"));
+  write_all(files_->launcher_fd, format_log_line(unix_micros(), text));
+}
+
+std::optional<std::string> newest_run(const std::string& root) {
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return std::nullopt;
+  std::optional<std::string> best;
+  fs::file_time_type best_time;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    // job.yaml is written once, when the run starts: its time orders runs by start.
+    if (!entry.is_directory(ec) || !fs::exists(entry.path() / "job.yaml", ec)) continue;
+    auto t = fs::last_write_time(entry.path() / "job.yaml", ec);
+    if (!best || t > best_time) {
+      best = entry.path().string();
+      best_time = t;
+    }
+  }
+  return best;
+}
+
+}  // namespace ptrain::launch
