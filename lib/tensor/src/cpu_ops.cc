@@ -1,0 +1,303 @@
+// The CPU op table: OpenBLAS for GEMMs, plain loops (vectorized by the compiler) for the rest.
+// Attention lives in cpu_attention.cc. Conventions are those of ops.h.
+#include <cblas.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu_math.h"
+#include "cpu_ops_internal.h"
+#include "ptrain/core/error.h"
+#include "ptrain/tensor/ops.h"
+
+namespace ptrain::tensor::cpu {
+namespace {
+
+// --- memory ---
+void* alloc(size_t bytes) {
+  size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  if (!p) throw IoError(fmt::format("out of host memory allocating {} bytes", bytes));
+  std::memset(p, 0, rounded);
+  return p;
+}
+void free_(void* ptr) {
+  std::free(ptr);
+}
+void copy(void* dst, const void* src, size_t bytes) {
+  std::memcpy(dst, src, bytes);
+}
+PTRAIN_HOT void fill(float* x, float value, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] = value;
+}
+void synchronize() {}
+
+// --- GEMM ---
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+          const float* B, int ldb, float beta, float* C, int ldc) {
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void gemm_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                          const float* A, int lda, int64_t stride_a, const float* B, int ldb,
+                          int64_t stride_b, float beta, float* C, int ldc, int64_t stride_c,
+                          int count) {
+  for (int i = 0; i < count; ++i) {
+    gemm(trans_a, trans_b, M, N, K, alpha, A + i * stride_a, lda, B + i * stride_b, ldb, beta,
+         C + i * stride_c, ldc);
+  }
+}
+
+// --- elementwise ---
+PTRAIN_HOT void add(float* out, const float* a, const float* b, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+PTRAIN_HOT void accumulate(float* dst, const float* src, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+PTRAIN_HOT void scale(float* x, float alpha, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] *= alpha;
+}
+double sum_squares(const float* x, size_t n) {
+  // Four double partial sums: exact enough for clipping and cheap next to a GEMM.
+  double s[4] = {0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (int j = 0; j < 4; ++j) s[j] += static_cast<double>(x[i + j]) * x[i + j];
+  }
+  for (; i < n; ++i) s[0] += static_cast<double>(x[i]) * x[i];
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+PTRAIN_HOT void bias_add(float* out, const float* bias, int N, int OC) {
+  for (int n = 0; n < N; ++n) {
+    float* row = out + static_cast<size_t>(n) * OC;
+    for (int o = 0; o < OC; ++o) row[o] += bias[o];
+  }
+}
+PTRAIN_HOT void bias_backward(float* dbias, const float* dout, int N, int OC) {
+  for (int n = 0; n < N; ++n) {
+    const float* row = dout + static_cast<size_t>(n) * OC;
+    for (int o = 0; o < OC; ++o) dbias[o] += row[o];
+  }
+}
+
+constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float kGeluCubic = 0.044715f;
+
+PTRAIN_HOT void gelu_forward(float* out, const float* inp, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    float x = inp[i];
+    float u = kGeluScale * (x + kGeluCubic * x * x * x);
+    out[i] = 0.5f * x * (1.0f + fast_tanh(u));
+  }
+}
+PTRAIN_HOT void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    float x = inp[i];
+    float u = kGeluScale * (x + kGeluCubic * x * x * x);
+    float th = fast_tanh(u);
+    float du = kGeluScale * (1.0f + 3.0f * kGeluCubic * x * x);
+    float grad = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
+    dinp[i] += grad * dout[i];
+  }
+}
+PTRAIN_HOT void relu_forward(float* out, const float* inp, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+}
+PTRAIN_HOT void relu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
+  for (size_t i = 0; i < n; ++i) dinp[i] += inp[i] > 0.0f ? dout[i] : 0.0f;
+}
+
+// --- LayerNorm ---
+constexpr float kLayerNormEps = 1e-5f;
+
+PTRAIN_HOT void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                                  const float* weight, const float* bias, int N, int C) {
+  for (int n = 0; n < N; ++n) {
+    const float* x = inp + static_cast<size_t>(n) * C;
+    float* y = out + static_cast<size_t>(n) * C;
+    float m = 0.0f;
+    for (int c = 0; c < C; ++c) m += x[c];
+    m /= C;
+    float v = 0.0f;
+    for (int c = 0; c < C; ++c) v += (x[c] - m) * (x[c] - m);
+    v /= C;
+    float s = 1.0f / std::sqrt(v + kLayerNormEps);
+    for (int c = 0; c < C; ++c) y[c] = (x[c] - m) * s * weight[c] + bias[c];
+    mean[n] = m;
+    rstd[n] = s;
+  }
+}
+
+PTRAIN_HOT void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                                   const float* inp, const float* weight, const float* mean,
+                                   const float* rstd, int N, int C) {
+  for (int n = 0; n < N; ++n) {
+    const float* dy = dout + static_cast<size_t>(n) * C;
+    const float* x = inp + static_cast<size_t>(n) * C;
+    float* dx = dinp + static_cast<size_t>(n) * C;
+    float m = mean[n], s = rstd[n];
+    // dnorm = weight * dy; dx = (dnorm - mean(dnorm) - norm * mean(dnorm * norm)) * rstd
+    float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
+    for (int c = 0; c < C; ++c) {
+      float norm = (x[c] - m) * s;
+      float dnorm = weight[c] * dy[c];
+      dnorm_mean += dnorm;
+      dnorm_norm_mean += dnorm * norm;
+    }
+    dnorm_mean /= C;
+    dnorm_norm_mean /= C;
+    for (int c = 0; c < C; ++c) {
+      float norm = (x[c] - m) * s;
+      float dnorm = weight[c] * dy[c];
+      dbias[c] += dy[c];
+      dweight[c] += norm * dy[c];
+      dx[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+    }
+  }
+}
+
+// --- embeddings ---
+void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
+                       int T, int C) {
+  for (int b = 0; b < B; ++b) {
+    for (int t = 0; t < T; ++t) {
+      float* y = out + (static_cast<size_t>(b) * T + t) * C;
+      const float* e = wte + static_cast<size_t>(tokens[b * T + t]) * C;
+      if (wpe) {
+        const float* p = wpe + static_cast<size_t>(t) * C;
+        for (int c = 0; c < C; ++c) y[c] = e[c] + p[c];
+      } else {
+        std::memcpy(y, e, sizeof(float) * C);
+      }
+    }
+  }
+}
+
+void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,
+                        int T, int C) {
+  for (int b = 0; b < B; ++b) {
+    for (int t = 0; t < T; ++t) {
+      const float* dy = dout + (static_cast<size_t>(b) * T + t) * C;
+      float* de = dwte + static_cast<size_t>(tokens[b * T + t]) * C;
+      for (int c = 0; c < C; ++c) de[c] += dy[c];
+      if (dwpe) {
+        float* dp = dwpe + static_cast<size_t>(t) * C;
+        for (int c = 0; c < C; ++c) dp[c] += dy[c];
+      }
+    }
+  }
+}
+
+// --- softmax cross-entropy ---
+PTRAIN_HOT void crossentropy_forward(float* losses, float* lse, const float* logits,
+                                     const int32_t* targets, int N, int V) {
+  for (int n = 0; n < N; ++n) {
+    const float* z = logits + static_cast<size_t>(n) * V;
+    float mx = z[0];
+    for (int v = 1; v < V; ++v) mx = std::max(mx, z[v]);
+    float sum = 0.0f;
+    for (int v = 0; v < V; ++v) sum += fast_exp(z[v] - mx);
+    float l = mx + std::log(sum);
+    lse[n] = l;
+    int32_t target = targets[n];
+    PTRAIN_CHECK(target < V, "target {} out of range for {} classes", target, V);
+    losses[n] = target < 0 ? 0.0f : l - z[target];
+  }
+}
+
+PTRAIN_HOT void crossentropy_backward(float* dlogits, const float* logits, const float* lse,
+                                      const int32_t* targets, float dloss, int N, int V) {
+  for (int n = 0; n < N; ++n) {
+    const float* z = logits + static_cast<size_t>(n) * V;
+    float* dz = dlogits + static_cast<size_t>(n) * V;
+    int32_t target = targets[n];
+    if (target < 0) {
+      for (int v = 0; v < V; ++v) dz[v] = 0.0f;
+      continue;
+    }
+    float l = lse[n];
+    for (int v = 0; v < V; ++v) dz[v] = fast_exp(z[v] - l) * dloss;
+    dz[target] -= dloss;
+  }
+}
+
+// --- optimizers ---
+PTRAIN_HOT void adamw_update(float* params, const float* grads, float* m, float* v, size_t n,
+                             float lr, float beta1, float beta2, float eps, float weight_decay,
+                             int64_t step) {
+  const float bc1 = 1.0f - static_cast<float>(std::pow(static_cast<double>(beta1), step));
+  const float bc2 = 1.0f - static_cast<float>(std::pow(static_cast<double>(beta2), step));
+  const float step_size = lr / bc1;
+  const float inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
+  const float decay = 1.0f - lr * weight_decay;
+  for (size_t i = 0; i < n; ++i) {
+    float g = grads[i];
+    float p = params[i] * decay;
+    float mi = beta1 * m[i] + (1.0f - beta1) * g;
+    float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    params[i] = p - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+  }
+}
+
+void sgd_update(float* params, const float* grads, float* momentum_buf, size_t n, float lr,
+                float momentum, bool nesterov, float weight_decay, bool first_step) {
+  for (size_t i = 0; i < n; ++i) {
+    float g = grads[i] + weight_decay * params[i];
+    if (momentum != 0.0f) {
+      float buf = first_step ? g : momentum * momentum_buf[i] + g;
+      momentum_buf[i] = buf;
+      g = nesterov ? g + momentum * buf : buf;
+    }
+    params[i] -= lr * g;
+  }
+}
+
+}  // namespace
+
+const Ops& table() {
+  static const Ops kOps = [] {
+    Ops o{};
+    o.device = Device::kCpu;
+    o.name = "cpu";
+    o.alloc = alloc;
+    o.free = free_;
+    o.copy_to_host = copy;
+    o.copy_from_host = copy;
+    o.copy = copy;
+    o.fill = fill;
+    o.synchronize = synchronize;
+    o.gemm = gemm;
+    o.gemm_strided_batched = gemm_strided_batched;
+    o.add = add;
+    o.accumulate = accumulate;
+    o.scale = scale;
+    o.sum_squares = sum_squares;
+    o.bias_add = bias_add;
+    o.bias_backward = bias_backward;
+    o.gelu_forward = gelu_forward;
+    o.gelu_backward = gelu_backward;
+    o.relu_forward = relu_forward;
+    o.relu_backward = relu_backward;
+    o.layernorm_forward = layernorm_forward;
+    o.layernorm_backward = layernorm_backward;
+    o.attention_forward = attention_forward;
+    o.attention_backward = attention_backward;
+    o.embedding_forward = embedding_forward;
+    o.embedding_backward = embedding_backward;
+    o.crossentropy_forward = crossentropy_forward;
+    o.crossentropy_backward = crossentropy_backward;
+    o.adamw_update = adamw_update;
+    o.sgd_update = sgd_update;
+    return o;
+  }();
+  return kOps;
+}
+
+}  // namespace ptrain::tensor::cpu
