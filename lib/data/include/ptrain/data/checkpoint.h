@@ -1,0 +1,66 @@
+// Checkpoint files on disk: step-<n>.safetensors (the model, Hugging Face names, loadable by
+// other tools), step-<n>.optim.safetensors (optimizer state), and the manifest step-<n>.json
+// written last, which lists each file's size and FNV-1a 64 checksum plus the step and a metadata
+// map (RNG state, data position, ...). A checkpoint counts only when its manifest and files
+// validate, so a crash or a full disk mid-save never hides the previous one.
+// Deciding when to save is the training loop's job (lib/train).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ptrain/data/safetensors.h"
+
+namespace ptrain::data {
+
+struct CheckpointOptions {
+  int keep = 2;                  // newest complete checkpoints kept after a save; <= 0 keeps all
+  bool refuse_nonfinite = true;  // NaN/inf in a model tensor aborts the save
+};
+
+struct CheckpointData {
+  int64_t step = 0;
+  std::vector<TensorRef> model;  // host memory; borrowed for the duration of save
+  std::vector<TensorRef> optim;
+  std::map<std::string, std::string> metadata;
+};
+
+struct CheckpointFile {
+  std::string name;  // relative to the checkpoint folder
+  uint64_t bytes = 0;
+  uint64_t fnv1a64 = 0;
+};
+
+struct CheckpointManifest {
+  std::string dir;
+  int64_t step = 0;
+  std::vector<CheckpointFile> files;  // model first, then optimizer state
+  std::map<std::string, std::string> metadata;
+
+  std::string manifest_path() const;
+  std::string model_path() const;  // dir/step-<n>.safetensors
+  std::string optim_path() const;  // dir/step-<n>.optim.safetensors
+};
+
+// Writes the checkpoint of data.step into `dir` (created if missing): each file to a temp name,
+// fsync, rename, fsync of the folder; the manifest last. Then deletes all but the newest `keep`.
+// Throws Error naming the tensor when a model tensor holds NaN/inf (nothing is written), IoError
+// when a write fails (temp files are removed; earlier checkpoints are untouched).
+CheckpointManifest save_checkpoint(const std::string& dir, const CheckpointData& data,
+                                   const CheckpointOptions& options = {});
+
+// Reads a manifest and checks that every file it lists exists with the recorded size and
+// checksum and parses as safetensors. Throws ConfigError naming the bad file.
+CheckpointManifest validate_checkpoint(const std::string& manifest_path);
+
+// Steps that have a manifest in `dir`, newest first (not validated).
+std::vector<int64_t> list_checkpoints(const std::string& dir);
+
+// The newest checkpoint in `dir` that validates; older ones are tried after a warning naming the
+// bad file. nullopt when there is none (or `dir` does not exist).
+std::optional<CheckpointManifest> find_latest_complete(const std::string& dir);
+
+}  // namespace ptrain::data

@@ -1,0 +1,353 @@
+#include "ptrain/data/checkpoint.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+
+#include "mapped_file.h"
+#include "ptrain/core/error.h"
+#include "ptrain/data/json.h"
+
+namespace ptrain::data {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kManifestFormat = "ptrain-checkpoint";
+constexpr int kManifestVersion = 1;
+
+std::string join(const std::string& dir, const std::string& name) {
+  return (fs::path(dir) / name).string();
+}
+
+std::string model_name(int64_t step) {
+  return fmt::format("step-{}.safetensors", step);
+}
+std::string optim_name(int64_t step) {
+  return fmt::format("step-{}.optim.safetensors", step);
+}
+std::string manifest_name(int64_t step) {
+  return fmt::format("step-{}.json", step);
+}
+
+void fsync_dir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    throw IoError(fmt::format("cannot open checkpoint folder '{}': {}", dir, std::strerror(errno)));
+  }
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) {
+    throw IoError(fmt::format("cannot fsync checkpoint folder '{}': {}", dir, std::strerror(err)));
+  }
+}
+
+// Writes `final_name` in `dir` through a temp file: write, fsync, close, rename, fsync(dir).
+// `write` returns (bytes, checksum). On any failure the temp file is removed.
+CheckpointFile write_atomic(
+    const std::string& dir, const std::string& final_name,
+    const std::function<uint64_t(int fd, const std::string& path, uint64_t* hash)>& write) {
+  std::string tmp = join(dir, fmt::format(".{}.tmp-{}", final_name, ::getpid()));
+  std::string final_path = join(dir, final_name);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    throw IoError(fmt::format("cannot create '{}': {}", tmp, std::strerror(errno)),
+                  "check that the checkpoint folder is writable");
+  }
+  CheckpointFile file;
+  file.name = final_name;
+  try {
+    file.bytes = write(fd, tmp, &file.fnv1a64);
+    if (::fsync(fd) != 0) {
+      throw IoError(fmt::format("cannot fsync '{}': {}", tmp, std::strerror(errno)));
+    }
+    int rc = ::close(fd);
+    fd = -1;
+    if (rc != 0) throw IoError(fmt::format("cannot close '{}': {}", tmp, std::strerror(errno)));
+    if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
+      throw IoError(
+          fmt::format("cannot rename '{}' to '{}': {}", tmp, final_path, std::strerror(errno)));
+    }
+  } catch (...) {
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  fsync_dir(dir);
+  return file;
+}
+
+uint64_t write_string(int fd, const std::string& path, const std::string& s, uint64_t* hash) {
+  *hash = fnv1a64(s.data(), s.size());
+  size_t off = 0;
+  while (off < s.size()) {
+    ssize_t w = ::write(fd, s.data() + off, s.size() - off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      throw IoError(fmt::format("cannot write '{}': {}", path, std::strerror(errno)),
+                    errno == ENOSPC ? "the disk is full" : "");
+    }
+    off += static_cast<size_t>(w);
+  }
+  return s.size();
+}
+
+void check_finite(const CheckpointData& data) {
+  for (const auto& t : data.model) {
+    uint64_t n = 1;
+    for (int64_t d : t.shape) n *= static_cast<uint64_t>(d);
+    for (uint64_t i = 0; i < n; ++i) {
+      float v;
+      if (t.dtype == DType::kF32) {
+        std::memcpy(&v, static_cast<const char*>(t.data) + 4 * i, 4);
+      } else if (t.dtype == DType::kBF16) {
+        uint16_t h;
+        std::memcpy(&h, static_cast<const char*>(t.data) + 2 * i, 2);
+        uint32_t w = static_cast<uint32_t>(h) << 16;
+        std::memcpy(&v, &w, 4);
+      } else {
+        break;
+      }
+      if (!std::isfinite(v)) {
+        throw Error(fmt::format("refusing to save checkpoint step {}: model tensor '{}' holds {} "
+                                "at flat index {}",
+                                data.step, t.name, v, i),
+                    "the training diverged; lower the learning rate or enable grad_clip");
+      }
+    }
+  }
+}
+
+std::string manifest_json(const CheckpointManifest& m) {
+  std::string s = "{\n";
+  s += fmt::format("  \"format\": {},\n  \"version\": {},\n  \"step\": {},\n  \"files\": [",
+                   json_quote(kManifestFormat), kManifestVersion, m.step);
+  for (size_t i = 0; i < m.files.size(); ++i) {
+    const auto& f = m.files[i];
+    s += fmt::format("{}\n    {{\"name\": {}, \"bytes\": {}, \"fnv1a64\": \"{:016x}\"}}",
+                     i ? "," : "", json_quote(f.name), f.bytes, f.fnv1a64);
+  }
+  s += "\n  ],\n  \"metadata\": {";
+  bool first = true;
+  for (const auto& [k, v] : m.metadata) {
+    s += fmt::format("{}\n    {}: {}", first ? "" : ",", json_quote(k), json_quote(v));
+    first = false;
+  }
+  s += first ? "}\n}\n" : "\n  }\n}\n";
+  return s;
+}
+
+// "step-<digits>.json" -> step; false otherwise.
+bool parse_manifest_name(const std::string& name, int64_t* step) {
+  constexpr std::string_view prefix = "step-", suffix = ".json";
+  if (name.size() <= prefix.size() + suffix.size() || !name.starts_with(prefix) ||
+      !name.ends_with(suffix)) {
+    return false;
+  }
+  std::string_view digits(name.data() + prefix.size(), name.size() - prefix.size() - suffix.size());
+  for (char c : digits) {
+    if (c < '0' || c > '9') return false;
+  }
+  auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), *step);
+  return ec == std::errc() && ptr == digits.data() + digits.size();
+}
+
+uint64_t hash_file(const std::string& path) {
+  MappedFile f(path, "checkpoint file");
+  return fnv1a64(f.data(), f.size());
+}
+
+void remove_checkpoint(const std::string& dir, int64_t step) {
+  // Manifest first, so a half-removed checkpoint never looks complete.
+  for (const auto& name : {manifest_name(step), model_name(step), optim_name(step)}) {
+    std::string p = join(dir, name);
+    if (::unlink(p.c_str()) != 0 && errno != ENOENT) {
+      spdlog::warn("cannot remove old checkpoint file '{}': {}", p, std::strerror(errno));
+    }
+  }
+}
+
+}  // namespace
+
+std::string CheckpointManifest::manifest_path() const {
+  return join(dir, manifest_name(step));
+}
+std::string CheckpointManifest::model_path() const {
+  return join(dir, model_name(step));
+}
+std::string CheckpointManifest::optim_path() const {
+  return join(dir, optim_name(step));
+}
+
+CheckpointManifest save_checkpoint(const std::string& dir, const CheckpointData& data,
+                                   const CheckpointOptions& options) {
+  if (data.step < 0) throw ConfigError(fmt::format("checkpoint step {} is negative", data.step));
+  if (options.refuse_nonfinite) check_finite(data);
+
+  SafetensorsWriter model, optim;
+  for (const auto& t : data.model) model.add(t);
+  for (const auto& t : data.optim) optim.add(t);
+  model.set_metadata("format", "pt");  // what Hugging Face loaders expect
+  model.set_metadata("step", std::to_string(data.step));
+  optim.set_metadata("step", std::to_string(data.step));
+
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) {
+    throw IoError(fmt::format("cannot create checkpoint folder '{}': {}", dir, ec.message()));
+  }
+
+  CheckpointManifest m;
+  m.dir = dir;
+  m.step = data.step;
+  m.metadata = data.metadata;
+  // Saving a step again: retire its old manifest first so it cannot vouch for new files.
+  std::string old_manifest = m.manifest_path();
+  if (::unlink(old_manifest.c_str()) == 0) fsync_dir(dir);
+
+  auto writer_fn = [](const SafetensorsWriter& w) {
+    return [&w](int fd, const std::string& path, uint64_t* hash) {
+      return w.write_fd(fd, path, hash);
+    };
+  };
+  m.files.push_back(write_atomic(dir, model_name(data.step), writer_fn(model)));
+  m.files.push_back(write_atomic(dir, optim_name(data.step), writer_fn(optim)));
+  std::string json = manifest_json(m);
+  write_atomic(dir, manifest_name(data.step),
+               [&json](int fd, const std::string& path, uint64_t* hash) {
+                 return write_string(fd, path, json, hash);
+               });
+
+  if (options.keep > 0) {
+    auto steps = list_checkpoints(dir);
+    int kept = 0;
+    for (int64_t s : steps) {
+      if (s == data.step || kept < options.keep) {
+        ++kept;
+        continue;
+      }
+      remove_checkpoint(dir, s);
+    }
+  }
+  return m;
+}
+
+std::vector<int64_t> list_checkpoints(const std::string& dir) {
+  std::vector<int64_t> steps;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return steps;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    int64_t step;
+    if (parse_manifest_name(entry.path().filename().string(), &step)) steps.push_back(step);
+  }
+  std::sort(steps.rbegin(), steps.rend());
+  return steps;
+}
+
+CheckpointManifest validate_checkpoint(const std::string& manifest_path) {
+  auto fail = [&](const std::string& what) -> void {
+    throw ConfigError(fmt::format("checkpoint manifest '{}': {}", manifest_path, what));
+  };
+  CheckpointManifest m;
+  fs::path parent = fs::path(manifest_path).parent_path();
+  m.dir = (parent.empty() ? fs::path(".") : parent).string();
+  int64_t name_step = -1;
+  bool named = parse_manifest_name(fs::path(manifest_path).filename().string(), &name_step);
+
+  MappedFile file(manifest_path, "checkpoint manifest");
+  std::string_view text(reinterpret_cast<const char*>(file.data()), file.size());
+  JsonValue root = parse_json(text, fmt::format("checkpoint manifest '{}'", manifest_path));
+  const JsonValue* format = root.find("format");
+  const JsonValue* version = root.find("version");
+  const JsonValue* step = root.find("step");
+  const JsonValue* files = root.find("files");
+  const JsonValue* metadata = root.find("metadata");
+  int64_t v = 0;
+  if (format == nullptr || !format->is_string() || format->as_string() != kManifestFormat) {
+    fail(fmt::format("not a {} manifest", kManifestFormat));
+  }
+  if (version == nullptr || !version->to_int64(&v) || v != kManifestVersion) {
+    fail(fmt::format("unsupported version (expected {})", kManifestVersion));
+  }
+  if (step == nullptr || !step->to_int64(&m.step) || m.step < 0) fail("missing or bad step");
+  if (named && name_step != m.step) {
+    fail(fmt::format("records step {} but is named for step {}", m.step, name_step));
+  }
+  if (files == nullptr || !files->is_array() || files->as_array().empty()) fail("no files");
+  for (const auto& f : files->as_array()) {
+    const JsonValue* name = f.find("name");
+    const JsonValue* bytes = f.find("bytes");
+    const JsonValue* hash = f.find("fnv1a64");
+    int64_t b = 0;
+    if (name == nullptr || !name->is_string() || bytes == nullptr || !bytes->to_int64(&b) ||
+        b < 0 || hash == nullptr || !hash->is_string()) {
+      fail("a files entry needs name, bytes and fnv1a64");
+    }
+    CheckpointFile cf;
+    cf.name = name->as_string();
+    if (cf.name.empty() || cf.name.find('/') != std::string::npos) {
+      fail(fmt::format("bad file name '{}'", cf.name));
+    }
+    cf.bytes = static_cast<uint64_t>(b);
+    const std::string& hex = hash->as_string();
+    auto [ptr, ec] = std::from_chars(hex.data(), hex.data() + hex.size(), cf.fnv1a64, 16);
+    if (hex.size() != 16 || ec != std::errc() || ptr != hex.data() + hex.size()) {
+      fail(fmt::format("bad checksum '{}' for '{}'", hex, cf.name));
+    }
+    m.files.push_back(std::move(cf));
+  }
+  if (metadata != nullptr) {
+    if (!metadata->is_object()) fail("metadata is not an object");
+    for (const auto& [k, val] : metadata->as_object()) {
+      if (!val.is_string()) fail(fmt::format("metadata '{}' is not a string", k));
+      m.metadata[k] = val.as_string();
+    }
+  }
+  for (const auto& f : m.files) {
+    std::string path = join(m.dir, f.name);
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) {
+      throw ConfigError(fmt::format("checkpoint file '{}' (listed in '{}') is missing: {}", path,
+                                    manifest_path, std::strerror(errno)));
+    }
+    if (static_cast<uint64_t>(st.st_size) != f.bytes) {
+      throw ConfigError(fmt::format("checkpoint file '{}' is {} bytes, its manifest says {}", path,
+                                    st.st_size, f.bytes));
+    }
+    uint64_t h = hash_file(path);
+    if (h != f.fnv1a64) {
+      throw ConfigError(
+          fmt::format("checkpoint file '{}' has checksum {:016x}, its manifest says "
+                      "{:016x} (the file is corrupt)",
+                      path, h, f.fnv1a64));
+    }
+    SafetensorsFile::open(path);  // structure check
+  }
+  return m;
+}
+
+std::optional<CheckpointManifest> find_latest_complete(const std::string& dir) {
+  for (int64_t step : list_checkpoints(dir)) {
+    std::string path = join(dir, manifest_name(step));
+    try {
+      return validate_checkpoint(path);
+    } catch (const Error& e) {
+      spdlog::warn("skipping checkpoint step {}: {}; trying an older one", step, e.what());
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace ptrain::data

@@ -1,0 +1,365 @@
+#include "ptrain/data/safetensors.h"
+
+#include <fmt/ranges.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <variant>
+
+#include "mapped_file.h"
+#include "ptrain/core/error.h"
+#include "ptrain/data/json.h"
+
+namespace ptrain::data {
+
+static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian");
+
+size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return 4;
+    case DType::kBF16:
+      return 2;
+    case DType::kI32:
+      return 4;
+    case DType::kI64:
+      return 8;
+    case DType::kU8:
+      return 1;
+  }
+  return 0;
+}
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return "F32";
+    case DType::kBF16:
+      return "BF16";
+    case DType::kI32:
+      return "I32";
+    case DType::kI64:
+      return "I64";
+    case DType::kU8:
+      return "U8";
+  }
+  return "?";
+}
+
+namespace {
+
+bool parse_dtype(std::string_view s, DType* out) {
+  for (DType d : {DType::kF32, DType::kBF16, DType::kI32, DType::kI64, DType::kU8}) {
+    if (s == dtype_name(d)) {
+      *out = d;
+      return true;
+    }
+  }
+  return false;
+}
+
+// product(shape) * elem; false on overflow.
+bool byte_size(const std::vector<int64_t>& shape, size_t elem, uint64_t* out) {
+  uint64_t n = elem;
+  for (int64_t d : shape) {
+    if (d < 0 || __builtin_mul_overflow(n, static_cast<uint64_t>(d), &n)) return false;
+  }
+  *out = n;
+  return true;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
+
+}  // namespace
+
+uint64_t fnv1a64(const void* data, size_t n, uint64_t hash) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  for (size_t i = 0; i < n; ++i) {
+    hash ^= p[i];
+    hash *= 0x100000001b3ull;
+  }
+  return hash;
+}
+
+int64_t TensorInfo::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// ---------------------------------------------------------------- writer
+
+void SafetensorsWriter::add(TensorRef tensor) {
+  if (tensor.name.empty() || tensor.name == "__metadata__") {
+    throw ConfigError(fmt::format("safetensors: invalid tensor name '{}'", tensor.name));
+  }
+  for (const auto& t : tensors_) {
+    if (t.name == tensor.name) {
+      throw ConfigError(fmt::format("safetensors: duplicate tensor name '{}'", tensor.name));
+    }
+  }
+  uint64_t bytes;
+  if (!byte_size(tensor.shape, dtype_size(tensor.dtype), &bytes)) {
+    throw ConfigError(fmt::format("safetensors: tensor '{}' has an invalid shape {}", tensor.name,
+                                  shape_str(tensor.shape)));
+  }
+  PTRAIN_CHECK(bytes == 0 || tensor.data != nullptr, "tensor '{}' has no data", tensor.name);
+  tensors_.push_back(std::move(tensor));
+}
+
+void SafetensorsWriter::add(std::string name, const float* data, std::vector<int64_t> shape) {
+  add(TensorRef{std::move(name), DType::kF32, std::move(shape), data});
+}
+
+void SafetensorsWriter::set_metadata(std::string key, std::string value) {
+  metadata_[std::move(key)] = std::move(value);
+}
+
+std::string SafetensorsWriter::header() const {
+  std::string h = "{";
+  bool first = true;
+  if (!metadata_.empty()) {
+    h += "\"__metadata__\":{";
+    bool first_kv = true;
+    for (const auto& [k, v] : metadata_) {
+      if (!first_kv) h += ',';
+      first_kv = false;
+      h += json_quote(k) + ":" + json_quote(v);
+    }
+    h += '}';
+    first = false;
+  }
+  uint64_t offset = 0;
+  for (const auto& t : tensors_) {
+    uint64_t bytes = 0;
+    byte_size(t.shape, dtype_size(t.dtype), &bytes);
+    if (!first) h += ',';
+    first = false;
+    h += fmt::format("{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
+                     json_quote(t.name), dtype_name(t.dtype), fmt::join(t.shape, ","), offset,
+                     offset + bytes);
+    offset += bytes;
+  }
+  h += '}';
+  while (h.size() % 8 != 0) h += ' ';
+  return h;
+}
+
+namespace {
+
+void put_u64le(uint64_t v, char out[8]) {
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((v >> (8 * i)) & 0xFF);
+}
+
+}  // namespace
+
+std::string SafetensorsWriter::serialize() const {
+  std::string h = header();
+  std::string out(8, '\0');
+  put_u64le(h.size(), out.data());
+  out += h;
+  for (const auto& t : tensors_) {
+    uint64_t bytes = 0;
+    byte_size(t.shape, dtype_size(t.dtype), &bytes);
+    out.append(static_cast<const char*>(t.data), bytes);
+  }
+  return out;
+}
+
+uint64_t SafetensorsWriter::write_fd(int fd, const std::string& path, uint64_t* fnv) const {
+  uint64_t hash = kFnv1aOffset;
+  uint64_t total = 0;
+  auto write_all = [&](const void* data, size_t n) {
+    const char* p = static_cast<const char*>(data);
+    hash = fnv1a64(p, n, hash);
+    while (n > 0) {
+      ssize_t w = ::write(fd, p, std::min<size_t>(n, size_t{1} << 30));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        throw IoError(fmt::format("cannot write '{}': {}", path, std::strerror(errno)),
+                      errno == ENOSPC ? "the disk is full" : "");
+      }
+      p += w;
+      n -= static_cast<size_t>(w);
+      total += static_cast<uint64_t>(w);
+    }
+  };
+  std::string h = header();
+  char len[8];
+  put_u64le(h.size(), len);
+  write_all(len, 8);
+  write_all(h.data(), h.size());
+  for (const auto& t : tensors_) {
+    uint64_t bytes = 0;
+    byte_size(t.shape, dtype_size(t.dtype), &bytes);
+    write_all(t.data, bytes);
+  }
+  if (fnv != nullptr) *fnv = hash;
+  return total;
+}
+
+// ---------------------------------------------------------------- reader
+
+struct SafetensorsFile::Storage {
+  std::variant<std::string, std::unique_ptr<MappedFile>> bytes;
+};
+
+SafetensorsFile::SafetensorsFile(SafetensorsFile&&) noexcept = default;
+SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&&) noexcept = default;
+SafetensorsFile::~SafetensorsFile() = default;
+
+SafetensorsFile SafetensorsFile::open(const std::string& path) {
+  SafetensorsFile f;
+  f.origin_ = path;
+  f.storage_ = std::make_unique<Storage>();
+  auto mapped = std::make_unique<MappedFile>(path, "safetensors file");
+  const uint8_t* data = mapped->data();
+  size_t size = mapped->size();
+  f.storage_->bytes = std::move(mapped);
+  f.validate(data, size);
+  return f;
+}
+
+SafetensorsFile SafetensorsFile::parse(std::string_view bytes, std::string origin) {
+  SafetensorsFile f;
+  f.origin_ = std::move(origin);
+  f.storage_ = std::make_unique<Storage>();
+  f.storage_->bytes = std::string(bytes);
+  const auto& s = std::get<std::string>(f.storage_->bytes);
+  f.validate(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+  return f;
+}
+
+void SafetensorsFile::validate(const uint8_t* file, size_t size) {
+  auto fail = [&](const std::string& what) -> void {
+    throw ConfigError(fmt::format("safetensors file '{}': {}", origin_, what));
+  };
+  if (size < 8) fail(fmt::format("{} bytes, too short for the 8-byte header length", size));
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | file[i];
+  if (n > kMaxSafetensorsHeader) {
+    fail(fmt::format("header length {} exceeds the {}-byte limit", n, kMaxSafetensorsHeader));
+  }
+  if (n > size - 8) {
+    fail(fmt::format("header length {} runs past the end of the file ({} bytes)", n, size));
+  }
+  std::string_view header(reinterpret_cast<const char*>(file + 8), n);
+  JsonValue root = parse_json(header, fmt::format("safetensors file '{}' header", origin_));
+  if (!root.is_object()) fail("the header is not a JSON object");
+  data_ = file + 8 + n;
+  const uint64_t data_size = size - 8 - n;
+
+  for (const auto& [name, value] : root.as_object()) {
+    if (name == "__metadata__") {
+      if (!value.is_object()) fail("__metadata__ is not an object");
+      for (const auto& [k, v] : value.as_object()) {
+        if (!v.is_string()) fail(fmt::format("__metadata__ value of '{}' is not a string", k));
+        metadata_[k] = v.as_string();
+      }
+      continue;
+    }
+    auto where = [&](const std::string& what) { fail(fmt::format("tensor '{}': {}", name, what)); };
+    if (name.empty()) fail("a tensor has an empty name");
+    if (!value.is_object()) where("entry is not an object");
+    for (const auto& [k, v] : value.as_object()) {
+      if (k != "dtype" && k != "shape" && k != "data_offsets") {
+        where(fmt::format("unknown field '{}'", k));
+      }
+    }
+    const JsonValue* dt = value.find("dtype");
+    const JsonValue* sh = value.find("shape");
+    const JsonValue* off = value.find("data_offsets");
+    if (dt == nullptr || sh == nullptr || off == nullptr) {
+      where("needs dtype, shape and data_offsets");
+    }
+    TensorInfo info;
+    info.name = name;
+    if (!dt->is_string()) where("dtype is not a string");
+    if (!parse_dtype(dt->as_string(), &info.dtype)) {
+      where(fmt::format("unsupported dtype '{}' (supported: F32, BF16, I32, I64, U8)",
+                        dt->as_string()));
+    }
+    if (!sh->is_array()) where("shape is not an array");
+    for (const auto& d : sh->as_array()) {
+      int64_t v;
+      if (!d.to_int64(&v) || v < 0) {
+        where(fmt::format("shape entry '{}' is not a non-negative integer", d.as_string()));
+      }
+      info.shape.push_back(v);
+    }
+    if (!off->is_array() || off->as_array().size() != 2) {
+      where("data_offsets is not an array of two integers");
+    }
+    int64_t b, e;
+    if (!off->as_array()[0].to_int64(&b) || !off->as_array()[1].to_int64(&e) || b < 0 || e < 0) {
+      where("data_offsets are not non-negative integers");
+    }
+    if (b > e) where(fmt::format("data_offsets [{}, {}] end before they begin", b, e));
+    info.begin = static_cast<uint64_t>(b);
+    info.end = static_cast<uint64_t>(e);
+    if (info.end > data_size) {
+      where(fmt::format("data_offsets [{}, {}] run past the data section ({} bytes)", b, e,
+                        data_size));
+    }
+    uint64_t bytes;
+    if (!byte_size(info.shape, dtype_size(info.dtype), &bytes)) {
+      where(fmt::format("shape {} is too large", shape_str(info.shape)));
+    }
+    if (bytes != info.end - info.begin) {
+      where(fmt::format("shape {} x {} needs {} bytes but data_offsets [{}, {}] span {}",
+                        shape_str(info.shape), dtype_name(info.dtype), bytes, b, e,
+                        info.end - info.begin));
+    }
+    tensors_.push_back(std::move(info));
+  }
+
+  std::vector<const TensorInfo*> by_offset;
+  for (const auto& t : tensors_) {
+    if (t.end > t.begin) by_offset.push_back(&t);
+  }
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    if (by_offset[i]->begin < by_offset[i - 1]->end) {
+      fail(fmt::format("tensors '{}' [{}, {}) and '{}' [{}, {}) overlap", by_offset[i - 1]->name,
+                       by_offset[i - 1]->begin, by_offset[i - 1]->end, by_offset[i]->name,
+                       by_offset[i]->begin, by_offset[i]->end));
+    }
+  }
+}
+
+const TensorInfo* SafetensorsFile::find(std::string_view name) const {
+  for (const auto& t : tensors_) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+void SafetensorsFile::read_f32(std::string_view name, float* out) const {
+  const TensorInfo* t = find(name);
+  if (t == nullptr) {
+    throw ConfigError(fmt::format("safetensors file '{}' has no tensor '{}'", origin_, name));
+  }
+  const uint8_t* p = bytes(*t);
+  int64_t n = t->numel();
+  if (t->dtype == DType::kF32) {
+    std::memcpy(out, p, static_cast<size_t>(n) * 4);
+  } else if (t->dtype == DType::kBF16) {
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, p + 2 * i, 2);
+      uint32_t w = static_cast<uint32_t>(h) << 16;
+      std::memcpy(&out[i], &w, 4);
+    }
+  } else {
+    throw ConfigError(fmt::format("safetensors file '{}': tensor '{}' is {}, expected F32", origin_,
+                                  name, dtype_name(t->dtype)));
+  }
+}
+
+}  // namespace ptrain::data
