@@ -14,6 +14,8 @@ namespace ptrain::spec {
 struct HostSlots {
   std::string host;
   int slots = 0;  // 0 = procs_per_node
+
+  bool operator==(const HostSlots&) const = default;
 };
 
 struct SshSpec {
@@ -22,6 +24,8 @@ struct SshSpec {
   std::string identity;              // private key file
   std::vector<std::string> options;  // extra `-o Key=Value` options
   std::string config;                // ssh_config file (-F)
+
+  bool operator==(const SshSpec&) const = default;
 };
 
 struct NodesSpec {
@@ -34,12 +38,16 @@ struct NodesSpec {
   SshSpec ssh;
   std::string remote_ptrain;       // default: the launcher's own absolute path
   bool ship_binary = false;
+
+  bool operator==(const NodesSpec&) const = default;
 };
 
 struct RendezvousSpec {
   std::string bind;                // empty = 127.0.0.1 for `run`, the route to hosts for `launch`
   int port = 0;                    // 0 = kernel-chosen
   double timeout_s = 60;
+
+  bool operator==(const RendezvousSpec&) const = default;
 };
 
 struct ParallelSpec {
@@ -56,6 +64,8 @@ struct ParallelSpec {
   int microbatches = 1;
   std::vector<int> stages;         // layer counts per pipeline stage; empty = balanced
   std::string comm = "auto";       // auto|gloo|nccl
+
+  bool operator==(const ParallelSpec&) const = default;
 };
 
 struct ModelSpec {
@@ -71,6 +81,8 @@ struct ModelSpec {
   std::vector<int> hidden;
   int classes = 0;
   std::string init_from;           // safetensors path (resolved)
+
+  bool operator==(const ModelSpec&) const = default;
 };
 
 struct DataSpec {
@@ -79,6 +91,8 @@ struct DataSpec {
   int batch_size = 8;              // global, in sequences (gpt) or samples (mlp)
   bool shuffle = false;
   double eval_fraction = 0;
+
+  bool operator==(const DataSpec&) const = default;
 };
 
 struct OptimizerSpec {
@@ -91,12 +105,16 @@ struct OptimizerSpec {
   double momentum = 0.0;
   bool nesterov = false;
   double grad_clip = 0.0;          // 0 = off
+
+  bool operator==(const OptimizerSpec&) const = default;
 };
 
 struct LrScheduleSpec {
   int warmup = 0;
   std::string decay = "none";      // none|cosine|linear
   double min_lr = 0.0;
+
+  bool operator==(const LrScheduleSpec&) const = default;
 };
 
 struct TrainSpec {
@@ -108,6 +126,8 @@ struct TrainSpec {
   int eval_every = 0;              // 0 = never
   OptimizerSpec optimizer;
   LrScheduleSpec schedule;
+
+  bool operator==(const TrainSpec&) const = default;
 };
 
 struct CheckpointSpec {
@@ -115,6 +135,8 @@ struct CheckpointSpec {
   std::string dir;                 // empty = RUN_DIR/checkpoints
   int keep = 2;
   std::string resume = "auto";     // auto|never|PATH
+
+  bool operator==(const CheckpointSpec&) const = default;
 };
 
 struct FaultToleranceSpec {
@@ -122,12 +144,16 @@ struct FaultToleranceSpec {
   double heartbeat_s = 5;
   double hang_timeout_s = 300;
   double term_grace_s = 5;
+
+  bool operator==(const FaultToleranceSpec&) const = default;
 };
 
 struct LoggingSpec {
   std::string dir = "runs";        // resolved against the spec's folder
   std::string console = "rank0";   // rank0|all|none
   std::string level = "info";
+
+  bool operator==(const LoggingSpec&) const = default;
 };
 
 struct JobSpec {
@@ -148,6 +174,8 @@ struct JobSpec {
 
   bool launcher_only() const { return !command.empty(); }
   int world_size() const { return parallel.data * parallel.tensor * parallel.pipeline; }
+
+  bool operator==(const JobSpec&) const = default;
 };
 
 }  // namespace ptrain::spec

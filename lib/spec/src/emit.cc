@@ -1,0 +1,280 @@
+// JobSpec -> YAML (round-trips through load_string) and JSON, from one intermediate tree so that
+// both carry the same keys.
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include "ptrain/spec/spec.h"
+
+namespace ptrain::spec {
+namespace {
+
+struct Value {
+  enum Kind { kBool, kNumber, kString, kList, kMap } kind = kString;
+  std::string text;                                   // scalars
+  std::vector<Value> list;                            // kList
+  std::vector<std::pair<std::string, Value>> fields;  // kMap, in schema order
+
+  static Value str(std::string s) { return {kString, std::move(s), {}, {}}; }
+  static Value num(double d) { return {kNumber, fmt::format("{}", d), {}, {}}; }
+  static Value num(int64_t i) { return {kNumber, std::to_string(i), {}, {}}; }
+  static Value num(int i) { return num(static_cast<int64_t>(i)); }
+  static Value num(uint64_t u) { return {kNumber, std::to_string(u), {}, {}}; }
+  static Value boolean(bool b) { return {kBool, b ? "true" : "false", {}, {}}; }
+  static Value map() { return {kMap, {}, {}, {}}; }
+  static Value strings(const std::vector<std::string>& v) {
+    Value out{kList, {}, {}, {}};
+    for (const auto& s : v) out.list.push_back(str(s));
+    return out;
+  }
+  static Value ints(const std::vector<int>& v) {
+    Value out{kList, {}, {}, {}};
+    for (int i : v) out.list.push_back(num(i));
+    return out;
+  }
+  Value& add(const std::string& key, Value v) {
+    fields.emplace_back(key, std::move(v));
+    return fields.back().second;
+  }
+};
+
+Value tree(const JobSpec& s) {
+  Value root = Value::map();
+  root.add("name", Value::str(s.name));
+  if (s.launcher_only()) root.add("command", Value::strings(s.command));
+  Value& env = root.add("env", Value::map());
+  for (const auto& [k, v] : s.env) env.add(k, Value::str(v));
+
+  Value& nodes = root.add("nodes", Value::map());
+  if (!s.nodes.hostfile.empty()) {
+    nodes.add("hostfile", Value::str(s.nodes.hostfile));
+  } else {
+    std::vector<std::string> hosts;
+    for (const auto& h : s.nodes.hosts) {
+      std::string name = h.host.find(':') != std::string::npos ? "[" + h.host + "]" : h.host;
+      hosts.push_back(h.slots ? fmt::format("{}:{}", name, h.slots) : name);
+    }
+    nodes.add("hosts", Value::strings(hosts));
+  }
+  nodes.add("procs_per_node",
+            s.nodes.procs_per_gpu ? Value::str("gpu") : Value::num(s.nodes.procs_per_node));
+  nodes.add("device", Value::str(s.nodes.device));
+  nodes.add("threads_per_proc", Value::num(s.nodes.threads_per_proc));
+  Value& ssh = nodes.add("ssh", Value::map());
+  ssh.add("user", Value::str(s.nodes.ssh.user));
+  ssh.add("port", Value::num(s.nodes.ssh.port));
+  ssh.add("identity", Value::str(s.nodes.ssh.identity));
+  ssh.add("options", Value::strings(s.nodes.ssh.options));
+  ssh.add("config", Value::str(s.nodes.ssh.config));
+  nodes.add("remote_ptrain", Value::str(s.nodes.remote_ptrain));
+  nodes.add("ship_binary", Value::boolean(s.nodes.ship_binary));
+
+  Value& rdzv = root.add("rendezvous", Value::map());
+  rdzv.add("bind", Value::str(s.rendezvous.bind));
+  rdzv.add("port", Value::num(s.rendezvous.port));
+  rdzv.add("timeout_s", Value::num(s.rendezvous.timeout_s));
+
+  const ParallelSpec& p = s.parallel;
+  Value& par = root.add("parallel", Value::map());
+  par.add("data", p.data_auto ? Value::str("auto") : Value::num(p.data));
+  par.add("tensor", Value::num(p.tensor));
+  par.add("pipeline", Value::num(p.pipeline));
+  par.add("data_mode", Value::str(p.data_mode));
+  par.add("staleness", Value::num(p.staleness));
+  par.add("servers", Value::num(p.servers));
+  par.add("zero", Value::num(p.zero));
+  par.add("bucket_mb", Value::num(p.bucket_mb));
+  par.add("schedule", Value::str(p.schedule));
+  par.add("microbatches", Value::num(p.microbatches));
+  par.add("stages", Value::ints(p.stages));
+  par.add("comm", Value::str(p.comm));
+
+  if (!s.launcher_only()) {
+    const ModelSpec& m = s.model;
+    Value& model = root.add("model", Value::map());
+    model.add("type", Value::str(m.type));
+    if (m.type == "gpt") {
+      model.add("layers", Value::num(m.layers));
+      model.add("heads", Value::num(m.heads));
+      model.add("dim", Value::num(m.dim));
+      model.add("seq_len", Value::num(m.seq_len));
+      model.add("vocab", Value::num(m.vocab));
+    } else {
+      model.add("input", Value::num(m.input));
+      model.add("hidden", Value::ints(m.hidden));
+      model.add("classes", Value::num(m.classes));
+    }
+    model.add("init_from", Value::str(m.init_from));
+
+    Value& data = root.add("data", Value::map());
+    data.add("type", Value::str(s.data.type));
+    if (!s.data.path.empty()) data.add("path", Value::str(s.data.path));
+    data.add("batch_size", Value::num(s.data.batch_size));
+    data.add("shuffle", Value::boolean(s.data.shuffle));
+    data.add("eval_fraction", Value::num(s.data.eval_fraction));
+
+    const TrainSpec& t = s.train;
+    Value& train = root.add("train", Value::map());
+    train.add("steps", Value::num(t.steps));
+    train.add("seed", Value::num(t.seed));
+    train.add("precision", Value::str(t.precision));
+    train.add("grad_accum", Value::num(t.grad_accum));
+    train.add("log_every", Value::num(t.log_every));
+    train.add("eval_every", Value::num(t.eval_every));
+    const OptimizerSpec& o = t.optimizer;
+    Value& opt = train.add("optimizer", Value::map());
+    opt.add("type", Value::str(o.type));
+    opt.add("lr", Value::num(o.lr));
+    if (o.type == "adamw") {
+      Value betas{Value::kList, {}, {Value::num(o.beta1), Value::num(o.beta2)}, {}};
+      opt.add("betas", betas);
+      opt.add("eps", Value::num(o.eps));
+    } else {
+      opt.add("momentum", Value::num(o.momentum));
+      opt.add("nesterov", Value::boolean(o.nesterov));
+    }
+    opt.add("weight_decay", Value::num(o.weight_decay));
+    opt.add("grad_clip", Value::num(o.grad_clip));
+    Value& sched = train.add("schedule", Value::map());
+    sched.add("warmup", Value::num(t.schedule.warmup));
+    sched.add("decay", Value::str(t.schedule.decay));
+    sched.add("min_lr", Value::num(t.schedule.min_lr));
+  }
+
+  Value& ckpt = root.add("checkpoint", Value::map());
+  ckpt.add("every", Value::num(s.checkpoint.every));
+  ckpt.add("dir", Value::str(s.checkpoint.dir));
+  ckpt.add("keep", Value::num(s.checkpoint.keep));
+  ckpt.add("resume", Value::str(s.checkpoint.resume));
+
+  Value& ft = root.add("fault_tolerance", Value::map());
+  ft.add("max_restarts", Value::num(s.fault_tolerance.max_restarts));
+  ft.add("heartbeat_s", Value::num(s.fault_tolerance.heartbeat_s));
+  ft.add("hang_timeout_s", Value::num(s.fault_tolerance.hang_timeout_s));
+  ft.add("term_grace_s", Value::num(s.fault_tolerance.term_grace_s));
+
+  Value& log = root.add("logging", Value::map());
+  log.add("dir", Value::str(s.logging.dir));
+  log.add("console", Value::str(s.logging.console));
+  log.add("level", Value::str(s.logging.level));
+  return root;
+}
+
+// `${` in a resolved string is literal; the loader reads `$${` as a literal `${`.
+std::string escape_dollars(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s.compare(i, 2, "${") == 0) out += '$';
+    out += s[i];
+  }
+  return out;
+}
+
+void emit_yaml(YAML::Emitter& out, const Value& v) {
+  switch (v.kind) {
+    case Value::kBool:
+    case Value::kNumber:
+      out << v.text;
+      break;
+    case Value::kString:
+      out << escape_dollars(v.text);
+      break;
+    case Value::kList: {
+      bool flat = std::all_of(v.list.begin(), v.list.end(),
+                              [](const Value& e) { return e.kind != Value::kMap; });
+      if (flat) out << YAML::Flow;
+      out << YAML::BeginSeq;
+      for (const auto& e : v.list) emit_yaml(out, e);
+      out << YAML::EndSeq;
+      break;
+    }
+    case Value::kMap:
+      if (v.fields.empty()) out << YAML::Flow;
+      out << YAML::BeginMap;
+      for (const auto& [k, e] : v.fields) {
+        out << YAML::Key << k << YAML::Value;
+        emit_yaml(out, e);
+      }
+      out << YAML::EndMap;
+      break;
+  }
+}
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (c < 0x20)
+          out += fmt::format("\\u{:04x}", c);
+        else
+          out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+void emit_json(std::string& out, const Value& v, int indent) {
+  std::string pad(static_cast<size_t>(indent + 2), ' ');
+  std::string close_pad(static_cast<size_t>(indent), ' ');
+  switch (v.kind) {
+    case Value::kBool:
+    case Value::kNumber:
+      out += v.text;
+      break;
+    case Value::kString:
+      out += json_string(v.text);
+      break;
+    case Value::kList:
+      out += "[";
+      for (size_t i = 0; i < v.list.size(); ++i) {
+        out += i ? ", " : "";
+        emit_json(out, v.list[i], indent);
+      }
+      out += "]";
+      break;
+    case Value::kMap:
+      if (v.fields.empty()) {
+        out += "{}";
+        break;
+      }
+      out += "{\n";
+      for (size_t i = 0; i < v.fields.size(); ++i) {
+        out += pad + json_string(v.fields[i].first) + ": ";
+        emit_json(out, v.fields[i].second, indent + 2);
+        out += i + 1 < v.fields.size() ? ",\n" : "\n";
+      }
+      out += close_pad + "}";
+      break;
+  }
+}
+
+}  // namespace
+
+std::string to_yaml(const JobSpec& spec) {
+  YAML::Emitter out;
+  emit_yaml(out, tree(spec));
+  return std::string(out.c_str()) + "\n";
+}
+
+std::string to_json(const JobSpec& spec) {
+  std::string out;
+  emit_json(out, tree(spec), 0);
+  return out + "\n";
+}
+
+}  // namespace ptrain::spec
