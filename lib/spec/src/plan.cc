@@ -200,17 +200,22 @@ std::string format_plan(const Plan& plan) {
     line(fmt::format("job {}: built-in {} training on device {}", plan.name, plan.model_type,
                      plan.device));
   }
-  line(
-      fmt::format("world      {} workers = data {} x tensor {} x pipeline {}  ({} data parallel{})",
-                  plan.world_size, plan.data, plan.tensor, plan.pipeline, plan.data_mode,
-                  plan.zero ? ", ZeRO-1" : ""));
+  std::string workers =
+      fmt::format("{} worker{}", plan.world_size, plan.world_size == 1 ? "" : "s");
+  if (plan.launcher_only)
+    line(fmt::format("world      {}", workers));
+  else
+    line(fmt::format("world      {} = data {} x tensor {} x pipeline {}  ({} data parallel{})",
+                     workers, plan.data, plan.tensor, plan.pipeline, plan.data_mode,
+                     plan.zero ? ", ZeRO-1" : ""));
   size_t width = 4;
   for (const auto& h : plan.hosts) width = std::max(width, h.host.size());
   line("hosts");
   for (const auto& h : plan.hosts)
     line(fmt::format("  {:<{}}  ranks {}", h.host, width, rank_range(h.ranks)));
-  if (plan.world_size <= 64 && (plan.tensor > 1 || plan.pipeline > 1 || plan.data > 1)) {
-    line("ranks      rank  host  local  dp tp pp");
+  if (plan.world_size <= 64 && plan.world_size > 1) {
+    line(fmt::format("ranks      {:>4}  {:<{}}  {:>5}  {:>2} {:>2} {:>2}", "rank", "host", width,
+                     "local", "dp", "tp", "pp"));
     for (const auto& r : plan.ranks)
       line(fmt::format("           {:>4}  {:<{}}  {:>5}  {:>2} {:>2} {:>2}", r.rank,
                        plan.hosts[static_cast<size_t>(r.host_index)].host, width, r.local_rank,

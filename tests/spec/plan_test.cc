@@ -1,0 +1,106 @@
+// The plan: rank placement on the mesh, parameter counts and per-rank memory.
+#include "ptrain/spec/plan.h"
+
+#include <gtest/gtest.h>
+
+#include "ptrain/spec/spec.h"
+
+namespace ptrain::spec {
+namespace {
+
+TEST(Plan, RankCoordsPutTensorInnermostThenDataThenPipeline) {
+  // DESIGN.md section 4: tp = r % T; dp = (r / T) % D; pp = r / (T * D), with D=2, T=2.
+  RankPlace r5 = rank_coords(5, 2, 2);
+  EXPECT_EQ(r5.tp, 1);
+  EXPECT_EQ(r5.dp, 0);
+  EXPECT_EQ(r5.pp, 1);
+  RankPlace r2 = rank_coords(2, 2, 2);
+  EXPECT_EQ(r2.tp, 0);
+  EXPECT_EQ(r2.dp, 1);
+  EXPECT_EQ(r2.pp, 0);
+}
+
+TEST(Plan, RanksFillHostsInOrder) {
+  Plan p =
+      make_plan(load_string("nodes: {hosts: ['a:1', b], procs_per_node: 3}\n"
+                            "data: {batch_size: 4}\n",
+                            "t.yaml"));
+  ASSERT_EQ(p.hosts.size(), 2u);
+  EXPECT_EQ(p.hosts[0].ranks, std::vector<int>{0});
+  EXPECT_EQ(p.hosts[1].ranks, (std::vector<int>{1, 2, 3}));
+  EXPECT_EQ(p.ranks[3].local_rank, 2);
+  EXPECT_EQ(p.ranks[3].host_index, 1);
+}
+
+TEST(Plan, Gpt2SmallHasItsKnownParameterCount) {
+  Plan p = make_plan(load_string(
+      "model: {layers: 12, heads: 12, dim: 768, seq_len: 1024, vocab: 50257}\n", "t.yaml"));
+  EXPECT_EQ(p.parameters, 124439808);  // Hugging Face gpt2, LM head tied
+  EXPECT_EQ(p.memory.parameters, p.parameters);
+  EXPECT_EQ(p.memory.param_bytes, p.parameters * 4);
+  EXPECT_EQ(p.memory.optimizer_bytes, p.parameters * 8);  // AdamW: two floats per parameter
+  EXPECT_EQ(p.tokens_per_step, 8 * 1024);
+}
+
+TEST(Plan, MlpCountsEveryLinearLayer) {
+  Plan p =
+      make_plan(load_string("model: {type: mlp, input: 16, hidden: [64, 64], classes: 4}\n"
+                            "data: {type: synthetic}\n",
+                            "t.yaml"));
+  EXPECT_EQ(p.parameters, (16 * 64 + 64) + (64 * 64 + 64) + (64 * 4 + 4));
+}
+
+TEST(Plan, ZeroOneDividesOptimizerStateByTheDataDegree) {
+  const char* base = "nodes: {procs_per_node: 4}\ntrain: {optimizer: {type: sgd, momentum: 0.9}}\n";
+  Plan plain = make_plan(load_string(base, "t.yaml"));
+  Plan zero = make_plan(load_string(base, "t.yaml", {"parallel.zero=1"}));
+  EXPECT_EQ(plain.memory.optimizer_bytes, plain.memory.parameters * 4);  // one momentum float
+  EXPECT_EQ(zero.memory.optimizer_bytes, (plain.memory.optimizer_bytes + 3) / 4);
+}
+
+TEST(Plan, TensorParallelSplitsBlockWeights) {
+  const char* base =
+      "nodes: {procs_per_node: 2}\nmodel: {layers: 2, heads: 2, dim: 64}\n"
+      "data: {batch_size: 2}\n";
+  Plan one = make_plan(load_string(base, "t.yaml", {"parallel.data=2"}));
+  Plan two = make_plan(load_string(base, "t.yaml", {"parallel.tensor=2"}));
+  const int64_t D = 64, V = 256, T = 64, L = 2;
+  EXPECT_EQ(one.memory.parameters, one.parameters);
+  // Matrices, column-parallel biases and wte halve; layer norms, row biases and wpe stay.
+  EXPECT_EQ(two.memory.parameters,
+            L * (6 * D + (12 * D * D + 7 * D) / 2) + V * D / 2 + T * D + 2 * D);
+}
+
+TEST(Plan, PipelineStagesHoldTheirLayers) {
+  Plan p =
+      make_plan(load_string("nodes: {procs_per_node: 2}\nparallel: {pipeline: 2, "
+                            "microbatches: 2, stages: [3, 1]}\nmodel: {layers: 4}\n",
+                            "t.yaml"));
+  EXPECT_EQ(p.stage_layers, (std::vector<int>{3, 1}));
+  EXPECT_EQ(p.largest_stage, 0);
+  const int64_t D = 64, V = 256, T = 64;
+  EXPECT_EQ(p.memory.parameters, 3 * (12 * D * D + 13 * D) + V * D + T * D);
+}
+
+TEST(Plan, BatchSplitsIntoMicroBatches) {
+  Plan p =
+      make_plan(load_string("nodes: {procs_per_node: 2}\ndata: {batch_size: 32}\n"
+                            "train: {grad_accum: 2}\n",
+                            "t.yaml"));
+  EXPECT_EQ(p.global_batch, 32);
+  EXPECT_EQ(p.micro_batch, 8);
+  EXPECT_EQ(p.tokens_per_step, 32 * 64);
+}
+
+TEST(Plan, FormatNamesWorldHostsAndMemory) {
+  std::string text = format_plan(make_plan(load_string(
+      "name: demo\nnodes: {hosts: [h1, h2], procs_per_node: 2}\ndata: {batch_size: 4}\n",
+      "t.yaml")));
+  EXPECT_NE(text.find("job demo"), std::string::npos) << text;
+  EXPECT_NE(text.find("4 workers = data 4 x tensor 1 x pipeline 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("h2    ranks 2-3"), std::string::npos) << text;
+  EXPECT_NE(text.find("optimizer"), std::string::npos) << text;
+}
+
+}  // namespace
+}  // namespace ptrain::spec
