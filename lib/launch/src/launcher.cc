@@ -165,6 +165,7 @@ class Launcher::Impl {
   std::vector<int> exit_codes_;
   std::optional<Failure> failure_;
   std::vector<int> missing_at_failure_;
+  bool joined_at_failure_ = false;
   int interrupt_sig_ = 0;
   std::optional<Clock::time_point> kill_at_;
 };
@@ -187,7 +188,10 @@ void Launcher::Impl::begin_abort(const std::string& reason) {
 void Launcher::Impl::fail(Failure f) {
   if (failure_ || interrupt_sig_) return;
   dir_->log(fmt::format("rank {} {}: aborting the job", f.rank, f.what));
-  if (coordinator_) missing_at_failure_ = coordinator_->missing_ranks();
+  if (coordinator_) {
+    missing_at_failure_ = coordinator_->missing_ranks();
+    joined_at_failure_ = !coordinator_->joined_ranks().empty();
+  }
   std::string reason = fmt::format("rank {} {}", f.rank, f.what);
   failure_ = std::move(f);
   begin_abort(reason);
@@ -263,7 +267,8 @@ void Launcher::Impl::print_root_cause() {
   std::string who = f.pid > 0 ? fmt::format("rank {} on {} (pid {})", f.rank, node_, f.pid)
                               : fmt::format("rank {} on {}", f.rank, node_);
   std::string block = fmt::format("ptrain: job failed: {} {}\n", who, f.what);
-  if (!missing_at_failure_.empty() && !spec_.launcher_only())
+  // Named whenever the rendezvous was in use (built-in workers, or a command running them).
+  if (!missing_at_failure_.empty() && (!spec_.launcher_only() || joined_at_failure_))
     block += fmt::format("ptrain: rendezvous incomplete: rank(s) {} on {} never joined\n",
                          join_ints(missing_at_failure_), node_);
   if (f.rank >= 0) {
@@ -307,7 +312,7 @@ JobResult Launcher::Impl::run() {
   SignalGuard signals;  // before any thread starts
   node_ = host_name();
   const bool builtin = !spec_.launcher_only();
-  world_size_ = builtin ? spec_.world_size() : spec_.nodes.procs_per_node;
+  world_size_ = spec_.world_size();  // `run` starts every rank on this machine
   PTRAIN_CHECK(world_size_ >= 1, "world size {}", world_size_);
   exit_codes_.assign(static_cast<size_t>(world_size_), INT_MIN);
 

@@ -129,6 +129,9 @@ int worker_main(const WorkerOptions& options) {
   req.round = env.round;
   req.timeout = rdzv_timeout + Millis(10000);
   rendezvous::JoinResult joined = client.join(req);
+  std::fprintf(stderr, "ptrain worker: rank %d/%d joined on %s (dp %d, tp %d, pp %d), run %s\n",
+               joined.rank, joined.world_size, env.node.c_str(), joined.coords.dp, joined.coords.tp,
+               joined.coords.pp, joined.run_id.c_str());
 
   client.watch(env.rank, [&](const rendezvous::WatchEventView& ev) {
     if (ev.kind == rendezvous::WatchEventView::Kind::Abort) on_abort(ev.reason);

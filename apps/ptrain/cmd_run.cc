@@ -1,0 +1,42 @@
+// `ptrain run job.yaml [--set k=v]... [--dry-run]`: runs a job on this machine and exits with its
+// status (the first failing worker's exit code, 128+N for a signal, 130/143/129 on interrupt).
+#include <fmt/format.h>
+
+#include "command.h"
+#include "ptrain/launch/launcher.h"
+#include "ptrain/spec/plan.h"
+#include "ptrain/spec/spec.h"
+
+namespace ptrain::cli {
+namespace {
+
+struct RunArgs {
+  std::string spec_path;
+  std::vector<std::string> overrides;
+  bool dry_run = false;
+};
+
+Action setup_run(CLI::App& sub) {
+  auto args = std::make_shared<RunArgs>();
+  sub.add_option("spec", args->spec_path, "Job spec (YAML)")->required();
+  sub.add_option("--set", args->overrides, "Override a spec key: --set train.steps=10")
+      ->allow_extra_args(false);
+  sub.add_flag("--dry-run", args->dry_run, "Validate and print the plan without running");
+  return [args] {
+    spec::JobSpec spec = spec::load_file(args->spec_path, args->overrides);
+    if (args->dry_run) {
+      fmt::print("{}", spec::format_plan(spec::make_plan(spec)));
+      return 0;
+    }
+    launch::LauncherOptions options;
+    options.spec_yaml = spec::to_yaml(spec);
+    launch::Launcher launcher(std::move(spec), options);
+    return launcher.run().exit_code;
+  };
+}
+
+}  // namespace
+
+PTRAIN_COMMAND({"run", "Run a job on this machine", false, 10, setup_run})
+
+}  // namespace ptrain::cli

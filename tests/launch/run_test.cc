@@ -1,0 +1,335 @@
+// `ptrain run` end to end with the real binary: environment, logs, exit codes, root-cause
+// blocks, signals, hang detection and cleanup (checked in /proc).
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "ptrain/launch/process.h"
+
+using namespace ptrain;
+using namespace ptrain::launch;
+namespace fs = std::filesystem;
+
+extern char** environ;
+
+namespace {
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool contains(const std::string& hay, const std::string& needle) {
+  return hay.find(needle) != std::string::npos;
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/ptrain-launch-test-XXXXXX";
+    path_ = ::mkdtemp(tmpl);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Processes of ours whose environment says they belong to a run under `dir`.
+std::vector<pid_t> processes_of(const std::string& dir, const std::string& extra = "") {
+  std::vector<pid_t> out;
+  DIR* proc = ::opendir("/proc");
+  if (!proc) return out;
+  std::string tag = "PTRAIN_RUN_DIR=" + dir;
+  while (struct dirent* e = ::readdir(proc)) {
+    pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
+    if (pid <= 0) continue;
+    std::string env = read_file(fmt::format("/proc/{}/environ", pid));
+    bool match = false, extra_ok = extra.empty();
+    size_t start = 0;
+    while (start < env.size()) {
+      size_t end = env.find('\0', start);
+      if (end == std::string::npos) end = env.size();
+      std::string kv = env.substr(start, end - start);
+      if (kv.compare(0, tag.size(), tag) == 0) match = true;
+      if (!extra.empty() && kv == extra) extra_ok = true;
+      start = end + 1;
+    }
+    if (match && extra_ok) out.push_back(pid);
+  }
+  ::closedir(proc);
+  return out;
+}
+
+// Waits (bounded) until no process of the run is left; returns the ones still there.
+std::vector<pid_t> wait_all_gone(const std::string& dir, Millis timeout = Millis(10000)) {
+  Deadline d(timeout);
+  auto left = processes_of(dir);
+  while (!left.empty() && !d.expired()) {
+    ::usleep(10000);
+    left = processes_of(dir);
+  }
+  return left;
+}
+
+std::vector<std::string> our_env() {
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) env.emplace_back(*e);
+  return env;
+}
+
+// A running `ptrain` with its output collected.
+class Ptrain {
+ public:
+  explicit Ptrain(std::vector<std::string> args) {
+    ProcessOptions o;
+    o.argv = {PTRAIN_BINARY};
+    o.argv.insert(o.argv.end(), args.begin(), args.end());
+    o.env = our_env();
+    proc_ = ChildProcess::spawn(o);
+  }
+  // Reads what is available for up to `timeout`.
+  void pump(Millis timeout) {
+    std::vector<struct pollfd> fds;
+    if (proc_.stdout_fd() >= 0) fds.push_back({proc_.stdout_fd(), POLLIN, 0});
+    if (proc_.stderr_fd() >= 0) fds.push_back({proc_.stderr_fd(), POLLIN, 0});
+    if (fds.empty()) {
+      ::usleep(static_cast<useconds_t>(timeout.count()) * 1000);
+      return;
+    }
+    if (::poll(fds.data(), fds.size(), static_cast<int>(timeout.count())) <= 0) return;
+    for (auto& p : fds) {
+      if (!p.revents) continue;
+      char buf[4096];
+      ssize_t n = ::read(p.fd, buf, sizeof buf);
+      bool is_out = p.fd == proc_.stdout_fd();
+      if (n > 0)
+        (is_out ? out : err).append(buf, static_cast<size_t>(n));
+      else if (n == 0)
+        is_out ? proc_.close_stdout() : proc_.close_stderr();
+    }
+  }
+  template <class Pred>
+  bool wait_for(Pred pred, Millis timeout = Millis(20000)) {
+    Deadline d(timeout);
+    while (!pred()) {
+      if (d.expired()) return false;
+      pump(Millis(20));
+    }
+    return true;
+  }
+  // Waits for the exit; -1 (and a kill) when it takes longer than timeout.
+  int finish(Millis timeout = Millis(60000)) {
+    Deadline d(timeout);
+    while (!d.expired()) {
+      pump(Millis(20));
+      if (auto st = proc_.try_wait()) {
+        while (proc_.stdout_fd() >= 0 || proc_.stderr_fd() >= 0) pump(Millis(100));
+        return st->shell_code();
+      }
+    }
+    proc_.signal_group(SIGKILL);
+    return -1;
+  }
+  ChildProcess& proc() { return proc_; }
+  std::string out, err;
+
+ private:
+  ChildProcess proc_;
+};
+
+class RunTest : public ::testing::Test {
+ protected:
+  std::string runs() const { return tmp_.path() + "/runs"; }
+  // Writes a spec; `body` is YAML appended after name and logging.
+  std::string spec(const std::string& body, const std::string& console = "all") {
+    std::string path = tmp_.path() + "/job.yaml";
+    std::ofstream(path) << "name: t\nlogging: {dir: " << runs() << ", console: " << console << "}\n"
+                        << body;
+    return path;
+  }
+  std::string run_dir() const {
+    for (const auto& e : fs::directory_iterator(runs())) return e.path().string();
+    return {};
+  }
+  void TearDown() override {
+    auto left = wait_all_gone(tmp_.path());
+    EXPECT_TRUE(left.empty()) << left.size() << " process(es) of the run left, e.g. pid "
+                              << (left.empty() ? 0 : left[0]);
+    for (pid_t p : left) ::kill(p, SIGKILL);
+  }
+  TempDir tmp_;
+};
+
+const std::string kTwoCommand = "nodes: {procs_per_node: 2}\nparallel: {data: 2}\n";
+const std::string kTwoBuiltin =
+    "nodes: {procs_per_node: 2, device: cpu}\nparallel: {data: 2}\ntrain: {steps: 0}\n";
+
+}  // namespace
+
+TEST_F(RunTest, CommandJobGetsTheTorchrunEnvironmentAndLogsEachRank) {
+  Ptrain p(
+      {"run", spec(kTwoCommand +
+                   "command: [sh, -c, 'tok=$(printf %s \"$PTRAIN_TOKEN\" | wc -c); echo "
+                   "rank=$RANK world=$WORLD_SIZE local=$LOCAL_RANK lws=$LOCAL_WORLD_SIZE "
+                   "group=$GROUP_RANK master=$MASTER_ADDR token=$tok omp=$OMP_NUM_THREADS "
+                   "restarts=$TORCHELASTIC_RESTART_COUNT port=$MASTER_PORT; echo oops >&2']\n")});
+  ASSERT_EQ(p.finish(), 0) << p.err;
+  EXPECT_TRUE(contains(p.out,
+                       "[rank 1] rank=1 world=2 local=1 lws=2 group=0 master=127.0.0.1 "
+                       "token=64 omp=1 restarts=0 port="))
+      << p.out;
+  std::string dir = run_dir();
+  std::string log0 = read_file(dir + "/rank-0.log");
+  EXPECT_TRUE(contains(log0, " rank=0 world=2")) << log0;
+  EXPECT_TRUE(contains(log0, " oops\n")) << log0;
+  EXPECT_EQ(log0[4], '-');  // "2026-11-26 23:42:07.123 text"
+  EXPECT_EQ(log0[23], ' ');
+  EXPECT_TRUE(fs::exists(dir + "/job.yaml"));
+  EXPECT_TRUE(fs::exists(dir + "/launcher.log"));
+  EXPECT_TRUE(contains(read_file(dir + "/summary.json"), "\"status\": \"succeeded\""));
+}
+
+TEST_F(RunTest, RanksLogsMergeInTimeOrder) {
+  Ptrain p({"run", spec(kTwoCommand + "command: [sh, -c, 'echo first-$RANK']\n")});
+  ASSERT_EQ(p.finish(), 0) << p.err;
+  Ptrain logs({"logs", run_dir(), "--rank", "1"});
+  ASSERT_EQ(logs.finish(), 0) << logs.err;
+  EXPECT_TRUE(contains(logs.out, "[rank 1] ")) << logs.out;
+  EXPECT_TRUE(contains(logs.out, "first-1")) << logs.out;
+  EXPECT_FALSE(contains(logs.out, "first-0")) << logs.out;
+}
+
+TEST_F(RunTest, StepsZeroJobJoinsAndExitsZero) {
+  Ptrain p({"run", spec(kTwoBuiltin)});
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  EXPECT_TRUE(contains(read_file(run_dir() + "/summary.json"), "\"exit_code\": 0"));
+}
+
+TEST_F(RunTest, FailingWorkerGivesItsExitCodeAndARootCause) {
+  Ptrain p({"run", spec(kTwoCommand +
+                        "command: [sh, -c, 'if [ $RANK = 1 ]; then echo boom-line; exit 3; fi; "
+                        "exec sleep 60']\n")});
+  EXPECT_EQ(p.finish(Millis(30000)), 3);
+  EXPECT_TRUE(contains(p.err, "rank 1 on ")) << p.err;
+  EXPECT_TRUE(contains(p.err, "exit code 3")) << p.err;
+  EXPECT_TRUE(contains(p.err, "boom-line")) << p.err;
+  EXPECT_TRUE(contains(read_file(run_dir() + "/summary.json"), "\"failed_rank\": 1"));
+}
+
+TEST_F(RunTest, WorkerKilledMidRunGives137) {
+  Ptrain p({"run", spec(kTwoCommand + "command: [sh, -c, 'echo ready-$RANK; exec sleep 60']\n")});
+  ASSERT_TRUE(p.wait_for([&] { return contains(p.out, "ready-1"); })) << p.out << p.err;
+  auto victims = processes_of(tmp_.path(), "RANK=1");
+  ASSERT_EQ(victims.size(), 1u);
+  ::kill(victims[0], SIGKILL);
+  EXPECT_EQ(p.finish(Millis(30000)), 137);
+  EXPECT_TRUE(contains(p.err, "SIGKILL")) << p.err;
+}
+
+TEST_F(RunTest, CommandNotFoundIs127AndNamed) {
+  Ptrain p({"run", spec(kTwoCommand + "command: [ptrain-no-such-program, --flag]\n")});
+  EXPECT_EQ(p.finish(Millis(30000)), 127);
+  EXPECT_TRUE(contains(p.err, "ptrain-no-such-program")) << p.err;
+  EXPECT_TRUE(contains(p.err, "not found")) << p.err;
+}
+
+TEST_F(RunTest, SigintStopsEverythingWith130) {
+  Ptrain p({"run", spec(kTwoCommand + "command: [sh, -c, 'echo ready-$RANK; sleep 60']\n")});
+  ASSERT_TRUE(p.wait_for([&] { return contains(p.out, "ready-0") && contains(p.out, "ready-1"); }))
+      << p.out;
+  ::kill(p.proc().pid(), SIGINT);
+  EXPECT_EQ(p.finish(Millis(30000)), 130);
+  EXPECT_TRUE(contains(read_file(run_dir() + "/summary.json"), "interrupted"));
+  // TearDown checks that no process of the run is left (sleep included: the group was signalled).
+}
+
+TEST_F(RunTest, SigkillOfTheLauncherTakesTheWorkersDown) {
+  Ptrain p({"run", spec(kTwoCommand + "command: [sh, -c, 'echo ready-$RANK; exec sleep 60']\n")});
+  ASSERT_TRUE(p.wait_for([&] { return contains(p.out, "ready-0") && contains(p.out, "ready-1"); }))
+      << p.out;
+  ASSERT_EQ(processes_of(tmp_.path()).size(), 2u);
+  ::kill(p.proc().pid(), SIGKILL);
+  EXPECT_EQ(p.finish(Millis(30000)), 137);
+  EXPECT_TRUE(wait_all_gone(tmp_.path()).empty());
+}
+
+TEST_F(RunTest, StoppedWorkerIsDetectedAsHung) {
+  // Rank 1 starts late so rank 0 has joined and is waiting when it is stopped; once rank 1 joins,
+  // rank 0 sends no heartbeat and the watchdog names it.
+  Ptrain p({"run",
+            spec(kTwoCommand +
+                 "fault_tolerance: {heartbeat_s: 0.1, hang_timeout_s: 1, term_grace_s: 1}\n"
+                 "command: [sh, -c, 'if [ $RANK = 1 ]; then sleep 1.5; fi; exec \"$0\" worker', " +
+                 std::string(PTRAIN_BINARY) + "]\n")});
+  std::vector<pid_t> rank0;
+  ASSERT_TRUE(p.wait_for([&] {
+    rank0 = processes_of(tmp_.path(), "RANK=0");
+    return !rank0.empty();
+  }));
+  // Let it reach the coordinator (connect + Join take a few ms); rank 1 comes 1.5 s later.
+  ::usleep(500000);
+  ::kill(rank0[0], SIGSTOP);
+  EXPECT_EQ(p.finish(Millis(30000)), kExitTimeout) << p.err;
+  EXPECT_TRUE(contains(p.err, "rank 0")) << p.err;
+  EXPECT_TRUE(contains(p.err, "hung")) << p.err;
+}
+
+TEST_F(RunTest, BusyExplicitPortIsNamed) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa {};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  socklen_t len = sizeof sa;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  int port = ntohs(sa.sin_port);
+  Ptrain p({"run", spec(kTwoCommand + fmt::format("rendezvous: {{port: {}}}\n", port) +
+                        "command: [sh, -c, 'exit 0']\n")});
+  int code = p.finish(Millis(30000));
+  ::close(fd);
+  EXPECT_NE(code, 0);
+  EXPECT_TRUE(contains(p.err, fmt::format("127.0.0.1:{}", port))) << p.err;
+}
+
+TEST_F(RunTest, WrongTokenIsRefused) {
+  Ptrain p({"run", spec(kTwoCommand + "env: {PTRAIN_TOKEN: not-the-token}\ncommand: [" +
+                        std::string(PTRAIN_BINARY) + ", worker]\n")});
+  EXPECT_EQ(p.finish(Millis(30000)), kExitRemote) << p.err;
+  EXPECT_TRUE(contains(p.err, "token")) << p.err;
+}
+
+TEST_F(RunTest, RankThatNeverJoinsIsNamed) {
+  Ptrain p({"run", spec(kTwoCommand + "rendezvous: {timeout_s: 1}\n" +
+                        "command: [sh, -c, 'if [ $RANK = 1 ]; then exec sleep 60; fi; exec \"$0\" "
+                        "worker', " +
+                        std::string(PTRAIN_BINARY) + "]\n")});
+  EXPECT_EQ(p.finish(Millis(30000)), kExitTimeout) << p.err;
+  EXPECT_TRUE(contains(p.err, "rank(s) 1 on")) << p.err;
+}
+
+TEST_F(RunTest, WorkerCrashingDuringRendezvousAbortsTheOthers) {
+  Ptrain p({"run", spec(kTwoCommand +
+                        "command: [sh, -c, 'if [ $RANK = 1 ]; then exit 5; fi; exec \"$0\" "
+                        "worker', " +
+                        std::string(PTRAIN_BINARY) + "]\n")});
+  EXPECT_EQ(p.finish(Millis(30000)), 5) << p.err;
+  EXPECT_TRUE(contains(p.err, "rank 1")) << p.err;
+}
