@@ -595,7 +595,7 @@ std::vector<Override> parse_overrides(const std::vector<std::string>& overrides)
     if (!ok)
       throw ConfigError(fmt::format("--set {}: expected key.path=value", text),
                         "e.g. --set parallel.data=2 or --set train.optimizer.lr=1e-3");
-    out.push_back({key, text});
+    out.push_back({key, text, {}});
   }
   return out;
 }
