@@ -37,8 +37,9 @@ Connection::Connection(std::string address, std::string token)
   // separate workers instead of sharing gRPC's global subchannel.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   // Retry a refused connection quickly: workers may start a moment before the coordinator.
+  // (Not GRPC_ARG_MIN_RECONNECT_BACKOFF_MS: gRPC also uses it as the connect timeout, and a
+  // loaded coordinator accepting thousands of connections needs more than a few ms per handshake.)
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 50);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   channel_ = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
   stub_ = proto::Coordinator::NewStub(channel_);
