@@ -2,6 +2,7 @@
 // environment (RANK, PTRAIN_COORDINATOR, PTRAIN_TOKEN, ...). The trainer hook is set here.
 #include "command.h"
 #include "ptrain/launch/worker.h"
+#include "ptrain/train/worker.h"
 
 namespace ptrain::cli {
 namespace {
@@ -9,7 +10,7 @@ namespace {
 Action setup_worker(CLI::App& /*sub*/) {
   return [] {
     launch::WorkerOptions options;
-    // The built-in training loop (lib/train) plugs in here: options.trainer = ...;
+    options.trainer = train::run_worker;
     return launch::worker_main(options);
   };
 }

@@ -280,7 +280,7 @@ void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& b
 void read_train(Reader& r, const MapView& m, TrainSpec& t) {
   m.allow({"steps", "seed", "precision", "grad_accum", "log_every", "eval_every", "optimizer",
            "schedule"});
-  m.read("steps", t.steps, 1, int64_t{1} << 40);
+  m.read("steps", t.steps, 0, int64_t{1} << 40);
   m.read("seed", t.seed);
   m.read_enum("precision", t.precision, {"fp32", "bf16"});
   m.read("grad_accum", t.grad_accum, 1, 1 << 16);
