@@ -8,22 +8,53 @@
 
 namespace ptrain::train {
 
+FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMesh* mesh) {
+  // Tensor parallelism (tp > 1) joins split parameters here; pipeline parallelism (pp > 1)
+  // merges the stages onto pipeline rank 0. With neither, the local tensors are the full ones.
+  if (mesh) {
+    PTRAIN_CHECK(mesh->shape().tp == 1 && mesh->shape().pp == 1,
+                 "gathering tensor/pipeline shards is not implemented");
+    if (mesh->rank() != 0) return {};
+  }
+  std::vector<float> host(model.num_params());
+  tensor::ops(model.device()).copy_to_host(host.data(), flat, host.size() * sizeof(float));
+  FullState out;
+  for (const auto& p : model.params())
+    out.push_back({p.name, p.shape,
+                   std::vector<float>(host.begin() + p.offset, host.begin() + p.offset + p.numel)});
+  return out;
+}
+
+void read_local(const data::SafetensorsFile& file, const std::string& file_name,
+                const nn::ParamInfo& p, std::vector<float>& out) {
+  const auto* info = file.find(file_name);
+  if (!info || info->shape != p.shape)
+    throw ConfigError(
+        fmt::format("checkpoint '{}' has no tensor {} of shape [{}]{}", file.origin(), file_name,
+                    fmt::join(p.shape, ","),
+                    info ? fmt::format(" (it has [{}])", fmt::join(info->shape, ",")) : ""),
+        "resume with the model the checkpoint was trained with");
+  out.resize(p.numel);
+  file.read_f32(file_name, out.data());
+}
+
+static std::vector<data::TensorRef> refs(const FullState& state, const std::string& suffix) {
+  std::vector<data::TensorRef> out;
+  for (const auto& t : state)
+    out.push_back({t.name + suffix, data::DType::kF32, t.shape, t.data.data()});
+  return out;
+}
+
 data::CheckpointManifest save_training_state(
-    const std::string& dir, int keep, int64_t step, const nn::Model& model,
-    const std::map<std::string, std::vector<float>>& full_state, const optim::Optimizer& optimizer,
+    const std::string& dir, int keep, int64_t step, const FullState& model,
+    const std::vector<std::pair<std::string, FullState>>& optim, const optim::Optimizer& optimizer,
     std::map<std::string, std::string> metadata) {
-  std::vector<float> params(model.num_params());
-  model.param_buffer().copy_to_host(params.data(), params.size() * sizeof(float));
   data::CheckpointData ckpt;
   ckpt.step = step;
-  for (const auto& p : model.params())
-    ckpt.model.push_back({p.name, data::DType::kF32, p.shape, params.data() + p.offset});
-  for (const auto& [state_name, buf] : full_state) {
-    PTRAIN_CHECK(buf.size() == model.num_params(), "state {} has {} of {} elements", state_name,
-                 buf.size(), model.num_params());
-    for (const auto& p : model.params())
-      ckpt.optim.push_back(
-          {p.name + "." + state_name, data::DType::kF32, p.shape, buf.data() + p.offset});
+  ckpt.model = refs(model, "");
+  for (const auto& [state_name, state] : optim) {
+    auto r = refs(state, "." + state_name);
+    ckpt.optim.insert(ckpt.optim.end(), r.begin(), r.end());
   }
   metadata["step"] = std::to_string(step);
   metadata["optimizer"] = optimizer.name();
@@ -36,50 +67,38 @@ data::CheckpointManifest save_training_state(
 
 SavedState load_training_state(const data::CheckpointManifest& manifest, nn::Model& model,
                                optim::Optimizer& optimizer) {
+  auto it = manifest.metadata.find("optimizer");
+  if (it != manifest.metadata.end() && it->second != optimizer.name())
+    throw ConfigError(fmt::format("checkpoint '{}' holds {} state but the job uses {}",
+                                  manifest.manifest_path(), it->second, optimizer.name()),
+                      "keep train.optimizer.type as it was, or set checkpoint.resume: never");
   auto mfile = data::SafetensorsFile::open(manifest.model_path());
   std::vector<float> host;
   for (size_t i = 0; i < model.params().size(); ++i) {
     const auto& p = model.params()[i];
-    const auto* info = mfile.find(p.name);
-    if (!info || info->shape != p.shape)
-      throw ConfigError(fmt::format("checkpoint '{}' has no tensor {} of shape [{}]",
-                                    manifest.model_path(), p.name, fmt::join(p.shape, ",")),
-                        "resume with the model the checkpoint was trained with");
-    host.resize(p.numel);
-    mfile.read_f32(p.name, host.data());
+    read_local(mfile, p.name, p, host);
     model.param(i).copy_from_host(host.data(), p.numel * sizeof(float));
   }
-  SavedState saved;
-  saved.step = manifest.step;
-  saved.metadata = manifest.metadata;
-  auto it = manifest.metadata.find("optimizer");
-  if (it != manifest.metadata.end() && it->second != optimizer.name())
-    throw ConfigError(
-        fmt::format("checkpoint '{}' holds {} state but the job uses {}", manifest.manifest_path(),
-                    it->second, optimizer.name()),
-        "keep train.optimizer.type as it was, or start fresh with checkpoint.resume: never");
   auto states = optimizer.state();
   if (!states.empty()) {
     auto ofile = data::SafetensorsFile::open(manifest.optim_path());
     const auto& shard = optimizer.shard();
     const tensor::Ops& ops = tensor::ops(model.device());
     for (auto& s : states) {
-      // Each parameter's slice that falls inside this rank's shard.
+      // Each parameter's part that falls inside this rank's (ZeRO-1) shard.
       for (const auto& p : model.params()) {
         size_t lo = std::max(p.offset, shard.begin);
         size_t hi = std::min(p.offset + p.numel, shard.end);
         if (lo >= hi) continue;
-        std::string name = p.name + "." + s.name;
-        if (!ofile.find(name))
-          throw ConfigError(fmt::format("checkpoint '{}' has no optimizer tensor {}",
-                                        manifest.optim_path(), name));
-        host.resize(p.numel);
-        ofile.read_f32(name, host.data());
+        read_local(ofile, p.name + "." + s.name, p, host);
         ops.copy_from_host(s.data + (lo - shard.begin), host.data() + (lo - p.offset),
                            (hi - lo) * sizeof(float));
       }
     }
   }
+  SavedState saved;
+  saved.step = manifest.step;
+  saved.metadata = manifest.metadata;
   auto steps_it = manifest.metadata.find("optimizer_steps");
   optimizer.set_steps(steps_it != manifest.metadata.end() ? std::stoll(steps_it->second)
                                                           : manifest.step);

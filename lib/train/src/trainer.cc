@@ -47,7 +47,7 @@ class Trainer {
   double reduce_loss(double local_sum);
   double evaluate();
   void save(int64_t step_done, double loss);
-  std::map<std::string, std::vector<float>> gather_optimizer_state();
+  std::vector<std::pair<std::string, FullState>> gather_optimizer_state();
   bool is_reporter() const { return ctx_.rank == 0; }
 
   const spec::JobSpec& spec_;
@@ -233,29 +233,30 @@ double Trainer::evaluate() {
   return reduce_loss(sum) / double(batches);
 }
 
-std::map<std::string, std::vector<float>> Trainer::gather_optimizer_state() {
-  std::map<std::string, std::vector<float>> out;
+std::vector<std::pair<std::string, FullState>> Trainer::gather_optimizer_state() {
+  std::vector<std::pair<std::string, FullState>> out;
   const size_t n = model_->num_params();
   const auto& shard = optimizer_->shard();
   for (auto& s : optimizer_->state()) {
-    std::vector<float> full(n);
-    if (!zsend_.defined()) {
-      ops_->copy_to_host(full.data(), s.data, n * sizeof(float));
-    } else {
+    const float* flat = s.data;
+    if (zsend_.defined()) {
+      // ZeRO-1: join the data-parallel shards into a full flat buffer first.
       ops_->copy(zrecv_.data<float>(), s.data, shard.size() * sizeof(float));
       ctx_.mesh->dp().allgather(zrecv_.data<float>(), zgather_.data<float>(), zchunk_, DType::kF32);
-      ops_->copy_to_host(full.data(), zgather_.data<float>(), n * sizeof(float));
+      flat = zgather_.data<float>();
     }
-    out[s.name] = std::move(full);
+    (void)n;
+    out.emplace_back(s.name, gather_full(*model_, flat, ctx_.mesh));
   }
   return out;
 }
 
 void Trainer::save(int64_t step_done, double loss) {
   if (ckpt_dir_.empty()) return;
-  // Every data rank takes part in gathering ZeRO shards; rank 0 writes.
-  auto state = gather_optimizer_state();
-  if (coords_.dp != 0) return;
+  // Collective: every rank takes part in gathering shards; global rank 0 writes.
+  auto model_state = gather_full(*model_, model_->param_data(), ctx_.mesh);
+  auto optim_state = gather_optimizer_state();
+  if (ctx_.rank != 0) return;
   std::map<std::string, std::string> meta;
   meta["seed"] = std::to_string(spec_.train.seed);
   meta["data_position"] = std::to_string(step_done);
@@ -267,8 +268,8 @@ void Trainer::save(int64_t step_done, double loss) {
         fmt::format(R"({{"layers": {}, "heads": {}, "dim": {}, "seq_len": {}, "vocab": {}}})",
                     spec_.model.layers, spec_.model.heads, spec_.model.dim, spec_.model.seq_len,
                     spec_.model.vocab);
-  auto manifest = save_training_state(ckpt_dir_, spec_.checkpoint.keep, step_done, *model_, state,
-                                      *optimizer_, meta);
+  auto manifest = save_training_state(ckpt_dir_, spec_.checkpoint.keep, step_done, model_state,
+                                      optim_state, *optimizer_, meta);
   log(fmt::format("checkpoint: saved step {} to {}", step_done, manifest.model_path()));
 }
 

@@ -1,34 +1,58 @@
 // Saving and restoring a worker's training state (model, optimizer state, step, data position)
-// with the checkpoint files of lib/data. The model file uses the model's own parameter names
-// (GPT-2 / PyTorch), so it opens in other tools; optimizer state is named
-// "<param>.<state>" (exp_avg, exp_avg_sq, momentum_buffer).
+// with the checkpoint files of lib/data. Files hold FULL tensors under the model's own names
+// (GPT-2 / PyTorch), whatever mesh wrote them: sharded parameters are gathered before a save
+// and each rank slices its own part out on load, so a checkpoint resumes on any mesh.
+// Optimizer state is named "<param>.<state>" (exp_avg, exp_avg_sq, momentum_buffer).
 #pragma once
 
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "ptrain/comm/mesh.h"
 #include "ptrain/data/checkpoint.h"
+#include "ptrain/data/safetensors.h"
 #include "ptrain/nn/model.h"
 #include "ptrain/optim/optimizer.h"
 
 namespace ptrain::train {
+
+// One unsharded tensor on the host.
+struct FullTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+};
+using FullState = std::vector<FullTensor>;  // in model parameter order
+
+// Collective over the mesh (every rank must call it with a buffer laid out like the model's
+// parameters: the parameters themselves, or an optimizer state covering every parameter).
+// Returns the whole model's tensors on the writing rank (global rank 0) and an empty state
+// elsewhere. Tensor-parallel shards are joined along their split dimension; pipeline stages
+// are merged (a stage's duplicate of a tied tensor is left out). `mesh` may be null.
+FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMesh* mesh);
+
+// This rank's part of parameter `p` (its tensor-parallel slice when the parameter is split)
+// from tensor `file_name` of a checkpoint file, into `out` (p.numel floats). Throws ConfigError
+// naming the file and tensor when it is missing or its shape does not match.
+void read_local(const data::SafetensorsFile& file, const std::string& file_name,
+                const nn::ParamInfo& p, std::vector<float>& out);
 
 struct SavedState {
   int64_t step = 0;  // steps completed
   std::map<std::string, std::string> metadata;
 };
 
-// Writes the full model and full optimizer state (host copies). `full_state` holds the optimizer
-// buffers covering the whole flat parameter buffer (for ZeRO-1 the caller gathers them first),
-// one vector per state name.
+// Writes a checkpoint from gathered state (call on the writing rank only).
 data::CheckpointManifest save_training_state(
-    const std::string& dir, int keep, int64_t step, const nn::Model& model,
-    const std::map<std::string, std::vector<float>>& full_state, const optim::Optimizer& optimizer,
+    const std::string& dir, int keep, int64_t step, const FullState& model,
+    const std::vector<std::pair<std::string, FullState>>& optim, const optim::Optimizer& optimizer,
     std::map<std::string, std::string> metadata);
 
-// Restores model weights and this rank's shard of the optimizer state from a checkpoint.
-// Throws ConfigError naming the file and tensor on any mismatch.
+// Restores this rank's parameters and its shard of the optimizer state. Every rank reads the
+// files itself.
 SavedState load_training_state(const data::CheckpointManifest& manifest, nn::Model& model,
                                optim::Optimizer& optimizer);
 
