@@ -1,0 +1,87 @@
+// Asynchronous data parallelism: a parameter server owns one contiguous shard of the flat
+// parameters and its optimizer state and serves them over gRPC (Push gradients, Pull parameters)
+// with a stale-synchronous bound; ParamClient is the worker's side of one server.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ptrain/core/time.h"
+#include "ptrain/optim/optimizer.h"
+
+namespace ptrain::parallel {
+
+struct ParamServerOptions {
+  int index = 0;    // which server (shard) this is
+  int workers = 1;  // data-parallel ranks that push
+  std::string bind = "127.0.0.1";
+  std::string token;  // the job token every RPC must carry ("" = none required)
+  // Longest a Pull may wait for the slowest worker (the client asks for less).
+  Millis max_wait{std::chrono::minutes(10)};
+};
+
+// Per-worker clocks: clock[w] = steps worker w has pushed. A Pull with min_clock m returns once
+// min_w clock[w] >= m, so a worker at step c asking for m = c - s never reads parameters that
+// miss more than s steps of any worker (SSP). The optimizer runs one update per push.
+class ParamServer {
+ public:
+  // `optimizer` covers shard [optimizer->shard().begin, end) of the flat layout; `init` holds the
+  // shard's initial parameters [shard.size()].
+  ParamServer(ParamServerOptions options, std::unique_ptr<optim::Optimizer> optimizer,
+              std::vector<float> init);
+  ~ParamServer();  // stops serving
+  ParamServer(const ParamServer&) = delete;
+  ParamServer& operator=(const ParamServer&) = delete;
+
+  // Binds a kernel-chosen port on options.bind. Throws IoError when it cannot.
+  void start();
+  std::string address() const;  // host:port after start()
+  // True once every worker sent its last push, waiting up to `timeout`.
+  bool wait_done(Millis timeout);
+  void shutdown();  // stops the gRPC server; blocked Pulls end with an error
+
+  int64_t version() const;  // updates applied
+  double updates_per_s() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// What a Pull returned.
+struct PullResult {
+  int64_t version = 0;
+  int64_t min_clock = 0;
+};
+
+// The worker's connection to one server. Errors name the server: RemoteError when it cannot be
+// reached or fails, TimeoutError when a Pull waits longer than `wait`.
+class ParamClient {
+ public:
+  ParamClient(int index, std::string address, std::string token,
+              Millis rpc_deadline = kDefaultRpcDeadline);
+  ~ParamClient();
+  ParamClient(const ParamClient&) = delete;
+  ParamClient& operator=(const ParamClient&) = delete;
+
+  // Sends grads [n] of step `step`; returns the server's update rate (updates/s).
+  double push(int worker, int64_t step, float lr, const float* grads, size_t n, bool last);
+  // Reads the shard's parameters into out [n] once every worker pushed >= min_clock steps.
+  PullResult pull(int worker, int64_t min_clock, float* out, size_t n, Millis wait);
+
+  const std::string& address() const { return address_; }
+  int index() const { return index_; }
+
+ private:
+  struct Impl;
+  int index_;
+  std::string address_;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Store key under which server `index` advertises its address.
+std::string param_server_key(int index);
+
+}  // namespace ptrain::parallel

@@ -1,0 +1,256 @@
+// The parameter server and its client over gRPC (proto/ptrain.proto, service ParamServer).
+#include "ptrain/parallel/param_server.h"
+
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+
+#include "ptrain.grpc.pb.h"
+#include "ptrain/core/error.h"
+#include "ptrain/rendezvous/token.h"
+
+namespace ptrain::parallel {
+namespace {
+
+// Parameter shards are far larger than the coordinator's messages.
+constexpr int kMaxMessage = 1 << 30;
+
+std::string error_text(const grpc::Status& st) {
+  return fmt::format("{} ({})", st.error_message(), int(st.error_code()));
+}
+
+}  // namespace
+
+std::string param_server_key(int index) {
+  return fmt::format("ptrain/ps/{}/address", index);
+}
+
+struct ParamServer::Impl final : proto::ParamServer::Service {
+  ParamServerOptions opt;
+  std::unique_ptr<optim::Optimizer> optimizer;
+  size_t begin = 0, size = 0;
+  // Full-layout buffers: the optimizer indexes by absolute element; only the shard is used.
+  std::vector<float> params, grads;
+
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  std::vector<int64_t> clock;  // pushed steps per worker
+  int finished = 0;
+  int64_t version = 0;
+  double start_s = 0;
+  bool stopping = false;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+
+  int64_t min_clock() const { return *std::min_element(clock.begin(), clock.end()); }
+
+  grpc::Status check(grpc::ServerContext* ctx, int worker) const {
+    if (!opt.token.empty()) {
+      auto it = ctx->client_metadata().find(rendezvous::kTokenMetadataKey);
+      std::string_view got = it == ctx->client_metadata().end()
+                                 ? ""
+                                 : std::string_view(it->second.data(), it->second.size());
+      if (!rendezvous::token_equal(got, opt.token))
+        return {grpc::StatusCode::UNAUTHENTICATED, "wrong or missing job token"};
+    }
+    if (worker < 0 || worker >= opt.workers)
+      return {grpc::StatusCode::INVALID_ARGUMENT,
+              fmt::format("worker {} is outside [0, {})", worker, opt.workers)};
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Push(grpc::ServerContext* ctx, const proto::PushRequest* req,
+                    proto::PushResponse* resp) override {
+    if (auto st = check(ctx, req->worker()); !st.ok()) return st;
+    if (req->grads().size() != size * sizeof(float))
+      return {grpc::StatusCode::INVALID_ARGUMENT,
+              fmt::format("{} gradient bytes for a shard of {} floats", req->grads().size(), size)};
+    std::lock_guard lock(mu);
+    std::memcpy(grads.data() + begin, req->grads().data(), size * sizeof(float));
+    optimizer->step(params.data(), grads.data(), req->lr());
+    ++version;
+    auto& c = clock[size_t(req->worker())];
+    c = std::max(c, req->step() + 1);
+    if (req->last()) ++finished;
+    resp->set_version(version);
+    resp->set_updates_per_s(rate_locked());
+    cv.notify_all();
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Pull(grpc::ServerContext* ctx, const proto::PullRequest* req,
+                    proto::PullResponse* resp) override {
+    if (auto st = check(ctx, req->worker()); !st.ok()) return st;
+    Millis wait = std::min(Millis(std::max<int64_t>(0, req->timeout_ms())), opt.max_wait);
+    std::unique_lock lock(mu);
+    bool ok = cv.wait_for(lock, wait, [&] {
+      return stopping || ctx->IsCancelled() || min_clock() >= req->min_clock();
+    });
+    if (stopping) return {grpc::StatusCode::UNAVAILABLE, "the parameter server is stopping"};
+    if (!ok || ctx->IsCancelled()) {
+      size_t slow = size_t(std::min_element(clock.begin(), clock.end()) - clock.begin());
+      return {grpc::StatusCode::DEADLINE_EXCEEDED,
+              fmt::format("waited {} ms for every worker to reach step {}; the slowest, worker "
+                          "{}, is at step {}",
+                          wait.count(), req->min_clock(), slow, clock[slow])};
+    }
+    resp->mutable_params()->assign(reinterpret_cast<const char*>(params.data() + begin),
+                                   size * sizeof(float));
+    resp->set_version(version);
+    resp->set_min_clock(min_clock());
+    return grpc::Status::OK;
+  }
+
+  double rate_locked() const {
+    double dt = mono_seconds() - start_s;
+    return dt > 0 ? double(version) / dt : 0;
+  }
+};
+
+ParamServer::ParamServer(ParamServerOptions options, std::unique_ptr<optim::Optimizer> optimizer,
+                         std::vector<float> init)
+    : impl_(std::make_unique<Impl>()) {
+  auto& s = *impl_;
+  PTRAIN_CHECK(options.workers >= 1, "workers {}", options.workers);
+  s.begin = optimizer->shard().begin;
+  s.size = optimizer->shard().size();
+  PTRAIN_CHECK(init.size() == s.size, "init {} vs shard {}", init.size(), s.size);
+  s.params.assign(optimizer->shard().end, 0.0f);
+  s.grads.assign(optimizer->shard().end, 0.0f);
+  std::copy(init.begin(), init.end(), s.params.begin() + long(s.begin));
+  s.clock.assign(size_t(options.workers), 0);
+  s.opt = std::move(options);
+  s.optimizer = std::move(optimizer);
+}
+
+ParamServer::~ParamServer() {
+  shutdown();
+}
+
+void ParamServer::start() {
+  auto& s = *impl_;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(fmt::format("{}:0", s.opt.bind), grpc::InsecureServerCredentials(),
+                           &s.port);
+  builder.SetMaxReceiveMessageSize(kMaxMessage);
+  builder.SetMaxSendMessageSize(kMaxMessage);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.RegisterService(&s);
+  s.server = builder.BuildAndStart();
+  if (!s.server || s.port == 0)
+    throw IoError(fmt::format("parameter server {} cannot listen on {}", s.opt.index, s.opt.bind),
+                  "check parallel.servers and that the address is local");
+  s.start_s = mono_seconds();
+}
+
+std::string ParamServer::address() const {
+  return fmt::format("{}:{}", impl_->opt.bind, impl_->port);
+}
+
+bool ParamServer::wait_done(Millis timeout) {
+  auto& s = *impl_;
+  std::unique_lock lock(s.mu);
+  return s.cv.wait_for(lock, timeout, [&] { return s.finished >= s.opt.workers || s.stopping; }) &&
+         s.finished >= s.opt.workers;
+}
+
+void ParamServer::shutdown() {
+  auto& s = *impl_;
+  {
+    std::lock_guard lock(s.mu);
+    s.stopping = true;
+  }
+  s.cv.notify_all();
+  if (s.server) {
+    s.server->Shutdown(std::chrono::system_clock::now() + Millis(1000));
+    s.server->Wait();
+    s.server.reset();
+  }
+}
+
+int64_t ParamServer::version() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->version;
+}
+
+double ParamServer::updates_per_s() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->rate_locked();
+}
+
+struct ParamClient::Impl {
+  std::string token;
+  Millis deadline;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<proto::ParamServer::Stub> stub;
+  std::string buffer;
+};
+
+ParamClient::ParamClient(int index, std::string address, std::string token, Millis rpc_deadline)
+    : index_(index), address_(std::move(address)), impl_(std::make_unique<Impl>()) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessage);
+  args.SetMaxSendMessageSize(kMaxMessage);
+  impl_->token = std::move(token);
+  impl_->deadline = rpc_deadline;
+  impl_->channel = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+  impl_->stub = proto::ParamServer::NewStub(impl_->channel);
+}
+
+ParamClient::~ParamClient() = default;
+
+namespace {
+[[noreturn]] void fail(int index, const std::string& address, const char* call,
+                       const grpc::Status& st) {
+  if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
+    throw TimeoutError(fmt::format("parameter server {} at {}: {} timed out: {}", index, address,
+                                   call, st.error_message()),
+                       "a worker or server is stuck or dead; see its log");
+  throw RemoteError(
+      fmt::format("parameter server {} at {} failed {}: {}", index, address, call, error_text(st)),
+      fmt::format("see server-{}.log in the run folder; the server may have died", index));
+}
+}  // namespace
+
+double ParamClient::push(int worker, int64_t step, float lr, const float* grads, size_t n,
+                         bool last) {
+  proto::PushRequest req;
+  req.set_worker(worker);
+  req.set_step(step);
+  req.set_lr(lr);
+  req.set_last(last);
+  req.mutable_grads()->assign(reinterpret_cast<const char*>(grads), n * sizeof(float));
+  proto::PushResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + impl_->deadline);
+  ctx.AddMetadata(rendezvous::kTokenMetadataKey, impl_->token);
+  auto st = impl_->stub->Push(&ctx, req, &resp);
+  if (!st.ok()) fail(index_, address_, "Push", st);
+  return resp.updates_per_s();
+}
+
+PullResult ParamClient::pull(int worker, int64_t min_clock, float* out, size_t n, Millis wait) {
+  proto::PullRequest req;
+  req.set_worker(worker);
+  req.set_min_clock(min_clock);
+  req.set_timeout_ms(wait.count());
+  proto::PullResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + wait + impl_->deadline);
+  ctx.AddMetadata(rendezvous::kTokenMetadataKey, impl_->token);
+  auto st = impl_->stub->Pull(&ctx, req, &resp);
+  if (!st.ok()) fail(index_, address_, "Pull", st);
+  if (resp.params().size() != n * sizeof(float))
+    throw RemoteError(fmt::format("parameter server {} at {} sent {} bytes of parameters, "
+                                  "expected {}",
+                                  index_, address_, resp.params().size(), n * sizeof(float)),
+                      "every worker and server must run the same job spec");
+  std::memcpy(out, resp.params().data(), n * sizeof(float));
+  return {resp.version(), resp.min_clock()};
+}
+
+}  // namespace ptrain::parallel
