@@ -1,5 +1,9 @@
 // GPT-2 forward/backward over the op table. One buffer holds a microbatch's activations; the
 // backward scratch is the model's (backward passes run one at a time, even under 1F1B).
+// Tensor parallelism (Megatron-LM): with t = tp_size each rank holds the heads, MLP columns and
+// vocabulary rows of its part; the tensor group is summed after every row-parallel GEMM
+// (forward) and after every column-parallel input gradient (backward), and the embedding and
+// the cross-entropy are vocabulary-parallel, so full logits are never gathered.
 #include "ptrain/nn/gpt.h"
 
 #include <cmath>
@@ -8,6 +12,7 @@
 #include "ptrain/core/error.h"
 #include "ptrain/nn/init.h"
 #include "ptrain/nn/layers.h"
+#include "gemm_bf16.h"
 
 namespace ptrain::nn {
 namespace {
@@ -28,32 +33,50 @@ enum LayerParam {
   kFcProjB
 };
 
+// This rank's widths: Dl = D/t (its heads), NHl = NH/t, Fl = 4D/t, Vl = V/t (t = 1: full).
+struct LocalDims {
+  explicit LocalDims(const GptConfig& c)
+      : t(c.tp_size),
+        D(c.dim),
+        Dl(c.dim / c.tp_size),
+        NHl(c.heads / c.tp_size),
+        Fl(4 * c.dim / c.tp_size),
+        Vl(c.vocab / c.tp_size),
+        v0(c.tp_rank * (c.vocab / c.tp_size)) {}
+  int t, D, Dl, NHl, Fl, Vl, v0;
+};
+
 // Saved tensors of one block, [N = B*T] rows.
 struct LayerActs {
   float* ln1;       // [N,D]
   float* ln1_mean;  // [N]
   float* ln1_rstd;  // [N]
-  float* qkv;       // [N,3D]
-  float* atty;      // [N,D]
-  float* att_lse;   // [B,NH,T]
+  float* qkv;       // [N,3Dl] q|k|v of this rank's heads
+  float* atty;      // [N,Dl]
+  float* att_lse;   // [B,NHl,T]
   float* res2;      // [N,D] residual after attention
   float* ln2;       // [N,D]
   float* ln2_mean;  // [N]
   float* ln2_rstd;  // [N]
-  float* fch;       // [N,4D]
-  float* fch_gelu;  // [N,4D]
+  float* fch;       // [N,Fl]
+  float* fch_gelu;  // [N,Fl]
 };
 
+}  // namespace
+
+// Named outside the anonymous namespace: Gpt's private helpers take it.
 class GptActivations : public Activations {
  public:
   GptActivations(const GptConfig& cfg, int layers, int B, int T) : B_(B), T_(T) {
-    const size_t N = static_cast<size_t>(B) * T, D = cfg.dim, NH = cfg.heads, V = cfg.vocab;
-    size_t per_layer = N * D * 15 + N * 4 + N * NH;
+    const LocalDims ld(cfg);
+    const size_t N = static_cast<size_t>(B) * T, D = cfg.dim, Dl = ld.Dl, NHl = ld.NHl,
+                 Fl = ld.Fl, V = ld.Vl;
+    size_t per_layer = N * (4 * D + 4 * Dl + 2 * Fl) + N * 4 + N * NHl;
     size_t total = N * D * (layers + 1) + per_layer * layers + N * D /*tmp*/;
-    if (cfg.has_head) total += N * D + 2 * N + N * V + 2 * N;
+    if (cfg.has_head) total += N * D + 2 * N + N * V + 2 * N + 3 * N;
     if (!cfg.has_embedding) total += N * D;
     buf_ = tensor::Tensor::zeros({static_cast<int64_t>(total)}, tensor::DType::kF32, cfg.device);
-    ids_ = tensor::Tensor::zeros({static_cast<int64_t>(2 * N)}, tensor::DType::kI32, cfg.device);
+    ids_ = tensor::Tensor::zeros({static_cast<int64_t>(5 * N)}, tensor::DType::kI32, cfg.device);
     float* cur = buf_.data<float>();
     auto take = [&cur](size_t n) {
       float* p = cur;
@@ -66,15 +89,15 @@ class GptActivations : public Activations {
       a.ln1 = take(N * D);
       a.ln1_mean = take(N);
       a.ln1_rstd = take(N);
-      a.qkv = take(3 * N * D);
-      a.atty = take(N * D);
-      a.att_lse = take(N * NH);
+      a.qkv = take(3 * N * Dl);
+      a.atty = take(N * Dl);
+      a.att_lse = take(N * NHl);
       a.res2 = take(N * D);
       a.ln2 = take(N * D);
       a.ln2_mean = take(N);
       a.ln2_rstd = take(N);
-      a.fch = take(4 * N * D);
-      a.fch_gelu = take(4 * N * D);
+      a.fch = take(N * Fl);
+      a.fch_gelu = take(N * Fl);
       layer.push_back(a);
     }
     tmp = take(N * D);
@@ -85,11 +108,16 @@ class GptActivations : public Activations {
       logits = take(N * V);
       ce_lse = take(N);
       losses = take(N);
+      ce_tmp = take(2 * N);
+      ce_corr = take(N);
       losses_host.resize(N);
     }
     if (!cfg.has_embedding) dinput = take(N * D);
     tokens = ids_.data<int32_t>();
     targets = tokens + N;
+    tokens_local = tokens + 2 * N;
+    targets_local = tokens + 3 * N;
+    targets_bw = tokens + 4 * N;
     has_head = cfg.has_head;
     stride = N * D;
   }
@@ -106,12 +134,19 @@ class GptActivations : public Activations {
   std::vector<LayerActs> layer;
   float* tmp = nullptr;  // [N,D] projection output before the residual add
   float *lnf = nullptr, *lnf_mean = nullptr, *lnf_rstd = nullptr;
-  float* logits = nullptr;  // [N,V]
-  float* ce_lse = nullptr;  // [N]
+  float* logits = nullptr;  // [N,Vl]
+  float* ce_lse = nullptr;  // [N] log-sum-exp over the whole vocabulary
   float* losses = nullptr;  // [N]
-  float* dinput = nullptr;  // [N,D]
+  float* ce_tmp = nullptr;   // [2N] tensor-group reductions of the vocab-parallel softmax
+  float* ce_corr = nullptr;  // [N] 1 where the target lives on another rank (see backward)
+  float* dinput = nullptr;   // [N,D]
   int32_t* tokens = nullptr;
   int32_t* targets = nullptr;
+  // Tensor parallel: tokens as rows of this rank's wte part (Vl = the zero row when another
+  // rank holds them), targets as its columns (-1 elsewhere), and the targets for backward.
+  int32_t* tokens_local = nullptr;
+  int32_t* targets_local = nullptr;
+  int32_t* targets_bw = nullptr;
   std::vector<float> losses_host;
   bool has_head = false;
   bool forward_done = false;
@@ -121,7 +156,6 @@ class GptActivations : public Activations {
   tensor::Tensor buf_, ids_;
 };
 
-}  // namespace
 
 struct Gpt::Scratch {
   int N = 0;
@@ -129,8 +163,19 @@ struct Gpt::Scratch {
   float* dres = nullptr;     // [N,D] gradient of the residual stream
   float* dsmall = nullptr;   // [N,D]
   float* dbig1 = nullptr;    // [N,4D]
-  float* dbig2 = nullptr;    // [N,4D] (also dqkv [N,3D])
-  float* dlogits = nullptr;  // [N,V]
+  float* dbig2 = nullptr;    // [N,4D] (also dqkv [N,3Dl])
+  float* dlogits = nullptr;  // [N,Vl]
+};
+
+// Tensor-parallel embedding buffers: this rank's wte part with a zero row appended, so that
+// tokens of other ranks embed to 0 ([Vl+1, D]), its gradient, and the constant 1.
+struct Gpt::TpBuffers {
+  tensor::Tensor buf;
+  float* wte_ext = nullptr;   // [Vl+1, D]
+  float* dwte_ext = nullptr;  // [Vl+1, D]
+  float* one = nullptr;       // [1]
+  std::vector<int32_t> ids_host;
+  std::vector<float> lse_host, loss_host, red_host;
 };
 
 void validate(const GptConfig& c) {
@@ -156,12 +201,15 @@ void validate(const GptConfig& c) {
                                   c.layer_begin, end, c.layers),
                       "use fewer pipeline stages than layers");
   }
-  if (c.tp_size != 1) {
-    throw ConfigError(
-        fmt::format("tensor parallelism (tp_size {}) is not implemented for the GPT model yet",
-                    c.tp_size),
-        "set parallel.tensor: 1");
+  positive(c.tp_size, "tensor");
+  if (c.heads % c.tp_size != 0 || c.vocab % c.tp_size != 0) {
+    throw ConfigError(fmt::format("model.heads {} and model.vocab {} must be divisible by "
+                                  "parallel.tensor {}",
+                                  c.heads, c.vocab, c.tp_size),
+                      "tensor parallelism splits heads and vocabulary; choose multiples");
   }
+  PTRAIN_CHECK(c.tp_rank >= 0 && c.tp_rank < c.tp_size, "tp_rank {} outside [0, {})", c.tp_rank,
+               c.tp_size);
 }
 
 Gpt::Gpt(const GptConfig& config) : Model(config.device), cfg_(config) {
@@ -169,10 +217,11 @@ Gpt::Gpt(const GptConfig& config) : Model(config.device), cfg_(config) {
   if (cfg_.layer_end < 0) cfg_.layer_end = cfg_.layers;
   num_local_layers_ = cfg_.layer_end - cfg_.layer_begin;
   const int64_t D = cfg_.dim, V = cfg_.vocab, T = cfg_.seq_len;
+  const int t = cfg_.tp_size, r = cfg_.tp_rank;
   auto idx = [this] { return static_cast<int>(params_.size()); };
   if (cfg_.has_embedding || cfg_.has_head) {
     wte_ = idx();
-    add_param("wte.weight", {V, D});
+    add_split_param("wte.weight", {V, D}, 0, t, r);  // vocab-parallel rows
   }
   if (cfg_.has_embedding) {
     wpe_ = idx();
@@ -183,15 +232,16 @@ Gpt::Gpt(const GptConfig& config) : Model(config.device), cfg_(config) {
     std::string h = "h." + std::to_string(l) + ".";
     add_param(h + "ln_1.weight", {D});
     add_param(h + "ln_1.bias", {D});
-    add_param(h + "attn.c_attn.weight", {D, 3 * D});
-    add_param(h + "attn.c_attn.bias", {3 * D});
-    add_param(h + "attn.c_proj.weight", {D, D});
+    // Column-parallel c_attn (q, k and v each split by heads), row-parallel c_proj.
+    add_split_param(h + "attn.c_attn.weight", {D, 3 * D}, 1, t, r, 3);
+    add_split_param(h + "attn.c_attn.bias", {3 * D}, 0, t, r, 3);
+    add_split_param(h + "attn.c_proj.weight", {D, D}, 0, t, r);
     add_param(h + "attn.c_proj.bias", {D});
     add_param(h + "ln_2.weight", {D});
     add_param(h + "ln_2.bias", {D});
-    add_param(h + "mlp.c_fc.weight", {D, 4 * D});
-    add_param(h + "mlp.c_fc.bias", {4 * D});
-    add_param(h + "mlp.c_proj.weight", {4 * D, D});
+    add_split_param(h + "mlp.c_fc.weight", {D, 4 * D}, 1, t, r);
+    add_split_param(h + "mlp.c_fc.bias", {4 * D}, 0, t, r);
+    add_split_param(h + "mlp.c_proj.weight", {4 * D, D}, 0, t, r);
     add_param(h + "mlp.c_proj.bias", {D});
   }
   if (cfg_.has_head) {
@@ -201,29 +251,46 @@ Gpt::Gpt(const GptConfig& config) : Model(config.device), cfg_(config) {
     add_param("ln_f.bias", {D});
   }
   allocate_params();
+  if (t > 1) {
+    tp_ = std::make_unique<TpBuffers>();
+    const size_t ext = cfg_.has_embedding ? size_t(V / t + 1) * D : 0;
+    tp_->buf = tensor::Tensor::zeros({int64_t(2 * ext + 1)}, tensor::DType::kF32, device_);
+    tp_->wte_ext = tp_->buf.data<float>();
+    tp_->dwte_ext = tp_->wte_ext + ext;
+    tp_->one = tp_->dwte_ext + ext;
+    const float one = 1.0f;
+    ops().copy_from_host(tp_->one, &one, sizeof(float));
+  }
 }
 
 Gpt::~Gpt() = default;
 
 void Gpt::init(uint64_t seed) {
   const float std_proj = 0.02f / std::sqrt(2.0f * static_cast<float>(cfg_.layers));
-  std::vector<float> host;
+  std::vector<float> host, local;
   for (size_t i = 0; i < params_.size(); ++i) {
     const ParamInfo& info = params_[i];
-    host.assign(info.numel, 0.0f);
+    // The full tensor's values, then this rank's part: a split model starts as the unsplit one.
+    host.assign(info.full_numel(), 0.0f);
     const std::string& n = info.name;
     auto ends_with = [&n](const char* s) { return n.ends_with(s); };
     bool is_ln = n.find("ln_") != std::string::npos;
     if (is_ln && ends_with(".weight")) {
-      host.assign(info.numel, 1.0f);
+      host.assign(host.size(), 1.0f);
     } else if (ends_with(".bias")) {
       // zeros
     } else if (ends_with("c_proj.weight")) {
-      fill_normal(host.data(), info.numel, param_key(seed, n), 0.0f, std_proj);
+      fill_normal(host.data(), host.size(), param_key(seed, n), 0.0f, std_proj);
     } else {
-      fill_normal(host.data(), info.numel, param_key(seed, n), 0.0f, 0.02f);
+      fill_normal(host.data(), host.size(), param_key(seed, n), 0.0f, 0.02f);
     }
-    ops().copy_from_host(param_data() + info.offset, host.data(), info.numel * sizeof(float));
+    const float* src = host.data();
+    if (info.is_split()) {
+      local.resize(info.numel);
+      copy_shard_from_full(info, info.split_rank, host.data(), local.data());
+      src = local.data();
+    }
+    ops().copy_from_host(param_data() + info.offset, src, info.numel * sizeof(float));
   }
 }
 
@@ -239,7 +306,7 @@ std::unique_ptr<Activations> Gpt::make_activations(int B, int T) const {
 void Gpt::ensure_scratch(int N) {
   if (scratch_ && scratch_->N >= N) return;
   auto s = std::make_unique<Scratch>();
-  const size_t n = N, D = cfg_.dim, V = cfg_.vocab;
+  const size_t n = N, D = cfg_.dim, V = cfg_.vocab / cfg_.tp_size;
   size_t total = 2 * n * D + 8 * n * D + (cfg_.has_head ? n * V : 0);
   s->N = N;
   s->buf = tensor::Tensor::zeros({static_cast<int64_t>(total)}, tensor::DType::kF32, device_);
@@ -252,13 +319,103 @@ void Gpt::ensure_scratch(int N) {
   scratch_ = std::move(s);
 }
 
+void Gpt::tp_allreduce(float* data, size_t count) {
+  if (cfg_.tp_size == 1) return;
+  tp_comm_->allreduce_sum(data, count);
+}
+
+// out [N,OC] = inp [N,IC_local] . weight [IC_local,OC] summed over the tensor group, + bias.
+void Gpt::row_parallel_forward(float* out, const float* inp, const float* weight,
+                               const float* bias, int N, int IC, int OC) {
+  const tensor::Ops& o = ops();
+  if (cfg_.tp_size == 1) {
+    conv1d_forward(o, out, inp, weight, bias, N, IC, OC);
+    return;
+  }
+  conv1d_forward(o, out, inp, weight, nullptr, N, IC, OC);
+  tp_comm_->allreduce_sum(out, static_cast<size_t>(N) * OC);
+  o.bias_add(out, bias, N, OC);  // once, after the sum
+}
+
+void Gpt::embed_vocab_parallel(GptActivations& a, const int32_t* tokens, int B, int T) {
+  const tensor::Ops& o = ops();
+  const LocalDims ld(cfg_);
+  const int N = B * T;
+  auto& ids = tp_->ids_host;
+  ids.resize(N);
+  for (int i = 0; i < N; ++i) {
+    int local = tokens[i] - ld.v0;
+    ids[i] = local >= 0 && local < ld.Vl ? local : ld.Vl;  // the zero row
+  }
+  o.copy_from_host(a.tokens_local, ids.data(), sizeof(int32_t) * N);
+  o.copy(tp_->wte_ext, p(wte_), sizeof(float) * ld.Vl * ld.D);
+  // One rank adds the positions, so the sum over the group is wte[token] + wpe[t].
+  o.embedding_forward(a.resid, a.tokens_local, tp_->wte_ext, cfg_.tp_rank == 0 ? p(wpe_) : nullptr,
+                      B, T, ld.D);
+  tp_comm_->allreduce_sum(a.resid, static_cast<size_t>(N) * ld.D);
+}
+
+// Vocab-parallel softmax cross-entropy over logits [N,Vl]: each rank's log-sum-exp is combined
+// over the group (max, then sum of exp) and the target logit comes from the rank holding it.
+double Gpt::crossentropy_vocab_parallel(GptActivations& a, const int32_t* targets, int N) {
+  const tensor::Ops& o = ops();
+  const LocalDims ld(cfg_);
+  auto& ids = tp_->ids_host;
+  ids.resize(N);
+  for (int i = 0; i < N; ++i) {
+    int local = targets[i] - ld.v0;
+    ids[i] = targets[i] >= 0 && local >= 0 && local < ld.Vl ? local : -1;
+  }
+  o.copy_from_host(a.targets_local, ids.data(), sizeof(int32_t) * N);
+  o.crossentropy_forward(a.losses, a.ce_lse, a.logits, a.targets_local, N, ld.Vl);
+  auto &lse = tp_->lse_host, &loss = tp_->loss_host, &red = tp_->red_host;
+  lse.resize(N);
+  loss.resize(N);
+  red.resize(2 * N);
+  o.copy_to_host(lse.data(), a.ce_lse, sizeof(float) * N);
+  o.copy_to_host(loss.data(), a.losses, sizeof(float) * N);
+  o.copy(a.ce_tmp, a.ce_lse, sizeof(float) * N);
+  tp_comm_->allreduce_max(a.ce_tmp, N);
+  o.copy_to_host(red.data(), a.ce_tmp, sizeof(float) * N);
+  for (int i = 0; i < N; ++i) {
+    float m = red[i];
+    red[i] = std::exp(lse[i] - m);
+    red[N + i] = ids[i] >= 0 ? lse[i] - loss[i] : 0.0f;  // the target logit, where it lives
+    lse[i] = m;
+  }
+  o.copy_from_host(a.ce_tmp, red.data(), sizeof(float) * 2 * N);
+  tp_comm_->allreduce_sum(a.ce_tmp, 2 * static_cast<size_t>(N));
+  o.copy_to_host(red.data(), a.ce_tmp, sizeof(float) * 2 * N);
+  double loss_sum = 0.0;
+  for (int i = 0; i < N; ++i) {
+    lse[i] = lse[i] + std::log(red[i]);
+    if (targets[i] >= 0) loss_sum += double(lse[i]) - double(red[N + i]);
+  }
+  o.copy_from_host(a.ce_lse, lse.data(), sizeof(float) * N);
+  // Backward: the rows whose target is on another rank run as if it were column 0 here, and
+  // that column's -1 is undone through ce_corr.
+  std::vector<float>& corr = loss;
+  for (int i = 0; i < N; ++i) {
+    bool elsewhere = targets[i] >= 0 && ids[i] < 0;
+    corr[i] = elsewhere ? 1.0f : 0.0f;
+    if (elsewhere) ids[i] = 0;
+  }
+  o.copy_from_host(a.targets_bw, ids.data(), sizeof(int32_t) * N);
+  o.copy_from_host(a.ce_corr, corr.data(), sizeof(float) * N);
+  return loss_sum;
+}
+
 double Gpt::forward(const Batch& batch, Activations& acts_base) {
   auto& a = dynamic_cast<GptActivations&>(acts_base);
   PTRAIN_CHECK(batch.B == a.batch() && batch.T == a.seq(),
                "batch [{}, {}] does not match activations [{}, {}]", batch.B, batch.T, a.batch(),
                a.seq());
+  PTRAIN_CHECK(cfg_.tp_size == 1 || tp_comm_ != nullptr,
+               "a tensor-parallel GPT needs set_tensor_parallel_comm before forward");
   const tensor::Ops& o = ops();
-  const int B = batch.B, T = batch.T, N = B * T, D = cfg_.dim, NH = cfg_.heads, V = cfg_.vocab;
+  const LocalDims ld(cfg_);
+  const int B = batch.B, T = batch.T, N = B * T, D = cfg_.dim, V = cfg_.vocab;
+  const int Dl = ld.Dl, NHl = ld.NHl, Fl = ld.Fl;
   const size_t ND = static_cast<size_t>(N) * D;
 
   if (cfg_.has_embedding) {
@@ -272,7 +429,10 @@ double Gpt::forward(const Batch& batch, Activations& acts_base) {
       }
     }
     o.copy_from_host(a.tokens, batch.tokens, sizeof(int32_t) * N);
-    o.embedding_forward(a.resid, a.tokens, p(wte_), p(wpe_), B, T, D);
+    if (ld.t == 1)
+      o.embedding_forward(a.resid, a.tokens, p(wte_), p(wpe_), B, T, D);
+    else
+      embed_vocab_parallel(a, batch.tokens, B, T);
   } else {
     PTRAIN_CHECK(batch.input != nullptr, "a stage without the embedding needs input activations");
     o.copy(a.resid, batch.input, sizeof(float) * ND);
@@ -284,14 +444,14 @@ double Gpt::forward(const Batch& batch, Activations& acts_base) {
     const float* res_in = a.resid + ND * l;
     float* res_out = a.resid + ND * (l + 1);
     o.layernorm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, res_in, p(pi + kLn1W), p(pi + kLn1B), N, D);
-    conv1d_forward(o, L.qkv, L.ln1, p(pi + kQkvW), p(pi + kQkvB), N, D, 3 * D);
-    o.attention_forward(L.atty, L.att_lse, L.qkv, B, T, D, NH);
-    conv1d_forward(o, a.tmp, L.atty, p(pi + kAttProjW), p(pi + kAttProjB), N, D, D);
+    conv1d_forward(o, L.qkv, L.ln1, p(pi + kQkvW), p(pi + kQkvB), N, D, 3 * Dl);
+    o.attention_forward(L.atty, L.att_lse, L.qkv, B, T, Dl, NHl);
+    row_parallel_forward(a.tmp, L.atty, p(pi + kAttProjW), p(pi + kAttProjB), N, Dl, D);
     o.add(L.res2, res_in, a.tmp, ND);
     o.layernorm_forward(L.ln2, L.ln2_mean, L.ln2_rstd, L.res2, p(pi + kLn2W), p(pi + kLn2B), N, D);
-    conv1d_forward(o, L.fch, L.ln2, p(pi + kFcW), p(pi + kFcB), N, D, 4 * D);
-    o.gelu_forward(L.fch_gelu, L.fch, ND * 4);
-    conv1d_forward(o, a.tmp, L.fch_gelu, p(pi + kFcProjW), p(pi + kFcProjB), N, 4 * D, D);
+    conv1d_forward(o, L.fch, L.ln2, p(pi + kFcW), p(pi + kFcB), N, D, Fl);
+    o.gelu_forward(L.fch_gelu, L.fch, static_cast<size_t>(N) * Fl);
+    row_parallel_forward(a.tmp, L.fch_gelu, p(pi + kFcProjW), p(pi + kFcProjB), N, Fl, D);
     o.add(res_out, L.res2, a.tmp, ND);
   }
 
@@ -309,10 +469,14 @@ double Gpt::forward(const Batch& batch, Activations& acts_base) {
     o.copy_from_host(a.targets, batch.targets, sizeof(int32_t) * N);
     const float* last = a.resid + ND * num_local_layers_;
     o.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p(lnfw_), p(lnfb_), N, D);
-    lm_head_forward(o, a.logits, a.lnf, p(wte_), N, D, V);
-    o.crossentropy_forward(a.losses, a.ce_lse, a.logits, a.targets, N, V);
-    o.copy_to_host(a.losses_host.data(), a.losses, sizeof(float) * N);
-    for (int i = 0; i < N; ++i) loss_sum += a.losses_host[i];
+    lm_head_forward(o, a.logits, a.lnf, p(wte_), N, D, ld.Vl);
+    if (ld.t == 1) {
+      o.crossentropy_forward(a.losses, a.ce_lse, a.logits, a.targets, N, V);
+      o.copy_to_host(a.losses_host.data(), a.losses, sizeof(float) * N);
+      for (int i = 0; i < N; ++i) loss_sum += a.losses_host[i];
+    } else {
+      loss_sum = crossentropy_vocab_parallel(a, batch.targets, N);
+    }
   }
   a.forward_done = true;
   return loss_sum;
@@ -322,14 +486,23 @@ void Gpt::backward(Activations& acts_base, float dloss_scale, const float* doutp
   auto& a = dynamic_cast<GptActivations&>(acts_base);
   PTRAIN_CHECK(a.forward_done, "backward without a forward on these activations");
   const tensor::Ops& o = ops();
-  const int B = a.batch(), T = a.seq(), N = B * T, D = cfg_.dim, NH = cfg_.heads, V = cfg_.vocab;
+  const LocalDims ld(cfg_);
+  const int B = a.batch(), T = a.seq(), N = B * T, D = cfg_.dim;
+  const int Dl = ld.Dl, NHl = ld.NHl, Fl = ld.Fl, Vl = ld.Vl;
   const size_t ND = static_cast<size_t>(N) * D;
   ensure_scratch(N);
   Scratch& s = *scratch_;
 
   if (cfg_.has_head) {
-    o.crossentropy_backward(s.dlogits, a.logits, a.ce_lse, a.targets, dloss_scale, N, V);
-    lm_head_backward(o, s.dsmall, g(wte_), s.dlogits, a.lnf, p(wte_), N, D, V);
+    if (ld.t == 1) {
+      o.crossentropy_backward(s.dlogits, a.logits, a.ce_lse, a.targets, dloss_scale, N, Vl);
+    } else {
+      o.crossentropy_backward(s.dlogits, a.logits, a.ce_lse, a.targets_bw, dloss_scale, N, Vl);
+      // dlogits[:,0] += dloss * ce_corr: a [N,1] x [1,1] GEMM writing column 0 (ldc = Vl).
+      o.gemm(false, false, N, 1, 1, dloss_scale, a.ce_corr, 1, tp_->one, 1, 1.0f, s.dlogits, Vl);
+    }
+    lm_head_backward(o, s.dsmall, g(wte_), s.dlogits, a.lnf, p(wte_), N, D, Vl);
+    tp_allreduce(s.dsmall, ND);  // the head is column-parallel over the vocabulary
     o.fill(s.dres, 0.0f, ND);
     const float* last = a.resid + ND * num_local_layers_;
     o.layernorm_backward(s.dres, g(lnfw_), g(lnfb_), s.dsmall, last, p(lnfw_), a.lnf_mean,
@@ -342,34 +515,44 @@ void Gpt::backward(Activations& acts_base, float dloss_scale, const float* doutp
     o.copy(s.dres, doutput, sizeof(float) * ND);
   }
 
+  const size_t NF = static_cast<size_t>(N) * Fl;
   for (int l = num_local_layers_ - 1; l >= 0; --l) {
     const LayerActs& L = a.layer[l];
     const int pi = first_layer_param_ + kParamsPerLayer * l;
     const float* res_in = a.resid + ND * l;
     // MLP: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); dres holds d res3 = d res2 (residual).
     conv1d_backward(o, s.dbig1, g(pi + kFcProjW), g(pi + kFcProjB), s.dres, L.fch_gelu,
-                    p(pi + kFcProjW), N, 4 * D, D);
-    o.fill(s.dbig2, 0.0f, ND * 4);
-    o.gelu_backward(s.dbig2, L.fch, s.dbig1, ND * 4);
+                    p(pi + kFcProjW), N, Fl, D);
+    o.fill(s.dbig2, 0.0f, NF);
+    o.gelu_backward(s.dbig2, L.fch, s.dbig1, NF);
     conv1d_backward(o, s.dsmall, g(pi + kFcW), g(pi + kFcB), s.dbig2, L.ln2, p(pi + kFcW), N, D,
-                    4 * D);
+                    Fl);
+    tp_allreduce(s.dsmall, ND);  // c_fc is column-parallel
     o.layernorm_backward(s.dres, g(pi + kLn2W), g(pi + kLn2B), s.dsmall, L.res2, p(pi + kLn2W),
                          L.ln2_mean, L.ln2_rstd, N, D);
     // Attention: res2 = res_in + c_proj(attn(c_attn(ln_1(res_in)))).
     conv1d_backward(o, s.dsmall, g(pi + kAttProjW), g(pi + kAttProjB), s.dres, L.atty,
-                    p(pi + kAttProjW), N, D, D);
+                    p(pi + kAttProjW), N, Dl, D);
     float* dqkv = s.dbig2;
-    o.fill(dqkv, 0.0f, ND * 3);
-    o.attention_backward(dqkv, s.dsmall, L.qkv, L.atty, L.att_lse, B, T, D, NH);
+    o.fill(dqkv, 0.0f, static_cast<size_t>(N) * 3 * Dl);
+    o.attention_backward(dqkv, s.dsmall, L.qkv, L.atty, L.att_lse, B, T, Dl, NHl);
     conv1d_backward(o, s.dbig1, g(pi + kQkvW), g(pi + kQkvB), dqkv, L.ln1, p(pi + kQkvW), N, D,
-                    3 * D);
+                    3 * Dl);
+    tp_allreduce(s.dbig1, ND);  // c_attn is column-parallel
     o.layernorm_backward(s.dres, g(pi + kLn1W), g(pi + kLn1B), s.dbig1, res_in, p(pi + kLn1W),
                          L.ln1_mean, L.ln1_rstd, N, D);
     for (int k = kParamsPerLayer - 1; k >= 0; --k) grad_ready(pi + k);
   }
 
   if (cfg_.has_embedding) {
-    o.embedding_backward(g(wte_), g(wpe_), s.dres, a.tokens, B, T, D);
+    if (ld.t == 1) {
+      o.embedding_backward(g(wte_), g(wpe_), s.dres, a.tokens, B, T, D);
+    } else {
+      // dres is the same on every rank of the group, so wpe's gradient is too.
+      o.fill(tp_->dwte_ext, 0.0f, static_cast<size_t>(Vl + 1) * D);
+      o.embedding_backward(tp_->dwte_ext, g(wpe_), s.dres, a.tokens_local, B, T, D);
+      o.accumulate(g(wte_), tp_->dwte_ext, static_cast<size_t>(Vl) * D);
+    }
     grad_ready(wpe_);
     grad_ready(wte_);
   } else {
@@ -382,7 +565,8 @@ double Gpt::train_flops(int B, int T) const {
   double matmul_params = 12.0 * D * D * num_local_layers_;
   if (cfg_.has_head) matmul_params += static_cast<double>(cfg_.vocab) * D;
   // 6 FLOPs per matmul weight per token; attention scores and mixing: 12 * T * D per token.
-  return 6.0 * N * matmul_params + 12.0 * N * T * D * num_local_layers_;
+  // A tensor-parallel rank does 1/t of both.
+  return (6.0 * N * matmul_params + 12.0 * N * T * D * num_local_layers_) / cfg_.tp_size;
 }
 
 }  // namespace ptrain::nn

@@ -1,6 +1,8 @@
 // The Model base: parameter registry and the flat parameter / gradient buffers.
 #include "ptrain/nn/model.h"
 
+#include <algorithm>
+
 #include "ptrain/core/error.h"
 
 namespace ptrain::nn {
@@ -18,10 +20,73 @@ void Model::add_param(std::string name, std::vector<int64_t> shape) {
   p.name = std::move(name);
   p.numel = static_cast<size_t>(tensor::shape_numel(shape));
   p.decay = shape.size() >= 2;
+  p.full_shape = shape;
   p.shape = std::move(shape);
   p.offset = num_params_;
   num_params_ += p.numel;
   params_.push_back(std::move(p));
+}
+
+void Model::add_split_param(std::string name, std::vector<int64_t> full_shape, int split_dim,
+                            int parts, int rank, int blocks) {
+  PTRAIN_CHECK(split_dim >= 0 && split_dim < static_cast<int>(full_shape.size()),
+               "split dimension {} of {}", split_dim, name);
+  PTRAIN_CHECK(full_shape[split_dim] % (int64_t(blocks) * parts) == 0,
+               "{}: dimension {} of size {} does not split into {} x {}", name, split_dim,
+               full_shape[split_dim], blocks, parts);
+  std::vector<int64_t> local = full_shape;
+  local[split_dim] /= parts;
+  add_param(std::move(name), local);
+  ParamInfo& p = params_.back();
+  p.full_shape = std::move(full_shape);
+  p.decay = p.full_shape.size() >= 2;
+  if (parts > 1) {
+    p.split_dim = split_dim;
+    p.split_blocks = blocks;
+    p.split_parts = parts;
+    p.split_rank = rank;
+  }
+}
+
+size_t ParamInfo::full_numel() const {
+  return static_cast<size_t>(tensor::shape_numel(full_shape.empty() ? shape : full_shape));
+}
+
+namespace {
+// Walks the contiguous runs shared by a full tensor and one of its parts: for every index of
+// the dimensions before split_dim and every block, `chunk` elements of the part.
+template <class F>
+void for_each_run(const ParamInfo& p, int part, F&& f) {
+  if (!p.is_split()) {
+    f(size_t{0}, size_t{0}, p.numel);
+    return;
+  }
+  size_t outer = 1, inner = 1;
+  for (int d = 0; d < p.split_dim; ++d) outer *= static_cast<size_t>(p.full_shape[d]);
+  for (size_t d = p.split_dim + 1; d < p.full_shape.size(); ++d)
+    inner *= static_cast<size_t>(p.full_shape[d]);
+  const size_t full_dim = static_cast<size_t>(p.full_shape[p.split_dim]);
+  const size_t block = full_dim / p.split_blocks, chunk = block / p.split_parts;
+  const size_t local_dim = chunk * p.split_blocks;
+  for (size_t o = 0; o < outer; ++o)
+    for (int b = 0; b < p.split_blocks; ++b) {
+      size_t full_at = (o * full_dim + b * block + part * chunk) * inner;
+      size_t shard_at = (o * local_dim + b * chunk) * inner;
+      f(full_at, shard_at, chunk * inner);
+    }
+}
+}  // namespace
+
+void copy_shard_from_full(const ParamInfo& p, int part, const float* full, float* shard) {
+  for_each_run(p, part, [&](size_t full_at, size_t shard_at, size_t n) {
+    std::copy_n(full + full_at, n, shard + shard_at);
+  });
+}
+
+void copy_shard_to_full(const ParamInfo& p, int part, const float* shard, float* full) {
+  for_each_run(p, part, [&](size_t full_at, size_t shard_at, size_t n) {
+    std::copy_n(shard + shard_at, n, full + full_at);
+  });
 }
 
 void Model::allocate_params() {

@@ -19,7 +19,22 @@ struct ParamInfo {
   size_t offset = 0;           // in elements, into param_data() / grad_data()
   size_t numel = 0;
   bool decay = false;  // weight decay applies (tensors with >= 2 dimensions)
+  // Tensor parallelism: this rank holds part `split_rank` of `split_parts` of the full tensor
+  // (shape `full_shape`) along dimension `split_dim`; -1 = replicated over the tensor group.
+  // That dimension is `split_blocks` equal blocks split separately (3 for c_attn's q|k|v, so
+  // the local [D, 3D/t] is q_local|k_local|v_local).
+  std::vector<int64_t> full_shape;
+  int split_dim = -1;
+  int split_blocks = 1;
+  int split_parts = 1;
+  int split_rank = 0;
+  bool is_split() const { return split_dim >= 0 && split_parts > 1; }
+  size_t full_numel() const;
 };
+
+// Copies between a full tensor (p.full_shape) and part `part` of it (p.shape), on the host.
+void copy_shard_from_full(const ParamInfo& p, int part, const float* full, float* shard);
+void copy_shard_to_full(const ParamInfo& p, int part, const float* shard, float* full);
 
 // One microbatch. Host pointers are read during forward() only.
 struct Batch {
@@ -103,6 +118,10 @@ class Model {
  protected:
   explicit Model(tensor::Device device) : device_(device) {}
   void add_param(std::string name, std::vector<int64_t> shape);
+  // A parameter split over the tensor group: `full_shape` divided along `split_dim` (in
+  // `blocks` blocks) into `parts`, of which this rank holds part `rank`.
+  void add_split_param(std::string name, std::vector<int64_t> full_shape, int split_dim,
+                       int parts, int rank, int blocks = 1);
   // Allocates the flat buffers once every add_param call is done.
   void allocate_params();
   void grad_ready(size_t index) const {
