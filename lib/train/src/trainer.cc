@@ -14,6 +14,7 @@
 #include "ptrain/core/time.h"
 #include "ptrain/optim/clip.h"
 #include "ptrain/parallel/data_parallel.h"
+#include "ptrain/train/async.h"
 #include "ptrain/train/checkpointing.h"
 #include "ptrain/train/metrics.h"
 #include "ptrain/train/setup.h"
@@ -92,9 +93,6 @@ void Trainer::setup() {
   if (shape_.pp > 1)
     throw ConfigError("parallel.pipeline > 1 is not available in this build yet",
                       "set parallel.pipeline: 1");
-  if (spec_.parallel.data_mode == "async")
-    throw ConfigError("parallel.data_mode: async is not available in this build yet",
-                      "use data_mode: sync");
 
   tensor::set_cpu_threads(resolve_threads(spec_));
   device_ = resolve_device(spec_.nodes.device);
@@ -338,6 +336,9 @@ TrainResult Trainer::run() {
       line.add("gflops", gflops);
       if (peak_gflops_ > 0) line.add("mfu", gflops / peak_gflops_);
       line.add("mem_mb", resident_mb());
+      double optimizer_bytes = 0;  // this rank's optimizer state (its ZeRO-1 shard)
+      for (const auto& st : optimizer_->state()) optimizer_bytes += double(st.size) * sizeof(float);
+      line.add("optimizer_mb", optimizer_bytes / (1 << 20));
       if (sm.eval_loss >= 0) line.add("eval_loss", sm.eval_loss);
       if (reducer_) {
         line.add("comm_wait_ms", reducer_->last_wait_s() * 1e3);
@@ -367,6 +368,7 @@ TrainResult Trainer::run() {
 }  // namespace
 
 TrainResult run_training(const spec::JobSpec& spec, const TrainContext& ctx) {
+  if (spec.parallel.data_mode == "async") return run_async_training(spec, ctx);
   Trainer trainer(spec, ctx);
   return trainer.run();
 }

@@ -5,10 +5,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "ptrain/comm/mesh.h"
+#include "ptrain/rendezvous/store.h"
 #include "ptrain/spec/job_spec.h"
 
 namespace ptrain::train {
@@ -26,6 +28,10 @@ struct TrainContext {
   std::function<void(int64_t step)> on_step;
   // Print a line to this rank's log (stdout by default).
   std::function<void(const std::string& line)> log;
+  // data_mode: async: the store where parameter servers advertise their addresses, and the job
+  // token their RPCs carry.
+  std::shared_ptr<rendezvous::Store> store;
+  std::string token;
 };
 
 struct StepMetrics {

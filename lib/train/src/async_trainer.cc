@@ -1,0 +1,295 @@
+// data_mode: async. Each worker (data-parallel rank d) runs its own loop over its share of every
+// global batch: pull the parameters from every server shard (waiting, stale-synchronously, until
+// the slowest worker has pushed step c - s), forward and backward, clip its local gradient norm,
+// push the gradients (scaled by 1/global tokens, as in sync mode) to the server shards, which
+// each apply one optimizer update per push. No collective between workers.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <thread>
+
+#include "ptrain/core/env.h"
+#include "ptrain/core/error.h"
+#include "ptrain/core/time.h"
+#include "ptrain/optim/clip.h"
+#include "ptrain/parallel/param_server.h"
+#include "ptrain/train/async.h"
+#include "ptrain/train/metrics.h"
+#include "ptrain/train/setup.h"
+
+namespace ptrain::train {
+namespace {
+
+// Test-only slowdown: PTRAIN_TEST_SLOW_RANK=R:MSms makes worker R sleep MS ms every step.
+Millis slow_delay(int rank) {
+  auto v = env_get("PTRAIN_TEST_SLOW_RANK");
+  if (!v || v->empty()) return Millis(0);
+  size_t colon = v->find(':');
+  if (colon == std::string::npos) return Millis(0);
+  try {
+    if (std::stoi(v->substr(0, colon)) != rank) return Millis(0);
+    return Millis(std::stol(v->substr(colon + 1)));
+  } catch (const std::exception&) {
+    throw ConfigError(fmt::format("PTRAIN_TEST_SLOW_RANK='{}' is not RANK:MILLISECONDS", *v));
+  }
+}
+
+Millis seconds(double s) {
+  return Millis(static_cast<int64_t>(s * 1000));
+}
+
+void print_line(const TrainContext& ctx, const std::string& line) {
+  if (ctx.log)
+    ctx.log(line);
+  else
+    std::printf("%s\n", line.c_str()), std::fflush(stdout);
+}
+
+}  // namespace
+
+TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ctx) {
+  const auto& par = spec.parallel;
+  if (par.tensor != 1 || par.pipeline != 1)
+    throw ConfigError("parallel.data_mode: async runs data parallelism only",
+                      "set parallel.tensor: 1 and parallel.pipeline: 1, or use data_mode: sync");
+  if (!ctx.store)
+    throw ConfigError(
+        "parallel.data_mode: async needs parameter servers, which `ptrain run` "
+        "starts next to the workers",
+        "start this job with `ptrain run`");
+  const int dp = par.data;
+  const int worker = ctx.mesh ? ctx.mesh->coords().dp : ctx.rank;
+  PTRAIN_CHECK(worker >= 0 && worker < dp, "worker {} of {}", worker, dp);
+
+  tensor::set_cpu_threads(resolve_threads(spec));
+  tensor::Device device = resolve_device(spec.nodes.device);
+  const tensor::Ops& ops = tensor::ops(device);
+  DataSource data = make_data(spec);
+  auto model = make_model(spec, device, 0, 0);
+  const int micro_total = spec.train.grad_accum * par.microbatches;
+  const int64_t rows =
+      data.tokens ? data.tokens->rows(dp, micro_total) : data.rows->rows(dp, micro_total);
+  const double global_tokens = double(spec.data.batch_size) * data.seq_len;
+  const double local_tokens = double(rows) * data.seq_len * micro_total;
+  std::vector<int32_t> tokens, targets;
+  std::vector<float> features;
+  if (data.tokens) {
+    tokens.resize(size_t(rows) * data.seq_len);
+    targets.resize(tokens.size());
+  } else {
+    features.resize(size_t(rows) * spec.model.input);
+    targets.resize(size_t(rows));
+  }
+  auto acts = model->make_activations(int(rows), data.seq_len);
+  auto fill = [&](int64_t step, int micro, bool eval) {
+    if (data.tokens)
+      (eval ? *data.eval_tokens : *data.tokens)
+          .fill(step, worker, dp, micro, micro_total, tokens.data(), targets.data());
+    else
+      (eval ? *data.eval_rows : *data.rows)
+          .fill(step, worker, dp, micro, micro_total, features.data(), targets.data());
+  };
+  auto batch = [&] {
+    nn::Batch b;
+    b.B = int(rows);
+    b.T = data.seq_len;
+    if (data.tokens)
+      b.tokens = tokens.data();
+    else
+      b.features = features.data();
+    b.targets = targets.data();
+    return b;
+  };
+
+  const size_t n = model->num_params();
+  PTRAIN_CHECK(make_layout(*model).total() == n, "layout {} vs params {}",
+               make_layout(*model).total(), n);
+  // The server shards: addresses from the store, contiguous ranges of the flat parameters.
+  std::vector<std::unique_ptr<parallel::ParamClient>> servers;
+  std::vector<optim::Shard> shards;
+  const Millis rdzv = seconds(spec.rendezvous.timeout_s);
+  for (int i = 0; i < par.servers; ++i) {
+    std::string address;
+    try {
+      auto bytes = ctx.store->get(parallel::param_server_key(i), rdzv);
+      address.assign(bytes.begin(), bytes.end());
+    } catch (const TimeoutError&) {
+      throw TimeoutError(fmt::format("parameter server {} did not start within "
+                                     "rendezvous.timeout_s={}",
+                                     i, spec.rendezvous.timeout_s),
+                         fmt::format("see server-{}.log in the run folder", i));
+    }
+    servers.push_back(std::make_unique<parallel::ParamClient>(i, address, ctx.token));
+    shards.push_back(optim::Shard::of_rank(n, i, par.servers));
+  }
+  const Millis wait = seconds(spec.fault_tolerance.hang_timeout_s);
+  const Millis slow = slow_delay(worker);
+  auto schedule = make_schedule(spec);
+  const int64_t total = spec.train.steps;
+  const int log_every = std::max(1, spec.train.log_every);
+  const int s = par.staleness;
+  const bool reporter = worker == 0;
+  const double peak = reporter && device == tensor::Device::kCpu ? measure_sgemm_gflops(512, 3) : 0;
+  const double flops_per_step = model->train_flops(int(rows), data.seq_len) * micro_total;
+  const double optimizer_mb = 0;  // the optimizer state lives on the servers
+
+  TrainResult result;
+  double time_run = 0, tokens_run = 0;
+  double stale_sum = 0, rate = 0;
+  int64_t stale_max = 0, stale_count = 0;
+  double wait_s = 0;
+  for (int64_t step = 0; step < total; ++step) {
+    if (ctx.stop_requested && ctx.stop_requested()) {
+      print_line(ctx, fmt::format("stopping at step {}: the job was aborted", step));
+      break;
+    }
+    if (ctx.on_step) ctx.on_step(step);
+    double t0 = mono_seconds();
+    // Pull: every shard, once the slowest worker has pushed step - s.
+    int64_t seen = INT64_MAX;
+    for (size_t i = 0; i < servers.size(); ++i) {
+      const auto& sh = shards[i];
+      auto pr = servers[i]->pull(worker, std::max<int64_t>(0, step - s),
+                                 model->param_data() + sh.begin, sh.size(), wait);
+      seen = std::min(seen, pr.min_clock);
+    }
+    double t1 = mono_seconds();
+    wait_s += t1 - t0;
+    // Staleness: steps of the slowest worker missing from the parameters this step reads.
+    int64_t staleness = std::max<int64_t>(0, step - seen);
+    stale_sum += double(staleness);
+    stale_max = std::max(stale_max, staleness);
+    ++stale_count;
+
+    model->zero_grad();
+    double loss_sum = 0;
+    const float dloss = float(1.0 / global_tokens);
+    for (int m = 0; m < micro_total; ++m) {
+      fill(step, m, false);
+      loss_sum += model->forward(batch(), *acts);
+      model->backward(*acts, dloss);
+    }
+    if (slow.count() > 0) std::this_thread::sleep_for(slow);  // the artificial slowdown
+    optim::Shard all{0, n};
+    double grad_norm = std::sqrt(optim::grad_sum_squares(ops, model->grad_data(), all));
+    if (spec.train.optimizer.grad_clip > 0)
+      optim::clip_grads(ops, model->grad_data(), all, grad_norm, spec.train.optimizer.grad_clip);
+    double lr = schedule.at(step);
+    for (size_t i = 0; i < servers.size(); ++i) {
+      const auto& sh = shards[i];
+      rate = servers[i]->push(worker, step, float(lr), model->grad_data() + sh.begin, sh.size(),
+                              step + 1 == total);
+    }
+    double dt = mono_seconds() - t0;
+    double loss = loss_sum / local_tokens;  // mean over this worker's share
+    if (!std::isfinite(loss) || !std::isfinite(grad_norm))
+      throw Error(fmt::format("step {}: the loss is {} (grad norm {}) on worker {}", step + 1, loss,
+                              grad_norm, worker),
+                  "lower train.optimizer.lr or set train.optimizer.grad_clip");
+    time_run += dt;
+    tokens_run += local_tokens;
+
+    StepMetrics sm;
+    sm.step = step + 1;
+    sm.loss = loss;
+    sm.lr = lr;
+    sm.grad_norm = grad_norm;
+    sm.step_ms = dt * 1e3;
+    sm.tokens_per_s = local_tokens / dt;
+    if (spec.train.eval_every > 0 && (step + 1) % spec.train.eval_every == 0 &&
+        (data.eval_tokens || data.eval_rows)) {
+      double sum = 0;
+      const int64_t batches = 4;
+      for (int64_t e = 0; e < batches; ++e)
+        for (int m = 0; m < micro_total; ++m) {
+          fill(e, m, true);
+          sum += model->forward(batch(), *acts);
+        }
+      sm.eval_loss = sum / local_tokens / double(batches);
+    }
+    result.history.push_back(sm);
+
+    if (reporter && ((step + 1) % log_every == 0 || step + 1 == total)) {
+      MetricsLine line;
+      line.add_int("step", sm.step).add_int("total_steps", total).add("loss", loss).add("lr", lr);
+      // tokens_per_s: this worker's rate times the workers (every worker runs the same share).
+      line.add("grad_norm", grad_norm)
+          .add("tokens_per_s", sm.tokens_per_s * dp)
+          .add("step_ms", sm.step_ms);
+      double gflops = flops_per_step / dt / 1e9;
+      line.add("gflops", gflops);
+      if (peak > 0) line.add("mfu", gflops / peak);
+      line.add("mem_mb", resident_mb()).add("optimizer_mb", optimizer_mb);
+      if (sm.eval_loss >= 0) line.add("eval_loss", sm.eval_loss);
+      line.add("staleness_mean", stale_count ? stale_sum / double(stale_count) : 0.0)
+          .add_int("staleness_max", stale_max)
+          .add("pull_wait_ms", stale_count ? wait_s * 1e3 / double(stale_count) : 0.0)
+          .add("server_updates_per_s", rate);
+      if (ctx.report) ctx.report(line.json());
+      print_line(ctx,
+                 fmt::format("step {}/{} | loss {:.4f} | lr {:.3e} | norm {:.3f} | {:.1f} ms "
+                             "| staleness {:.2f} (max {}) | {:.0f} updates/s",
+                             sm.step, total, loss, lr, grad_norm, sm.step_ms,
+                             stale_count ? stale_sum / double(stale_count) : 0.0, stale_max, rate));
+      stale_sum = 0;
+      stale_max = 0;
+      stale_count = 0;
+      wait_s = 0;
+    }
+    result.steps_done = sm.step;
+    result.final_loss = loss;
+  }
+  result.tokens_per_s = time_run > 0 ? tokens_run / time_run : 0;
+  return result;
+}
+
+int run_param_server(const spec::JobSpec& spec, const ServerContext& ctx) {
+  const auto& par = spec.parallel;
+  PTRAIN_CHECK(ctx.index >= 0 && ctx.index < par.servers, "server {} of {}", ctx.index,
+               par.servers);
+  PTRAIN_CHECK(ctx.store != nullptr, "a parameter server needs the job's store");
+  tensor::set_cpu_threads(1);
+  const tensor::Ops& ops = tensor::ops(tensor::Device::kCpu);
+  // The same initial parameters as every worker's model (same spec, same seed).
+  auto model = make_model(spec, tensor::Device::kCpu, 0, 0);
+  auto layout = make_layout(*model);
+  const size_t total = layout.total();
+  auto shard = optim::Shard::of_rank(layout.total(), ctx.index, par.servers);
+  std::vector<float> init(model->param_data() + shard.begin, model->param_data() + shard.end);
+  auto optimizer = make_optimizer(spec, ops, std::move(layout), shard);
+  model.reset();
+
+  parallel::ParamServerOptions po;
+  po.index = ctx.index;
+  po.workers = par.data;
+  po.bind = ctx.bind;
+  po.token = ctx.token;
+  po.max_wait = seconds(spec.fault_tolerance.hang_timeout_s);
+  parallel::ParamServer server(po, std::move(optimizer), std::move(init));
+  server.start();
+  std::string address = server.address();
+  ctx.store->set(parallel::param_server_key(ctx.index),
+                 rendezvous::Bytes(address.begin(), address.end()));
+  auto log = [&](const std::string& line) {
+    if (ctx.log)
+      ctx.log(line);
+    else
+      std::printf("%s\n", line.c_str()), std::fflush(stdout);
+  };
+  log(fmt::format("parameter server {}: elements [{}, {}) of {}, serving {} worker(s) on {}",
+                  ctx.index, shard.begin, shard.end, total, par.data, address));
+  double t0 = mono_seconds();
+  while (!server.wait_done(Millis(100))) {
+    if (ctx.stop_requested && ctx.stop_requested()) {
+      log(fmt::format("parameter server {}: stopping, the job was aborted", ctx.index));
+      return 1;
+    }
+  }
+  log(fmt::format("parameter server {}: done, {} updates in {:.1f} s ({:.1f} updates/s)", ctx.index,
+                  server.version(), mono_seconds() - t0, server.updates_per_s()));
+  return 0;
+}
+
+}  // namespace ptrain::train
