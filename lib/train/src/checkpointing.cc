@@ -3,18 +3,113 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 
+#include <cstring>
+
 #include "ptrain/core/error.h"
 #include "ptrain/data/safetensors.h"
+#include "ptrain/parallel/pipeline.h"
+#include "ptrain/parallel/tensor_parallel.h"
 
 namespace ptrain::train {
+
+namespace {
+
+// FullState <-> bytes for sending a pipeline stage's tensors: per tensor its name, '\0', the
+// dimension count and dimensions (int64), then the floats.
+template <typename T>
+void put(std::string& out, const T& v) {
+  out.append(reinterpret_cast<const char*>(&v), sizeof v);
+}
+template <typename T>
+T take(const std::string& in, size_t& at) {
+  PTRAIN_CHECK(at + sizeof(T) <= in.size(), "truncated pipeline stage state");
+  T v;
+  std::memcpy(&v, in.data() + at, sizeof v);
+  at += sizeof v;
+  return v;
+}
+
+std::string serialize_state(const FullState& state) {
+  std::string out;
+  for (const auto& t : state) {
+    out += t.name;
+    out += '\0';
+    put(out, int64_t(t.shape.size()));
+    for (int64_t d : t.shape) put(out, d);
+    put(out, int64_t(t.data.size()));
+    out.append(reinterpret_cast<const char*>(t.data.data()), t.data.size() * sizeof(float));
+  }
+  return out;
+}
+
+FullState deserialize_state(const std::string& in) {
+  FullState out;
+  size_t at = 0;
+  while (at < in.size()) {
+    FullTensor t;
+    size_t end = in.find('\0', at);
+    PTRAIN_CHECK(end != std::string::npos, "truncated pipeline stage state");
+    t.name = in.substr(at, end - at);
+    at = end + 1;
+    auto nd = take<int64_t>(in, at);
+    for (int64_t i = 0; i < nd; ++i) t.shape.push_back(take<int64_t>(in, at));
+    auto n = take<int64_t>(in, at);
+    PTRAIN_CHECK(at + size_t(n) * sizeof(float) <= in.size(), "truncated pipeline stage state");
+    t.data.resize(size_t(n));
+    std::memcpy(t.data.data(), in.data() + at, size_t(n) * sizeof(float));
+    at += size_t(n) * sizeof(float);
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+// The pipeline step of gather_full: each stage's tensors (held by its dp = tp = 0 rank) go to
+// stage 0, global rank 0, in stage order; the last stage's copy of the tied wte is left out.
+FullState merge_pipeline_stages(const nn::Model& model, FullState local, comm::ProcessMesh& mesh) {
+  auto& pp = mesh.pp();
+  const int stage = pp.rank(), stages = pp.size();
+  if (stage == stages - 1)
+    std::erase_if(local, [](const FullTensor& t) { return t.name == "wte.weight"; });
+  const uint32_t tag = (1u << 24) - 3;
+  if (stage != 0) {
+    parallel::send_bytes(pp, serialize_state(local), 0, tag, model.device());
+    return {};
+  }
+  for (int s = 1; s < stages; ++s) {
+    FullState more = deserialize_state(parallel::recv_bytes(pp, s, tag, model.device()));
+    for (auto& t : more) local.push_back(std::move(t));
+  }
+  return local;
+}
+
+// The tensor-parallel step of gather_full: every rank of the tensor group sends its parts and
+// tensor rank 0 gets each parameter's full tensor (joined along its split dimension).
+FullState join_tensor_parallel_parts(const nn::Model& model, const float* flat,
+                                     comm::ProcessMesh& mesh) {
+  auto& tp = mesh.tp();
+  const tensor::Ops& ops = tensor::ops(model.device());
+  FullState out;
+  for (const auto& p : model.params()) {
+    auto full = parallel::gather_split_param(tp, ops, p, flat + p.offset);
+    if (tp.rank() == 0) out.push_back({p.name, p.full_shape, std::move(full)});
+  }
+  return out;
+}
+
+}  // namespace
 
 FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMesh* mesh) {
   // Tensor parallelism (tp > 1) joins split parameters here; pipeline parallelism (pp > 1)
   // merges the stages onto pipeline rank 0. With neither, the local tensors are the full ones.
   if (mesh) {
-    PTRAIN_CHECK(mesh->shape().tp == 1 && mesh->shape().pp == 1,
-                 "gathering tensor/pipeline shards is not implemented");
-    if (mesh->rank() != 0) return {};
+    auto c = mesh->coords();
+    if (c.dp != 0) return {};
+    if (mesh->shape().tp > 1) {
+      FullState out = join_tensor_parallel_parts(model, flat, *mesh);
+      if (c.tp != 0) return {};
+      if (mesh->shape().pp > 1) return merge_pipeline_stages(model, std::move(out), *mesh);
+      return out;
+    }
   }
   std::vector<float> host(model.num_params());
   tensor::ops(model.device()).copy_to_host(host.data(), flat, host.size() * sizeof(float));
@@ -22,20 +117,29 @@ FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMe
   for (const auto& p : model.params())
     out.push_back({p.name, p.shape,
                    std::vector<float>(host.begin() + p.offset, host.begin() + p.offset + p.numel)});
+  if (mesh && mesh->shape().pp > 1) return merge_pipeline_stages(model, std::move(out), *mesh);
   return out;
 }
 
 void read_local(const data::SafetensorsFile& file, const std::string& file_name,
                 const nn::ParamInfo& p, std::vector<float>& out) {
+  // Files hold full tensors; a tensor-parallel rank keeps its part (nn::ParamInfo::split_*).
+  const auto& full_shape = p.full_shape.empty() ? p.shape : p.full_shape;
   const auto* info = file.find(file_name);
-  if (!info || info->shape != p.shape)
+  if (!info || info->shape != full_shape)
     throw ConfigError(
         fmt::format("checkpoint '{}' has no tensor {} of shape [{}]{}", file.origin(), file_name,
-                    fmt::join(p.shape, ","),
+                    fmt::join(full_shape, ","),
                     info ? fmt::format(" (it has [{}])", fmt::join(info->shape, ",")) : ""),
         "resume with the model the checkpoint was trained with");
   out.resize(p.numel);
-  file.read_f32(file_name, out.data());
+  if (!p.is_split()) {
+    file.read_f32(file_name, out.data());
+    return;
+  }
+  std::vector<float> full(p.full_numel());
+  file.read_f32(file_name, full.data());
+  nn::copy_shard_from_full(p, p.split_rank, full.data(), out.data());
 }
 
 static std::vector<data::TensorRef> refs(const FullState& state, const std::string& suffix) {
