@@ -1,0 +1,103 @@
+// Figures for the pipeline note: the measured bubble of every stage against the ideal
+// (p - 1) / (m + p - 1), and the peak stashed microbatches per stage, for p = 2, 4 and
+// m = 4, 8, 16 with both schedules. Stages run as threads over Gloo on loopback; the table is
+// printed, and only the stash (not a timing) is asserted.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <thread>
+
+#include "ptrain/core/env.h"
+#include "ptrain/parallel/pipeline.h"
+#include "ptrain/rendezvous/memory_store.h"
+#include "ptrain/train/setup.h"
+#include "support/rank_threads.h"
+
+namespace ptrain {
+namespace {
+
+struct StageFigures {
+  double bubble = 0;
+  int peak_stash = 0;
+};
+
+// Runs `steps` training steps of a balanced GPT pipeline; returns each stage's figures of the
+// last step (the first ones warm up allocations).
+std::vector<StageFigures> measure(int p, int m, parallel::ScheduleKind kind, int steps) {
+  auto spec = testing::tiny_gpt_spec(steps);
+  spec.model.layers = 8;
+  spec.model.dim = 64;
+  spec.model.seq_len = 32;
+  spec.model.vocab = 64;
+  spec.parallel.pipeline = p;
+  spec.parallel.microbatches = m;
+  const int rows = 2, T = spec.model.seq_len;
+  auto store = std::make_shared<rendezvous::MemoryStore>();
+  std::vector<StageFigures> out(static_cast<size_t>(p));
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(p));
+  std::vector<std::thread> threads;
+  for (int s = 0; s < p; ++s)
+    threads.emplace_back([&, s] {
+      try {
+        comm::ProcessMesh mesh(s, p, {1, 1, p},
+                               comm::make_comm_factory(comm::Backend::kGloo, store, {}));
+        auto model = train::make_model(spec, tensor::Device::kCpu, s, 0);
+        parallel::PipelineOptions po;
+        po.schedule = kind;
+        po.microbatches = m;
+        po.rows = rows;
+        po.seq = T;
+        po.activation_elems = size_t(rows) * T * spec.model.dim;
+        parallel::PipelineExecutor exec(*model, mesh.pp(), po);
+        std::vector<int32_t> tokens(size_t(rows) * T), targets(tokens.size());
+        for (size_t i = 0; i < tokens.size(); ++i) {
+          tokens[i] = int32_t(i * 7 % 64);
+          targets[i] = int32_t((i * 7 + 1) % 64);
+        }
+        auto batch = [&](int) {
+          nn::Batch b;
+          b.B = rows;
+          b.T = T;
+          b.tokens = tokens.data();
+          b.targets = targets.data();
+          return b;
+        };
+        for (int step = 0; step < steps; ++step) {
+          model->zero_grad();
+          exec.train_step(batch, 1.0f / float(rows * T * m));
+          mesh.pp().barrier();  // every step starts together, like the optimizer step's sync
+        }
+        out[size_t(s)] = {exec.last_stats().bubble(), exec.last_stats().peak_stash};
+      } catch (...) {
+        errors[size_t(s)] = std::current_exception();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  return out;
+}
+
+TEST(PipelineFigures, BubbleAgainstTheoryAndStashPerStage) {
+  tensor::set_cpu_threads(1);
+  std::printf("schedule  p   m  ideal   measured bubble per stage       peak stash per stage\n");
+  for (auto kind : {parallel::ScheduleKind::kGpipe, parallel::ScheduleKind::kOneFOneB})
+    for (int p : {2, 4})
+      for (int m : {4, 8, 16}) {
+        auto figs = measure(p, m, kind, 4);
+        std::string bubbles, stashes;
+        for (int s = 0; s < p; ++s) {
+          bubbles += fmt::format(" {:5.1f}%", 100 * figs[size_t(s)].bubble);
+          stashes += fmt::format(" {:2d}", figs[size_t(s)].peak_stash);
+          int expected = kind == parallel::ScheduleKind::kGpipe ? m : std::min(p - s, m);
+          EXPECT_EQ(figs[size_t(s)].peak_stash, expected) << "stage " << s;
+        }
+        std::printf("%-8s %2d %3d %5.1f%%  %-32s%s\n", parallel::to_string(kind), p, m,
+                    100 * parallel::theoretical_bubble(p, m), bubbles.c_str(), stashes.c_str());
+      }
+  std::fflush(stdout);
+}
+
+}  // namespace
+}  // namespace ptrain
