@@ -9,6 +9,7 @@
 #include "command.h"
 #include "ptrain/core/error.h"
 #include "ptrain/core/log.h"
+#include "ptrain/tensor/cuda_plugin.h"
 
 namespace ptrain::cli {
 
@@ -44,9 +45,15 @@ static void add_commands(CLI::App& parent, std::vector<CommandInfo>& infos, Acti
 
 static std::string version_string() {
   const char* yes_no[] = {"no", "yes"};
-  return fmt::format("ptrain {} (commit {})\nfeatures: cuda={} nccl={} gloo=yes", PTRAIN_VERSION,
+  std::string plugin;  // the CUDA backend is a plugin: say whether it is there, without loading it
+  if (PTRAIN_BUILT_WITH_CUDA) {
+    std::string path = ptrain::tensor::cuda_plugin_path();
+    plugin = path.empty() ? "\ncuda plugin: missing (libptrain_cuda.so; CPU only)"
+                          : fmt::format("\ncuda plugin: found ({})", path);
+  }
+  return fmt::format("ptrain {} (commit {})\nfeatures: cuda={} nccl={} gloo=yes{}", PTRAIN_VERSION,
                      PTRAIN_GIT_COMMIT, yes_no[PTRAIN_BUILT_WITH_CUDA],
-                     yes_no[PTRAIN_BUILT_WITH_CUDA]);
+                     yes_no[PTRAIN_BUILT_WITH_CUDA], plugin);
 }
 
 static int run_main(int argc, char** argv) {

@@ -7,6 +7,7 @@
 
 #include "cpu_ops_internal.h"
 #include "ptrain/core/error.h"
+#include "ptrain/tensor/cuda_plugin.h"
 
 #ifdef PTRAIN_WITH_CUDA
 #include "cuda/cuda_ops.h"
@@ -33,10 +34,8 @@ const Ops& ops(Device device) {
   if (device == Device::kCpu) return cpu_ops();
   const Ops* table = cuda_ops();
   if (!table) {
-    throw ConfigError(
-        "device cuda is not available: ptrain was built without CUDA or no GPU is "
-        "usable on this host",
-        "set nodes.device to cpu (or auto)");
+    throw ConfigError("device cuda is not available: " + cuda_unavailable_reason(),
+                      "set nodes.device to cpu (or auto)");
   }
   return *table;
 }
