@@ -9,6 +9,7 @@
 #include "ptrain/data/safetensors.h"
 #include "ptrain/nn/gpt.h"
 #include "ptrain/nn/mlp.h"
+#include "ptrain/tensor/cuda_plugin.h"
 
 namespace ptrain::train {
 
@@ -16,7 +17,8 @@ tensor::Device resolve_device(const std::string& device) {
   if (device == "cpu") return tensor::Device::kCpu;
   if (device == "cuda") {
     if (!tensor::cuda_ops())
-      throw ConfigError("nodes.device is cuda but no usable CUDA device was found",
+      throw ConfigError("nodes.device is cuda but CUDA is not usable here: " +
+                            tensor::cuda_unavailable_reason(),
                         "check nvidia-smi and CUDA_VISIBLE_DEVICES, or set nodes.device: cpu");
     return tensor::Device::kCuda;
   }
