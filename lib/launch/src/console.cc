@@ -26,6 +26,16 @@ bool is_warning_or_error(const std::string& text) {
   return false;
 }
 
+bool is_step_line(const std::string& text) {
+  // "step <n>[/<total>] | ..." as the built-in trainer logs it.
+  if (text.rfind("step ", 0) != 0) return false;
+  size_t i = 5;
+  size_t digits = 0;
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '/'))
+    ++i, ++digits;
+  return digits > 0 && text.compare(i, 3, " | ") == 0;
+}
+
 namespace {
 
 std::string clock_text(double seconds) {
@@ -77,6 +87,9 @@ void Console::worker_line(int rank, const std::string& node, bool /*is_stderr*/,
   bool show = mode_ == ConsoleMode::All ||
               (mode_ == ConsoleMode::Rank0 && (rank == 0 || is_warning_or_error(text)));
   if (!show) return;
+  // Without a TTY the progress line printed from this step's Report already stands for it (the
+  // trainer reports before it logs); rank-<r>.log still gets every line.
+  if (!tty_ && has_progress_ && is_step_line(text)) return;
   clear_live();
   std::string prefix =
       node.empty() ? fmt::format("[rank {}]", rank) : fmt::format("[{}:{}]", node, rank);
@@ -112,7 +125,10 @@ void Console::report(const std::string& json, double elapsed_s) {
     draw_live();
   } else if (s != last_printed_step_ && (s % log_every_ == 0 || s == progress_.total)) {
     last_printed_step_ = s;
-    fmt::print(out_, "{}\n", format_progress(progress_));
+    std::string extra;  // what the trainer's own step line had beyond the progress line
+    if (progress_.lr) extra += fmt::format(" | lr {:.3e}", *progress_.lr);
+    if (progress_.step_ms) extra += fmt::format(" | {:.1f} ms/step", *progress_.step_ms);
+    fmt::print(out_, "{}{}\n", format_progress(progress_), extra);
     std::fflush(out_);
   }
 }

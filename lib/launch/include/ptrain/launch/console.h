@@ -18,6 +18,10 @@ ConsoleMode parse_console_mode(const std::string& mode);
 // which rank0 mode shows from every rank.
 bool is_warning_or_error(const std::string& text);
 
+// True for the built-in trainer's per-step line ("step 12/200 | loss ..."). A non-TTY console
+// leaves it out once Reports arrive: its own progress line for that step replaces it.
+bool is_step_line(const std::string& text);
+
 struct ProgressState {
   int64_t step = 0;
   int64_t total = 0;
