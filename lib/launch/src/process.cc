@@ -38,8 +38,8 @@ std::string lookup_env(const std::vector<std::string>& env, const std::string& k
 
 // Only async-signal-safe calls from here until exec: the parent may have other threads.
 [[noreturn]] void child_main(const ProcessOptions& o, pid_t parent, const char* path,
-                             char* const* argv, char* const* envp, int out_w, int err_w,
-                             int report_w) {
+                             char* const* argv, char* const* envp, int in_r, int out_w,
+                             int err_w, int report_w) {
   auto fail = [&](int stage) {
     ChildFailure f{stage, errno};
     ssize_t n = ::write(report_w, &f, sizeof f);
@@ -61,8 +61,8 @@ std::string lookup_env(const std::vector<std::string>& env, const std::string& k
   for (int sig = 1; sig < NSIG; ++sig)
     if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
 
-  int devnull = ::open("/dev/null", O_RDONLY);
-  if (devnull < 0 || ::dup2(devnull, 0) < 0) fail(2);
+  int input = in_r >= 0 ? in_r : ::open("/dev/null", O_RDONLY);
+  if (input < 0 || ::dup2(input, 0) < 0) fail(2);
   if (out_w >= 0 && ::dup2(out_w, 1) < 0) fail(2);
   if (err_w >= 0 && ::dup2(err_w, 2) < 0) fail(2);
   // Every other descriptor closes: the error pipe on exec (it is CLOEXEC), the rest now.
@@ -137,11 +137,12 @@ ChildProcess ChildProcess::spawn(const ProcessOptions& o) {
   for (const auto& e : o.env) envp.push_back(const_cast<char*>(e.c_str()));
   envp.push_back(nullptr);
 
-  int out[2] = {-1, -1}, err[2] = {-1, -1}, report[2] = {-1, -1};
+  int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, report[2] = {-1, -1};
   auto close_all = [&] {
-    for (int* p : {out, err, report}) close_fd(p[0]), close_fd(p[1]);
+    for (int* p : {in, out, err, report}) close_fd(p[0]), close_fd(p[1]);
   };
   try {
+    if (o.pipe_input) PTRAIN_SYSCALL(::pipe2(in, O_CLOEXEC));
     if (o.pipe_output) {
       PTRAIN_SYSCALL(::pipe2(out, O_CLOEXEC));
       PTRAIN_SYSCALL(::pipe2(err, O_CLOEXEC));
@@ -159,10 +160,12 @@ ChildProcess ChildProcess::spawn(const ProcessOptions& o) {
     throw IoError(fmt::format("cannot start '{}': fork failed: {}", o.argv[0], std::strerror(e)));
   }
   if (pid == 0)
-    child_main(o, parent, path.c_str(), argv.data(), envp.data(), out[1], err[1], report[1]);
+    child_main(o, parent, path.c_str(), argv.data(), envp.data(), in[0], out[1], err[1],
+               report[1]);
 
   // Also set the group from this side so that signal_group() works before the child ran.
   if (o.new_process_group) ::setpgid(pid, pid);
+  close_fd(in[0]);
   close_fd(out[1]);
   close_fd(err[1]);
   close_fd(report[1]);
@@ -177,6 +180,7 @@ ChildProcess ChildProcess::spawn(const ProcessOptions& o) {
   child.pid_ = pid;
   child.out_fd_ = out[0];
   child.err_fd_ = err[0];
+  child.in_fd_ = in[1];
   child.own_group_ = o.new_process_group;
   for (int fd : {child.out_fd_, child.err_fd_})
     if (fd >= 0) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
@@ -200,6 +204,7 @@ ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
     pid_ = std::exchange(other.pid_, -1);
     out_fd_ = std::exchange(other.out_fd_, -1);
     err_fd_ = std::exchange(other.err_fd_, -1);
+    in_fd_ = std::exchange(other.in_fd_, -1);
     own_group_ = other.own_group_;
     status_ = std::exchange(other.status_, std::nullopt);
   }
@@ -225,6 +230,7 @@ void ChildProcess::release() {
   }
   close_fd(out_fd_);
   close_fd(err_fd_);
+  close_fd(in_fd_);
   pid_ = -1;
   status_.reset();
 }
@@ -234,6 +240,9 @@ void ChildProcess::close_stdout() {
 }
 void ChildProcess::close_stderr() {
   close_fd(err_fd_);
+}
+void ChildProcess::close_stdin() {
+  close_fd(in_fd_);
 }
 
 void ChildProcess::signal_group(int sig) {

@@ -34,6 +34,7 @@ struct ProcessOptions {
   std::vector<std::string> env;   // "KEY=VALUE" entries: the child's whole environment
   std::string cwd;                // empty = ours
   bool pipe_output = true;        // false: the child shares our stdout/stderr
+  bool pipe_input = false;        // true: stdin_fd() writes to the child's stdin (else /dev/null)
   bool new_process_group = true;  // setpgid(0, 0): signal_group() reaches its children too
   bool die_with_parent = true;    // PR_SET_PDEATHSIG(SIGKILL)
 };
@@ -68,6 +69,9 @@ class ChildProcess {
   // Read ends of the pipes (non-blocking, close-on-exec); -1 when not piped or closed.
   int stdout_fd() const { return out_fd_; }
   int stderr_fd() const { return err_fd_; }
+  // Write end of the stdin pipe (blocking, close-on-exec); -1 when not piped or closed.
+  int stdin_fd() const { return in_fd_; }
+  void close_stdin();
   void close_stdout();
   void close_stderr();
 
@@ -86,6 +90,7 @@ class ChildProcess {
   pid_t pid_ = -1;
   int out_fd_ = -1;
   int err_fd_ = -1;
+  int in_fd_ = -1;
   bool own_group_ = false;
   std::optional<ExitStatus> status_;
 };
