@@ -1,0 +1,97 @@
+// `ptrain launch job.yaml [--hosts a:4,b:4 | --hostfile FILE | --slurm] [--ssh-config FILE]`:
+// runs a job across SSH hosts (an agent per host, the coordinator here) and exits with its status.
+#include <fmt/format.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "command.h"
+#include "ptrain/core/error.h"
+#include "ptrain/launch/hosts.h"
+#include "ptrain/launch/ssh_launcher.h"
+#include "ptrain/spec/plan.h"
+#include "ptrain/spec/spec.h"
+
+namespace ptrain::cli {
+namespace {
+
+struct LaunchArgs {
+  std::string spec_path;
+  std::vector<std::string> overrides;
+  std::string hosts, hostfile, ssh_config;
+  bool slurm = false;
+  bool dry_run = false;
+};
+
+Action setup_launch(CLI::App& sub) {
+  auto args = std::make_shared<LaunchArgs>();
+  sub.add_option("spec", args->spec_path, "Job spec (YAML)")->required();
+  sub.add_option("--set", args->overrides, "Override a spec key: --set train.steps=10")
+      ->allow_extra_args(false);
+  auto* hosts = sub.add_option("--hosts", args->hosts, "Hosts and slots: a:4,b:4");
+  auto* hostfile =
+      sub.add_option("--hostfile", args->hostfile, "Hostfile (`host slots=N` per line)");
+  auto* slurm = sub.add_flag("--slurm", args->slurm,
+                             "Hosts from SLURM_JOB_NODELIST, slots from SLURM_NTASKS_PER_NODE");
+  hosts->excludes(hostfile)->excludes(slurm);
+  hostfile->excludes(slurm);
+  sub.add_option("--ssh-config", args->ssh_config, "ssh_config file for every ssh call (-F)");
+  sub.add_flag("--dry-run", args->dry_run, "Validate and print the plan and hosts only");
+  return [args] {
+    // The hosts replace nodes.hosts before the spec is validated, so that the mesh is checked
+    // against them.
+    std::vector<spec::HostSlots> host_list;
+    if (!args->hosts.empty()) {
+      host_list = launch::parse_hosts_flag(args->hosts);
+    } else if (!args->hostfile.empty()) {
+      std::ifstream in(args->hostfile);
+      if (!in)
+        throw ConfigError(fmt::format("--hostfile: cannot read {}", args->hostfile),
+                          "give a file with one `host slots=N` line per host");
+      std::stringstream text;
+      text << in.rdbuf();
+      host_list = spec::parse_hostfile(text.str(), args->hostfile);
+    } else if (args->slurm) {
+      host_list = launch::slurm_hosts();
+    }
+    std::vector<std::string> overrides = args->overrides;
+    auto hosts_override = [](const std::vector<spec::HostSlots>& hosts) {
+      std::string list;
+      for (const auto& h : hosts)
+        list += fmt::format("{}\"{}{}\"", list.empty() ? "" : ", ", h.host,
+                            h.slots ? ":" + std::to_string(h.slots) : "");
+      return "nodes.hosts=[" + list + "]";
+    };
+    if (!host_list.empty()) overrides.push_back(hosts_override(host_list));
+    spec::JobSpec spec = spec::load_file(args->spec_path, overrides);
+    if (host_list.empty() && !spec.nodes.hostfile.empty()) {
+      // The spec names a hostfile: its hosts stand in for nodes.hosts.
+      host_list = spec::resolve_hosts(spec);
+      overrides.push_back(hosts_override(host_list));
+      overrides.push_back("nodes.hostfile=\"\"");
+      spec = spec::load_file(args->spec_path, overrides);
+    }
+    if (host_list.empty()) host_list = spec.nodes.hosts;
+    auto plan = launch::plan_hosts(host_list, spec.nodes.procs_per_node, spec.world_size());
+    if (args->dry_run) {
+      fmt::print("{}", spec::format_plan(spec::make_plan(spec)));
+      for (const auto& p : plan)
+        fmt::print("host {}: ranks {}..{} ({} of {} slots)\n", p.host, p.first_rank,
+                   p.first_rank + p.procs - 1, p.procs, p.slots);
+      return 0;
+    }
+    launch::SshLaunchOptions options;
+    options.hosts = host_list;
+    options.ssh = launch::SshOptions::from_spec(spec.nodes.ssh, args->ssh_config);
+    options.spec_yaml = spec::to_yaml(spec);
+    launch::SshLauncher launcher(std::move(spec), options);
+    return launcher.run().exit_code;
+  };
+}
+
+}  // namespace
+
+PTRAIN_COMMAND({"launch", "Run a job across SSH hosts (or a Slurm allocation)", false, 11,
+                setup_launch})
+
+}  // namespace ptrain::cli

@@ -1,0 +1,56 @@
+// `ptrain agent`, the per-host agent of `ptrain launch`, and its small protocol with the launcher
+// over the ssh session: the setup (token included) travels on the agent's stdin, never on argv or
+// in the environment; the agent answers with one line per event on stdout. Worker output goes to
+// the coordinator (StreamLogs), not over ssh.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+
+#include "ptrain/core/time.h"
+#include "ptrain/launch/agent.h"
+
+namespace ptrain::launch {
+
+inline constexpr Millis kDefaultAgentSetupTimeout{30000};
+
+// Everything one host's agent needs.
+struct RemoteAgentSetup {
+  AgentOptions agent;  // run_dir: the launcher's run folder; the agent uses <run_dir>/hosts/<node>
+  std::string spec_yaml;           // written to the agent's folder as job.yaml (workers read it)
+  double heartbeat_s = 5;          // how often the agent checks that the coordinator is alive
+  double coordinator_loss_s = 15;  // no answer for this long: the agent stops its workers
+  double term_grace_s = 5;         // SIGTERM, then SIGKILL after this long
+};
+
+// The stdin stream the launcher sends: "key value" lines (values escaped), "end", then the spec.
+std::string encode_agent_setup(const RemoteAgentSetup& setup);
+// Reads and decodes it; throws ConfigError for a malformed stream, TimeoutError when it does not
+// arrive within `timeout`.
+RemoteAgentSetup read_agent_setup(int fd, Millis timeout);
+// The folder the agent of `node` writes its rank logs and job.yaml to.
+std::string agent_dir(const std::string& run_dir, const std::string& node);
+
+// The launcher's commands after the setup, one per line: "signal N".
+std::string agent_signal_command(int sig);
+
+// One line the agent writes on stdout.
+struct AgentMessage {
+  enum class Kind { Started, Exit, Done, Other } kind = Kind::Other;
+  int rank = -1;
+  pid_t pid = -1;
+  ExitStatus status;
+  std::string text;  // Exit: the spawn error, if any; Other: the whole line
+};
+std::string format_started(int rank, pid_t pid);
+std::string format_exit(const WorkerExit& e);
+AgentMessage parse_agent_message(const std::string& line);
+
+// The whole life of `ptrain agent`: reads the setup from in_fd, spawns the host's workers, streams
+// their lines to the coordinator, reports their exits on out_fd, forwards signals, and kills the
+// workers when stdin ends (the ssh session went away) or the coordinator stops answering.
+// Returns the process exit code (0 once every worker was reported).
+int remote_agent_main(int in_fd, int out_fd);
+
+}  // namespace ptrain::launch
