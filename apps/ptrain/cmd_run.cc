@@ -14,6 +14,7 @@ struct RunArgs {
   std::string spec_path;
   std::vector<std::string> overrides;
   bool dry_run = false;
+  bool trace = false;
 };
 
 Action setup_run(CLI::App& sub) {
@@ -22,12 +23,15 @@ Action setup_run(CLI::App& sub) {
   sub.add_option("--set", args->overrides, "Override a spec key: --set train.steps=10")
       ->allow_extra_args(false);
   sub.add_flag("--dry-run", args->dry_run, "Validate and print the plan without running");
+  sub.add_flag("--trace", args->trace,
+               "Write RUN_DIR/trace.json (Chrome trace / Perfetto) with every rank's spans");
   return [args] {
     spec::JobSpec spec = spec::load_file(args->spec_path, args->overrides);
     if (args->dry_run) {
       fmt::print("{}", spec::format_plan(spec::make_plan(spec)));
       return 0;
     }
+    if (args->trace) spec.env["PTRAIN_TRACE"] = "1";  // the trainer reads it from the spec
     launch::LauncherOptions options;
     options.spec_yaml = spec::to_yaml(spec);
     launch::Launcher launcher(std::move(spec), options);

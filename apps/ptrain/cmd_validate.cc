@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "command.h"
+#include "ptrain/parallel/pipeline.h"
 #include "ptrain/spec/plan.h"
 #include "ptrain/spec/spec.h"
 
@@ -15,6 +16,7 @@ struct ValidateOptions {
   std::string file;
   std::vector<std::string> overrides;
   bool json = false;
+  bool schedule = false;
 };
 
 Action setup_validate(CLI::App& sub) {
@@ -23,12 +25,18 @@ Action setup_validate(CLI::App& sub) {
   sub.add_option("--set", opts->overrides, "override a field: key.path=value (repeatable)")
       ->allow_extra_args(false);
   sub.add_flag("--json", opts->json, "print the resolved spec as JSON instead of the plan");
+  sub.add_flag("--schedule", opts->schedule,
+               "also print the pipeline schedule of every stage (its list of operations)");
   return [opts] {
     spec::JobSpec job = spec::load_file(opts->file, opts->overrides);
     if (opts->json)
       fmt::print("{}", spec::to_json(job));
     else
       fmt::print("{}", spec::format_plan(spec::make_plan(job)));
+    if (opts->schedule && !opts->json)
+      fmt::print("{}", parallel::format_schedule(
+                           parallel::parse_schedule_kind(job.parallel.schedule),
+                           job.parallel.pipeline, job.parallel.microbatches));
     std::fflush(stdout);
     return 0;
   };
