@@ -38,7 +38,22 @@ Agent::~Agent() {
 }
 
 std::string Agent::log_path(int rank) const {
+  if (rank >= options_.world_size)
+    return options_.run_dir + "/" + fmt::format("server-{}.log", rank - options_.world_size);
   return options_.run_dir + "/" + fmt::format("rank-{}.log", rank);
+}
+
+std::vector<std::string> Agent::server_env(int index, int round) const {
+  std::vector<std::string> env = worker_env(0, round);
+  for (auto& kv : env) {
+    std::string key = kv.substr(0, kv.find('='));
+    if (key == "RANK" || key == "ROLE_RANK")
+      kv = key + "=" + std::to_string(options_.world_size + index);
+    if (key == "LOCAL_RANK") kv = key + "=" + std::to_string(options_.local_world_size + index);
+    if (key == "OMP_NUM_THREADS") kv = key + "=1";
+  }
+  env.push_back("PTRAIN_SERVER_INDEX=" + std::to_string(index));
+  return env;
 }
 
 std::vector<std::string> Agent::worker_env(int local_rank, int round) const {
@@ -102,16 +117,18 @@ std::vector<std::string> Agent::worker_env(int local_rank, int round) const {
 void Agent::spawn_all(int round) {
   workers_.clear();
   spawn_failures_.clear();
-  for (int local = 0; local < options_.local_world_size; ++local) {
+  const int servers = options_.node_rank == 0 ? options_.servers : 0;
+  for (int local = 0; local < options_.local_world_size + servers; ++local) {
+    const int server = local - options_.local_world_size;  // >= 0: a parameter server
     auto w = std::make_unique<Worker>();
     w->local_rank = local;
-    w->rank = options_.first_rank + local;
+    w->rank = server >= 0 ? options_.world_size + server : options_.first_rank + local;
     std::string path = log_path(w->rank);
     w->log_fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (w->log_fd < 0) throw IoError(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
     ProcessOptions po;
-    po.argv = options_.argv;
-    po.env = worker_env(local, round);
+    po.argv = server >= 0 ? options_.server_argv : options_.argv;
+    po.env = server >= 0 ? server_env(server, round) : worker_env(local, round);
     po.cwd = options_.cwd;
     try {
       w->proc = ChildProcess::spawn(po);

@@ -264,15 +264,18 @@ void Launcher::Impl::handle_events() {
 
 void Launcher::Impl::print_root_cause() {
   const Failure& f = *failure_;
-  std::string who = f.pid > 0 ? fmt::format("rank {} on {} (pid {})", f.rank, node_, f.pid)
-                              : fmt::format("rank {} on {}", f.rank, node_);
+  std::string name = f.rank >= world_size_ ? fmt::format("parameter server {} (rank {})",
+                                                         f.rank - world_size_, f.rank)
+                                           : fmt::format("rank {}", f.rank);
+  std::string who = f.pid > 0 ? fmt::format("{} on {} (pid {})", name, node_, f.pid)
+                              : fmt::format("{} on {}", name, node_);
   std::string block = fmt::format("ptrain: job failed: {} {}\n", who, f.what);
   // Named whenever the rendezvous was in use (built-in workers, or a command running them).
   if (!missing_at_failure_.empty() && (!spec_.launcher_only() || joined_at_failure_))
     block += fmt::format("ptrain: rendezvous incomplete: rank(s) {} on {} never joined\n",
                          join_ints(missing_at_failure_), node_);
   if (f.rank >= 0) {
-    std::string log = dir_->rank_log(f.rank);
+    std::string log = agent_->log_path(f.rank);
     auto lines = tail_lines(log, 20);
     if (lines.empty()) {
       block += fmt::format("ptrain: {} is empty\n", log);
@@ -346,6 +349,10 @@ JobResult Launcher::Impl::run() {
   co.port = spec_.rendezvous.port;
   co.token = rendezvous::make_token();
   co.world_size = world_size_;
+  // data_mode: async: the parameter servers join as ranks world_size .. world_size + servers - 1.
+  const int servers =
+      builtin && spec_.parallel.data_mode == "async" ? spec_.parallel.servers : 0;
+  co.extra_roles = servers;
   if (builtin) {
     co.mesh = {spec_.parallel.data, spec_.parallel.tensor, spec_.parallel.pipeline};
   } else {
@@ -386,6 +393,8 @@ JobResult Launcher::Impl::run() {
   if (builtin) {
     std::string exe = opt_.worker_program.empty() ? this_executable() : opt_.worker_program;
     ao.argv = {exe, "--log-level", spec_.logging.level, "worker"};
+    ao.servers = servers;
+    ao.server_argv = {exe, "--log-level", spec_.logging.level, "param-server"};
   } else {
     ao.argv = spec_.command;
   }
@@ -403,7 +412,7 @@ JobResult Launcher::Impl::run() {
   agent_->on_line = [this](const WorkerLine& l) {
     console_->worker_line(l.rank, "", l.is_stderr, l.text);
   };
-  for (int r = 0; r < world_size_; ++r) coordinator_->expect(r, node_);
+  for (int r = 0; r < world_size_ + servers; ++r) coordinator_->expect(r, node_);
 
   console_->message(fmt::format("ptrain: {} worker(s), run folder {}", world_size_, dir_->path()));
   agent_->spawn_all(0);

@@ -36,6 +36,8 @@ int run_worker(launch::WorkerContext& ctx) {
   tc.report = ctx.report;
   tc.stop_requested = ctx.stop_requested;
   tc.on_step = ctx.set_step;
+  tc.store = ctx.store;  // data_mode: async finds its parameter servers here
+  tc.token = env_or("PTRAIN_TOKEN", "");
   auto result = run_training(spec, tc);
   if (ctx.stop_requested && ctx.stop_requested()) return 1;
   std::printf("done: %lld steps, final loss %.4f, %.0f tokens/s\n",

@@ -38,6 +38,10 @@ struct AgentOptions {
   int threads_per_proc = 0;  // 0 = 1 when several workers share the node, else all cores
   bool cuda = false;         // set CUDA_VISIBLE_DEVICES to one GPU per local rank
   std::map<std::string, std::string> extra_env;  // the spec's env (applied last)
+  // data_mode: async: parameter servers this agent starts after its workers (node 0 only), as
+  // ranks world_size + i, logging to server-<i>.log.
+  int servers = 0;
+  std::vector<std::string> server_argv;
 };
 
 // One output line of a worker.
@@ -67,6 +71,8 @@ class Agent {
 
   // The environment worker `local_rank` gets (exposed for tests and `--dry-run`).
   std::vector<std::string> worker_env(int local_rank, int round) const;
+  // The environment of parameter server `index` (RANK = world_size + index, PTRAIN_SERVER_INDEX).
+  std::vector<std::string> server_env(int index, int round) const;
 
   // Descriptors to poll (worker pipes), and the handler for the ones that are readable.
   void add_poll_fds(std::vector<struct pollfd>& fds) const;

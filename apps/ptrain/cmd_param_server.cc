@@ -1,0 +1,96 @@
+// `ptrain param-server` (internal): parameter server PTRAIN_SERVER_INDEX of a data_mode: async
+// job, started by the launcher next to the workers (RANK = world size + index). Joins the
+// coordinator with role "server", advertises its address in the store, serves its shard until
+// every worker is done or the job is aborted.
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+
+#include "command.h"
+#include "ptrain/core/env.h"
+#include "ptrain/core/error.h"
+#include "ptrain/rendezvous/client.h"
+#include "ptrain/spec/spec.h"
+#include "ptrain/train/async.h"
+
+namespace ptrain::cli {
+namespace {
+
+std::string required(const char* name) {
+  auto v = env_get(name);
+  if (!v || v->empty())
+    throw ConfigError(fmt::format("{} is not set", name),
+                      "`ptrain param-server` is started by `ptrain run`, not by hand");
+  return *v;
+}
+
+int serve() {
+  std::string coordinator = required("PTRAIN_COORDINATOR");
+  std::string token = required("PTRAIN_TOKEN");
+  std::string run_dir = required("PTRAIN_RUN_DIR");
+  int index = int(env_int("PTRAIN_SERVER_INDEX", -1));
+  int rank = int(env_int("RANK", -1));
+  spec::JobSpec spec = spec::load_file(run_dir + "/job.yaml");
+  if (index < 0 || index >= spec.parallel.servers || rank != spec.world_size() + index)
+    throw ConfigError(
+        fmt::format("PTRAIN_SERVER_INDEX={} / RANK={} is not a server of this job "
+                    "({} workers, {} servers)",
+                    index, rank, spec.world_size(), spec.parallel.servers));
+  Millis rdzv(static_cast<int64_t>(spec.rendezvous.timeout_s * 1000));
+  rendezvous::CoordinatorClient client(coordinator, token, rdzv);
+  rendezvous::JoinRequestView req;
+  req.rank = rank;
+  req.role = "server";
+  req.node = env_or("PTRAIN_NODE", "localhost");
+  req.pid = ::getpid();
+  req.timeout = rdzv + Millis(10000);
+  client.join(req);
+  std::atomic<bool> aborted{false};
+  client.watch(rank, [&](const rendezvous::WatchEventView& ev) {
+    if (ev.kind == rendezvous::WatchEventView::Kind::Abort) {
+      std::fprintf(stderr, "ptrain param-server: server %d: job aborted: %s\n", index,
+                   ev.reason.c_str());
+      aborted = true;
+    }
+  });
+  const double every = spec.fault_tolerance.heartbeat_s;
+  double last_beat = mono_seconds();
+  train::ServerContext sc;
+  sc.index = index;
+  sc.store = client.store();
+  sc.token = token;
+  sc.stop_requested = [&] {
+    if (mono_seconds() - last_beat >= every) {
+      last_beat = mono_seconds();
+      try {
+        if (client.heartbeat(rank, 0).abort) aborted = true;
+      } catch (const Error& e) {
+        std::fprintf(stderr, "ptrain param-server: warning: heartbeat failed: %s\n", e.what());
+      }
+    }
+    return aborted.load();
+  };
+  int code = kExitRemote;
+  try {
+    code = train::run_param_server(spec, sc) == 0 ? kExitOk : kExitRemote;
+  } catch (const Error& e) {
+    client.leave(rank, e.exit_code(), e.what());
+    throw;
+  }
+  client.leave(rank, code, code == kExitOk ? "done" : "aborted");
+  return code;
+}
+
+Action setup_param_server(CLI::App& /*sub*/) {
+  return [] { return serve(); };
+}
+
+}  // namespace
+
+PTRAIN_COMMAND({"param-server",
+                "Serve one parameter shard of an async job (started by the "
+                "launcher)",
+                true, 91, setup_param_server})
+
+}  // namespace ptrain::cli
