@@ -3,19 +3,23 @@
 #   bin/ptrain        wrapper: finds the CUDA libraries, then runs libexec/ptrain
 #   bin/ptrain-env    the same lookup, then runs any command (e.g. bin/ptrain-env bin/tests/X)
 #   bin/tests/        the GPU test binaries (ctest label gpu)
-#   libexec/ptrain    the real binary, rpath $ORIGIN/../lib
-#   lib/              every shared library the binaries need except libc's family and CUDA's
+#   libexec/ptrain    the real binary, rpath $ORIGIN/../lib; links no CUDA library
+#   lib/              every shared library the binaries need except libc's family and CUDA's,
+#                     and libptrain_cuda.so, the CUDA backend (op table + NCCL) that ptrain loads
+#                     with dlopen on first use
 # CUDA libraries (libcudart, libcublas, libnccl, ...) stay out: they are large and tied to the
-# driver; the wrapper looks for them on the target machine.
+# driver; the wrapper looks for them on the target machine. Without them ptrain runs on CPU and
+# says why when a job asks for device cuda.
 #
 # Environment: PTRAIN_BUILD_DIR (default build), PTRAIN_DIST_DIR (default dist),
-# PTRAIN_BUNDLE_NO_BUILD=1 (use the build as it is), PTRAIN_JOBS (default 2).
+# PTRAIN_BUNDLE_NO_BUILD=1 (use the build as it is), PTRAIN_JOBS (default 2), PTRAIN_BUNDLE_MAX_MIB
+# (default 60: the size limit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BUILD_DIR=$(realpath -m "${PTRAIN_BUILD_DIR:-build}")
 DIST_DIR=$(realpath -m "${PTRAIN_DIST_DIR:-dist}")
-MAX_MIB=60
+MAX_MIB=${PTRAIN_BUNDLE_MAX_MIB:-60}
 
 die() { echo "bundle: $*" >&2; exit 1; }
 for tool in patchelf strip ldd tar; do
@@ -23,6 +27,9 @@ for tool in patchelf strip ldd tar; do
 done
 
 # --- build (only what the bundle holds) ---
+has_plugin() {  # the build compiles the CUDA plugin (the toolkit was found)
+  grep -q '^build lib/libptrain_cuda\.so:' "$BUILD_DIR/build.ninja" 2>/dev/null
+}
 gpu_tests() {  # names of the ctest tests labelled gpu
   ctest --test-dir "$BUILD_DIR" -N -L gpu 2>/dev/null | sed -n 's/^ *Test *#[0-9]*: *//p'
 }
@@ -31,7 +38,10 @@ if [[ ${PTRAIN_BUNDLE_NO_BUILD:-0} != 1 ]]; then
     cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
   fi
   # shellcheck disable=SC2046
-  cmake --build "$BUILD_DIR" -j "${PTRAIN_JOBS:-2}" --target ptrain $(gpu_tests)
+  targets=(ptrain)
+  has_plugin && targets+=(ptrain_cuda)
+  # shellcheck disable=SC2046
+  cmake --build "$BUILD_DIR" -j "${PTRAIN_JOBS:-2}" --target "${targets[@]}" $(gpu_tests)
 fi
 PTRAIN_BIN=$BUILD_DIR/apps/ptrain/ptrain
 [[ -x $PTRAIN_BIN ]] || die "$PTRAIN_BIN is missing; build first or unset PTRAIN_BUNDLE_NO_BUILD"
@@ -46,6 +56,12 @@ mkdir -p "$OUT/bin/tests" "$OUT/libexec" "$OUT/lib"
 # --- binaries ---
 install -m 755 "$PTRAIN_BIN" "$OUT/libexec/ptrain"
 binaries=("$OUT/libexec/ptrain")
+PLUGIN=$BUILD_DIR/lib/libptrain_cuda.so
+if has_plugin; then
+  [[ -f $PLUGIN ]] || die "$PLUGIN is missing; build the ptrain_cuda target"
+  install -m 644 "$PLUGIN" "$OUT/lib/libptrain_cuda.so"
+  binaries+=("$OUT/lib/libptrain_cuda.so")
+fi
 for t in $(gpu_tests); do
   exe=$(find "$BUILD_DIR/tests" -type f -name "$t" -perm -u+x | head -n 1)
   if [[ -n $exe ]]; then
@@ -94,6 +110,11 @@ for lib in "$OUT"/lib/*.so*; do
   strip --strip-unneeded "$lib"
   patchelf --set-rpath '$ORIGIN' "$lib"
 done
+# The plugin also looks in the CUDA toolkit's usual place (LD_LIBRARY_PATH, set by the wrapper,
+# still comes first), so libexec/ptrain finds CUDA there without the wrapper.
+if [[ -f $OUT/lib/libptrain_cuda.so ]]; then
+  patchelf --set-rpath '$ORIGIN:/usr/local/cuda/lib64' "$OUT/lib/libptrain_cuda.so"
+fi
 strip --strip-unneeded "${binaries[@]}"
 patchelf --set-rpath '$ORIGIN/../lib' "$OUT/libexec/ptrain"
 for bin in "$OUT"/bin/tests/*; do
@@ -138,15 +159,18 @@ for lib in "${needed[@]}"; do
   if [[ -z $found ]]; then missing+=("$lib"); continue; fi
   [[ " ${dirs[*]} " == *" $found "* ]] || dirs+=("$found")
 done
-if ((${#missing[@]})); then
-  echo "ptrain: cannot find ${missing[*]} (looked in \$PTRAIN_CUDA_LIB_DIR, \$CUDA_HOME/lib64," \
-       "/usr/local/cuda*/lib64, /usr/lib/x86_64-linux-gnu and Python site-packages/nvidia/*/lib);" \
-       "install the CUDA 13 runtime, cuBLAS and NCCL (or pip install nvidia-cublas nvidia-nccl-cu13)," \
-       "or set PTRAIN_CUDA_LIB_DIR to the folder that holds them" >&2
-  exit 127
+# Missing CUDA libraries are not fatal: ptrain runs on CPU, and a job that asks for device cuda
+# fails with the loader's reason. PTRAIN_CUDA_LIB_DIR set but wrong is worth a warning now.
+if ((${#missing[@]})) && [[ -n ${PTRAIN_CUDA_LIB_DIR:-} || -n ${PTRAIN_CUDA_VERBOSE:-} ]]; then
+  echo "ptrain: warning: cannot find ${missing[*]} (looked in \$PTRAIN_CUDA_LIB_DIR," \
+       "\$CUDA_HOME/lib64, /usr/local/cuda*/lib64, /usr/lib/x86_64-linux-gnu and Python" \
+       "site-packages/nvidia/*/lib); CUDA stays off. Install the CUDA 13 runtime, cuBLAS and NCCL" \
+       "(or pip install nvidia-cublas nvidia-nccl-cu13), or set PTRAIN_CUDA_LIB_DIR" >&2
 fi
-path=$(IFS=:; echo "${dirs[*]}")
-export LD_LIBRARY_PATH=$path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+if ((${#dirs[@]})); then
+  path=$(IFS=:; echo "${dirs[*]}")
+  export LD_LIBRARY_PATH=$path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
 exec "$@"
 EOF
 cat >"$OUT/bin/ptrain" <<'EOF'

@@ -73,6 +73,29 @@ TEST_F(Bundle, BinaryFindsItsLibrariesThroughTheOriginRpath) {
   EXPECT_EQ(r.output, "$ORIGIN/../lib\n");
 }
 
+TEST_F(Bundle, TheBinaryLinksNoCudaLibrary) {
+  ASSERT_EQ(result_.status, 0) << result_.output;
+  Result r = run("ldd " + (root_ / "libexec" / "ptrain").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const char* lib : {"libcudart", "libcublas", "libnccl", "libcuda."})
+    EXPECT_EQ(r.output.find(lib), std::string::npos) << lib << " in:\n" << r.output;
+}
+
+TEST_F(Bundle, ShipsTheCudaPluginInLib) {
+  if (!PTRAIN_HAVE_CUDA_PLUGIN) GTEST_SKIP() << "built without CUDA";
+  ASSERT_EQ(result_.status, 0) << result_.output;
+  EXPECT_TRUE(fs::is_regular_file(root_ / "lib" / "libptrain_cuda.so"));
+}
+
+TEST_F(Bundle, VersionFindsThePluginBesideTheBinary) {
+  if (!PTRAIN_HAVE_CUDA_PLUGIN) GTEST_SKIP() << "built without CUDA";
+  ASSERT_EQ(result_.status, 0) << result_.output;
+  Result r = run("env -i " + (root_ / "libexec" / "ptrain").string() + " --version");
+  EXPECT_EQ(r.status, 0) << r.output;
+  std::string expected = "cuda plugin: found (" + (root_ / "lib" / "libptrain_cuda.so").string();
+  EXPECT_NE(r.output.find(expected), std::string::npos) << r.output;
+}
+
 TEST_F(Bundle, StaysUnderSixtyMiB) {
   ASSERT_EQ(result_.status, 0) << result_.output;
   EXPECT_LT(tree_bytes(root_), 60ull << 20);
