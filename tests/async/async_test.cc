@@ -145,6 +145,27 @@ TEST(AsyncDataParallel, OneWorkerMlpEqualsSync) {
   expect_same_curve(run.workers[0].history, sync[0].result.history);
 }
 
+TEST(SyncDataParallel, MlpTwoRanksMatchOneProcess) {
+  auto base = mlp_spec(15);
+  auto one = testing::run_ranks(base);
+  auto spec = base;
+  spec.parallel.data = 2;
+  auto two = testing::run_ranks(spec);
+  expect_same_curve(two[0].result.history, one[0].result.history);
+}
+
+TEST(SyncDataParallel, ReportsOptimizerMemoryPerRankHalvedByZeroOne) {
+  auto spec = testing::tiny_gpt_spec(2);
+  spec.parallel.data = 2;
+  auto plain = testing::run_ranks(spec);
+  spec.parallel.zero = 1;
+  auto zero = testing::run_ranks(spec);
+  double a = field(plain[0].reports.back(), "optimizer_mb");
+  double b = field(zero[0].reports.back(), "optimizer_mb");
+  ASSERT_GT(a, 0);
+  EXPECT_NEAR(b, a / 2, a * 0.01);
+}
+
 TEST(AsyncDataParallel, StalenessBoundHoldsWithASlowWorkerAndLossFalls) {
   ::setenv("PTRAIN_TEST_SLOW_RANK", "1:40", 1);
   auto run = run_async(async_gpt(2, 2, 2, 30));
