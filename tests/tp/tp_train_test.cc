@@ -86,6 +86,41 @@ TEST(TensorParallel, ReportsTheBytesOfFourAllreducesPerLayer) {
   EXPECT_NE(line.find("\"tp_allreduces\": 20"), std::string::npos) << line;
 }
 
+spec::JobSpec mlp_spec(std::vector<int> hidden, int t) {
+  spec::JobSpec s;
+  s.name = "mlp";
+  s.nodes.device = "cpu";
+  s.nodes.threads_per_proc = 1;
+  s.model.type = "mlp";
+  s.model.input = 16;
+  s.model.hidden = std::move(hidden);
+  s.model.classes = 4;
+  s.data.type = "csv";
+  s.data.path = std::string(PTRAIN_SOURCE_DIR) + "/configs/data/blobs.csv";
+  s.data.batch_size = 32;
+  s.train.steps = 20;
+  s.train.seed = 3;
+  s.train.log_every = 1;
+  s.train.optimizer.type = "adamw";
+  s.train.optimizer.lr = 3e-3;
+  s.train.optimizer.grad_clip = 1.0;
+  s.checkpoint.resume = "never";
+  s.parallel.tensor = t;
+  return s;
+}
+
+TEST(TensorParallel, MlpColumnThenRowSplitsMatchOneProcess) {
+  // {32}: column, row. {32, 32}: column, row, then the classifier whole on every rank.
+  for (auto hidden : {std::vector<int>{32}, std::vector<int>{32, 32}}) {
+    auto single = testing::run_ranks(mlp_spec(hidden, 1));
+    for (int t : {2, 4}) {
+      auto runs = testing::run_ranks(mlp_spec(hidden, t));
+      expect_same_curve(single[0].result, runs[0].result, 1e-4);
+      expect_same_curve(runs[0].result, runs[t - 1].result, 0);
+    }
+  }
+}
+
 // The same names, shapes and values (to `tol`) in two safetensors files.
 void expect_same_tensors(const std::string& path_a, const std::string& path_b, double tol) {
   auto a = data::SafetensorsFile::open(path_a);

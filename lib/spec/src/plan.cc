@@ -169,9 +169,17 @@ Plan make_plan(const JobSpec& s) {
       mem.activation_bytes = static_cast<int64_t>(act);
     } else {
       int64_t n = 0, outs = 0;
+      // Tensor parallel (nn/mlp.h): even layers column-parallel (weight and bias split), odd
+      // layers row-parallel (weight split, bias whole), a final even layer whole.
+      const int last = static_cast<int>(widths.size()) - 2;
       for (int l = first_layer; l < first_layer + n_layers; ++l) {
-        n += ceil_div(widths[l] * widths[l + 1], p.tensor) + widths[l + 1];
-        outs += widths[l + 1];
+        const int64_t w = widths[l] * widths[l + 1], b = widths[l + 1];
+        if (p.tensor == 1 || (l % 2 == 0 && l == last))
+          n += w + b, outs += b;
+        else if (l % 2 == 0)
+          n += ceil_div(w + b, p.tensor), outs += ceil_div(b, p.tensor);
+        else
+          n += ceil_div(w, p.tensor) + b, outs += b;
       }
       mem.parameters = n;
       mem.activation_bytes = 2 * b * outs * elem * in_flight;  // pre- and post-activation

@@ -106,6 +106,7 @@ std::unique_ptr<nn::Model> make_model(const spec::JobSpec& spec, tensor::Device 
     cfg.seq_len = spec.model.seq_len;
     cfg.vocab = spec.model.vocab;
     cfg.device = device;
+    cfg.precision = spec.train.precision;
     cfg.tp_size = spec.parallel.tensor;
     cfg.tp_rank = tp_rank;
     auto ranges = stage_ranges(spec);
@@ -115,13 +116,15 @@ std::unique_ptr<nn::Model> make_model(const spec::JobSpec& spec, tensor::Device 
     cfg.has_head = stage == spec.parallel.pipeline - 1;
     model = std::make_unique<nn::Gpt>(cfg);
   } else {
-    if (spec.parallel.pipeline > 1 || spec.parallel.tensor > 1)
-      throw ConfigError("model.type mlp runs data parallel only in this version",
-                        "set parallel.tensor: 1 and parallel.pipeline: 1");
+    if (spec.parallel.pipeline > 1)
+      throw ConfigError("model.type mlp runs data and tensor parallel only in this version",
+                        "set parallel.pipeline: 1");
     nn::MlpConfig cfg;
     cfg.input_dim = spec.model.input;
     cfg.hidden = spec.model.hidden;
     cfg.classes = spec.model.classes;
+    cfg.tp_size = spec.parallel.tensor;
+    cfg.tp_rank = tp_rank;
     cfg.device = device;
     model = std::make_unique<nn::Mlp>(cfg);
   }
@@ -175,13 +178,18 @@ void load_weights(nn::Model& model, const std::string& path, bool allow_extra) {
       problems.push_back(fmt::format("{} is missing", p.name));
       continue;
     }
-    if (info->shape != p.shape) {
+    if (info->shape != p.full_shape) {
       problems.push_back(fmt::format("{} has shape [{}] in the file but [{}] in the model", p.name,
-                                     fmt::join(info->shape, ","), fmt::join(p.shape, ",")));
+                                     fmt::join(info->shape, ","), fmt::join(p.full_shape, ",")));
       continue;
     }
-    host.resize(p.numel);
+    host.resize(p.full_numel());
     file.read_f32(p.name, host.data());
+    if (p.is_split()) {  // this tensor-parallel rank's part
+      std::vector<float> part(p.numel);
+      nn::copy_shard_from_full(p, p.split_rank, host.data(), part.data());
+      host.swap(part);
+    }
     model.param(i).copy_from_host(host.data(), p.numel * sizeof(float));
   }
   if (!allow_extra) {
