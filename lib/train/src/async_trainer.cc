@@ -125,6 +125,14 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
     shards.push_back(optim::Shard::of_rank(n, i, par.servers));
   }
   const Millis wait = seconds(spec.fault_tolerance.hang_timeout_s);
+  // GPU workers stage parameters and gradients through host buffers (the RPCs carry host bytes).
+  const bool staged = device != tensor::Device::kCpu;
+  std::vector<float> host_params(staged ? n : 0), host_grads(staged ? n : 0);
+  float* pull_dst = staged ? host_params.data() : model->param_data();
+  if (worker == 0)
+    print_line(ctx,
+               "warning: checkpoints are not written in data_mode: async yet (the optimizer "
+               "state lives on the parameter servers)");
   const Millis slow = slow_delay(worker);
   auto schedule = make_schedule(spec);
   const int64_t total = spec.train.steps;
@@ -151,10 +159,11 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
     int64_t seen = INT64_MAX;
     for (size_t i = 0; i < servers.size(); ++i) {
       const auto& sh = shards[i];
-      auto pr = servers[i]->pull(worker, std::max<int64_t>(0, step - s),
-                                 model->param_data() + sh.begin, sh.size(), wait);
+      auto pr = servers[i]->pull(worker, std::max<int64_t>(0, step - s), pull_dst + sh.begin,
+                                 sh.size(), wait);
       seen = std::min(seen, pr.min_clock);
     }
+    if (staged) ops.copy_from_host(model->param_data(), host_params.data(), n * sizeof(float));
     double t1 = mono_seconds();
     wait_s += t1 - t0;
     // Staleness: steps of the slowest worker missing from the parameters this step reads.
@@ -177,9 +186,14 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
     if (spec.train.optimizer.grad_clip > 0)
       optim::clip_grads(ops, model->grad_data(), all, grad_norm, spec.train.optimizer.grad_clip);
     double lr = schedule.at(step);
+    const float* push_src = model->grad_data();
+    if (staged) {
+      ops.copy_to_host(host_grads.data(), model->grad_data(), n * sizeof(float));
+      push_src = host_grads.data();
+    }
     for (size_t i = 0; i < servers.size(); ++i) {
       const auto& sh = shards[i];
-      rate = servers[i]->push(worker, step, float(lr), model->grad_data() + sh.begin, sh.size(),
+      rate = servers[i]->push(worker, step, float(lr), push_src + sh.begin, sh.size(),
                               step + 1 == total);
     }
     double dt = mono_seconds() - t0;
