@@ -30,6 +30,11 @@ MetricsLine& MetricsLine::add(const std::string& key, double value) {
   return *this;
 }
 
+MetricsLine& MetricsLine::add_exact(const std::string& key, double value) {
+  fields_.emplace_back(key, std::isfinite(value) ? fmt::format("{}", value) : "null");
+  return *this;
+}
+
 MetricsLine& MetricsLine::add_int(const std::string& key, int64_t value) {
   fields_.emplace_back(key, std::to_string(value));
   return *this;

@@ -13,6 +13,8 @@ namespace ptrain::train {
 class MetricsLine {
  public:
   MetricsLine& add(const std::string& key, double value);
+  // Shortest text that reads back as the same double (for values compared bit for bit).
+  MetricsLine& add_exact(const std::string& key, double value);
   MetricsLine& add_int(const std::string& key, int64_t value);
   MetricsLine& add_str(const std::string& key, const std::string& value);
   std::string json() const;

@@ -1,0 +1,50 @@
+// Test-only failure injection for the fault-tolerance tests, read once from the environment:
+//   PTRAIN_TEST_FAIL_AT_STEP=RANK:STEP[:ROUND[:HOW]][,RANK:STEP...]
+// makes global rank RANK, in restart round ROUND (default 0, the first start), fail after STEP
+// completed steps. HOW is `kill` (default: SIGKILL itself before step STEP+1), `stop` (SIGSTOP
+// itself there: a hang) or `save` (SIGKILL itself while writing the checkpoint of step STEP, as
+// soon as its first temporary file appears; RANK must be the writing rank 0). Unset: no effect.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ptrain::train {
+
+class FaultInjection {
+ public:
+  // The faults of PTRAIN_TEST_FAIL_AT_STEP that apply to `rank` in `round`. Throws ConfigError
+  // when the variable is malformed.
+  static FaultInjection from_env(int rank, int round);
+
+  // Called at the top of the loop with the number of completed steps.
+  void before_step(int64_t steps_done) const;
+
+  // While the returned guard lives, the process SIGKILLs itself when a temporary file appears in
+  // `dir` (null when no `save` fault is set for this step).
+  class SaveWatch;
+  std::unique_ptr<SaveWatch> during_save(int64_t step, const std::string& dir) const;
+
+ private:
+  struct Fault {
+    int64_t step;
+    std::string how;
+  };
+  std::vector<Fault> faults_;
+};
+
+class FaultInjection::SaveWatch {
+ public:
+  explicit SaveWatch(const std::string& dir);
+  ~SaveWatch();
+  SaveWatch(const SaveWatch&) = delete;
+  SaveWatch& operator=(const SaveWatch&) = delete;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ptrain::train
