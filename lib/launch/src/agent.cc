@@ -83,6 +83,7 @@ std::vector<std::string> Agent::worker_env(int local_rank, int round) const {
   env["TORCHELASTIC_RUN_ID"] = o.run_id;
   env["TORCHELASTIC_RESTART_COUNT"] = std::to_string(round);
   env["TORCHELASTIC_MAX_RESTARTS"] = std::to_string(o.max_restarts);
+  env["PTRAIN_RESTART"] = std::to_string(round);  // the rendezvous round; 0 on the first start
   if (o.threads_per_proc > 0) {
     env["OMP_NUM_THREADS"] = std::to_string(o.threads_per_proc);
   } else if (!env.count("OMP_NUM_THREADS")) {

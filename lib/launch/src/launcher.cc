@@ -22,6 +22,7 @@
 #include "ptrain/launch/agent.h"
 #include "ptrain/launch/console.h"
 #include "ptrain/launch/json.h"
+#include "ptrain/launch/restart.h"
 #include "ptrain/launch/run_dir.h"
 #include "ptrain/rendezvous/coordinator.h"
 #include "ptrain/rendezvous/token.h"
@@ -113,6 +114,8 @@ struct Failure {
   pid_t pid = -1;
   int exit_code = 1;
   std::string what;  // "exited with exit code 3", "hung: ...", ...
+  int64_t unix_us = 0;
+  double mono_s = 0;
 };
 
 }  // namespace
@@ -146,6 +149,10 @@ class Launcher::Impl {
   void interrupt(int sig);
   void begin_abort(const std::string& reason);
   void print_root_cause();
+  std::string root_cause_block(const Failure& f);
+  // fault_tolerance.max_restarts: once the failed round's workers are all gone, starts the next
+  // round (new rendezvous round, every worker respawned). False when no restart is due.
+  bool restart_if_due(std::optional<Clock::time_point>& rendezvous_check);
   void write_summary(const JobResult& r);
   double elapsed() const { return mono_seconds() - start_s_; }
 
@@ -168,6 +175,8 @@ class Launcher::Impl {
   bool joined_at_failure_ = false;
   int interrupt_sig_ = 0;
   std::optional<Clock::time_point> kill_at_;
+  RestartLog restarts_;
+  bool no_restart_ = false;  // a signal while stopping: the job ends, whatever max_restarts says
 };
 
 Launcher::Launcher(spec::JobSpec spec, LauncherOptions options)
@@ -193,6 +202,8 @@ void Launcher::Impl::fail(Failure f) {
     joined_at_failure_ = !coordinator_->joined_ranks().empty();
   }
   std::string reason = fmt::format("rank {} {}", f.rank, f.what);
+  f.unix_us = unix_micros();
+  f.mono_s = mono_seconds();
   failure_ = std::move(f);
   begin_abort(reason);
 }
@@ -201,6 +212,7 @@ void Launcher::Impl::interrupt(int sig) {
   if (interrupt_sig_ || failure_) {
     // A second signal while stopping: no more grace.
     dir_->log(fmt::format("{} again: killing every worker", signal_name(sig)));
+    no_restart_ = true;
     agent_->signal_all(SIGKILL);
     return;
   }
@@ -243,6 +255,11 @@ void Launcher::Impl::handle_events() {
     switch (e.kind) {
       case Event::Report:
         console_->report(e.text, elapsed());
+        if (auto step = json_number(e.text, "step"))
+          if (auto s = restarts_.on_report(mono_seconds(), static_cast<int64_t>(*step)))
+            dir_->log(fmt::format("round {}: training again at step {}, {:.3f} s after the "
+                                  "failure",
+                                  restarts_.round(), *step, *s));
         break;
       case Event::Hang:
         fail({e.rank, agent_->pid_of(e.rank), kExitTimeout, "hung: " + e.text});
@@ -262,8 +279,7 @@ void Launcher::Impl::handle_events() {
   }
 }
 
-void Launcher::Impl::print_root_cause() {
-  const Failure& f = *failure_;
+std::string Launcher::Impl::root_cause_block(const Failure& f) {
   std::string name = f.rank >= world_size_ ? fmt::format("parameter server {} (rank {})",
                                                          f.rank - world_size_, f.rank)
                                            : fmt::format("rank {}", f.rank);
@@ -285,8 +301,67 @@ void Launcher::Impl::print_root_cause() {
     }
   }
   block += fmt::format("ptrain: exit code {}; run folder {}", f.exit_code, dir_->path());
+  return block;
+}
+
+void Launcher::Impl::print_root_cause() {
+  std::string block;
+  const auto& earlier = restarts_.failures();
+  if (!earlier.empty()) {
+    block += fmt::format(
+        "ptrain: job failed after {} restart(s) (fault_tolerance.max_restarts={}); {} "
+        "failure(s):\n",
+        restarts_.restarts(), restarts_.max_restarts(), earlier.size() + 1);
+    for (const auto& f : earlier)
+      block += fmt::format("ptrain: --- round {} ---\n{}\n", f.round, f.block);
+    block += fmt::format("ptrain: --- round {} ---\n", restarts_.round());
+  }
+  block += root_cause_block(*failure_);
   console_->message(block, true);
   dir_->log(block);
+}
+
+bool Launcher::Impl::restart_if_due(std::optional<Clock::time_point>& rendezvous_check) {
+  if (!failure_ || interrupt_sig_ || no_restart_ || !restarts_.can_restart()) return false;
+  // Every worker of the failed round is gone: keep its last lines, then start the next round.
+  agent_->drain(Millis(1000));
+  handle_events();
+  const Failure& f = *failure_;
+  FailureRecord rec;
+  rec.rank = f.rank;
+  rec.exit_code = f.exit_code;
+  rec.reason = f.what;
+  rec.unix_us = f.unix_us;
+  rec.mono_s = f.mono_s;
+  rec.last_step = console_->progress().step;
+  rec.block = root_cause_block(f);
+  restarts_.add_failure(std::move(rec));
+  int round = restarts_.begin_next_round();
+  std::string why = fmt::format("rank {} {}", f.rank, f.what);
+  dir_->log(
+      fmt::format("restart {}/{}: {}; starting rendezvous round {} ({:.3f} s after the "
+                  "failure)",
+                  round, restarts_.max_restarts(), why, round, mono_seconds() - f.mono_s));
+  console_->message(fmt::format("ptrain: {}; restarting every worker (restart {}/{})", why, round,
+                                restarts_.max_restarts()),
+                    true);
+  failure_.reset();
+  missing_at_failure_.clear();
+  joined_at_failure_ = false;
+  kill_at_.reset();
+  exit_codes_.assign(static_cast<size_t>(world_size_), INT_MIN);
+  coordinator_->begin_round(round);
+  agent_->spawn_all(round);
+  for (int r = 0; r < world_size_; ++r)
+    if (agent_->pid_of(r) > 0)
+      dir_->log(fmt::format("rank {} started on {}: pid {} (round {})", r, node_, agent_->pid_of(r),
+                            round));
+  if (rendezvous_check)
+    rendezvous_check = Clock::now() +
+                       Millis(static_cast<int64_t>(spec_.rendezvous.timeout_s * 1000)) +
+                       Millis(2000);
+  handle_exits(agent_->reap());
+  return true;
 }
 
 void Launcher::Impl::write_summary(const JobResult& r) {
@@ -307,6 +382,7 @@ void Launcher::Impl::write_summary(const JobResult& r) {
   s.num("wall_time_s", elapsed());
   s.raw("tokens_per_s", p.tokens_per_s ? fmt::format("{}", *p.tokens_per_s) : "null");
   if (!p.last_report.empty()) s.raw("last_report", p.last_report);
+  s.raw("restarts", restarts_.restarts_json());
   dir_->write_file("summary.json", s.dump() + "\n");
 }
 
@@ -318,13 +394,18 @@ JobResult Launcher::Impl::run() {
   world_size_ = spec_.world_size();  // `run` starts every rank on this machine
   PTRAIN_CHECK(world_size_ >= 1, "world size {}", world_size_);
   exit_codes_.assign(static_cast<size_t>(world_size_), INT_MIN);
+  restarts_ = RestartLog(spec_.fault_tolerance.max_restarts);
 
   bool tty = opt_.tty >= 0 ? opt_.tty != 0 : ::isatty(::fileno(opt_.out)) != 0;
   console_ = std::make_unique<Console>(opt_.out, tty, parse_console_mode(spec_.logging.console),
                                        spec_.train.log_every);
   if (builtin) console_->set_total_steps(spec_.train.steps);
 
-  dir_ = RunDir::create(spec_.logging.dir, spec_.name);
+  // `ptrain run --resume`: the same folder, so the trainer finds its checkpoints and the logs,
+  // metrics and launcher.log continue where they ended.
+  dir_ = opt_.resume_dir.empty() ? RunDir::create(spec_.logging.dir, spec_.name)
+                                 : RunDir::open(opt_.resume_dir);
+  if (!opt_.resume_dir.empty()) dir_->log("resuming this run (ptrain run --resume)");
   std::string spec_yaml = opt_.spec_yaml.empty() ? spec::to_yaml(spec_) : opt_.spec_yaml;
   dir_->write_file("job.yaml", spec_yaml);
   std::string run_id = dir_->path().substr(dir_->path().find_last_of('/') + 1);
@@ -425,7 +506,7 @@ JobResult Launcher::Impl::run() {
   if (builtin) rendezvous_check = Clock::now() + co.join_timeout + Millis(2000);
 
   handle_exits(agent_->reap());
-  while (agent_->running() > 0) {
+  while (agent_->running() > 0 || restart_if_due(rendezvous_check)) {
     std::vector<struct pollfd> fds{{signals.fd(), POLLIN, 0}, {event_fd_, POLLIN, 0}};
     agent_->add_poll_fds(fds);
     auto now = Clock::now();

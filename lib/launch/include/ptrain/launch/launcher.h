@@ -16,6 +16,7 @@ struct LauncherOptions {
   std::string worker_program;  // the ptrain binary for built-in workers; empty = this executable
   std::FILE* out = stdout;     // console (progress, worker lines)
   int tty = -1;                // 1/0 forces the live progress line on/off; -1 = isatty(out)
+  std::string resume_dir;      // non-empty: continue this run folder instead of creating one
 };
 
 // The outcome of a job; exit_code is what `ptrain run` exits with.

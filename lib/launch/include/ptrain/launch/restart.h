@@ -1,0 +1,57 @@
+// Bookkeeping for fault_tolerance.max_restarts: the failures of each rendezvous round (with the
+// root-cause block printed when the job finally fails), whether one more restart is allowed,
+// how long each recovery took, and the `restarts` array of summary.json.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ptrain::launch {
+
+// One worker failure that stopped a round.
+struct FailureRecord {
+  int round = 0;                             // the rendezvous round that failed
+  int rank = -1;                             // the first failing rank
+  int exit_code = 1;                         // its shell exit code
+  std::string reason;                        // "was killed by SIGKILL", "hung: ...", ...
+  int64_t unix_us = 0;                       // when the launcher noticed it
+  double mono_s = 0;                         // the same instant on the monotonic clock
+  int64_t last_step = 0;                     // the last step reported before the failure
+  std::string block;                         // the root-cause block (rank, reason, last log lines)
+  bool restarted = false;                    // a new round was started for it
+  std::optional<double> recovery_s;          // failure → first report of the next round
+  std::optional<int64_t> first_report_step;  // the step of that first report
+};
+
+class RestartLog {
+ public:
+  explicit RestartLog(int max_restarts = 0) : max_restarts_(max_restarts) {}
+
+  int round() const { return round_; }
+  int restarts() const { return round_; }
+  int max_restarts() const { return max_restarts_; }
+  bool can_restart() const { return round_ < max_restarts_; }
+
+  // Records the failure that stopped the current round.
+  void add_failure(FailureRecord f);
+  // Starts the next round for the last failure and returns its number (the restart count).
+  int begin_next_round();
+  // A report arrived at `mono_s` for `step`: the first one after a restart ends its recovery.
+  // Returns the recovery time when this report ended one.
+  std::optional<double> on_report(double mono_s, int64_t step);
+
+  const std::vector<FailureRecord>& failures() const { return failures_; }
+  // [{"round": 1, "rank": 1, "reason": "...", "exit_code": 137, "time": "...", ...}, ...]:
+  // one entry per restart (`round` is the round that was started).
+  std::string restarts_json() const;
+
+ private:
+  int max_restarts_;
+  int round_ = 0;
+  bool awaiting_report_ = false;
+  std::vector<FailureRecord> failures_;
+};
+
+}  // namespace ptrain::launch
