@@ -448,3 +448,37 @@ TEST_F(SshLaunchTest, BadHostListsAreConfigErrors) {
   EXPECT_EQ(bad.finish(), 2);
   EXPECT_TRUE(contains(bad.err, hostfile + ":3:")) << bad.err;
 }
+
+TEST_F(SshLaunchTest, ShipBinaryCopiesPtrainToTheHostCacheAndRunsItFromThere) {
+  Ptrain p(launch(spec("parallel: {data: 4}\ntrain: {steps: 0}\n",
+                       ", ship_binary: true, remote_ptrain: /nonexistent/ptrain")));
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  // remote_ptrain does not exist, so the job could only run from the shipped copy.
+  std::string home = std::getenv("HOME") ? std::getenv("HOME") : "/root";
+  bool found = false;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(home + "/.cache/ptrain", ec)) {
+    if (e.path().filename().string().size() != 64) continue;
+    if (fs::exists(e.path() / "ptrain")) {
+      found = true;
+      fs::remove_all(e.path(), ec);  // the test's copy
+    }
+  }
+  EXPECT_TRUE(found) << "no ~/.cache/ptrain/<sha256>/ptrain after the job";
+}
+
+TEST_F(SshLaunchTest, AgentsStopTheirWorkersWhenTheCoordinatorStopsAnswering) {
+  // The launcher (and its coordinator) is frozen while the ssh sessions stay up: the agents'
+  // heartbeats go unanswered for 3 x heartbeat_s and they stop their workers, then exit.
+  Ptrain p(launch(spec(kGpt + "train: {steps: 100000, log_every: 1}\n"
+                              "fault_tolerance: {heartbeat_s: 1, term_grace_s: 1}\n")));
+  ASSERT_TRUE(p.wait_for([&] { return contains(p.out, "step"); })) << p.out << p.err;
+  ASSERT_FALSE(processes_of(tmp_).empty());
+  ::kill(p.proc().pid(), SIGSTOP);
+  auto left = wait_all_gone(tmp_, Millis(30000));
+  EXPECT_TRUE(left.empty()) << left.size() << " process(es) still running, e.g. "
+                            << (left.empty() ? "" : cmdline(left[0]));
+  ::kill(p.proc().pid(), SIGKILL);
+  ::kill(p.proc().pid(), SIGCONT);
+  p.finish();
+}
