@@ -201,6 +201,12 @@ void validate(const GptConfig& c) {
                                   c.layer_begin, end, c.layers),
                       "use fewer pipeline stages than layers");
   }
+  if (c.precision != "fp32" && c.precision != "bf16")
+    throw ConfigError(fmt::format("train.precision '{}' is not fp32 or bf16", c.precision),
+                      "set train.precision: fp32 or bf16");
+  if (c.precision == "bf16" && c.device != tensor::Device::kCuda)
+    throw ConfigError("train.precision bf16 needs nodes.device cuda",
+                      "set train.precision: fp32 to train on the CPU");
   positive(c.tp_size, "tensor");
   if (c.heads % c.tp_size != 0 || c.vocab % c.tp_size != 0) {
     throw ConfigError(fmt::format("model.heads {} and model.vocab {} must be divisible by "
@@ -261,6 +267,8 @@ Gpt::Gpt(const GptConfig& config) : Model(config.device), cfg_(config) {
     const float one = 1.0f;
     ops().copy_from_host(tp_->one, &one, sizeof(float));
   }
+  if (cfg_.precision == "bf16")
+    bf16_ = std::make_unique<Bf16Gemms>(ops(), param_data(), num_params());
 }
 
 Gpt::~Gpt() = default;
@@ -329,10 +337,10 @@ void Gpt::row_parallel_forward(float* out, const float* inp, const float* weight
                                const float* bias, int N, int IC, int OC) {
   const tensor::Ops& o = ops();
   if (cfg_.tp_size == 1) {
-    conv1d_forward(o, out, inp, weight, bias, N, IC, OC);
+    fc_forward(out, inp, weight, bias, N, IC, OC);
     return;
   }
-  conv1d_forward(o, out, inp, weight, nullptr, N, IC, OC);
+  fc_forward(out, inp, weight, nullptr, N, IC, OC);
   tp_comm_->allreduce_sum(out, static_cast<size_t>(N) * OC);
   o.bias_add(out, bias, N, OC);  // once, after the sum
 }
@@ -417,6 +425,7 @@ double Gpt::forward(const Batch& batch, Activations& acts_base) {
   const int B = batch.B, T = batch.T, N = B * T, D = cfg_.dim, V = cfg_.vocab;
   const int Dl = ld.Dl, NHl = ld.NHl, Fl = ld.Fl;
   const size_t ND = static_cast<size_t>(N) * D;
+  if (bf16_) bf16_->refresh();  // the weights may have changed since the last forward
 
   if (cfg_.has_embedding) {
     PTRAIN_CHECK(batch.tokens != nullptr, "the first stage needs tokens");
@@ -444,12 +453,12 @@ double Gpt::forward(const Batch& batch, Activations& acts_base) {
     const float* res_in = a.resid + ND * l;
     float* res_out = a.resid + ND * (l + 1);
     o.layernorm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, res_in, p(pi + kLn1W), p(pi + kLn1B), N, D);
-    conv1d_forward(o, L.qkv, L.ln1, p(pi + kQkvW), p(pi + kQkvB), N, D, 3 * Dl);
+    fc_forward(L.qkv, L.ln1, p(pi + kQkvW), p(pi + kQkvB), N, D, 3 * Dl);
     o.attention_forward(L.atty, L.att_lse, L.qkv, B, T, Dl, NHl);
     row_parallel_forward(a.tmp, L.atty, p(pi + kAttProjW), p(pi + kAttProjB), N, Dl, D);
     o.add(L.res2, res_in, a.tmp, ND);
     o.layernorm_forward(L.ln2, L.ln2_mean, L.ln2_rstd, L.res2, p(pi + kLn2W), p(pi + kLn2B), N, D);
-    conv1d_forward(o, L.fch, L.ln2, p(pi + kFcW), p(pi + kFcB), N, D, Fl);
+    fc_forward(L.fch, L.ln2, p(pi + kFcW), p(pi + kFcB), N, D, Fl);
     o.gelu_forward(L.fch_gelu, L.fch, static_cast<size_t>(N) * Fl);
     row_parallel_forward(a.tmp, L.fch_gelu, p(pi + kFcProjW), p(pi + kFcProjB), N, Fl, D);
     o.add(res_out, L.res2, a.tmp, ND);
@@ -469,7 +478,7 @@ double Gpt::forward(const Batch& batch, Activations& acts_base) {
     o.copy_from_host(a.targets, batch.targets, sizeof(int32_t) * N);
     const float* last = a.resid + ND * num_local_layers_;
     o.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p(lnfw_), p(lnfb_), N, D);
-    lm_head_forward(o, a.logits, a.lnf, p(wte_), N, D, ld.Vl);
+    head_forward(a.logits, a.lnf, N, ld.Vl);
     if (ld.t == 1) {
       o.crossentropy_forward(a.losses, a.ce_lse, a.logits, a.targets, N, V);
       o.copy_to_host(a.losses_host.data(), a.losses, sizeof(float) * N);
@@ -501,7 +510,7 @@ void Gpt::backward(Activations& acts_base, float dloss_scale, const float* doutp
       // dlogits[:,0] += dloss * ce_corr: a [N,1] x [1,1] GEMM writing column 0 (ldc = Vl).
       o.gemm(false, false, N, 1, 1, dloss_scale, a.ce_corr, 1, tp_->one, 1, 1.0f, s.dlogits, Vl);
     }
-    lm_head_backward(o, s.dsmall, g(wte_), s.dlogits, a.lnf, p(wte_), N, D, Vl);
+    head_backward(s.dsmall, s.dlogits, a.lnf, N, Vl);
     tp_allreduce(s.dsmall, ND);  // the head is column-parallel over the vocabulary
     o.fill(s.dres, 0.0f, ND);
     const float* last = a.resid + ND * num_local_layers_;
@@ -521,22 +530,22 @@ void Gpt::backward(Activations& acts_base, float dloss_scale, const float* doutp
     const int pi = first_layer_param_ + kParamsPerLayer * l;
     const float* res_in = a.resid + ND * l;
     // MLP: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); dres holds d res3 = d res2 (residual).
-    conv1d_backward(o, s.dbig1, g(pi + kFcProjW), g(pi + kFcProjB), s.dres, L.fch_gelu,
+    fc_backward(s.dbig1, g(pi + kFcProjW), g(pi + kFcProjB), s.dres, L.fch_gelu,
                     p(pi + kFcProjW), N, Fl, D);
     o.fill(s.dbig2, 0.0f, NF);
     o.gelu_backward(s.dbig2, L.fch, s.dbig1, NF);
-    conv1d_backward(o, s.dsmall, g(pi + kFcW), g(pi + kFcB), s.dbig2, L.ln2, p(pi + kFcW), N, D,
+    fc_backward(s.dsmall, g(pi + kFcW), g(pi + kFcB), s.dbig2, L.ln2, p(pi + kFcW), N, D,
                     Fl);
     tp_allreduce(s.dsmall, ND);  // c_fc is column-parallel
     o.layernorm_backward(s.dres, g(pi + kLn2W), g(pi + kLn2B), s.dsmall, L.res2, p(pi + kLn2W),
                          L.ln2_mean, L.ln2_rstd, N, D);
     // Attention: res2 = res_in + c_proj(attn(c_attn(ln_1(res_in)))).
-    conv1d_backward(o, s.dsmall, g(pi + kAttProjW), g(pi + kAttProjB), s.dres, L.atty,
+    fc_backward(s.dsmall, g(pi + kAttProjW), g(pi + kAttProjB), s.dres, L.atty,
                     p(pi + kAttProjW), N, Dl, D);
     float* dqkv = s.dbig2;
     o.fill(dqkv, 0.0f, static_cast<size_t>(N) * 3 * Dl);
     o.attention_backward(dqkv, s.dsmall, L.qkv, L.atty, L.att_lse, B, T, Dl, NHl);
-    conv1d_backward(o, s.dbig1, g(pi + kQkvW), g(pi + kQkvB), dqkv, L.ln1, p(pi + kQkvW), N, D,
+    fc_backward(s.dbig1, g(pi + kQkvW), g(pi + kQkvB), dqkv, L.ln1, p(pi + kQkvW), N, D,
                     3 * Dl);
     tp_allreduce(s.dbig1, ND);  // c_attn is column-parallel
     o.layernorm_backward(s.dres, g(pi + kLn1W), g(pi + kLn1B), s.dbig1, res_in, p(pi + kLn1W),
@@ -558,6 +567,42 @@ void Gpt::backward(Activations& acts_base, float dloss_scale, const float* doutp
   } else {
     o.copy(a.dinput, s.dres, sizeof(float) * ND);
   }
+}
+
+const float* Gpt::logits(const Activations& acts_base) const {
+  const auto& a = dynamic_cast<const GptActivations&>(acts_base);
+  PTRAIN_CHECK(a.has_head && a.forward_done, "logits need a forward pass on a stage with the head");
+  return a.logits;
+}
+
+void Gpt::fc_forward(float* out, const float* inp, const float* w, const float* b, int N, int IC,
+                     int OC) {
+  if (bf16_)
+    bf16_->conv1d_forward(out, inp, w, b, N, IC, OC);
+  else
+    conv1d_forward(ops(), out, inp, w, b, N, IC, OC);
+}
+
+void Gpt::fc_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
+                      const float* w, int N, int IC, int OC) {
+  if (bf16_)
+    bf16_->conv1d_backward(dinp, dw, db, dout, inp, w, N, IC, OC);
+  else
+    conv1d_backward(ops(), dinp, dw, db, dout, inp, w, N, IC, OC);
+}
+
+void Gpt::head_forward(float* logits, const float* inp, int N, int V) {
+  if (bf16_)
+    bf16_->linear_forward(logits, inp, p(wte_), N, cfg_.dim, V);
+  else
+    lm_head_forward(ops(), logits, inp, p(wte_), N, cfg_.dim, V);
+}
+
+void Gpt::head_backward(float* dinp, const float* dlogits, const float* inp, int N, int V) {
+  if (bf16_)
+    bf16_->linear_backward(dinp, g(wte_), dlogits, inp, p(wte_), N, cfg_.dim, V);
+  else
+    lm_head_backward(ops(), dinp, g(wte_), dlogits, inp, p(wte_), N, cfg_.dim, V);
 }
 
 double Gpt::train_flops(int B, int T) const {
