@@ -202,6 +202,9 @@ CheckpointManifest save_checkpoint(const std::string& dir, const CheckpointData&
   model.set_metadata("format", "pt");  // what Hugging Face loaders expect
   model.set_metadata("step", std::to_string(data.step));
   optim.set_metadata("step", std::to_string(data.step));
+  // The model's shape travels inside its file too, so the file alone can be loaded (generate).
+  if (auto it = data.metadata.find("config"); it != data.metadata.end())
+    model.set_metadata("config", it->second);
 
   std::error_code ec;
   fs::create_directories(dir, ec);
