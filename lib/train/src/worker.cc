@@ -2,15 +2,40 @@
 
 #include <fmt/format.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
+#include <map>
 
 #include "ptrain/comm/gloo.h"
+#include "ptrain/comm/host_staging.h"
 #include "ptrain/comm/mesh.h"
 #include "ptrain/core/env.h"
 #include "ptrain/train/setup.h"
 #include "ptrain/train/trainer.h"
 
 namespace ptrain::train {
+namespace {
+
+// How many ranks share the busiest GPU: every rank publishes host + CUDA_VISIBLE_DEVICES (the
+// agent sets it to one GPU per local rank, the same one for ranks that must share).
+int ranks_per_gpu(rendezvous::Store& store, int rank, int world, int round) {
+  auto cvd = env_get("CUDA_VISIBLE_DEVICES");
+  if (!cvd) return world;  // every rank sees every GPU: assume they share
+  char host[256] = {};
+  ::gethostname(host, sizeof(host) - 1);
+  std::string prefix = fmt::format("gpu-map/r{}/", round);
+  store.set(prefix + std::to_string(rank), std::string(host) + "|" + *cvd);
+  std::vector<std::string> keys;
+  for (int r = 0; r < world; ++r) keys.push_back(prefix + std::to_string(r));
+  std::map<std::string, int> count;
+  int most = 1;
+  for (const auto& v : store.multi_get(keys)) most = std::max(most, ++count[v]);
+  return most;
+}
+
+}  // namespace
 
 int run_worker(launch::WorkerContext& ctx) {
   const auto& spec = ctx.spec;
@@ -19,14 +44,27 @@ int run_worker(launch::WorkerContext& ctx) {
 
   tensor::Device device = resolve_device(spec.nodes.device);
   // Ranks per GPU: the launcher gives each local rank its own GPU when the device is cuda.
-  int ranks_per_gpu = env_get("CUDA_VISIBLE_DEVICES") ? 1 : join.world_size;
-  comm::Backend backend = comm::choose_backend(spec.parallel.comm, device, ranks_per_gpu);
+  int per_gpu = device == tensor::Device::kCuda
+                    ? ranks_per_gpu(*ctx.store, join.rank, join.world_size, join.round)
+                    : 1;
+  comm::Backend backend = comm::choose_backend(spec.parallel.comm, device, per_gpu);
   comm::BackendOptions bo;
   bo.comm.timeout = Millis(static_cast<int64_t>(spec.rendezvous.timeout_s * 1000));
   bo.comm.check_consistency = false;  // every rank runs the same schedule; saves a round trip
   bo.gloo_hostname = comm::gloo_host_for(ctx.client.address());
-  comm::ProcessMesh mesh(join.rank, join.world_size, shape,
-                         comm::make_comm_factory(backend, ctx.store, bo), join.round);
+  comm::CommFactory factory = comm::make_comm_factory(backend, ctx.store, bo);
+  if (device == tensor::Device::kCuda && backend == comm::Backend::kGloo) {
+    // Gloo reads host memory: stage the device buffers through it (several ranks per GPU).
+    factory = [inner = std::move(factory)](const comm::GroupSpec& g) {
+      return comm::wrap_host_staging(inner(g), tensor::ops(tensor::Device::kCuda));
+    };
+  }
+  comm::ProcessMesh mesh(join.rank, join.world_size, shape, std::move(factory), join.round);
+  if (join.world_size > 1 && join.rank == 0 && device == tensor::Device::kCuda) {
+    std::printf("comm: %s%s (%d rank(s) per GPU)\n", comm::to_string(backend),
+                backend == comm::Backend::kGloo ? " with host staging" : "", per_gpu);
+    std::fflush(stdout);
+  }
 
   TrainContext tc;
   tc.rank = join.rank;
