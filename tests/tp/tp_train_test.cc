@@ -61,6 +61,15 @@ TEST(TensorParallel, WithDataParallelMatchesOneProcess) {
   expect_same_curve(runs[0].result, runs[3].result, 0);
 }
 
+TEST(TensorParallel, WithPipelineAndDataParallelMatchesOneProcess) {
+  auto single = testing::run_ranks(tp_spec(1, 1, 10));
+  auto spec = tp_spec(2, 2, 10);  // 3-D: 2 x 2 x 2 = 8 ranks
+  spec.parallel.pipeline = 2;
+  spec.parallel.microbatches = 2;
+  auto runs = testing::run_ranks(spec);
+  expect_same_curve(single[0].result, runs[0].result, 1e-4);
+}
+
 TEST(TensorParallel, WithZeroOneMatchesOneProcess) {
   auto single = testing::run_ranks(tp_spec(1, 1, 10));
   auto spec = tp_spec(2, 2, 10);
@@ -163,6 +172,22 @@ TEST(TensorParallel, CheckpointSavedWithTwoLoadsWithOneAndFour) {
     EXPECT_EQ(runs[0].result.first_step, 3) << "t=" << t;
     expect_same_curve(straight[0].result, runs[0].result, 1e-4, 3);
   }
+  fs::remove_all(root);
+}
+
+TEST(TensorParallel, CheckpointOfATensorAndPipelineMeshIsTheSingleProcessFile) {
+  fs::path root = fs::temp_directory_path() / ("ptrain-tp-pp-ckpt-" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  auto single_spec = tp_spec(1, 1, 3, true);
+  single_spec.checkpoint.dir = (root / "single").string();
+  testing::run_ranks(single_spec);
+  auto spec = tp_spec(2, 1, 3, true);
+  spec.parallel.pipeline = 2;
+  spec.parallel.microbatches = 2;
+  spec.checkpoint.dir = (root / "tp2pp2").string();
+  testing::run_ranks(spec);
+  for (std::string file : {"step-3.safetensors", "step-3.optim.safetensors"})
+    expect_same_tensors((root / "single" / file).string(), (root / "tp2pp2" / file).string(), 1e-5);
   fs::remove_all(root);
 }
 
