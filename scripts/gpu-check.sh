@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # GPU check, run ON a GPU machine from a bundle (scripts/bundle.sh), with no build there:
 #   dist/ptrain-<version>-linux-x86_64/bin/gpu-check.sh      (or scripts/gpu-check.sh BUNDLE_DIR)
-# Prints the device, runs the GPU op tests and their perf mode (the bf16 GEMM rate that MFU is
-# measured against), `ptrain bench step --device cuda` for the bench GPT and GPT-2 124M (seq 1024,
-# batch 8, bf16) when this build has it, and a 2-rank run on the one GPU; a table comes last.
-# A step this build lacks is reported as "not available in this build", not as a failure.
-# Exit status: 0 when nothing that ran failed. Env: PTRAIN_GPU_CHECK_TIMEOUT (s per step, 600).
+# Prints the device, runs the GPU tests and the op perf mode (kernel timings, bf16 GEMM rate),
+# `ptrain bench step --device cuda` for the bench GPT (fp32) and GPT-2 124M (seq 1024, batch 8,
+# bf16, then fp32) with tokens/s and MFU against the GEMM rate measured in the same run, a
+# 2-rank `ptrain run` sharing the one GPU (Gloo with host staging) and a 1-rank cuda run; a
+# table comes last. Exit status: 0 when nothing failed.
+# Env: PTRAIN_GPU_CHECK_TIMEOUT (seconds per step, default 120).
 set -uo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,7 +23,7 @@ fi
 }
 PTRAIN=$BUNDLE/bin/ptrain
 ENVWRAP=$BUNDLE/bin/ptrain-env
-STEP_TIMEOUT=${PTRAIN_GPU_CHECK_TIMEOUT:-600}
+STEP_TIMEOUT=${PTRAIN_GPU_CHECK_TIMEOUT:-120}
 LOG_DIR=${PTRAIN_GPU_CHECK_LOGS:-$(mktemp -d /tmp/gpu-check.XXXXXX)}
 mkdir -p "$LOG_DIR"
 
@@ -94,69 +95,69 @@ fi
 
 # --- training step benchmarks ---
 section "bench step"
-# Tokens/s from a bench output line such as "... 123456 tokens/s ..." or "tokens/s: 123456".
-tokens_per_s() {
-  grep -oiE '([0-9][0-9.,]*) *tok(en)?s/s|tok(en)?s/s[ :=]*([0-9][0-9.,]*)' "$1" | tail -n 1 |
-    grep -oE '[0-9][0-9.,]*' | tr -d ,
-}
-bench_step() {  # label, flops per token (or ""), args...
-  local label=$1 flops_per_token=$2
-  shift 2
+# Fields of bench step's "RESULT k=v ..." line.
+result_field() { sed -n "s/^RESULT .*\b$2=\([^ ]*\).*/\1/p" "$1" | tail -n 1; }
+bench_step() {  # label, args...
+  local label=$1
+  shift
   local log=$LOG_DIR/bench_${label//[^A-Za-z0-9]/_}.log
   run_logged "$log" "$PTRAIN" bench step "$@"
   local rc=$?
-  if ((rc == 2)) && grep -qiE 'not (a valid|recognized)|unknown|extraneous|requires|expected' "$log"; then
-    row "$label" "n/a" "not available in this build: bench step rejects '$*'"
-    return
-  fi
   if ((rc != 0)); then
     row "$label" "FAILED" "exit $rc; log $log"
     failures=$((failures + 1))
     return
   fi
-  local tps
-  tps=$(tokens_per_s "$log")
-  local detail="tokens/s ${tps:-?}"
-  if [[ -n $tps && -n $flops_per_token && -n $bf16_tflops ]]; then
-    detail+=$(awk -v t="$tps" -v f="$flops_per_token" -v r="$bf16_tflops" \
-      'BEGIN { printf ", MFU %.1f%% of the measured bf16 GEMM rate %.0f TFLOP/s", 100 * t * f / (r * 1e12), r }')
+  local ms tps gf peak mfu
+  ms=$(result_field "$log" ms_per_step)
+  tps=$(result_field "$log" tokens_per_s)
+  gf=$(result_field "$log" gflops)
+  peak=$(result_field "$log" gemm_gflops)
+  mfu=$(result_field "$log" mfu)
+  local detail
+  detail=$(awk -v ms="$ms" -v t="$tps" -v g="$gf" -v p="$peak" -v m="$mfu" \
+    'BEGIN { printf "%.1f ms/step, %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%% of %.0f TFLOP/s (GEMM rate, same run)", ms, t, g / 1e3, 100 * m, p / 1e3 }')
+  if [[ -n $bf16_tflops && -n $gf ]]; then
+    detail+=$(awk -v g="$gf" -v r="$bf16_tflops" 'BEGIN { printf "; %.1f%% of the op-perf bf16 rate", 100 * g / (r * 1e3) }')
   fi
   row "$label" "ok" "$detail"
 }
-if "$PTRAIN" bench --help 2>/dev/null | grep -qE '^\s+step\b'; then
-  bench_step "bench step: bench GPT" "" --device cuda
-  # GPT-2 124M: 6N FLOP per token for the weights plus 12*L*T*C for attention (llm.c's count).
-  gpt2_flops=$(awk 'BEGIN { printf "%.0f", 6 * 124.4e6 + 12 * 12 * 1024 * 768 }')
-  # shellcheck disable=SC2086
-  bench_step "bench step: GPT-2 124M" "$gpt2_flops" --device cuda \
-    ${PTRAIN_GPU_CHECK_GPT2_ARGS:---model gpt2-124m --seq-len 1024 --batch 8 --precision bf16}
-else
-  row "bench step" "n/a" "not available in this build ('ptrain bench --help' lists no step)"
-fi
+bench_step "bench GPT fp32" --device cuda --steps 20 --warmup 3
+# shellcheck disable=SC2086
+bench_step "GPT-2 124M bf16 (B8 T1024)" --device cuda \
+  ${PTRAIN_GPU_CHECK_GPT2_ARGS:---model gpt2-124m --seq 1024 --batch 8 --precision bf16 --steps 10 --warmup 2}
+bench_step "GPT-2 124M fp32 (B8 T1024)" --device cuda --model gpt2-124m --seq 1024 --batch 8 \
+  --precision fp32 --steps 5 --warmup 1
 
-# --- two ranks sharing the one GPU ---
-section "2-rank run"
+# --- ptrain run on the one GPU: 2 ranks sharing it (Gloo + host staging), then 1 rank ---
 cfg=""
 for c in "$BUNDLE"/share/ptrain/configs/quickstart.yaml; do cfg=$c; done
-if ! "$PTRAIN" --help 2>/dev/null | grep -qE '^\s+run\b'; then
-  row "2-rank run" "n/a" "not available in this build (no 'ptrain run')"
-elif [[ -z $cfg ]]; then
-  row "2-rank run" "n/a" "no configs/quickstart.yaml in this bundle"
-else
-  log=$LOG_DIR/two_ranks.log
+train_run() {  # label, procs
+  local label=$1 procs=$2
+  section "$label"
+  if [[ -z $cfg ]]; then
+    row "$label" "n/a" "no configs/quickstart.yaml in this bundle"
+    return
+  fi
+  local log=$LOG_DIR/run_${procs}.log run_dir
   run_dir=$(mktemp -d /tmp/gpu-check-runs.XXXXXX)
-  run_logged "$log" "$PTRAIN" run "$cfg" --set nodes.procs_per_node=2 --set nodes.device=cuda \
-    --set train.steps=20 --set data.type=synthetic --set data.path= --set logging.dir="$run_dir"
-  rc=$?
+  # CUDA_VISIBLE_DEVICES=0: the launcher gives every local rank GPU 0, so 2 ranks share it.
+  CUDA_VISIBLE_DEVICES=0 run_logged "$log" "$PTRAIN" run "$cfg" \
+    --set nodes.procs_per_node="$procs" --set nodes.device=cuda --set train.steps=30 \
+    --set data.type=synthetic --set data.path= --set logging.dir="$run_dir"
+  local rc=$?
+  local comm final
+  comm=$(grep -h -o 'comm: [^|]*' "$run_dir"/*/rank-0.log 2>/dev/null | head -n 1)
+  final=$(grep -h -o 'final loss [0-9.]*' "$run_dir"/*/rank-0.log 2>/dev/null | tail -n 1)
   if ((rc == 0)); then
-    row "2-rank run" "ok" "quickstart on cuda, 2 ranks, 20 steps (runs in $run_dir)"
-  elif ((rc == 2)); then
-    row "2-rank run" "n/a" "not available in this build: the spec or overrides were refused (log $log)"
+    row "$label" "ok" "30 steps, ${final:-final loss ?}; ${comm:-comm ?}"
   else
-    row "2-rank run" "FAILED" "exit $rc; log $log"
+    row "$label" "FAILED" "exit $rc; log $log, runs in $run_dir"
     failures=$((failures + 1))
   fi
-fi
+}
+train_run "ptrain run: 2 ranks on 1 GPU" 2
+train_run "ptrain run: 1 rank on cuda" 1
 
 # --- summary ---
 section "summary (logs in $LOG_DIR)"

@@ -1,0 +1,210 @@
+// `ptrain bench step [job.yaml] [--device cpu|cuda] [--threads N] [--steps N] [--warmup N]
+// [--precision fp32|bf16] [--model bench|gpt2-124m] [--batch B] [--seq T]`: times whole training
+// steps (forward, backward, clipping, AdamW) of a GPT on one process and prints ms/step, tokens/s,
+// achieved model GFLOP/s and the MFU: that rate over the GEMM rate measured in the same run
+// (sgemm 2048^3 on CPU; a bf16 -- or fp32 -- GEMM 8192^3 on CUDA).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "command.h"
+#include "ptrain/core/error.h"
+#include "ptrain/core/time.h"
+#include "ptrain/nn/model.h"
+#include "ptrain/optim/clip.h"
+#include "ptrain/spec/spec.h"
+#include "ptrain/tensor/tensor.h"
+#include "ptrain/train/metrics.h"
+#include "ptrain/train/setup.h"
+
+namespace ptrain::cli {
+namespace {
+
+struct BenchStepArgs {
+  std::string job;
+  std::string device = "cpu";
+  std::string precision;  // "" = the job's (fp32 for the built-in models)
+  std::string model = "bench";
+  int threads = 0;  // 0 = the job's threads_per_proc, else 1
+  int steps = 10;
+  int warmup = 2;
+  int batch = 0;  // 0 = the model's default
+  int seq = 0;
+};
+
+// The spec the bench runs: the job file's model and batch, or one of the built-in models.
+spec::JobSpec bench_spec(const BenchStepArgs& a) {
+  spec::JobSpec s;
+  if (!a.job.empty()) {
+    s = spec::load_file(a.job);
+    if (s.model.type != "gpt")
+      throw ConfigError(
+          fmt::format("bench step times GPT models; {} has model.type {}", a.job, s.model.type),
+          "use a GPT job, or leave the job out for the bench GPT");
+  } else if (a.model == "bench") {
+    s.model.type = "gpt";
+    s.model.layers = 4, s.model.heads = 4, s.model.dim = 256, s.model.seq_len = 128;
+    s.model.vocab = 256;
+    s.data.batch_size = 8;
+  } else if (a.model == "gpt2-124m") {
+    s.model.type = "gpt";
+    s.model.layers = 12, s.model.heads = 12, s.model.dim = 768, s.model.seq_len = 1024;
+    s.model.vocab = 50257;
+    s.data.batch_size = 8;
+  } else {
+    throw ConfigError(fmt::format("--model {}: unknown model", a.model), "use bench or gpt2-124m");
+  }
+  s.parallel = {};
+  s.model.init_from.clear();
+  s.nodes.device = a.device;
+  if (!a.precision.empty()) s.train.precision = a.precision;
+  if (a.batch > 0) s.data.batch_size = a.batch;
+  if (a.seq > 0) s.model.seq_len = a.seq;
+  if (a.job.empty()) {
+    s.train.optimizer.type = "adamw";
+    s.train.optimizer.grad_clip = 1.0;
+  }
+  return s;
+}
+
+// The GEMM rate this run compares against, in GFLOP/s.
+double gemm_peak_gflops(tensor::Device device, bool bf16) {
+  if (device == tensor::Device::kCpu) return train::measure_sgemm_gflops(2048, 3);
+  const tensor::Ops& o = tensor::ops(device);
+  const int n = 8192;
+  const size_t nn = size_t(n) * n;
+  tensor::Tensor a, b;
+  if (bf16) {
+    PTRAIN_CHECK(o.gemm_bf16 != nullptr, "the {} op table has no bf16 GEMM", o.name);
+    a = tensor::Tensor::zeros({int64_t(nn)}, tensor::DType::kBF16, device);
+    b = tensor::Tensor::zeros({int64_t(nn)}, tensor::DType::kBF16, device);
+  } else {
+    a = tensor::Tensor::zeros({int64_t(nn)}, tensor::DType::kF32, device);
+    b = tensor::Tensor::zeros({int64_t(nn)}, tensor::DType::kF32, device);
+    o.fill(a.data<float>(), 0.5f, nn);
+    o.fill(b.data<float>(), 0.25f, nn);
+  }
+  auto c = tensor::Tensor::zeros({int64_t(nn)}, tensor::DType::kF32, device);
+  auto run = [&] {
+    if (bf16)
+      o.gemm_bf16(false, false, n, n, n, 1.f, a.data<uint16_t>(), n, b.data<uint16_t>(), n, 0.f,
+                  c.data<float>(), n);
+    else
+      o.gemm(false, false, n, n, n, 1.f, a.data<float>(), n, b.data<float>(), n, 0.f,
+             c.data<float>(), n);
+  };
+  run();
+  o.synchronize();
+  double best = 1e30;
+  for (int r = 0; r < 5; ++r) {
+    double t0 = mono_seconds();
+    run();
+    run();
+    o.synchronize();
+    best = std::min(best, (mono_seconds() - t0) / 2);
+  }
+  return 2.0 * n * double(n) * n / best / 1e9;
+}
+
+int bench_step(const BenchStepArgs& a) {
+  if (a.steps < 1 || a.warmup < 0)
+    throw ConfigError("--steps must be >= 1 and --warmup >= 0", "e.g. --steps 10 --warmup 2");
+  spec::JobSpec s = bench_spec(a);
+  tensor::Device device = train::resolve_device(s.nodes.device);
+  int threads = a.threads > 0 ? a.threads : std::max(1, s.nodes.threads_per_proc);
+  tensor::set_cpu_threads(threads);
+  const tensor::Ops& o = tensor::ops(device);
+  const bool bf16 = s.train.precision == "bf16";
+
+  auto model = train::make_model(s, device, 0, 0);
+  auto layout = train::make_layout(*model);
+  optim::Shard all = optim::Shard::whole(layout);
+  auto optimizer = train::make_optimizer(s, o, std::move(layout), all);
+  const int B = s.data.batch_size, T = s.model.seq_len;
+  auto acts = model->make_activations(B, T);
+
+  // Random tokens, fixed seed: the timing does not depend on what is learned.
+  std::vector<int32_t> tokens(size_t(B) * T), targets(tokens.size());
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> pick(0, s.model.vocab - 1);
+  for (auto& t : tokens) t = pick(rng);
+  for (auto& t : targets) t = pick(rng);
+  nn::Batch batch;
+  batch.B = B;
+  batch.T = T;
+  batch.tokens = tokens.data();
+  batch.targets = targets.data();
+
+  const float dloss = float(1.0 / (double(B) * T));
+  const double clip = s.train.optimizer.grad_clip;
+  double loss = 0;
+  auto step = [&] {
+    model->zero_grad();
+    loss = model->forward(batch, *acts) / (double(B) * T);
+    model->backward(*acts, dloss);
+    double norm = std::sqrt(optim::grad_sum_squares(o, model->grad_data(), all));
+    if (clip > 0) optim::clip_grads(o, model->grad_data(), all, norm, clip);
+    optimizer->step(model->param_data(), model->grad_data(), float(s.train.optimizer.lr));
+    o.synchronize();
+  };
+  for (int i = 0; i < a.warmup; ++i) step();
+  std::vector<double> ms;
+  for (int i = 0; i < a.steps; ++i) {
+    double t0 = mono_seconds();
+    step();
+    ms.push_back((mono_seconds() - t0) * 1e3);
+  }
+  if (!std::isfinite(loss))
+    throw Error(fmt::format("bench step: the loss became {}", loss), "lower the learning rate");
+  std::sort(ms.begin(), ms.end());
+  double median = ms[ms.size() / 2];
+  double flops = model->train_flops(B, T);
+  double gflops = flops / (median / 1e3) / 1e9;
+  double tokens_per_s = double(B) * T / (median / 1e3);
+  double peak = gemm_peak_gflops(device, bf16);
+
+  std::string what = a.job.empty() ? a.model : a.job;
+  std::printf("model %s: layers %d, heads %d, dim %d, seq %d, vocab %d, batch %d, %.1fM params\n",
+              what.c_str(), s.model.layers, s.model.heads, s.model.dim, T, s.model.vocab, B,
+              double(model->num_params()) / 1e6);
+  std::printf("device %s, precision %s, threads %d, %d steps after %d warm-up\n", o.name,
+              s.train.precision.c_str(), threads, a.steps, a.warmup);
+  std::printf("step time: median %.2f ms (min %.2f, max %.2f); loss %.4f\n", median, ms.front(),
+              ms.back(), loss);
+  std::printf("model FLOPs per step: %.3f GFLOP\n", flops / 1e9);
+  std::string gemm_name = device == tensor::Device::kCpu ? "sgemm 2048^3"
+                          : bf16                         ? "bf16 GEMM 8192^3"
+                                                         : "fp32 GEMM 8192^3";
+  std::printf("%s: %.1f GFLOP/s\n", gemm_name.c_str(), peak);
+  std::printf(
+      "RESULT device=%s model=%s precision=%s threads=%d ms_per_step=%.2f "
+      "tokens_per_s=%.0f gflops=%.1f gemm_gflops=%.1f mfu=%.3f\n",
+      o.name, what.c_str(), s.train.precision.c_str(), threads, median, tokens_per_s, gflops, peak,
+      gflops / peak);
+  std::fflush(stdout);
+  return 0;
+}
+
+PTRAIN_BENCH({"step",
+              "time training steps (forward, backward, AdamW) of a GPT: ms/step, tokens/s, MFU",
+              false, 20, [](CLI::App& sub) -> Action {
+                auto a = std::make_shared<BenchStepArgs>();
+                sub.add_option("job", a->job, "job spec whose model and batch to time (optional)");
+                sub.add_option("--device", a->device, "cpu|cuda")->capture_default_str();
+                sub.add_option("--threads", a->threads, "CPU threads (default: the job's, else 1)");
+                sub.add_option("--steps", a->steps, "timed steps")->capture_default_str();
+                sub.add_option("--warmup", a->warmup, "untimed steps first")->capture_default_str();
+                sub.add_option("--precision", a->precision, "fp32|bf16 (default: the job's, fp32)");
+                sub.add_option("--model", a->model, "bench|gpt2-124m (without a job)")
+                    ->capture_default_str();
+                sub.add_option("--batch", a->batch, "sequences per step (default: the model's)");
+                sub.add_option("--seq", a->seq, "tokens per sequence (default: the model's)");
+                return [a] { return bench_step(*a); };
+              }});
+
+}  // namespace
+}  // namespace ptrain::cli
