@@ -19,7 +19,10 @@ std::vector<PipeOp> compute_ops(const std::vector<PipeOp>& ops) {
 
 std::string words(const std::vector<PipeOp>& ops) {
   std::string s;
-  for (const auto& op : ops) s += (s.empty() ? "" : " ") + to_string(op);
+  for (const auto& op : ops) {
+    if (!s.empty()) s += ' ';
+    s += to_string(op);
+  }
   return s;
 }
 
@@ -144,6 +147,25 @@ TEST(PipelineSchedule, NamesParseAndBadOnesAreConfigErrors) {
 TEST(PipelineSchedule, TheoreticalBubbleIsPMinusOneOverMPlusPMinusOne) {
   EXPECT_DOUBLE_EQ(theoretical_bubble(4, 8), 3.0 / 11.0);
   EXPECT_DOUBLE_EQ(theoretical_bubble(1, 8), 0.0);
+}
+
+TEST(PipelineSchedule, ReplayWithEqualTimesGivesTheTheoreticalBubble) {
+  for (auto kind : {ScheduleKind::kGpipe, ScheduleKind::kOneFOneB})
+    for (int p : {2, 4})
+      for (int m : {4, 8, 16}) {
+        auto b = replay_bubble(kind, m, std::vector<double>(size_t(p), 1.0),
+                               std::vector<double>(size_t(p), 2.0));
+        for (int s = 0; s < p; ++s)
+          EXPECT_NEAR(b[size_t(s)], theoretical_bubble(p, m), 1e-12)
+              << to_string(kind) << " p=" << p << " m=" << m << " s=" << s;
+      }
+}
+
+TEST(PipelineSchedule, ReplayChargesASlowStageToTheOthers) {
+  // Stage 1 twice as slow: it is never idle after its first input; stage 0 waits on it.
+  auto b = replay_bubble(ScheduleKind::kOneFOneB, 8, {1, 2}, {1, 2});
+  EXPECT_LT(b[1], b[0]);
+  EXPECT_GT(b[0], theoretical_bubble(2, 8));
 }
 
 TEST(PipelineSchedule, FormattedScheduleHasOneLinePerStage) {

@@ -144,6 +144,7 @@ double PipelineExecutor::run(const std::vector<PipeOp>& ops, const BatchFn& batc
         loss += model_.forward(b, *slots_[size_t(slot)]->acts);
         double t1 = mono_seconds();
         stats_.compute_s += t1 - t0;
+        stats_.forward_s += t1 - t0;
         if (trace_) trace_->add(fmt::format("F{}", op.micro), "compute", t0, t1);
         // Evaluation keeps nothing for a backward.
         if (!train) {

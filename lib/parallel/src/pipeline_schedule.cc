@@ -105,6 +105,55 @@ double theoretical_bubble(int stages, int microbatches) {
   return double(stages - 1) / double(microbatches + stages - 1);
 }
 
+std::vector<double> replay_bubble(ScheduleKind kind, int microbatches,
+                                  const std::vector<double>& forward_s,
+                                  const std::vector<double>& backward_s, double transfer_s) {
+  const int p = int(forward_s.size()), m = microbatches;
+  PTRAIN_CHECK(p >= 1 && backward_s.size() == forward_s.size(), "one time per stage");
+  std::vector<std::vector<PipeOp>> ops;
+  for (int s = 0; s < p; ++s) ops.push_back(make_stage_schedule(kind, p, s, m));
+  // act_at[s][i]: when stage s's activation i reaches stage s+1; grad_at[s][i]: when its
+  // gradient i reaches stage s-1 (< 0: not sent yet).
+  std::vector<std::vector<double>> act_at(size_t(p), std::vector<double>(size_t(m), -1));
+  auto grad_at = act_at;
+  std::vector<double> clock(size_t(p), 0), busy(size_t(p), 0);
+  std::vector<size_t> next(size_t(p), 0);
+  for (bool moved = true; moved;) {
+    moved = false;
+    for (int s = 0; s < p; ++s) {
+      auto& t = clock[size_t(s)];
+      for (auto& k = next[size_t(s)]; k < ops[size_t(s)].size(); ++k) {
+        const PipeOp& op = ops[size_t(s)][k];
+        const size_t i = size_t(op.micro);
+        if (op.kind == PipeOpKind::kRecvActivation) {
+          if (act_at[size_t(s - 1)][i] < 0) break;  // blocked until the sender gets there
+          t = std::max(t, act_at[size_t(s - 1)][i]);
+        } else if (op.kind == PipeOpKind::kRecvGrad) {
+          if (grad_at[size_t(s + 1)][i] < 0) break;
+          t = std::max(t, grad_at[size_t(s + 1)][i]);
+        } else if (op.kind == PipeOpKind::kForward) {
+          t += forward_s[size_t(s)];
+          busy[size_t(s)] += forward_s[size_t(s)];
+        } else if (op.kind == PipeOpKind::kBackward) {
+          t += backward_s[size_t(s)];
+          busy[size_t(s)] += backward_s[size_t(s)];
+        } else if (op.kind == PipeOpKind::kSendActivation) {
+          act_at[size_t(s)][i] = t + transfer_s;
+        } else {
+          grad_at[size_t(s)][i] = t + transfer_s;
+        }
+        moved = true;
+      }
+    }
+  }
+  for (int s = 0; s < p; ++s)
+    PTRAIN_CHECK(next[size_t(s)] == ops[size_t(s)].size(), "schedule replay deadlocked");
+  const double span = *std::max_element(clock.begin(), clock.end());
+  std::vector<double> out;
+  for (int s = 0; s < p; ++s) out.push_back(span > 0 ? 1 - busy[size_t(s)] / span : 0);
+  return out;
+}
+
 std::string format_schedule(ScheduleKind kind, int stages, int microbatches) {
   std::string out = fmt::format(
       "pipeline schedule {}: {} stages, {} microbatches, ideal bubble {:.1f}%\n", to_string(kind),

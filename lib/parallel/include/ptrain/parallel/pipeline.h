@@ -62,6 +62,13 @@ int warmup_forwards(const std::vector<PipeOp>& ops);
 std::string format_schedule(ScheduleKind kind, int stages, int microbatches);
 // The ideal bubble fraction of a balanced pipeline: (p - 1) / (m + p - 1).
 double theoretical_bubble(int stages, int microbatches);
+// Replays every stage's list as if each stage had its own device: a forward (backward) on stage
+// s takes forward_s[s] (backward_s[s]) seconds and a transfer `transfer_s`. Returns each stage's
+// idle fraction of the step (1 - its busy time / the step's span). With equal times and no
+// transfer cost both schedules give theoretical_bubble.
+std::vector<double> replay_bubble(ScheduleKind kind, int microbatches,
+                                  const std::vector<double>& forward_s,
+                                  const std::vector<double>& backward_s, double transfer_s = 0);
 
 // ---- trace ----
 
@@ -115,6 +122,7 @@ struct PipelineOptions {
 // What the last train_step / forward_only measured on this stage.
 struct PipelineStats {
   double compute_s = 0;  // inside forward/backward
+  double forward_s = 0;  // of which forward
   double idle_s = 0;     // blocked on receives and on finishing sends
   int peak_stash = 0;    // activation sets held at once
   // idle / (compute + idle): the measured bubble fraction.
