@@ -17,7 +17,8 @@ namespace ptrain::rendezvous::detail {
 // message instead of gRPC's RESOURCE_EXHAUSTED.
 inline constexpr int kMaxMessageBytes = static_cast<int>(kMaxValueBytes + (1 << 20));
 
-// Routes gRPC's own log lines into spdlog at debug level (our errors say what failed); once.
+// Routes gRPC's own log lines into spdlog at debug level (our errors say what failed) and turns
+// off abseil's mutex deadlock detection (a debug aid that costs every gRPC lock); once.
 void route_grpc_logs();
 
 // "[::1]:port" for IPv6 literals, "host:port" otherwise.
