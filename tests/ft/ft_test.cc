@@ -2,6 +2,7 @@
 // group, the trainer resumes from the newest complete checkpoint, and the loss curve (every line
 // of metrics.jsonl, compared as text written with round-trip precision) equals the uninterrupted
 // run's step for step. Faults come from PTRAIN_TEST_FAIL_AT_STEP (lib/train/src/fault_injection.h).
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <unistd.h>
@@ -137,7 +138,7 @@ std::string job_yaml(const std::string& runs, const std::string& extra = "") {
 const char* kDataParallel = "parallel: {data: 2}\n";
 
 class FaultToleranceTest : public ::testing::Test {
- protected:
+ public:
   // Writes a spec (the job above plus `extra`) and returns its path.
   std::string spec(const std::string& extra, const std::string& file = "job.yaml") {
     std::string path = tmp_.path() + "/" + file;
@@ -303,22 +304,42 @@ TEST_F(FaultToleranceTest, ResumeNeedsARunFolder) {
   EXPECT_TRUE(contains(r.err, "no job.yaml")) << r.err;
 }
 
-TEST_F(FaultToleranceTest, PipelineParallelKilledWorkerResumesWithTheSameCurve) {
-  const std::string pp = "parallel: {data: 1, pipeline: 2, microbatches: 2}\n";
-  Result ref = run_ptrain({"run", spec(pp, "ref.yaml"), "--set", "logging.dir=" + runs() + "/ref"});
-  if (ref.code != 0 && contains(ref.out + ref.err, "pipeline > 1 is not available"))
-    GTEST_SKIP() << "the trainer has no pipeline parallelism yet";
+// Runs the job with `parallel` uninterrupted, then again with rank `victim` killed after step 6,
+// and compares every metrics line of the second run with the first. Returns false (and skips)
+// when the trainer rejects the layout with `unavailable`.
+void kill_and_compare(FaultToleranceTest& t, const std::string& parallel, int victim,
+                      const std::string& unavailable) {
+  Result ref = run_ptrain(
+      {"run", t.spec(parallel, "ref.yaml"), "--set", "logging.dir=" + t.runs() + "/ref"});
+  if (ref.code != 0 && !unavailable.empty() && contains(ref.out + ref.err, unavailable))
+    GTEST_SKIP() << "the trainer does not run this layout yet: " << unavailable;
   ASSERT_EQ(ref.code, 0) << ref.out << ref.err;
-  Result r = run_ptrain({"run", spec(pp), "--set", "logging.dir=" + runs() + "/ft"},
-                        {"PTRAIN_TEST_FAIL_AT_STEP=1:6"});
+  Result r = run_ptrain({"run", t.spec(parallel), "--set", "logging.dir=" + t.runs() + "/ft"},
+                        {fmt::format("PTRAIN_TEST_FAIL_AT_STEP={}:6", victim)});
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   auto dir_in = [](const std::string& root) {
     for (const auto& e : fs::directory_iterator(root)) return e.path().string();
     return std::string();
   };
   std::map<int, std::string> expected;
-  for (const auto& [step, loss] : losses(dir_in(runs() + "/ref"))) expected[step] = loss;
-  auto got = losses(dir_in(runs() + "/ft"));
-  EXPECT_EQ(got.size(), 14u);
+  for (const auto& [step, loss] : losses(dir_in(t.runs() + "/ref"))) expected[step] = loss;
+  ASSERT_EQ(expected.size(), 12u);
+  auto got = losses(dir_in(t.runs() + "/ft"));
+  EXPECT_EQ(got.size(), 14u);  // steps 5 and 6 twice
   for (const auto& [step, loss] : got) EXPECT_EQ(loss, expected[step]) << "step " << step;
+  EXPECT_TRUE(contains(read_file(dir_in(t.runs() + "/ft") + "/summary.json"),
+                       fmt::format(R"("restarts": [{{"round": 1, "rank": {}, )", victim)));
+}
+
+TEST_F(FaultToleranceTest, PipelineParallelKilledWorkerResumesWithTheSameCurve) {
+  kill_and_compare(*this, "parallel: {data: 1, pipeline: 2, microbatches: 2}\n", 1,
+                   "pipeline > 1 is not available");
+}
+
+TEST_F(FaultToleranceTest, ZeroOneKilledWorkerResumesWithTheSameCurve) {
+  kill_and_compare(*this, "parallel: {data: 2, zero: 1}\n", 0, "");
+}
+
+TEST_F(FaultToleranceTest, TensorParallelKilledWorkerResumesWithTheSameCurve) {
+  kill_and_compare(*this, "parallel: {data: 1, tensor: 2}\n", 1, "tensor > 1 is not available");
 }
