@@ -196,5 +196,24 @@ TEST(Pipeline, CheckpointMergesStagesIntoTheSingleProcessFile) {
   fs::remove_all(root);
 }
 
+TEST(Pipeline, CheckpointOfAPipelineResumesInOneProcess) {
+  namespace fs = std::filesystem;
+  fs::path root = fs::temp_directory_path() / ("ptrain-pp-resume-" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  auto spec = pipeline_spec(2, "gpipe", 4, 3);
+  spec.checkpoint.dir = root.string();
+  testing::run_ranks(spec);
+  auto one = testing::tiny_gpt_spec(5);
+  one.checkpoint.dir = root.string();
+  one.checkpoint.resume = "auto";
+  auto resumed = testing::run_ranks(one);
+  EXPECT_EQ(resumed[0].result.first_step, 3);
+  ASSERT_EQ(resumed[0].result.history.size(), 2u);
+  auto straight = testing::run_ranks(testing::tiny_gpt_spec(5));
+  EXPECT_NEAR(resumed[0].result.history[1].loss, straight[0].result.history[4].loss,
+              1e-4 * straight[0].result.history[4].loss);
+  fs::remove_all(root);
+}
+
 }  // namespace
 }  // namespace ptrain
