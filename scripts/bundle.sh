@@ -116,9 +116,17 @@ if [[ -f $OUT/lib/libptrain_cuda.so ]]; then
   patchelf --set-rpath '$ORIGIN:/usr/local/cuda/lib64' "$OUT/lib/libptrain_cuda.so"
 fi
 strip --strip-unneeded "${binaries[@]}"
+# Remove the build RUNPATH first: patchelf 0.14 overwrites the old string with 'X's when it
+# sets a new one, and the linker may have merged a symbol name into its tail (".../openblas-
+# pthread" ends in "read": `read` became `XXXX`). Removing leaves the string alone.
+patchelf --remove-rpath "$OUT/libexec/ptrain"
 patchelf --set-rpath '$ORIGIN/../lib' "$OUT/libexec/ptrain"
 for bin in "$OUT"/bin/tests/*; do
-  [[ -e $bin ]] && patchelf --set-rpath '$ORIGIN/../../lib' "$bin"
+  [[ -e $bin ]] && patchelf --remove-rpath "$bin" && patchelf --set-rpath '$ORIGIN/../../lib' "$bin"
+done
+# A clobbered symbol name would only fail when first called; refuse such a bundle now.
+for bin in "${binaries[@]}"; do
+  if nm -D "$bin" 2>/dev/null | grep -qE ' U X+@'; then die "$bin: patchelf clobbered a symbol name"; fi
 done
 
 # --- the wrapper scripts ---
