@@ -335,8 +335,12 @@ TEST_F(SshLaunchTest, PipelineAcrossHostsTrains) {
 TEST_F(SshLaunchTest, TimeToFirstStepIsReported) {
   auto start = Clock::now();
   Ptrain p(launch(spec(kGpt + "train: {steps: 3, log_every: 1}\n")));
+  // The run folder appears once every host passed the preflight.
+  ASSERT_TRUE(p.wait_for([&] { return fs::exists(tmp_ + "/runs"); })) << p.err;
+  double preflight_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   ASSERT_TRUE(p.wait_for([&] { return contains(p.out, "step 1/"); })) << p.out << p.err;
   double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  std::printf("[ figure ] preflight of 2 hosts done after %.0f ms\n", preflight_ms);
   ASSERT_EQ(p.finish(), 0) << p.err;
   std::printf(
       "[ figure ] ptrain launch, 2 hosts x 2 procs over loopback ssh: first step after "

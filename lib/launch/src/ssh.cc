@@ -66,7 +66,10 @@ std::string shell_quote(const std::string& text) {
 
 std::string shell_join(const std::vector<std::string>& words) {
   std::string out;
-  for (const auto& w : words) out += (out.empty() ? "" : " ") + shell_quote(w);
+  for (const auto& w : words) {
+    if (!out.empty()) out += ' ';
+    out += shell_quote(w);
+  }
   return out;
 }
 
@@ -197,8 +200,10 @@ std::string route_source_address(const std::string& hostname) {
 }
 
 std::string remote_program_word(const std::string& path) {
-  if (path.rfind("~/", 0) == 0) return "\"$HOME\"/" + shell_quote(path.substr(2));
-  return shell_quote(path);
+  if (path.rfind("~/", 0) != 0) return shell_quote(path);
+  std::string word = "\"$HOME\"/";
+  word += shell_quote(path.substr(2));
+  return word;
 }
 
 namespace {
