@@ -54,6 +54,10 @@ Action setup_run(CLI::App& sub) {
     launch::LauncherOptions options;
     options.spec_yaml = spec::to_yaml(spec);
     options.resume_dir = args->resume_dir;
+    if (!args->resume_dir.empty() && spec.checkpoint.resume == "never")
+      fmt::print(stderr,
+                 "ptrain: warning: checkpoint.resume is never: the run starts again from step 0 "
+                 "(use --set checkpoint.resume=auto to continue from its checkpoints)\n");
     launch::Launcher launcher(std::move(spec), options);
     return launcher.run().exit_code;
   };
