@@ -362,6 +362,16 @@ TEST_F(SshLaunchTest, KilledLauncherLeavesNoProcessOnAnyHost) {
 TEST_F(SshLaunchTest, SigintOnTheLauncherStopsEveryRemoteWorker) {
   Ptrain p(launch(spec(kGpt + "train: {steps: 100000, log_every: 1}\n")));
   ASSERT_TRUE(p.wait_for([&] { return contains(p.out, "step"); })) << p.out << p.err;
+  // The agents got the token on stdin: neither their command line nor their environment has it.
+  int agents = 0;
+  for (pid_t pid : processes_of(tmp_)) {
+    std::string cmd = cmdline(pid);
+    if (!contains(cmd, " agent")) continue;
+    ++agents;
+    EXPECT_EQ(cmd, std::string(PTRAIN_BINARY) + " --log-level info agent ");
+    EXPECT_FALSE(contains(read_file(fmt::format("/proc/{}/environ", pid)), "PTRAIN_TOKEN"));
+  }
+  EXPECT_EQ(agents, 2);
   ::kill(p.proc().pid(), SIGINT);
   EXPECT_EQ(p.finish(), 130) << p.err;
   EXPECT_TRUE(contains(read_file(run_dir() + "/summary.json"), "interrupted"));
