@@ -12,6 +12,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 
@@ -243,12 +244,13 @@ struct SshdFarm {
   }
 };
 
-SshdFarm* farm = nullptr;
+// One farm for the whole suite; destroyed at exit (sshd killed, keys removed).
+std::unique_ptr<SshdFarm> farm;
 
 class SshLaunchTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (!farm) farm = new SshdFarm();  // lives for the process; its destructor runs at exit
+    if (!farm) farm = std::make_unique<SshdFarm>();
   }
   void SetUp() override {
     if (!farm->skip_reason.empty()) GTEST_SKIP() << "skipped: " << farm->skip_reason;
