@@ -119,6 +119,9 @@ std::unique_ptr<nn::Model> make_model(const spec::JobSpec& spec, tensor::Device 
     if (spec.parallel.pipeline > 1)
       throw ConfigError("model.type mlp runs data and tensor parallel only in this version",
                         "set parallel.pipeline: 1");
+    if (spec.train.precision != "fp32")
+      throw ConfigError("train.precision bf16 is implemented for model.type gpt only",
+                        "set train.precision: fp32 for the MLP");
     nn::MlpConfig cfg;
     cfg.input_dim = spec.model.input;
     cfg.hidden = spec.model.hidden;
