@@ -112,9 +112,8 @@ std::string find_in_path(const std::string& command, const std::string& path) {
   while (start <= path.size()) {
     size_t end = path.find(':', start);
     if (end == std::string::npos) end = path.size();
-    std::string dir = path.substr(start, end - start);
-    if (dir.empty()) dir = ".";
-    std::string candidate = dir + "/" + command;
+    std::string candidate = end > start ? path.substr(start, end - start) : std::string(".");
+    candidate.append(1, '/').append(command);
     if (::access(candidate.c_str(), X_OK) == 0) return candidate;
     start = end + 1;
   }
