@@ -7,6 +7,7 @@
 // Without a usable CUDA device every case skips with the reason. Environment:
 //   PTRAIN_OPS_PERF=1        also run the Perf.* cases (timings, bf16 GEMM rate; GPU only)
 //   PTRAIN_OPS_SELF_CHECK=1  with no device, run the table CPU against CPU (checks the harness)
+// The Attention cases set PTRAIN_ATTENTION (and PTRAIN_ATTENTION_SCRATCH_MB) themselves.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -15,8 +16,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "ptrain/tensor/ops.h"
@@ -371,16 +374,68 @@ TEST_F(OpTable, LayerNormBackwardMatchesCpu) {
   });
 }
 
-// --- attention: several head sizes (each CUDA template instance), T across tile edges ---
+// --- attention: several head sizes (each CUDA template instance), T across tile edges, and
+// each CUDA implementation forced through PTRAIN_ATTENTION (the CPU reference ignores it) ---
+
+// Sets an environment variable for one scope (nullptr unsets it) and restores it afterwards.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) {
+      old_ = old;
+      had_ = true;
+    }
+    set(value);
+  }
+  ~ScopedEnv() { set(had_ ? old_.c_str() : nullptr); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  void set(const char* value) {
+    if (value) {
+      setenv(name_, value, 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
+  const char* name_;
+  std::string old_;
+  bool had_ = false;
+};
 
 struct AttnCase {
   int B, T, C, NH;
 };
 
-class Attention : public OpTable, public ::testing::WithParamInterface<AttnCase> {};
+// Flash: the tiled kernels. Gemm: cuBLAS batched GEMMs over all batches at once. GemmChunked: the
+// GEMM path with a 0 MiB scratch bound, so it runs one batch per chunk.
+struct AttnPath {
+  const char* name;
+  const char* mode;        // PTRAIN_ATTENTION
+  const char* scratch_mb;  // PTRAIN_ATTENTION_SCRATCH_MB, nullptr: the default
+};
+
+class Attention : public OpTable,
+                  public ::testing::WithParamInterface<std::tuple<AttnCase, AttnPath>> {
+ protected:
+  void SetUp() override {
+    OpTable::SetUp();
+    if (IsSkipped()) return;
+    const AttnPath& path = std::get<1>(GetParam());
+    mode_ = std::make_unique<ScopedEnv>("PTRAIN_ATTENTION", path.mode);
+    scratch_ = std::make_unique<ScopedEnv>("PTRAIN_ATTENTION_SCRATCH_MB", path.scratch_mb);
+  }
+  void TearDown() override {
+    scratch_.reset();
+    mode_.reset();
+    OpTable::TearDown();
+  }
+  std::unique_ptr<ScopedEnv> mode_, scratch_;
+};
 
 TEST_P(Attention, ForwardMatchesCpu) {
-  const auto [B, T, C, NH] = GetParam();
+  const auto [B, T, C, NH] = std::get<0>(GetParam());
   Vec qkv = rng_.uniform(size_t(B) * T * 3 * C, -2.0f, 2.0f);
   // Softmax over <= T keys with the max subtracted in a different (online) order: 1e-5.
   compare("attention_forward", kFp32, [&](const Ops& o) {
@@ -391,7 +446,7 @@ TEST_P(Attention, ForwardMatchesCpu) {
 }
 
 TEST_P(Attention, BackwardMatchesCpu) {
-  const auto [B, T, C, NH] = GetParam();
+  const auto [B, T, C, NH] = std::get<0>(GetParam());
   Vec qkv = rng_.uniform(size_t(B) * T * 3 * C, -2.0f, 2.0f);
   Vec dy = rng_.uniform(size_t(B) * T * C), dqkv0 = rng_.uniform(qkv.size());
   Vec y(size_t(B) * T * C), lse(size_t(B) * NH * T);
@@ -405,17 +460,47 @@ TEST_P(Attention, BackwardMatchesCpu) {
   });
 }
 
-INSTANTIATE_TEST_SUITE_P(HeadSizes, Attention,
-                         ::testing::Values(AttnCase{2, 45, 48, 3},    // HS 16, T crosses tiles
-                                           AttnCase{1, 130, 128, 2},  // HS 64 (GPT-2)
-                                           AttnCase{2, 33, 192, 2},   // HS 96, masked lanes
-                                           AttnCase{1, 17, 256, 1},   // HS 256, large smem
-                                           AttnCase{3, 1, 32, 4}),    // T = 1
-                         [](const auto& info) {
-                           const auto& p = info.param;
-                           return "B" + std::to_string(p.B) + "_T" + std::to_string(p.T) + "_C" +
-                                  std::to_string(p.C) + "_NH" + std::to_string(p.NH);
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    HeadSizes, Attention,
+    ::testing::Combine(::testing::Values(AttnCase{2, 45, 48, 3},    // HS 16, T crosses tiles
+                                         AttnCase{1, 130, 128, 2},  // HS 64 (GPT-2)
+                                         AttnCase{2, 33, 192, 2},   // HS 96, masked lanes
+                                         AttnCase{1, 17, 256, 1},   // HS 256, large smem
+                                         AttnCase{3, 1, 32, 4},     // T = 1
+                                         AttnCase{3, 67, 192, 3}),  // HS 64, B and T odd
+                       ::testing::Values(AttnPath{"Flash", "flash", nullptr},
+                                         AttnPath{"Gemm", "gemm", nullptr},
+                                         AttnPath{"GemmChunked", "gemm", "0"})),
+    [](const auto& info) {
+      const auto& p = std::get<0>(info.param);
+      return std::string(std::get<1>(info.param).name) + "_B" + std::to_string(p.B) + "_T" +
+             std::to_string(p.T) + "_C" + std::to_string(p.C) + "_NH" + std::to_string(p.NH);
+    });
+
+// The default choice (auto) must agree with the reference too: a shape this small takes the GEMM
+// path, and with a 0 MiB scratch bound it falls back to the flash kernels.
+TEST_F(OpTable, AttentionAutoPathMatchesCpu) {
+  const int B = 2, T = 70, C = 128, NH = 2;
+  Vec qkv = rng_.uniform(size_t(B) * T * 3 * C, -2.0f, 2.0f);
+  Vec dy = rng_.uniform(size_t(B) * T * C), dqkv0 = rng_.uniform(qkv.size());
+  Vec y(size_t(B) * T * C), lse(size_t(B) * NH * T);
+  cpu().attention_forward(y.data(), lse.data(), qkv.data(), B, T, C, NH);
+  ScopedEnv mode("PTRAIN_ATTENTION", "auto");
+  for (const char* scratch_mb : {static_cast<const char*>(nullptr), "0"}) {
+    SCOPED_TRACE(scratch_mb ? "PTRAIN_ATTENTION_SCRATCH_MB=0 (flash)" : "default bound (gemm)");
+    ScopedEnv bound("PTRAIN_ATTENTION_SCRATCH_MB", scratch_mb);
+    compare("attention_forward", kFp32, [&](const Ops& o) {
+      Buf<float> x(o, qkv), yy(o, poison(size_t(B) * T * C)), l(o, poison(size_t(B) * NH * T));
+      o.attention_forward(yy.get(), l.get(), x.get(), B, T, C, NH);
+      return Outputs{out("out", yy.host()), out("lse", l.host())};
+    });
+    compare("attention_backward", kFp32Long, [&](const Ops& o) {
+      Buf<float> x(o, qkv), d(o, dy), yy(o, y), l(o, lse), dx(o, dqkv0);
+      o.attention_backward(dx.get(), d.get(), x.get(), yy.get(), l.get(), B, T, C, NH);
+      return Outputs{out("dqkv", dx.host())};
+    });
+  }
+}
 
 // --- embeddings ---
 
@@ -615,14 +700,17 @@ TEST_F(Perf, GptLayerKernels) {
       dqkv(dev(), Vec(size_t(N) * 3 * C));
   double hs = C / NH;
   double attn_flop = 4.0 * B * NH * (T * (T + 1) / 2.0) * hs;  // QK^T and PV, causal half
-  double tf = time([&] { dev().attention_forward(y.get(), lse.get(), qkv.get(), B, T, C, NH); });
-  double tb = time([&] {
-    dev().attention_backward(dqkv.get(), dy.get(), qkv.get(), y.get(), lse.get(), B, T, C, NH);
-  });
-  std::printf("perf: attention_forward B%d T%d C%d NH%d: %.3f ms, %.1f TFLOP/s\n", B, T, C, NH,
-              tf * 1e3, attn_flop / tf / 1e12);
-  std::printf("perf: attention_backward: %.3f ms, %.1f TFLOP/s\n", tb * 1e3,
-              2.5 * attn_flop / tb / 1e12);
+  for (const char* path : {"flash", "gemm"}) {
+    ScopedEnv mode("PTRAIN_ATTENTION", path);
+    double tf = time([&] { dev().attention_forward(y.get(), lse.get(), qkv.get(), B, T, C, NH); });
+    double tb = time([&] {
+      dev().attention_backward(dqkv.get(), dy.get(), qkv.get(), y.get(), lse.get(), B, T, C, NH);
+    });
+    std::printf("perf: attention_forward (%s) B%d T%d C%d NH%d: %.3f ms, %.1f TFLOP/s\n", path, B,
+                T, C, NH, tf * 1e3, attn_flop / tf / 1e12);
+    std::printf("perf: attention_backward (%s): %.3f ms, %.1f TFLOP/s\n", path, tb * 1e3,
+                2.5 * attn_flop / tb / 1e12);
+  }
   Buf<float> x(dev(), rng_.uniform(size_t(N) * C)), w(dev(), rng_.uniform(C)),
       b(dev(), rng_.uniform(C)), mean(dev(), Vec(N)), rstd(dev(), Vec(N)), dw(dev(), Vec(C)),
       db(dev(), Vec(C));

@@ -1,12 +1,34 @@
-// Causal self-attention, flash-style: one block per (query tile, head, batch) streams key/value
-// tiles through shared memory with an online softmax and saves the row log-sum-exp; backward
-// recomputes the probabilities from it. Nothing of size [T,T] is ever stored.
+// Causal self-attention on CUDA, two implementations behind the ops.h interface:
+//
+// GEMM path (llm.c style, the fast one for training-length sequences): q, k, v are permuted to
+// [B,NH,T,HS]; S = scale Q K^T for every (b,h) is one strided-batched fp32 cuBLAS GEMM into a
+// [B,NH,T,T] scratch; a softmax kernel turns each causal row into P in place and saves its
+// log-sum-exp; O = P V is a second batched GEMM, permuted back into out. Backward recomputes P from
+// lse, forms dP = dO V^T, dS = P * (dP - rowsum(dO * O)), and gets dV = P^T dO, dQ = scale dS K,
+// dK = scale dS^T Q from batched GEMMs, then adds them into dqkv. GEMMs are exact fp32
+// (CUBLAS_COMPUTE_32F, as the table's gemm); no atomics anywhere, so results are deterministic.
+// The scratch is the calling thread's (cuda_check.h scratch slots kAttn*): grown on demand, kept
+// for the thread's life and freed when it exits. Batches are processed in chunks so that one call's
+// scratch stays within PTRAIN_ATTENTION_SCRATCH_MB (default 1024 MiB, before the slots' growth
+// headroom).
+//
+// Flash path (the long-sequence one, nothing of size [T,T] is ever stored): one block per (query
+// tile, head, batch) streams key/value tiles through shared memory with an online softmax and
+// saves the row log-sum-exp; backward recomputes the probabilities from it. One warp owns one row
+// (a query in forward and dq, a key in dk/dv); the 32 lanes take the 32 rows of the streamed tile
+// for the dot products, and the head dimensions (lane, lane+32, ...) for the accumulations.
+// HS <= 32 * kDimsPerLane.
+//
+// Choice (kernels.h, AttentionPolicy): PTRAIN_ATTENTION=auto (default) takes the GEMM path when
+// the backward's scratch for one batch fits the bound (forward decides the same way, so a layer
+// uses one path), else flash; =gemm forces the GEMM path (one batch per chunk if need be), =flash
+// forces the flash kernels.
 //
 // Layout (ops.h): qkv [B,T,3C] = q | k | v, head h uses channels [h*HS, (h+1)*HS) of each;
-// out [B,T,C]; lse [B,NH,T]. One warp owns one row (a query in forward and dq, a key in dk/dv);
-// the 32 lanes take the 32 rows of the streamed tile for the dot products, and the head
-// dimensions (lane, lane+32, ...) for the accumulations. HS <= 32 * kDimsPerLane.
+// out [B,T,C]; lse [B,NH,T].
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <type_traits>
 
@@ -275,11 +297,16 @@ Shape make_shape(int B, int T, int C, int NH) {
     throw_contract(msg, __FILE__, __LINE__);
   }
   int HS = C / NH;
-  if (HS > 8 * kWarp) {
-    std::snprintf(msg, sizeof msg, "attention: head size %d > 256 is not supported on CUDA", HS);
+  return Shape{B, T, C, NH, HS, 1.0f / std::sqrt(static_cast<float>(HS))};
+}
+
+void check_flash_head_size(const Shape& s) {
+  if (s.HS > 8 * kWarp) {
+    char msg[128];
+    std::snprintf(msg, sizeof msg,
+                  "attention: head size %d > 256 is not supported by the CUDA flash kernels", s.HS);
     throw_contract(msg, __FILE__, __LINE__);
   }
-  return Shape{B, T, C, NH, HS, 1.0f / std::sqrt(static_cast<float>(HS))};
 }
 
 template <class Kernel, class... Args>
@@ -309,12 +336,8 @@ void dispatch_dpl(int HS, F&& f) {
   }
 }
 
-}  // namespace
-
-void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH) {
-  if (B <= 0 || T <= 0) return;
-  bind_thread();
-  Shape s = make_shape(B, T, C, NH);
+void flash_forward(float* out, float* lse, const float* qkv, const Shape& s) {
+  check_flash_head_size(s);
   size_t smem = kRows * s.HS + kTile * (s.HS + 1) + kTile * s.HS;
   dispatch_dpl(s.HS, [&](auto dpl) {
     launch(attention_forward_kernel<decltype(dpl)::value>, "attention_forward_kernel", smem, s, out,
@@ -322,12 +345,10 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
   });
 }
 
-void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                        const float* lse, int B, int T, int C, int NH) {
-  if (B <= 0 || T <= 0) return;
-  bind_thread();
-  Shape s = make_shape(B, T, C, NH);
-  const size_t rows = static_cast<size_t>(B) * NH * T;
+void flash_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                    const float* lse, const Shape& s) {
+  check_flash_head_size(s);
+  const size_t rows = static_cast<size_t>(s.B) * s.NH * s.T;
   auto* delta = static_cast<float*>(scratch(ScratchSlot::kAttnDelta, rows * sizeof(float)));
   constexpr int kDeltaWarps = 8;
   attention_delta_kernel<<<(rows + kDeltaWarps - 1) / kDeltaWarps, kDeltaWarps * kWarp>>>(
@@ -341,6 +362,226 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
     launch(attention_backward_dkv_kernel<decltype(dpl)::value>, "attention_backward_dkv_kernel",
            smem_dkv, s, dqkv, dout, qkv, lse, static_cast<const float*>(delta));
   });
+}
+
+// --- GEMM path ------------------------------------------------------------------------------
+// Here a Shape describes one chunk of batches (s.B of them); callers offset the pointers.
+
+constexpr int kPermuteThreads = 256;
+constexpr int kRowWarps = 8;  // softmax rows (one warp each) per block
+
+// dst: `parts` tensors [B,NH,T,HS], one after the other; src [B,T,parts*C] (qkv: parts 3).
+__global__ void attention_to_heads_kernel(float* dst, const float* src, int parts, Shape s) {
+  const size_t width = static_cast<size_t>(parts) * s.C;
+  const size_t n = static_cast<size_t>(s.B) * s.T * width;
+  const size_t part_stride = static_cast<size_t>(s.B) * s.T * s.C;
+  for (size_t idx = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; idx < n;
+       idx += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const size_t bt = idx / width;
+    const int cw = static_cast<int>(idx % width);
+    const int t = static_cast<int>(bt % s.T);
+    const size_t b = bt / s.T;
+    const int part = cw / s.C, c = cw % s.C, h = c / s.HS, d = c % s.HS;
+    dst[part * part_stride + ((b * s.NH + h) * s.T + t) * s.HS + d] = src[idx];
+  }
+}
+
+// The inverse: dst [B,T,parts*C] = (or += when `accumulate`) the `parts` tensors [B,NH,T,HS].
+__global__ void attention_from_heads_kernel(float* dst, const float* src, int parts,
+                                            bool accumulate, Shape s) {
+  const size_t width = static_cast<size_t>(parts) * s.C;
+  const size_t n = static_cast<size_t>(s.B) * s.T * width;
+  const size_t part_stride = static_cast<size_t>(s.B) * s.T * s.C;
+  for (size_t idx = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; idx < n;
+       idx += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const size_t bt = idx / width;
+    const int cw = static_cast<int>(idx % width);
+    const int t = static_cast<int>(bt % s.T);
+    const size_t b = bt / s.T;
+    const int part = cw / s.C, c = cw % s.C, h = c / s.HS, d = c % s.HS;
+    const float x = src[part * part_stride + ((b * s.NH + h) * s.T + t) * s.HS + d];
+    dst[idx] = accumulate ? dst[idx] + x : x;
+  }
+}
+
+// One warp per row (b,h,i) of att [B,NH,T,T], which holds the scaled scores: the causal softmax
+// over j <= i in place (zeros for j > i, which the P V GEMM reads) and lse [B,NH,T].
+__global__ void attention_softmax_forward_kernel(float* att, float* lse, size_t rows, int T) {
+  const int lane = threadIdx.x % kWarp;
+  const size_t row = blockIdx.x * static_cast<size_t>(blockDim.x / kWarp) + threadIdx.x / kWarp;
+  if (row >= rows) return;
+  const int i = static_cast<int>(row % T);
+  float* p = att + row * T;
+  float m = -INFINITY;
+  for (int j = lane; j <= i; j += kWarp) m = fmaxf(m, p[j]);
+  m = warp_max(m);  // finite: column 0 is always visible
+  float sum = 0.0f;
+  for (int j = lane; j <= i; j += kWarp) sum += expf(p[j] - m);
+  sum = warp_sum(sum);
+  const float inv = 1.0f / sum;
+  for (int j = lane; j < T; j += kWarp) p[j] = j <= i ? expf(p[j] - m) * inv : 0.0f;
+  if (lane == 0) lse[row] = m + logf(sum);
+}
+
+// One warp per row (b,h,i): att holds the scaled scores S, grad holds dP = dO V^T. Writes
+// P = exp(S - lse) into att and dS = P * (dP - delta) into grad (zeros for j > i).
+__global__ void attention_softmax_backward_kernel(float* att, float* grad, const float* lse,
+                                                  const float* delta, size_t rows, int T) {
+  const int lane = threadIdx.x % kWarp;
+  const size_t row = blockIdx.x * static_cast<size_t>(blockDim.x / kWarp) + threadIdx.x / kWarp;
+  if (row >= rows) return;
+  const int i = static_cast<int>(row % T);
+  const float l = lse[row], dlt = delta[row];
+  float* p = att + row * T;
+  float* dp = grad + row * T;
+  for (int j = lane; j < T; j += kWarp) {
+    if (j <= i) {
+      const float pj = expf(p[j] - l);
+      p[j] = pj;
+      dp[j] = pj * (dp[j] - dlt);
+    } else {
+      p[j] = 0.0f;
+      dp[j] = 0.0f;
+    }
+  }
+}
+
+void to_heads(float* dst, const float* src, int parts, const Shape& s) {
+  const size_t n = static_cast<size_t>(s.B) * s.T * parts * s.C;
+  attention_to_heads_kernel<<<grid_for(n, kPermuteThreads), kPermuteThreads>>>(dst, src, parts, s);
+  CUDA_LAUNCH_CHECK("attention_to_heads_kernel");
+}
+
+void from_heads(float* dst, const float* src, int parts, bool accumulate, const Shape& s) {
+  const size_t n = static_cast<size_t>(s.B) * s.T * parts * s.C;
+  attention_from_heads_kernel<<<grid_for(n, kPermuteThreads), kPermuteThreads>>>(dst, src, parts,
+                                                                                 accumulate, s);
+  CUDA_LAUNCH_CHECK("attention_from_heads_kernel");
+}
+
+unsigned row_blocks(size_t rows) {
+  return static_cast<unsigned>((rows + kRowWarps - 1) / kRowWarps);
+}
+
+// Scratch bytes one batch needs on the GEMM path: [NH,T,T] scores (and dP in backward), the
+// permuted heads (q,k,v,o forward; q,k,v,dO,dq,dk,dv backward) and backward's delta.
+size_t gemm_bytes_per_batch(const Shape& s, bool backward) {
+  const size_t tt = static_cast<size_t>(s.NH) * s.T * s.T;
+  const size_t tc = static_cast<size_t>(s.T) * s.C;
+  const size_t floats = backward ? 2 * tt + 7 * tc + static_cast<size_t>(s.NH) * s.T : tt + 4 * tc;
+  return floats * sizeof(float);
+}
+
+// Batches per chunk on the GEMM path, or 0 for the flash kernels (see the top of this file).
+int gemm_chunk(const Shape& s, bool backward) {
+  const AttentionPolicy p = attention_policy();
+  if (p.mode == AttentionPolicy::kFlash) return 0;
+  // Auto keeps the GEMM path past the bound for head sizes the flash kernels do not support.
+  if (p.mode == AttentionPolicy::kAuto && gemm_bytes_per_batch(s, true) > p.scratch_bytes &&
+      s.HS <= 8 * kWarp) {
+    return 0;
+  }
+  const size_t fit = p.scratch_bytes / gemm_bytes_per_batch(s, backward);
+  return static_cast<int>(std::max<size_t>(1, std::min<size_t>(fit, static_cast<size_t>(s.B))));
+}
+
+void gemm_forward(float* out, float* lse, const float* qkv, const Shape& s, int chunk) {
+  const size_t tt = static_cast<size_t>(s.T) * s.T;
+  const int64_t head_stride = static_cast<int64_t>(s.T) * s.HS;  // one (b,h) in [B,NH,T,HS]
+  const size_t n_max = static_cast<size_t>(chunk) * s.T * s.C;   // floats of one [B,NH,T,HS]
+  auto* heads = static_cast<float*>(scratch(ScratchSlot::kAttnHeads, 4 * n_max * sizeof(float)));
+  auto* att = static_cast<float*>(
+      scratch(ScratchSlot::kAttnScores, static_cast<size_t>(chunk) * s.NH * tt * sizeof(float)));
+  for (int b0 = 0; b0 < s.B; b0 += chunk) {
+    Shape c = s;
+    c.B = std::min(chunk, s.B - b0);
+    const size_t n = static_cast<size_t>(c.B) * c.T * c.C;
+    const int bh = c.B * c.NH;
+    const size_t rows = static_cast<size_t>(bh) * c.T;
+    float *q = heads, *k = q + n, *v = k + n, *o = v + n;
+    to_heads(q, qkv + static_cast<size_t>(b0) * s.T * 3 * s.C, 3, c);
+    // att[bh] = scale * q[bh] k[bh]^T  [T,T]
+    batched_gemm(false, true, c.T, c.T, c.HS, c.scale, q, c.HS, head_stride, k, c.HS, head_stride,
+                 0.0f, att, c.T, static_cast<int64_t>(tt), bh);
+    attention_softmax_forward_kernel<<<row_blocks(rows), kRowWarps * kWarp>>>(
+        att, lse + static_cast<size_t>(b0) * s.NH * s.T, rows, c.T);
+    CUDA_LAUNCH_CHECK("attention_softmax_forward_kernel");
+    // o[bh] = P[bh] v[bh]  [T,HS]
+    batched_gemm(false, false, c.T, c.HS, c.T, 1.0f, att, c.T, static_cast<int64_t>(tt), v, c.HS,
+                 head_stride, 0.0f, o, c.HS, head_stride, bh);
+    from_heads(out + static_cast<size_t>(b0) * s.T * s.C, o, 1, false, c);
+  }
+}
+
+void gemm_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                   const float* lse, const Shape& s, int chunk) {
+  const size_t tt = static_cast<size_t>(s.T) * s.T;
+  const int64_t head_stride = static_cast<int64_t>(s.T) * s.HS;
+  const size_t n_max = static_cast<size_t>(chunk) * s.T * s.C;
+  const size_t scores = static_cast<size_t>(chunk) * s.NH * tt * sizeof(float);
+  auto* heads = static_cast<float*>(scratch(ScratchSlot::kAttnHeads, 7 * n_max * sizeof(float)));
+  auto* att = static_cast<float*>(scratch(ScratchSlot::kAttnScores, scores));
+  auto* grad = static_cast<float*>(scratch(ScratchSlot::kAttnGrad, scores));
+  auto* delta = static_cast<float*>(
+      scratch(ScratchSlot::kAttnDelta, static_cast<size_t>(chunk) * s.NH * s.T * sizeof(float)));
+  for (int b0 = 0; b0 < s.B; b0 += chunk) {
+    Shape c = s;
+    c.B = std::min(chunk, s.B - b0);
+    const size_t n = static_cast<size_t>(c.B) * c.T * c.C;
+    const int bh = c.B * c.NH;
+    const size_t rows = static_cast<size_t>(bh) * c.T;
+    const size_t x_off = static_cast<size_t>(b0) * s.T * s.C;  // into out-like [B,T,C]
+    const size_t qkv_off = 3 * x_off;                          // into [B,T,3C]
+    // q | k | v | dO | dq | dk | dv, each [c.B,NH,T,HS]; dq, dk, dv adjacent for from_heads.
+    float *q = heads, *k = q + n, *v = k + n, *dO = v + n;
+    float *dq = dO + n, *dk = dq + n, *dv = dk + n;
+    to_heads(q, qkv + qkv_off, 3, c);
+    to_heads(dO, dout + x_off, 1, c);
+    attention_delta_kernel<<<row_blocks(rows), kRowWarps * kWarp>>>(delta, dout + x_off,
+                                                                    out + x_off, c);
+    CUDA_LAUNCH_CHECK("attention_delta_kernel");
+    // att = scale * q k^T (S again); grad = dO v^T (dP)
+    batched_gemm(false, true, c.T, c.T, c.HS, c.scale, q, c.HS, head_stride, k, c.HS, head_stride,
+                 0.0f, att, c.T, static_cast<int64_t>(tt), bh);
+    batched_gemm(false, true, c.T, c.T, c.HS, 1.0f, dO, c.HS, head_stride, v, c.HS, head_stride,
+                 0.0f, grad, c.T, static_cast<int64_t>(tt), bh);
+    attention_softmax_backward_kernel<<<row_blocks(rows), kRowWarps * kWarp>>>(
+        att, grad, lse + static_cast<size_t>(b0) * s.NH * s.T, delta, rows, c.T);
+    CUDA_LAUNCH_CHECK("attention_softmax_backward_kernel");
+    // dv = P^T dO; dq = scale * dS k; dk = scale * dS^T q
+    batched_gemm(true, false, c.T, c.HS, c.T, 1.0f, att, c.T, static_cast<int64_t>(tt), dO, c.HS,
+                 head_stride, 0.0f, dv, c.HS, head_stride, bh);
+    batched_gemm(false, false, c.T, c.HS, c.T, c.scale, grad, c.T, static_cast<int64_t>(tt), k,
+                 c.HS, head_stride, 0.0f, dq, c.HS, head_stride, bh);
+    batched_gemm(true, false, c.T, c.HS, c.T, c.scale, grad, c.T, static_cast<int64_t>(tt), q, c.HS,
+                 head_stride, 0.0f, dk, c.HS, head_stride, bh);
+    from_heads(dqkv + qkv_off, dq, 3, true, c);
+  }
+}
+
+}  // namespace
+
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH) {
+  if (B <= 0 || T <= 0) return;
+  bind_thread();
+  Shape s = make_shape(B, T, C, NH);
+  if (int chunk = gemm_chunk(s, false)) {
+    gemm_forward(out, lse, qkv, s, chunk);
+  } else {
+    flash_forward(out, lse, qkv, s);
+  }
+}
+
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                        const float* lse, int B, int T, int C, int NH) {
+  if (B <= 0 || T <= 0) return;
+  bind_thread();
+  Shape s = make_shape(B, T, C, NH);
+  if (int chunk = gemm_chunk(s, true)) {
+    gemm_backward(dqkv, dout, qkv, out, lse, s, chunk);
+  } else {
+    flash_backward(dqkv, dout, qkv, out, lse, s);
+  }
 }
 
 }  // namespace ptrain::tensor::cuda

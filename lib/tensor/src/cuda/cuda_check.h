@@ -37,6 +37,9 @@ enum class ScratchSlot {
   kSortValsOut,
   kSortTemp,
   kAttnDelta,
+  kAttnScores,  // attention's GEMM path: S / P [B',NH,T,T]
+  kAttnGrad,    // dP / dS [B',NH,T,T]
+  kAttnHeads,   // q, k, v, ... permuted to [B',NH,T,hd]
   kCount
 };
 void* scratch(ScratchSlot slot, size_t bytes);

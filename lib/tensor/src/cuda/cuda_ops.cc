@@ -212,6 +212,31 @@ const Ops* init() {
 
 }  // namespace
 
+void batched_gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                  int lda, int64_t stride_a, const float* B, int ldb, int64_t stride_b, float beta,
+                  float* C, int ldc, int64_t stride_c, int count) {
+  gemm_strided_batched(trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta,
+                       C, ldc, stride_c, count);
+}
+
+AttentionPolicy attention_policy() {
+  AttentionPolicy p;
+  const std::string mode = env_or("PTRAIN_ATTENTION", "auto");
+  if (mode == "auto" || mode.empty()) {
+    p.mode = AttentionPolicy::kAuto;
+  } else if (mode == "flash") {
+    p.mode = AttentionPolicy::kFlash;
+  } else if (mode == "gemm") {
+    p.mode = AttentionPolicy::kGemm;
+  } else {
+    throw ConfigError(fmt::format("PTRAIN_ATTENTION={} is not one of auto, flash, gemm", mode),
+                      "unset it to let the shape pick the CUDA attention kernels");
+  }
+  long mb = env_int("PTRAIN_ATTENTION_SCRATCH_MB", 1024);
+  p.scratch_bytes = static_cast<size_t>(mb < 0 ? 0 : mb) << 20;
+  return p;
+}
+
 const Ops* get_ops() {
   static const Ops* table = init();
   return table;

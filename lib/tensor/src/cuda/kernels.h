@@ -29,6 +29,21 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
                         const float* inp, const float* weight, const float* mean, const float* rstd,
                         int N, int C);
 
+// cuda_ops.cc, for kernels that chain GEMMs (attention.cu): the table's fp32 strided-batched GEMM
+// (row-major, exact fp32) on this thread's cuBLAS handle and the legacy default stream.
+void batched_gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                  int lda, int64_t stride_a, const float* B, int ldb, int64_t stride_b, float beta,
+                  float* C, int ldc, int64_t stride_c, int count);
+
+// cuda_ops.cc: how attention picks its kernels, read from the environment on every call.
+//   PTRAIN_ATTENTION=auto|flash|gemm  (default auto; anything else is a ConfigError)
+//   PTRAIN_ATTENTION_SCRATCH_MB=N     bound on the GEMM path's scratch per call (default 1024)
+struct AttentionPolicy {
+  enum Mode { kAuto, kFlash, kGemm } mode = kAuto;
+  size_t scratch_bytes = size_t(1) << 30;
+};
+AttentionPolicy attention_policy();
+
 // attention.cu
 void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH);
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
