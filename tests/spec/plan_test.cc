@@ -82,6 +82,20 @@ TEST(Plan, PipelineStagesHoldTheirLayers) {
   EXPECT_EQ(p.memory.parameters, 3 * (12 * D * D + 13 * D) + V * D + T * D);
 }
 
+TEST(Plan, DefaultStagesBalanceParametersNotLayerCounts) {
+  // GPT-2 small: the embeddings (39.4M) outweigh five blocks (7.1M each), so the first and last
+  // stages (the last holds the tied wte copy) get one block and the middle ones the rest.
+  Plan p = make_plan(
+      load_string("nodes: {procs_per_node: 4}\nparallel: {pipeline: 4, microbatches: 4}\n"
+                  "model: {layers: 12, heads: 12, dim: 768, seq_len: 1024, vocab: 50257}\n",
+                  "t.yaml"));
+  EXPECT_EQ(p.stage_layers, (std::vector<int>{1, 5, 5, 1}));
+  EXPECT_EQ(stage_layers(load_string("nodes: {procs_per_node: 2}\nparallel: {pipeline: 2, "
+                                     "microbatches: 2}\nmodel: {layers: 4}\n",
+                                     "t.yaml")),
+            (std::vector<int>{2, 2}));
+}
+
 TEST(Plan, BatchSplitsIntoMicroBatches) {
   Plan p =
       make_plan(load_string("nodes: {procs_per_node: 2}\ndata: {batch_size: 32}\n"

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "ptrain/spec/spec.h"
 
@@ -19,13 +20,6 @@ RankPlace rank_coords(int rank, int data, int tensor) {
 }
 
 namespace {
-
-std::vector<int> stage_layers(int layers, int pipeline, const std::vector<int>& stages) {
-  if (!stages.empty()) return stages;
-  std::vector<int> out(static_cast<size_t>(pipeline), layers / pipeline);
-  for (int i = 0; i < layers % pipeline; ++i) ++out[static_cast<size_t>(i)];
-  return out;
-}
 
 int64_t gpt_parameters(const ModelSpec& m) {
   const int64_t V = m.vocab, T = m.seq_len, D = m.dim, L = m.layers;
@@ -47,6 +41,38 @@ int64_t gpt_stage_parameters(const ModelSpec& m, int t, int stage, int stages, i
     if (stages > 1) n += V * D / t;
   }
   return n;
+}
+
+// Layers per stage balanced by parameter count: the partition into `pipeline` contiguous runs
+// of at least one layer that minimises the largest stage's parameters (stage 0 holds the
+// embeddings, the last stage ln_f and its copy of the tied wte); among those, the one with the
+// smallest sum of squared stage sizes (the most even).
+std::vector<int> balanced_gpt_stages(const ModelSpec& m, int tensor, int pipeline) {
+  const int L = m.layers, P = pipeline;
+  using Cost = std::pair<int64_t, double>;  // (largest stage, sum of squared stage sizes)
+  const Cost kInf{std::numeric_limits<int64_t>::max(), 0};
+  // best[s][l]: the cost when stages [0, s) hold layers [0, l).
+  std::vector<std::vector<Cost>> best(P + 1, std::vector<Cost>(L + 1, kInf));
+  std::vector<std::vector<int>> take(P + 1, std::vector<int>(L + 1, 0));
+  best[0][0] = {0, 0};
+  for (int st = 1; st <= P; ++st)
+    for (int l = st; l <= L - (P - st); ++l)
+      for (int n = 1; n <= l - (st - 1); ++n) {
+        const Cost& prev = best[st - 1][l - n];
+        if (prev.first == kInf.first) continue;
+        int64_t size = gpt_stage_parameters(m, tensor, st - 1, P, n);
+        Cost cost{std::max(prev.first, size), prev.second + double(size) * double(size)};
+        if (cost < best[st][l]) {
+          best[st][l] = cost;
+          take[st][l] = n;
+        }
+      }
+  std::vector<int> out(static_cast<size_t>(P));
+  for (int st = P, l = L; st > 0; --st) {
+    out[static_cast<size_t>(st - 1)] = take[st][l];
+    l -= take[st][l];
+  }
+  return out;
 }
 
 std::vector<int64_t> mlp_widths(const ModelSpec& m) {
@@ -84,6 +110,17 @@ std::string with_commas(int64_t n) {
 }
 
 }  // namespace
+
+std::vector<int> stage_layers(const JobSpec& s) {
+  const auto& p = s.parallel;
+  if (!p.stages.empty()) return p.stages;
+  if (s.model.type == "gpt" && p.pipeline > 1 && s.model.layers >= p.pipeline)
+    return balanced_gpt_stages(s.model, p.tensor, p.pipeline);
+  int layers = s.model.type == "gpt" ? s.model.layers : static_cast<int>(s.model.hidden.size()) + 1;
+  std::vector<int> out(static_cast<size_t>(p.pipeline), layers / p.pipeline);
+  for (int i = 0; i < layers % p.pipeline; ++i) ++out[static_cast<size_t>(i)];
+  return out;
+}
 
 std::string format_bytes(int64_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -136,8 +173,7 @@ Plan make_plan(const JobSpec& s) {
   plan.steps = t.steps;
   const int64_t b = plan.micro_batch;
 
-  int layers = m.type == "gpt" ? m.layers : static_cast<int>(m.hidden.size()) + 1;
-  plan.stage_layers = stage_layers(layers, p.pipeline, p.stages);
+  plan.stage_layers = stage_layers(s);
   plan.parameters = m.type == "gpt" ? gpt_parameters(m) : mlp_parameters(m);
   plan.tokens_per_step =
       m.type == "gpt" ? int64_t{s.data.batch_size} * m.seq_len : s.data.batch_size;

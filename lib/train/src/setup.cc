@@ -1,5 +1,7 @@
 #include "ptrain/train/setup.h"
 
+#include "ptrain/spec/plan.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -79,13 +81,8 @@ DataSource make_data(const spec::JobSpec& spec) {
 }
 
 std::vector<std::pair<int, int>> stage_ranges(const spec::JobSpec& spec) {
-  int p = spec.parallel.pipeline;
-  int layers =
-      spec.model.type == "gpt" ? spec.model.layers : static_cast<int>(spec.model.hidden.size()) + 1;
-  std::vector<int> counts = spec.parallel.stages;
-  if (counts.empty()) {
-    for (int s = 0; s < p; ++s) counts.push_back(layers / p + (s < layers % p ? 1 : 0));
-  }
+  // The same partition `ptrain validate` prints (balanced by parameter count).
+  std::vector<int> counts = spec::stage_layers(spec);
   std::vector<std::pair<int, int>> out;
   int begin = 0;
   for (int c : counts) {

@@ -65,6 +65,10 @@ struct Plan {
 // Rank r's coordinates: tp = r % T, dp = (r / T) % D, pp = r / (T * D).
 RankPlace rank_coords(int rank, int data, int tensor);
 Plan make_plan(const JobSpec& spec);
+// Layers (GPT blocks, or MLP Linear layers) per pipeline stage: parallel.stages when given, else
+// for a GPT the contiguous split that balances parameters per stage (the first stage holds the
+// embeddings, the last ln_f and its copy of the tied wte), else an even split by count.
+std::vector<int> stage_layers(const JobSpec& spec);
 std::string format_plan(const Plan& plan);
 // "1.5 GiB", "12.0 MiB", "512 B".
 std::string format_bytes(int64_t bytes);
