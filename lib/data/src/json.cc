@@ -4,6 +4,7 @@
 #include <charconv>
 
 #include "ptrain/core/error.h"
+#include "ptrain/core/strings.h"
 
 namespace ptrain::data {
 
@@ -364,37 +365,7 @@ JsonValue parse_json(std::string_view text, std::string_view origin) {
 }
 
 std::string json_quote(std::string_view s) {
-  std::string out;
-  out.reserve(s.size() + 2);
-  out += '"';
-  for (char c : s) {
-    unsigned char u = static_cast<unsigned char>(c);
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (u < 0x20) {
-          out += fmt::format("\\u{:04x}", u);
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
-  return out;
+  return ::ptrain::json_quote(s);
 }
 
 }  // namespace ptrain::data

@@ -5,35 +5,12 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "ptrain/core/strings.h"
+
 namespace ptrain::launch {
 
 std::string json_quote(const std::string& text) {
-  std::string out = "\"";
-  for (unsigned char c : text) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20)
-          out += fmt::format("\\u{:04x}", c);
-        else
-          out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
+  return ::ptrain::json_quote(text);
 }
 
 std::optional<double> json_number(const std::string& object, const std::string& key) {

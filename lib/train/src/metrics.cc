@@ -6,22 +6,14 @@
 #include <fstream>
 #include <vector>
 
+#include "ptrain/core/strings.h"
 #include "ptrain/core/time.h"
 #include "ptrain/tensor/ops.h"
 
 namespace ptrain::train {
 
 static std::string quote(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", static_cast<int>(c));
-      continue;
-    }
-    out += c;
-  }
-  return out + "\"";
+  return json_quote(s);
 }
 
 MetricsLine& MetricsLine::add(const std::string& key, double value) {
