@@ -12,7 +12,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <regex>
 #include <sstream>
 #include <string>
 
@@ -497,4 +499,62 @@ TEST_F(SshLaunchTest, AgentsStopTheirWorkersWhenTheCoordinatorStopsAnswering) {
   ::kill(p.proc().pid(), SIGKILL);
   ::kill(p.proc().pid(), SIGCONT);
   p.finish();
+}
+
+TEST_F(SshLaunchTest, KilledWorkerRestartsEveryHostAndTheLossCurveEqualsTheUninterruptedRun) {
+  // 2 hosts x 1 process, data parallel: rank 1 (on 127.0.0.3) is killed once after step 6, the
+  // group restarts from the step-4 checkpoint.
+  auto job = [&](const std::string& name, const std::string& env) {
+    std::string path = tmp_ + "/" + name + ".yaml";
+    std::ofstream(path)
+        << "name: " << name << "\nlogging: {dir: " << tmp_ << "/" << name
+        << ", console: rank0}\nnodes: {procs_per_node: 1, device: cpu, threads_per_proc: 1}\n"
+        << "parallel: {data: 2}\nmodel: {type: gpt, layers: 2, heads: 2, dim: 32, seq_len: 16, "
+           "vocab: 64}\ndata: {type: synthetic, batch_size: 8}\n"
+           "train: {steps: 12, seed: 7, log_every: 1}\ncheckpoint: {every: 4, keep: 2}\n"
+           "fault_tolerance: {max_restarts: 1, heartbeat_s: 0.2, hang_timeout_s: 5, "
+           "term_grace_s: 2}\n"
+        << env;
+    return path;
+  };
+  auto only_dir = [&](const std::string& name) {
+    for (const auto& e : fs::directory_iterator(tmp_ + "/" + name)) return e.path().string();
+    return std::string();
+  };
+  auto losses = [](const std::string& dir) {
+    std::vector<std::pair<int, std::string>> out;
+    std::ifstream in(dir + "/metrics.jsonl");
+    std::string line;
+    std::regex re(R"re("step": (\d+),.*"loss": ([^,}]+))re");
+    std::smatch m;
+    while (std::getline(in, line))
+      if (std::regex_search(line, m, re)) out.emplace_back(std::stoi(m[1]), m[2]);
+    return out;
+  };
+  const std::string hosts = "127.0.0.2:1,127.0.0.3:1";
+
+  Ptrain ref({"launch", job("ref", ""), "--hosts", hosts, "--ssh-config", farm->ssh_config});
+  ASSERT_EQ(ref.finish(), 0) << ref.out << ref.err;
+  std::map<int, std::string> expected;
+  for (const auto& [step, loss] : losses(only_dir("ref"))) expected[step] = loss;
+  ASSERT_EQ(expected.size(), 12u);
+
+  Ptrain p({"launch", job("ft", "env: {PTRAIN_TEST_FAIL_AT_STEP: \"1:6\"}\n"), "--hosts", hosts,
+            "--ssh-config", farm->ssh_config});
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  std::string dir = only_dir("ft");
+  std::map<int, int> seen;
+  for (const auto& [step, loss] : losses(dir)) {
+    ++seen[step];
+    ASSERT_TRUE(expected.count(step)) << "step " << step;
+    EXPECT_EQ(loss, expected.at(step)) << "step " << step;
+  }
+  for (int s = 1; s <= 12; ++s) EXPECT_GE(seen[s], 1) << "step " << s << " missing";
+  std::string summary = read_file(dir + "/summary.json");
+  EXPECT_TRUE(contains(summary, R"("status": "succeeded")")) << summary;
+  EXPECT_TRUE(contains(summary, R"("restarts": [{"round": 1, "rank": 1, "reason": "was killed by)"))
+      << summary;
+  EXPECT_FALSE(contains(summary, R"("round": 2)")) << summary;
+  std::string launcher = read_file(dir + "/launcher.log");
+  EXPECT_TRUE(contains(launcher, "restart 1/1: rank 1 on 127.0.0.3 was killed")) << launcher;
 }

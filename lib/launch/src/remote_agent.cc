@@ -93,6 +93,7 @@ std::string encode_agent_setup(const RemoteAgentSetup& s) {
   put("heartbeat_ms", std::to_string(static_cast<int64_t>(s.heartbeat_s * 1000)));
   put("coordinator_loss_ms", std::to_string(static_cast<int64_t>(s.coordinator_loss_s * 1000)));
   put("term_grace_ms", std::to_string(static_cast<int64_t>(s.term_grace_s * 1000)));
+  put("round", std::to_string(s.round));
   for (const auto& arg : a.argv) put("argv", arg);
   for (const auto& [k, v] : a.extra_env) put("env", k + "=" + v);
   put("spec_bytes", std::to_string(s.spec_yaml.size()));
@@ -170,6 +171,8 @@ RemoteAgentSetup read_agent_setup(int fd, Millis timeout) {
       s.coordinator_loss_s = to_int(k, v) / 1000.0;
     else if (k == "term_grace_ms")
       s.term_grace_s = to_int(k, v) / 1000.0;
+    else if (k == "round")
+      s.round = to_int(k, v);
     else if (k == "argv")
       a.argv.push_back(v);
     else if (k == "env") {
@@ -278,7 +281,7 @@ int remote_agent_main(int in_fd, int out_fd) {
     pending.clear();
   };
 
-  agent.spawn_all(0);
+  agent.spawn_all(s.round);
   for (int r = s.agent.first_rank; r < s.agent.first_rank + s.agent.local_world_size; ++r)
     if (agent.pid_of(r) > 0) write_all(out_fd, format_started(r, agent.pid_of(r)));
 

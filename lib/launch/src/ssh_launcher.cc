@@ -24,6 +24,7 @@
 #include "ptrain/launch/hosts.h"
 #include "ptrain/launch/json.h"
 #include "ptrain/launch/remote_agent.h"
+#include "ptrain/launch/restart.h"
 #include "ptrain/launch/run_dir.h"
 #include "ptrain/rendezvous/coordinator.h"
 #include "ptrain/rendezvous/token.h"
@@ -86,6 +87,8 @@ class SshLauncher::Impl {
     pid_t pid = -1;
     int exit_code = 1;
     std::string what;
+    int64_t unix_us = 0;
+    double mono_s = 0;
   };
   struct LogEvent {
     rendezvous::LogLineView line;
@@ -111,6 +114,13 @@ class SshLauncher::Impl {
   void fail(Failure f);
   void stop_all(int sig, const std::string& reason);
   void write_rank_line(const rendezvous::LogLineView& l);
+  // Starts one ssh session running `ptrain agent` per host, its workers in rendezvous round
+  // `round`.
+  void start_agents(int round);
+  // fault_tolerance.max_restarts: once every agent of the failed round has ended, begins the next
+  // rendezvous round and starts every host's agent again. False when no restart is due.
+  bool restart_if_due(std::optional<Clock::time_point>& rendezvous_check);
+  std::string root_cause_block(const Failure& f);
   void print_root_cause();
   void write_summary(const JobResult& r);
   int running() const {
@@ -143,6 +153,11 @@ class SshLauncher::Impl {
   std::optional<Failure> failure_;
   int interrupt_sig_ = 0;
   std::optional<Clock::time_point> kill_at_, hangup_at_, force_at_;
+  RestartLog restarts_;
+  bool no_restart_ = false;  // a signal while stopping: the job ends, whatever max_restarts says
+  // What start_agents() needs again for each round.
+  std::vector<HostPlan> plan_;
+  std::string program_, master_addr_, token_, run_id_, agent_yaml_;
 };
 
 SshLauncher::SshLauncher(spec::JobSpec spec, SshLaunchOptions options)
@@ -303,6 +318,8 @@ void SshLauncher::Impl::fail(Failure f) {
   if (failure_ || interrupt_sig_) return;
   dir_->log(fmt::format("rank {} on {} {}: aborting the job", f.rank, f.host, f.what));
   std::string reason = fmt::format("rank {} on {} {}", f.rank, f.host, f.what);
+  f.unix_us = unix_micros();
+  f.mono_s = mono_seconds();
   failure_ = std::move(f);
   stop_all(SIGTERM, reason);
 }
@@ -335,6 +352,12 @@ void SshLauncher::Impl::handle_events() {
         break;
       case LogEvent::Report:
         console_->report(e.text, elapsed());
+        if (auto step = json_number(e.text, "step"))
+          if (auto s = restarts_.on_report(mono_seconds(), static_cast<int64_t>(*step)))
+            dir_->log(
+                fmt::format("round {}: training again at step {}, {:.3f} s after the "
+                            "failure",
+                            restarts_.round(), *step, *s));
         break;
       case LogEvent::Hang:
         fail({e.line.rank, host_of(e.line.rank), -1, kExitTimeout, "hung: " + e.text});
@@ -347,8 +370,7 @@ void SshLauncher::Impl::handle_events() {
   }
 }
 
-void SshLauncher::Impl::print_root_cause() {
-  const Failure& f = *failure_;
+std::string SshLauncher::Impl::root_cause_block(const Failure& f) {
   std::string who = f.pid > 0 ? fmt::format("rank {} on host {} (pid {})", f.rank, f.host, f.pid)
                               : fmt::format("rank {} on host {}", f.rank, f.host);
   std::string block = fmt::format("ptrain: job failed: {} {}\n", who, f.what);
@@ -365,8 +387,60 @@ void SshLauncher::Impl::print_root_cause() {
                          agent_dir(dir_->path(), f.host), f.rank);
   }
   block += fmt::format("ptrain: exit code {}; run folder {}", f.exit_code, dir_->path());
+  return block;
+}
+
+void SshLauncher::Impl::print_root_cause() {
+  std::string block;
+  const auto& earlier = restarts_.failures();
+  if (!earlier.empty()) {
+    block += fmt::format(
+        "ptrain: job failed after {} restart(s) (fault_tolerance.max_restarts={}); {} "
+        "failure(s):\n",
+        restarts_.restarts(), restarts_.max_restarts(), earlier.size() + 1);
+    for (const auto& f : earlier)
+      block += fmt::format("ptrain: --- round {} ---\n{}\n", f.round, f.block);
+    block += fmt::format("ptrain: --- round {} ---\n", restarts_.round());
+  }
+  block += root_cause_block(*failure_);
   console_->message(block, true);
   dir_->log(block);
+}
+
+bool SshLauncher::Impl::restart_if_due(std::optional<Clock::time_point>& rendezvous_check) {
+  if (!failure_ || interrupt_sig_ || no_restart_ || !restarts_.can_restart()) return false;
+  // Every agent of the failed round has ended (its workers with it): start the next round.
+  handle_events();
+  const Failure& f = *failure_;
+  FailureRecord rec;
+  rec.rank = f.rank;
+  rec.exit_code = f.exit_code;
+  rec.reason = f.what;
+  rec.unix_us = f.unix_us;
+  rec.mono_s = f.mono_s;
+  rec.last_step = console_->progress().step;
+  rec.block = root_cause_block(f);
+  restarts_.add_failure(std::move(rec));
+  int round = restarts_.begin_next_round();
+  std::string why = fmt::format("rank {} on {} {}", f.rank, f.host, f.what);
+  dir_->log(
+      fmt::format("restart {}/{}: {}; starting rendezvous round {} ({:.3f} s after the "
+                  "failure)",
+                  round, restarts_.max_restarts(), why, round, mono_seconds() - f.mono_s));
+  console_->message(fmt::format("ptrain: {}; restarting every worker on {} host(s) (restart {}/{})",
+                                why, plan_.size(), round, restarts_.max_restarts()),
+                    true);
+  failure_.reset();
+  kill_at_.reset();
+  hangup_at_.reset();
+  force_at_.reset();
+  exit_codes_.assign(static_cast<size_t>(world_size_), INT_MIN);
+  sessions_.clear();
+  coordinator_->begin_round(round);
+  start_agents(round);
+  if (!spec_.launcher_only())
+    rendezvous_check = Clock::now() + seconds_ms(spec_.rendezvous.timeout_s) + Millis(5000);
+  return true;
 }
 
 void SshLauncher::Impl::write_summary(const JobResult& r) {
@@ -394,7 +468,57 @@ void SshLauncher::Impl::write_summary(const JobResult& r) {
   s.num("wall_time_s", elapsed());
   s.raw("tokens_per_s", p.tokens_per_s ? fmt::format("{}", *p.tokens_per_s) : "null");
   if (!p.last_report.empty()) s.raw("last_report", p.last_report);
+  s.raw("restarts", restarts_.restarts_json());
   dir_->write_file("summary.json", s.dump() + "\n");
+}
+
+void SshLauncher::Impl::start_agents(int round) {
+  for (const auto& p : plan_) {
+    for (int r = p.first_rank; r < p.first_rank + p.procs; ++r) coordinator_->expect(r, p.host);
+    RemoteAgentSetup setup;
+    AgentOptions& a = setup.agent;
+    a.node = p.host;
+    a.node_rank = p.node_rank;
+    a.num_nodes = static_cast<int>(plan_.size());
+    a.first_rank = p.first_rank;
+    a.local_world_size = p.procs;
+    a.world_size = world_size_;
+    a.argv = !spec_.launcher_only()
+                 ? std::vector<std::string>{program_, "--log-level", spec_.logging.level, "worker"}
+                 : spec_.command;
+    a.coordinator = coordinator_->address();
+    a.token = token_;
+    a.run_dir = dir_->path();
+    a.run_id = run_id_;
+    a.master_addr = master_addr_;
+    a.master_port = spec_.rendezvous.port > 0 ? spec_.rendezvous.port + 1 : 29500;
+    a.max_restarts = spec_.fault_tolerance.max_restarts;
+    a.threads_per_proc = spec_.nodes.threads_per_proc;
+    a.cuda = spec_.nodes.device == "cuda";
+    a.extra_env = spec_.env;
+    setup.spec_yaml = agent_yaml_;
+    setup.round = round;
+    setup.heartbeat_s = spec_.fault_tolerance.heartbeat_s;
+    setup.coordinator_loss_s = 3 * spec_.fault_tolerance.heartbeat_s;
+    setup.term_grace_s = spec_.fault_tolerance.term_grace_s;
+
+    auto s = std::make_unique<Session>();
+    s->plan = p;
+    ProcessOptions po;
+    po.argv = ssh_argv(opt_.ssh, p.host,
+                       remote_program_word(program_) + " --log-level " +
+                           shell_quote(spec_.logging.level) + " agent");
+    for (char** e = ::environ; e && *e; ++e) po.env.emplace_back(*e);
+    po.pipe_input = true;
+    s->ssh = ChildProcess::spawn(po);
+    int in = s->ssh.stdin_fd();
+    ::fcntl(in, F_SETFL, ::fcntl(in, F_GETFL) | O_NONBLOCK);
+    dir_->log(fmt::format("agent on {} (node {}, ranks {}..{}, round {}): ssh pid {}", p.host,
+                          p.node_rank, p.first_rank, p.first_rank + p.procs - 1, round,
+                          s->ssh.pid()));
+    send(*s, encode_agent_setup(setup));
+    sessions_.push_back(std::move(s));
+  }
 }
 
 JobResult SshLauncher::Impl::run() {
@@ -403,6 +527,7 @@ JobResult SshLauncher::Impl::run() {
   world_size_ = spec_.world_size();
   auto plan = plan_hosts(opt_.hosts, spec_.nodes.procs_per_node, world_size_);
   exit_codes_.assign(static_cast<size_t>(world_size_), INT_MIN);
+  restarts_ = RestartLog(spec_.fault_tolerance.max_restarts);
   std::string self = opt_.local_binary.empty() ? self_executable() : opt_.local_binary;
 
   // Preflight and shipping happen before anything else: a bad host stops the job here.
@@ -516,54 +641,26 @@ JobResult SshLauncher::Impl::run() {
 
   console_->message(fmt::format("ptrain: {} worker(s) on {} host(s), run folder {}", world_size_,
                                 plan.size(), dir_->path()));
-  for (const auto& p : plan) {
-    for (int r = p.first_rank; r < p.first_rank + p.procs; ++r) coordinator_->expect(r, p.host);
-    RemoteAgentSetup setup;
-    AgentOptions& a = setup.agent;
-    a.node = p.host;
-    a.node_rank = p.node_rank;
-    a.num_nodes = static_cast<int>(plan.size());
-    a.first_rank = p.first_rank;
-    a.local_world_size = p.procs;
-    a.world_size = world_size_;
-    a.argv = builtin
-                 ? std::vector<std::string>{program, "--log-level", spec_.logging.level, "worker"}
-                 : spec_.command;
-    a.coordinator = coordinator_->address();
-    a.token = co.token;
-    a.run_dir = dir_->path();
-    a.run_id = run_id;
-    a.master_addr = first_target;
-    a.master_port = spec_.rendezvous.port > 0 ? spec_.rendezvous.port + 1 : 29500;
-    a.max_restarts = spec_.fault_tolerance.max_restarts;
-    a.threads_per_proc = spec_.nodes.threads_per_proc;
-    a.cuda = spec_.nodes.device == "cuda";
-    a.extra_env = spec_.env;
-    setup.spec_yaml = spec_yaml;
-    setup.heartbeat_s = spec_.fault_tolerance.heartbeat_s;
-    setup.coordinator_loss_s = 3 * spec_.fault_tolerance.heartbeat_s;
-    setup.term_grace_s = spec_.fault_tolerance.term_grace_s;
-
-    auto s = std::make_unique<Session>();
-    s->plan = p;
-    ProcessOptions po;
-    po.argv = ssh_argv(opt_.ssh, p.host,
-                       remote_program_word(program) + " --log-level " +
-                           shell_quote(spec_.logging.level) + " agent");
-    for (char** e = ::environ; e && *e; ++e) po.env.emplace_back(*e);
-    po.pipe_input = true;
-    s->ssh = ChildProcess::spawn(po);
-    int in = s->ssh.stdin_fd();
-    ::fcntl(in, F_SETFL, ::fcntl(in, F_GETFL) | O_NONBLOCK);
-    dir_->log(fmt::format("agent on {} (node {}, ranks {}..{}): ssh pid {}", p.host, p.node_rank,
-                          p.first_rank, p.first_rank + p.procs - 1, s->ssh.pid()));
-    send(*s, encode_agent_setup(setup));
-    sessions_.push_back(std::move(s));
+  plan_ = plan;
+  program_ = program;
+  master_addr_ = first_target;
+  token_ = co.token;
+  run_id_ = run_id;
+  agent_yaml_ = spec_yaml;
+  if (builtin && spec_.fault_tolerance.max_restarts > 0 && spec_.checkpoint.dir.empty()) {
+    // A restarted round resumes from rank 0's checkpoints, but each agent gives its workers its
+    // own host folder as RUN_DIR: every rank is pointed at <run>/hosts/<rank 0's host>/checkpoints.
+    // Every rank reads the checkpoint itself, so across machines that folder must be on a shared
+    // filesystem (true for loopback hosts); otherwise set checkpoint.dir to a shared path.
+    spec::JobSpec agent_spec = spec_;
+    agent_spec.checkpoint.dir = agent_dir(dir_->path(), plan.front().host) + "/checkpoints";
+    agent_yaml_ = spec::to_yaml(agent_spec);
   }
+  start_agents(0);
 
   std::optional<Clock::time_point> rendezvous_check;
   if (builtin) rendezvous_check = Clock::now() + co.join_timeout + Millis(5000);
-  while (running() > 0) {
+  while (running() > 0 || restart_if_due(rendezvous_check)) {
     std::vector<pollfd> fds{{sfd, POLLIN, 0}, {event_fd_, POLLIN, 0}};
     for (auto& s : sessions_) {
       if (s->ssh.stdout_fd() >= 0) fds.push_back({s->ssh.stdout_fd(), POLLIN, 0});
@@ -585,6 +682,7 @@ JobResult SshLauncher::Impl::run() {
         if (sig == SIGCHLD) continue;
         if (interrupt_sig_ || failure_) {
           dir_->log(fmt::format("{} again: killing every worker", signal_name(sig)));
+          no_restart_ = true;
           for (auto& s : sessions_)
             if (!s->ended) send(*s, agent_signal_command(SIGKILL));
           continue;

@@ -22,6 +22,7 @@ struct RemoteAgentSetup {
   double heartbeat_s = 5;          // how often the agent checks that the coordinator is alive
   double coordinator_loss_s = 15;  // no answer for this long: the agent stops its workers
   double term_grace_s = 5;         // SIGTERM, then SIGKILL after this long
+  int round = 0;                   // the rendezvous round (restart count) the workers start in
 };
 
 // The stdin stream the launcher sends: "key value" lines (values escaped), "end", then the spec.
