@@ -10,11 +10,16 @@
 
 #include "cpu_math.h"
 #include "cpu_ops_internal.h"
+#include "cpu_parallel.h"
 #include "ptrain/core/error.h"
 #include "ptrain/tensor/ops.h"
 
 namespace ptrain::tensor::cpu {
 namespace {
+
+// Smallest share of work worth handing to another thread (elements, or rows of about C floats).
+constexpr int64_t kGrainElems = 32768;
+constexpr int64_t kGrainRows = 64;
 
 // --- memory ---
 void* alloc(size_t bytes) {
@@ -53,11 +58,19 @@ void gemm_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, float
 }
 
 // --- elementwise ---
-PTRAIN_HOT void add(float* out, const float* a, const float* b, size_t n) {
+PTRAIN_HOT void add_range(float* out, const float* a, const float* b, size_t n) {
   for (size_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
 }
-PTRAIN_HOT void accumulate(float* dst, const float* src, size_t n) {
+void add(float* out, const float* a, const float* b, size_t n) {
+  parallel_for(n, kGrainElems,
+               [&](int64_t i0, int64_t i1) { add_range(out + i0, a + i0, b + i0, i1 - i0); });
+}
+PTRAIN_HOT void accumulate_range(float* dst, const float* src, size_t n) {
   for (size_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+void accumulate(float* dst, const float* src, size_t n) {
+  parallel_for(n, kGrainElems,
+               [&](int64_t i0, int64_t i1) { accumulate_range(dst + i0, src + i0, i1 - i0); });
 }
 PTRAIN_HOT void scale(float* x, float alpha, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] *= alpha;
@@ -72,30 +85,47 @@ double sum_squares(const float* x, size_t n) {
   for (; i < n; ++i) s[0] += static_cast<double>(x[i]) * x[i];
   return (s[0] + s[1]) + (s[2] + s[3]);
 }
-PTRAIN_HOT void bias_add(float* out, const float* bias, int N, int OC) {
+PTRAIN_HOT void bias_add_rows(float* out, const float* bias, int N, int OC) {
   for (int n = 0; n < N; ++n) {
     float* row = out + static_cast<size_t>(n) * OC;
     for (int o = 0; o < OC; ++o) row[o] += bias[o];
   }
 }
-PTRAIN_HOT void bias_backward(float* dbias, const float* dout, int N, int OC) {
+void bias_add(float* out, const float* bias, int N, int OC) {
+  parallel_for(N, kGrainRows, [&](int64_t n0, int64_t n1) {
+    bias_add_rows(out + n0 * OC, bias, static_cast<int>(n1 - n0), OC);
+  });
+}
+// dbias[o0:o1] over all rows; ld is the row stride of dout.
+PTRAIN_HOT void bias_backward_cols(float* dbias, const float* dout, int N, int cols, int ld) {
   for (int n = 0; n < N; ++n) {
-    const float* row = dout + static_cast<size_t>(n) * OC;
-    for (int o = 0; o < OC; ++o) dbias[o] += row[o];
+    const float* row = dout + static_cast<size_t>(n) * ld;
+    for (int o = 0; o < cols; ++o) dbias[o] += row[o];
   }
+}
+// Split over output columns, so each dbias[o] sums rows in the same order at any thread count.
+void bias_backward(float* dbias, const float* dout, int N, int OC) {
+  const int64_t col_grain = std::max<int64_t>(16, kGrainElems / std::max(N, 1));
+  parallel_for(OC, col_grain, [&](int64_t o0, int64_t o1) {
+    bias_backward_cols(dbias + o0, dout + o0, N, static_cast<int>(o1 - o0), OC);
+  });
 }
 
 constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float kGeluCubic = 0.044715f;
 
-PTRAIN_HOT void gelu_forward(float* out, const float* inp, size_t n) {
+PTRAIN_HOT void gelu_forward_range(float* out, const float* inp, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     float x = inp[i];
     float u = kGeluScale * (x + kGeluCubic * x * x * x);
     out[i] = 0.5f * x * (1.0f + fast_tanh(u));
   }
 }
-PTRAIN_HOT void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
+void gelu_forward(float* out, const float* inp, size_t n) {
+  parallel_for(n, kGrainElems,
+               [&](int64_t i0, int64_t i1) { gelu_forward_range(out + i0, inp + i0, i1 - i0); });
+}
+PTRAIN_HOT void gelu_backward_range(float* dinp, const float* inp, const float* dout, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     float x = inp[i];
     float u = kGeluScale * (x + kGeluCubic * x * x * x);
@@ -104,6 +134,11 @@ PTRAIN_HOT void gelu_backward(float* dinp, const float* inp, const float* dout, 
     float grad = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
     dinp[i] += grad * dout[i];
   }
+}
+void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
+  parallel_for(n, kGrainElems, [&](int64_t i0, int64_t i1) {
+    gelu_backward_range(dinp + i0, inp + i0, dout + i0, i1 - i0);
+  });
 }
 PTRAIN_HOT void relu_forward(float* out, const float* inp, size_t n) {
   for (size_t i = 0; i < n; ++i) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
@@ -115,8 +150,8 @@ PTRAIN_HOT void relu_backward(float* dinp, const float* inp, const float* dout, 
 // --- LayerNorm ---
 constexpr float kLayerNormEps = 1e-5f;
 
-PTRAIN_HOT void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                                  const float* weight, const float* bias, int N, int C) {
+PTRAIN_HOT void layernorm_forward_rows(float* out, float* mean, float* rstd, const float* inp,
+                                       const float* weight, const float* bias, int N, int C) {
   for (int n = 0; n < N; ++n) {
     const float* x = inp + static_cast<size_t>(n) * C;
     float* y = out + static_cast<size_t>(n) * C;
@@ -133,9 +168,18 @@ PTRAIN_HOT void layernorm_forward(float* out, float* mean, float* rstd, const fl
   }
 }
 
-PTRAIN_HOT void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                                   const float* inp, const float* weight, const float* mean,
-                                   const float* rstd, int N, int C) {
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                       const float* bias, int N, int C) {
+  parallel_for(N, kGrainRows, [&](int64_t n0, int64_t n1) {
+    layernorm_forward_rows(out + n0 * C, mean + n0, rstd + n0, inp + n0 * C, weight, bias,
+                           static_cast<int>(n1 - n0), C);
+  });
+}
+
+// One thread: dx, dweight and dbias in a single pass over the rows.
+PTRAIN_HOT void layernorm_backward_fused(float* dinp, float* dweight, float* dbias,
+                                         const float* dout, const float* inp, const float* weight,
+                                         const float* mean, const float* rstd, int N, int C) {
   for (int n = 0; n < N; ++n) {
     const float* dy = dout + static_cast<size_t>(n) * C;
     const float* x = inp + static_cast<size_t>(n) * C;
@@ -161,11 +205,74 @@ PTRAIN_HOT void layernorm_backward(float* dinp, float* dweight, float* dbias, co
   }
 }
 
+// dx for rows [0, N); same arithmetic per row as the fused pass.
+PTRAIN_HOT void layernorm_backward_dx(float* dinp, const float* dout, const float* inp,
+                                      const float* weight, const float* mean, const float* rstd,
+                                      int N, int C) {
+  for (int n = 0; n < N; ++n) {
+    const float* dy = dout + static_cast<size_t>(n) * C;
+    const float* x = inp + static_cast<size_t>(n) * C;
+    float* dx = dinp + static_cast<size_t>(n) * C;
+    float m = mean[n], s = rstd[n];
+    float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
+    for (int c = 0; c < C; ++c) {
+      float norm = (x[c] - m) * s;
+      float dnorm = weight[c] * dy[c];
+      dnorm_mean += dnorm;
+      dnorm_norm_mean += dnorm * norm;
+    }
+    dnorm_mean /= C;
+    dnorm_norm_mean /= C;
+    for (int c = 0; c < C; ++c) {
+      float norm = (x[c] - m) * s;
+      float dnorm = weight[c] * dy[c];
+      dx[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+    }
+  }
+}
+
+// dweight[c0:c0+cols], dbias[c0:c0+cols] over all N rows in row order (pointers pre-offset by
+// c0; ld is the row stride).
+PTRAIN_HOT void layernorm_backward_params(float* dweight, float* dbias, const float* dout,
+                                          const float* inp, const float* mean, const float* rstd,
+                                          int N, int cols, int ld) {
+  for (int n = 0; n < N; ++n) {
+    const float* dy = dout + static_cast<size_t>(n) * ld;
+    const float* x = inp + static_cast<size_t>(n) * ld;
+    float m = mean[n], s = rstd[n];
+    for (int c = 0; c < cols; ++c) {
+      float norm = (x[c] - m) * s;
+      dbias[c] += dy[c];
+      dweight[c] += norm * dy[c];
+    }
+  }
+}
+
+// With several threads, dx splits over rows and the parameter gradients over columns, so every
+// sum runs over rows in the same order as the fused single-thread pass: bit-identical results.
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                        const float* inp, const float* weight, const float* mean, const float* rstd,
+                        int N, int C) {
+  if (parallel_threads(N, kGrainRows) <= 1) {
+    layernorm_backward_fused(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+    return;
+  }
+  parallel_for(N, kGrainRows, [&](int64_t n0, int64_t n1) {
+    layernorm_backward_dx(dinp + n0 * C, dout + n0 * C, inp + n0 * C, weight, mean + n0, rstd + n0,
+                          static_cast<int>(n1 - n0), C);
+  });
+  parallel_for(C, 16, [&](int64_t c0, int64_t c1) {
+    layernorm_backward_params(dweight + c0, dbias + c0, dout + c0, inp + c0, mean, rstd, N,
+                              static_cast<int>(c1 - c0), C);
+  });
+}
+
 // --- embeddings ---
 void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
                        int T, int C) {
-  for (int b = 0; b < B; ++b) {
-    for (int t = 0; t < T; ++t) {
+  parallel_for(static_cast<int64_t>(B) * T, kGrainRows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int b = static_cast<int>(r / T), t = static_cast<int>(r % T);
       float* y = out + (static_cast<size_t>(b) * T + t) * C;
       const float* e = wte + static_cast<size_t>(tokens[b * T + t]) * C;
       if (wpe) {
@@ -175,27 +282,31 @@ void embedding_forward(float* out, const int32_t* tokens, const float* wte, cons
         std::memcpy(y, e, sizeof(float) * C);
       }
     }
-  }
+  });
 }
 
+// Split over channels: tokens repeat, so rows would race, while each channel's sums keep the
+// single-thread order.
 void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,
                         int T, int C) {
-  for (int b = 0; b < B; ++b) {
-    for (int t = 0; t < T; ++t) {
-      const float* dy = dout + (static_cast<size_t>(b) * T + t) * C;
-      float* de = dwte + static_cast<size_t>(tokens[b * T + t]) * C;
-      for (int c = 0; c < C; ++c) de[c] += dy[c];
-      if (dwpe) {
-        float* dp = dwpe + static_cast<size_t>(t) * C;
-        for (int c = 0; c < C; ++c) dp[c] += dy[c];
+  parallel_for(C, 16, [&](int64_t c0, int64_t c1) {
+    for (int b = 0; b < B; ++b) {
+      for (int t = 0; t < T; ++t) {
+        const float* dy = dout + (static_cast<size_t>(b) * T + t) * C;
+        float* de = dwte + static_cast<size_t>(tokens[b * T + t]) * C;
+        for (int64_t c = c0; c < c1; ++c) de[c] += dy[c];
+        if (dwpe) {
+          float* dp = dwpe + static_cast<size_t>(t) * C;
+          for (int64_t c = c0; c < c1; ++c) dp[c] += dy[c];
+        }
       }
     }
-  }
+  });
 }
 
 // --- softmax cross-entropy ---
-PTRAIN_HOT void crossentropy_forward(float* losses, float* lse, const float* logits,
-                                     const int32_t* targets, int N, int V) {
+PTRAIN_HOT void crossentropy_forward_rows(float* losses, float* lse, const float* logits,
+                                          const int32_t* targets, int N, int V) {
   for (int n = 0; n < N; ++n) {
     const float* z = logits + static_cast<size_t>(n) * V;
     float mx = z[0];
@@ -210,8 +321,15 @@ PTRAIN_HOT void crossentropy_forward(float* losses, float* lse, const float* log
   }
 }
 
-PTRAIN_HOT void crossentropy_backward(float* dlogits, const float* logits, const float* lse,
-                                      const int32_t* targets, float dloss, int N, int V) {
+void crossentropy_forward(float* losses, float* lse, const float* logits, const int32_t* targets,
+                          int N, int V) {
+  parallel_for(N, kGrainRows / 2, [&](int64_t n0, int64_t n1) {
+    crossentropy_forward_rows(losses + n0, lse + n0, logits + n0 * V, targets + n0,
+                              static_cast<int>(n1 - n0), V);
+  });
+}
+PTRAIN_HOT void crossentropy_backward_rows(float* dlogits, const float* logits, const float* lse,
+                                           const int32_t* targets, float dloss, int N, int V) {
   for (int n = 0; n < N; ++n) {
     const float* z = logits + static_cast<size_t>(n) * V;
     float* dz = dlogits + static_cast<size_t>(n) * V;
@@ -225,11 +343,18 @@ PTRAIN_HOT void crossentropy_backward(float* dlogits, const float* logits, const
     dz[target] -= dloss;
   }
 }
+void crossentropy_backward(float* dlogits, const float* logits, const float* lse,
+                           const int32_t* targets, float dloss, int N, int V) {
+  parallel_for(N, kGrainRows / 2, [&](int64_t n0, int64_t n1) {
+    crossentropy_backward_rows(dlogits + n0 * V, logits + n0 * V, lse + n0, targets + n0, dloss,
+                               static_cast<int>(n1 - n0), V);
+  });
+}
 
 // --- optimizers ---
-PTRAIN_HOT void adamw_update(float* params, const float* grads, float* m, float* v, size_t n,
-                             float lr, float beta1, float beta2, float eps, float weight_decay,
-                             int64_t step) {
+PTRAIN_HOT void adamw_range(float* params, const float* grads, float* m, float* v, size_t n,
+                            float lr, float beta1, float beta2, float eps, float weight_decay,
+                            int64_t step) {
   const float bc1 = 1.0f - static_cast<float>(std::pow(static_cast<double>(beta1), step));
   const float bc2 = 1.0f - static_cast<float>(std::pow(static_cast<double>(beta2), step));
   const float step_size = lr / bc1;
@@ -244,6 +369,13 @@ PTRAIN_HOT void adamw_update(float* params, const float* grads, float* m, float*
     v[i] = vi;
     params[i] = p - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
   }
+}
+void adamw_update(float* params, const float* grads, float* m, float* v, size_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int64_t step) {
+  parallel_for(n, kGrainElems, [&](int64_t i0, int64_t i1) {
+    adamw_range(params + i0, grads + i0, m + i0, v + i0, i1 - i0, lr, beta1, beta2, eps,
+                weight_decay, step);
+  });
 }
 
 void sgd_update(float* params, const float* grads, float* momentum_buf, size_t n, float lr,
