@@ -20,20 +20,15 @@ struct LogsArgs {
   double timeout_s = 0;
 };
 
-Action setup_logs(CLI::App &sub) {
+Action setup_logs(CLI::App& sub) {
   auto args = std::make_shared<LogsArgs>();
-  sub.add_option("run_dir", args->run_dir,
-                 "Run folder (default: the newest under --dir)");
+  sub.add_option("run_dir", args->run_dir, "Run folder (default: the newest under --dir)");
   sub.add_option("--dir", args->root, "Folder holding the runs (logging.dir)")
       ->capture_default_str();
-  sub.add_option("--rank", args->ranks, "Only these ranks: --rank 0,3")
-      ->delimiter(',');
-  sub.add_option("--grep", args->grep,
-                 "Only lines matching this regular expression");
-  sub.add_flag("-f,--follow", args->follow,
-               "Keep printing new lines until the run ends");
-  sub.add_option("--timeout", args->timeout_s,
-                 "Stop following after this many seconds (0 = 24 h)");
+  sub.add_option("--rank", args->ranks, "Only these ranks: --rank 0,3")->delimiter(',');
+  sub.add_option("--grep", args->grep, "Only lines matching this regular expression");
+  sub.add_flag("-f,--follow", args->follow, "Keep printing new lines until the run ends");
+  sub.add_option("--timeout", args->timeout_s, "Stop following after this many seconds (0 = 24 h)");
   return [args] {
     std::string dir = args->run_dir;
     if (dir.empty()) {
@@ -48,16 +43,14 @@ Action setup_logs(CLI::App &sub) {
     options.grep = args->grep;
     options.follow = args->follow;
     if (args->timeout_s > 0)
-      options.follow_timeout =
-          Millis(static_cast<int64_t>(args->timeout_s * 1000));
+      options.follow_timeout = Millis(static_cast<int64_t>(args->timeout_s * 1000));
     launch::print_logs(dir, options, stdout);
     return 0;
   };
 }
 
-} // namespace
+}  // namespace
 
-PTRAIN_COMMAND({"logs", "Print the merged logs of a run", false, 40,
-                setup_logs})
+PTRAIN_COMMAND({"logs", "Print the merged logs of a run", false, 40, setup_logs})
 
-} // namespace ptrain::cli
+}  // namespace ptrain::cli

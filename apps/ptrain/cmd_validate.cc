@@ -34,9 +34,9 @@ Action setup_validate(CLI::App& sub) {
     else
       fmt::print("{}", spec::format_plan(spec::make_plan(job)));
     if (opts->schedule && !opts->json)
-      fmt::print("{}", parallel::format_schedule(
-                           parallel::parse_schedule_kind(job.parallel.schedule),
-                           job.parallel.pipeline, job.parallel.microbatches));
+      fmt::print("{}",
+                 parallel::format_schedule(parallel::parse_schedule_kind(job.parallel.schedule),
+                                           job.parallel.pipeline, job.parallel.microbatches));
     std::fflush(stdout);
     return 0;
   };

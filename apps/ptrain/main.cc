@@ -68,7 +68,8 @@ static int run_main(int argc, char** argv) {
   Action chosen;
   add_commands(app, command_registry(), chosen);
   if (!bench_registry().empty()) {
-    CLI::App* bench = app.add_subcommand("bench", "Measurement harnesses (ratios against a baseline)");
+    CLI::App* bench =
+        app.add_subcommand("bench", "Measurement harnesses (ratios against a baseline)");
     bench->require_subcommand(1);
     add_commands(*bench, bench_registry(), chosen);
   }

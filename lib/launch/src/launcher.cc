@@ -257,9 +257,10 @@ void Launcher::Impl::handle_events() {
         console_->report(e.text, elapsed());
         if (auto step = json_number(e.text, "step"))
           if (auto s = restarts_.on_report(mono_seconds(), static_cast<int64_t>(*step)))
-            dir_->log(fmt::format("round {}: training again at step {}, {:.3f} s after the "
-                                  "failure",
-                                  restarts_.round(), *step, *s));
+            dir_->log(
+                fmt::format("round {}: training again at step {}, {:.3f} s after the "
+                            "failure",
+                            restarts_.round(), *step, *s));
         break;
       case Event::Hang:
         fail({e.rank, agent_->pid_of(e.rank), kExitTimeout, "hung: " + e.text});
@@ -431,8 +432,7 @@ JobResult Launcher::Impl::run() {
   co.token = rendezvous::make_token();
   co.world_size = world_size_;
   // data_mode: async: the parameter servers join as ranks world_size .. world_size + servers - 1.
-  const int servers =
-      builtin && spec_.parallel.data_mode == "async" ? spec_.parallel.servers : 0;
+  const int servers = builtin && spec_.parallel.data_mode == "async" ? spec_.parallel.servers : 0;
   co.extra_roles = servers;
   if (builtin) {
     co.mesh = {spec_.parallel.data, spec_.parallel.tensor, spec_.parallel.pipeline};

@@ -38,8 +38,8 @@ std::string lookup_env(const std::vector<std::string>& env, const std::string& k
 
 // Only async-signal-safe calls from here until exec: the parent may have other threads.
 [[noreturn]] void child_main(const ProcessOptions& o, pid_t parent, const char* path,
-                             char* const* argv, char* const* envp, int in_r, int out_w,
-                             int err_w, int report_w) {
+                             char* const* argv, char* const* envp, int in_r, int out_w, int err_w,
+                             int report_w) {
   auto fail = [&](int stage) {
     ChildFailure f{stage, errno};
     ssize_t n = ::write(report_w, &f, sizeof f);
@@ -159,8 +159,7 @@ ChildProcess ChildProcess::spawn(const ProcessOptions& o) {
     throw IoError(fmt::format("cannot start '{}': fork failed: {}", o.argv[0], std::strerror(e)));
   }
   if (pid == 0)
-    child_main(o, parent, path.c_str(), argv.data(), envp.data(), in[0], out[1], err[1],
-               report[1]);
+    child_main(o, parent, path.c_str(), argv.data(), envp.data(), in[0], out[1], err[1], report[1]);
 
   // Also set the group from this side so that signal_group() works before the child ran.
   if (o.new_process_group) ::setpgid(pid, pid);

@@ -9,10 +9,10 @@
 #include <cmath>
 #include <string>
 
+#include "gemm_bf16.h"
 #include "ptrain/core/error.h"
 #include "ptrain/nn/init.h"
 #include "ptrain/nn/layers.h"
-#include "gemm_bf16.h"
 
 namespace ptrain::nn {
 namespace {
@@ -69,8 +69,8 @@ class GptActivations : public Activations {
  public:
   GptActivations(const GptConfig& cfg, int layers, int B, int T) : B_(B), T_(T) {
     const LocalDims ld(cfg);
-    const size_t N = static_cast<size_t>(B) * T, D = cfg.dim, Dl = ld.Dl, NHl = ld.NHl,
-                 Fl = ld.Fl, V = ld.Vl;
+    const size_t N = static_cast<size_t>(B) * T, D = cfg.dim, Dl = ld.Dl, NHl = ld.NHl, Fl = ld.Fl,
+                 V = ld.Vl;
     size_t per_layer = N * (4 * D + 4 * Dl + 2 * Fl) + N * 4 + N * NHl;
     size_t total = N * D * (layers + 1) + per_layer * layers + N * D /*tmp*/;
     if (cfg.has_head) total += N * D + 2 * N + N * V + 2 * N + 3 * N;
@@ -134,9 +134,9 @@ class GptActivations : public Activations {
   std::vector<LayerActs> layer;
   float* tmp = nullptr;  // [N,D] projection output before the residual add
   float *lnf = nullptr, *lnf_mean = nullptr, *lnf_rstd = nullptr;
-  float* logits = nullptr;  // [N,Vl]
-  float* ce_lse = nullptr;  // [N] log-sum-exp over the whole vocabulary
-  float* losses = nullptr;  // [N]
+  float* logits = nullptr;   // [N,Vl]
+  float* ce_lse = nullptr;   // [N] log-sum-exp over the whole vocabulary
+  float* losses = nullptr;   // [N]
   float* ce_tmp = nullptr;   // [2N] tensor-group reductions of the vocab-parallel softmax
   float* ce_corr = nullptr;  // [N] 1 where the target lives on another rank (see backward)
   float* dinput = nullptr;   // [N,D]
@@ -155,7 +155,6 @@ class GptActivations : public Activations {
   int B_, T_;
   tensor::Tensor buf_, ids_;
 };
-
 
 struct Gpt::Scratch {
   int N = 0;
@@ -333,8 +332,8 @@ void Gpt::tp_allreduce(float* data, size_t count) {
 }
 
 // out [N,OC] = inp [N,IC_local] . weight [IC_local,OC] summed over the tensor group, + bias.
-void Gpt::row_parallel_forward(float* out, const float* inp, const float* weight,
-                               const float* bias, int N, int IC, int OC) {
+void Gpt::row_parallel_forward(float* out, const float* inp, const float* weight, const float* bias,
+                               int N, int IC, int OC) {
   const tensor::Ops& o = ops();
   if (cfg_.tp_size == 1) {
     fc_forward(out, inp, weight, bias, N, IC, OC);
@@ -530,23 +529,21 @@ void Gpt::backward(Activations& acts_base, float dloss_scale, const float* doutp
     const int pi = first_layer_param_ + kParamsPerLayer * l;
     const float* res_in = a.resid + ND * l;
     // MLP: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); dres holds d res3 = d res2 (residual).
-    fc_backward(s.dbig1, g(pi + kFcProjW), g(pi + kFcProjB), s.dres, L.fch_gelu,
-                    p(pi + kFcProjW), N, Fl, D);
+    fc_backward(s.dbig1, g(pi + kFcProjW), g(pi + kFcProjB), s.dres, L.fch_gelu, p(pi + kFcProjW),
+                N, Fl, D);
     o.fill(s.dbig2, 0.0f, NF);
     o.gelu_backward(s.dbig2, L.fch, s.dbig1, NF);
-    fc_backward(s.dsmall, g(pi + kFcW), g(pi + kFcB), s.dbig2, L.ln2, p(pi + kFcW), N, D,
-                    Fl);
+    fc_backward(s.dsmall, g(pi + kFcW), g(pi + kFcB), s.dbig2, L.ln2, p(pi + kFcW), N, D, Fl);
     tp_allreduce(s.dsmall, ND);  // c_fc is column-parallel
     o.layernorm_backward(s.dres, g(pi + kLn2W), g(pi + kLn2B), s.dsmall, L.res2, p(pi + kLn2W),
                          L.ln2_mean, L.ln2_rstd, N, D);
     // Attention: res2 = res_in + c_proj(attn(c_attn(ln_1(res_in)))).
-    fc_backward(s.dsmall, g(pi + kAttProjW), g(pi + kAttProjB), s.dres, L.atty,
-                    p(pi + kAttProjW), N, Dl, D);
+    fc_backward(s.dsmall, g(pi + kAttProjW), g(pi + kAttProjB), s.dres, L.atty, p(pi + kAttProjW),
+                N, Dl, D);
     float* dqkv = s.dbig2;
     o.fill(dqkv, 0.0f, static_cast<size_t>(N) * 3 * Dl);
     o.attention_backward(dqkv, s.dsmall, L.qkv, L.atty, L.att_lse, B, T, Dl, NHl);
-    fc_backward(s.dbig1, g(pi + kQkvW), g(pi + kQkvB), dqkv, L.ln1, p(pi + kQkvW), N, D,
-                    3 * Dl);
+    fc_backward(s.dbig1, g(pi + kQkvW), g(pi + kQkvB), dqkv, L.ln1, p(pi + kQkvW), N, D, 3 * Dl);
     tp_allreduce(s.dbig1, ND);  // c_attn is column-parallel
     o.layernorm_backward(s.dres, g(pi + kLn1W), g(pi + kLn1B), s.dbig1, res_in, p(pi + kLn1W),
                          L.ln1_mean, L.ln1_rstd, N, D);

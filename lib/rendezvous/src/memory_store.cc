@@ -61,7 +61,8 @@ int64_t MemoryStore::add(const std::string& key, int64_t delta) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = data_.find(key);
     if (it != data_.end()) {
-      auto [p, ec] = std::from_chars(it->second.data(), it->second.data() + it->second.size(), value);
+      auto [p, ec] =
+          std::from_chars(it->second.data(), it->second.data() + it->second.size(), value);
       if (ec != std::errc())
         throw ConfigError(fmt::format("store: add on '{}' whose value is not an integer", key));
     }

@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <cstring>
 
-// Hot loops are compiled twice (x86-64-v3, i.e. AVX2+FMA, and baseline x86-64) and picked at load time, so the
-// binary still runs on any x86-64 host it is shipped to.
+// Hot loops are compiled twice (x86-64-v3, i.e. AVX2+FMA, and baseline x86-64) and picked at load
+// time, so the binary still runs on any x86-64 host it is shipped to.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PTRAIN_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else

@@ -1,7 +1,5 @@
 #include "ptrain/train/setup.h"
 
-#include "ptrain/spec/plan.h"
-
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -11,6 +9,7 @@
 #include "ptrain/data/safetensors.h"
 #include "ptrain/nn/gpt.h"
 #include "ptrain/nn/mlp.h"
+#include "ptrain/spec/plan.h"
 #include "ptrain/tensor/cuda_plugin.h"
 
 namespace ptrain::train {
@@ -19,9 +18,9 @@ tensor::Device resolve_device(const std::string& device) {
   if (device == "cpu") return tensor::Device::kCpu;
   if (device == "cuda") {
     if (!tensor::cuda_ops())
-      throw ConfigError("nodes.device is cuda but CUDA is not usable here: " +
-                            tensor::cuda_unavailable_reason(),
-                        "check nvidia-smi and CUDA_VISIBLE_DEVICES, or set nodes.device: cpu");
+      throw ConfigError(
+          "nodes.device is cuda but CUDA is not usable here: " + tensor::cuda_unavailable_reason(),
+          "check nvidia-smi and CUDA_VISIBLE_DEVICES, or set nodes.device: cpu");
     return tensor::Device::kCuda;
   }
   return tensor::cuda_ops() ? tensor::Device::kCuda : tensor::Device::kCpu;

@@ -10,13 +10,13 @@
 #include <cmath>
 #include <cstdio>
 
+#include "fault_injection.h"
 #include "ptrain/core/error.h"
 #include "ptrain/core/time.h"
 #include "ptrain/optim/clip.h"
 #include "ptrain/parallel/data_parallel.h"
 #include "ptrain/parallel/pipeline.h"
 #include "ptrain/parallel/tensor_parallel.h"
-#include "fault_injection.h"
 #include "ptrain/train/async.h"
 #include "ptrain/train/checkpointing.h"
 #include "ptrain/train/metrics.h"
@@ -82,7 +82,7 @@ class Trainer {
   std::unique_ptr<parallel::PipelineExecutor> pipeline_;
   std::unique_ptr<parallel::TensorParallelComm> tp_comm_;  // tp > 1
   parallel::TensorParallelComm::Counters tp_step_;         // of the last training step
-  parallel::PipelineStats pipe_stats_;              // of the last training step
+  parallel::PipelineStats pipe_stats_;                     // of the last training step
   std::unique_ptr<parallel::TraceRecorder> trace_;  // `ptrain run --trace` (PTRAIN_TRACE in env)
   tensor::Tensor stage_scalar_;                     // [1] on the device, for sum_over_stages
 
@@ -234,11 +234,10 @@ double Trainer::pipeline_forward_backward(int64_t step) {
 
 double Trainer::local_sum_squares(optim::Shard shard) const {
   // Under tensor parallelism replicated parameters count on tensor rank 0 only.
-  double s = shape_.tp > 1 ? parallel::tensor_parallel_sum_squares(*ops_, *model_,
-                                                                   model_->grad_data(),
-                                                                   shard.begin, shard.end,
-                                                                   coords_.tp)
-                           : optim::grad_sum_squares(*ops_, model_->grad_data(), shard);
+  double s = shape_.tp > 1
+                 ? parallel::tensor_parallel_sum_squares(*ops_, *model_, model_->grad_data(),
+                                                         shard.begin, shard.end, coords_.tp)
+                 : optim::grad_sum_squares(*ops_, model_->grad_data(), shard);
   auto tied = parallel::tied_copy_range(*model_, coords_.pp, shape_.pp);
   size_t lo = std::max(tied.begin, shard.begin), hi = std::min(tied.end, shard.end);
   if (lo < hi) s -= optim::grad_sum_squares(*ops_, model_->grad_data(), optim::Shard{lo, hi});

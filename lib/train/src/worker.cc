@@ -1,7 +1,6 @@
 #include "ptrain/train/worker.h"
 
 #include <fmt/format.h>
-
 #include <unistd.h>
 
 #include <algorithm>

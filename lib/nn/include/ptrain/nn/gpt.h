@@ -89,7 +89,7 @@ class Gpt : public Model {
   int wte_ = -1, wpe_ = -1, lnfw_ = -1, lnfb_ = -1;
   int first_layer_param_ = 0;  // index of h.{layer_begin}.ln_1.weight
   std::unique_ptr<Scratch> scratch_;
-  std::unique_ptr<TpBuffers> tp_;  // tensor parallel (tp_size > 1)
+  std::unique_ptr<TpBuffers> tp_;    // tensor parallel (tp_size > 1)
   std::unique_ptr<Bf16Gemms> bf16_;  // set when precision is bf16
 };
 

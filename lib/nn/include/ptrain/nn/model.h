@@ -120,8 +120,8 @@ class Model {
   void add_param(std::string name, std::vector<int64_t> shape);
   // A parameter split over the tensor group: `full_shape` divided along `split_dim` (in
   // `blocks` blocks) into `parts`, of which this rank holds part `rank`.
-  void add_split_param(std::string name, std::vector<int64_t> full_shape, int split_dim,
-                       int parts, int rank, int blocks = 1);
+  void add_split_param(std::string name, std::vector<int64_t> full_shape, int split_dim, int parts,
+                       int rank, int blocks = 1);
   // Allocates the flat buffers once every add_param call is done.
   void allocate_params();
   void grad_ready(size_t index) const {

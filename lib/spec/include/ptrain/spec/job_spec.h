@@ -30,46 +30,46 @@ struct SshSpec {
 
 struct NodesSpec {
   std::vector<HostSlots> hosts{{"localhost", 0}};
-  std::string hostfile;            // DeepSpeed/OpenMPI `host slots=N`
-  int procs_per_node = 1;          // resolved; `gpu` resolves to the GPU count
-  bool procs_per_gpu = false;      // the spec said `procs_per_node: gpu`
-  std::string device = "auto";     // auto|cpu|cuda
-  int threads_per_proc = 0;        // 0 = 1 when several workers share a node, else all cores
+  std::string hostfile;         // DeepSpeed/OpenMPI `host slots=N`
+  int procs_per_node = 1;       // resolved; `gpu` resolves to the GPU count
+  bool procs_per_gpu = false;   // the spec said `procs_per_node: gpu`
+  std::string device = "auto";  // auto|cpu|cuda
+  int threads_per_proc = 0;     // 0 = 1 when several workers share a node, else all cores
   SshSpec ssh;
-  std::string remote_ptrain;       // default: the launcher's own absolute path
+  std::string remote_ptrain;  // default: the launcher's own absolute path
   bool ship_binary = false;
 
   bool operator==(const NodesSpec&) const = default;
 };
 
 struct RendezvousSpec {
-  std::string bind;                // empty = 127.0.0.1 for `run`, the route to hosts for `launch`
-  int port = 0;                    // 0 = kernel-chosen
+  std::string bind;  // empty = 127.0.0.1 for `run`, the route to hosts for `launch`
+  int port = 0;      // 0 = kernel-chosen
   double timeout_s = 60;
 
   bool operator==(const RendezvousSpec&) const = default;
 };
 
 struct ParallelSpec {
-  int data = 1;                    // resolved from `auto`
+  int data = 1;  // resolved from `auto`
   bool data_auto = false;
   int tensor = 1;
   int pipeline = 1;
   std::string data_mode = "sync";  // sync|async
   int staleness = 4;
   int servers = 1;
-  int zero = 0;                    // 0|1
+  int zero = 0;  // 0|1
   double bucket_mb = 25;
-  std::string schedule = "1f1b";   // gpipe|1f1b
+  std::string schedule = "1f1b";  // gpipe|1f1b
   int microbatches = 1;
-  std::vector<int> stages;         // layer counts per pipeline stage; empty = balanced
-  std::string comm = "auto";       // auto|gloo|nccl
+  std::vector<int> stages;    // layer counts per pipeline stage; empty = balanced
+  std::string comm = "auto";  // auto|gloo|nccl
 
   bool operator==(const ParallelSpec&) const = default;
 };
 
 struct ModelSpec {
-  std::string type = "gpt";        // gpt|mlp
+  std::string type = "gpt";  // gpt|mlp
   // gpt
   int layers = 2;
   int heads = 2;
@@ -80,7 +80,7 @@ struct ModelSpec {
   int input = 0;
   std::vector<int> hidden;
   int classes = 0;
-  std::string init_from;           // safetensors path (resolved)
+  std::string init_from;  // safetensors path (resolved)
 
   bool operator==(const ModelSpec&) const = default;
 };
@@ -96,7 +96,7 @@ struct DataSpec {
 };
 
 struct OptimizerSpec {
-  std::string type = "adamw";      // adamw|sgd
+  std::string type = "adamw";  // adamw|sgd
   double lr = 3e-4;
   double beta1 = 0.9;
   double beta2 = 0.95;
@@ -104,14 +104,14 @@ struct OptimizerSpec {
   double weight_decay = 0.0;
   double momentum = 0.0;
   bool nesterov = false;
-  double grad_clip = 0.0;          // 0 = off
+  double grad_clip = 0.0;  // 0 = off
 
   bool operator==(const OptimizerSpec&) const = default;
 };
 
 struct LrScheduleSpec {
   int warmup = 0;
-  std::string decay = "none";      // none|cosine|linear
+  std::string decay = "none";  // none|cosine|linear
   double min_lr = 0.0;
 
   bool operator==(const LrScheduleSpec&) const = default;
@@ -123,7 +123,7 @@ struct TrainSpec {
   std::string precision = "fp32";  // fp32|bf16
   int grad_accum = 1;
   int log_every = 1;
-  int eval_every = 0;              // 0 = never
+  int eval_every = 0;  // 0 = never
   OptimizerSpec optimizer;
   LrScheduleSpec schedule;
 
@@ -131,10 +131,10 @@ struct TrainSpec {
 };
 
 struct CheckpointSpec {
-  int every = 0;                   // 0 = only at the end
-  std::string dir;                 // empty = RUN_DIR/checkpoints
+  int every = 0;    // 0 = only at the end
+  std::string dir;  // empty = RUN_DIR/checkpoints
   int keep = 2;
-  std::string resume = "auto";     // auto|never|PATH
+  std::string resume = "auto";  // auto|never|PATH
 
   bool operator==(const CheckpointSpec&) const = default;
 };
@@ -149,8 +149,8 @@ struct FaultToleranceSpec {
 };
 
 struct LoggingSpec {
-  std::string dir = "runs";        // resolved against the spec's folder
-  std::string console = "rank0";   // rank0|all|none
+  std::string dir = "runs";       // resolved against the spec's folder
+  std::string console = "rank0";  // rank0|all|none
   std::string level = "info";
 
   bool operator==(const LoggingSpec&) const = default;
@@ -170,7 +170,7 @@ struct JobSpec {
   FaultToleranceSpec fault_tolerance;
   LoggingSpec logging;
 
-  std::string source_path;           // the file it came from ("" for in-memory specs)
+  std::string source_path;  // the file it came from ("" for in-memory specs)
 
   bool launcher_only() const { return !command.empty(); }
   int world_size() const { return parallel.data * parallel.tensor * parallel.pipeline; }

@@ -21,11 +21,11 @@ struct Ops {
   const char* name;  // "cpu", "cuda"
 
   // --- memory ---
-  void* (*alloc)(size_t bytes);                              // 64-byte aligned; zero-filled
+  void* (*alloc)(size_t bytes);  // 64-byte aligned; zero-filled
   void (*free)(void* ptr);
   void (*copy_to_host)(void* host_dst, const void* src, size_t bytes);
   void (*copy_from_host)(void* dst, const void* host_src, size_t bytes);
-  void (*copy)(void* dst, const void* src, size_t bytes);    // device to device
+  void (*copy)(void* dst, const void* src, size_t bytes);  // device to device
   void (*fill)(float* x, float value, size_t n);
   void (*synchronize)();
 
@@ -39,13 +39,13 @@ struct Ops {
                                int count);
 
   // --- elementwise ---
-  void (*add)(float* out, const float* a, const float* b, size_t n);     // out = a + b
-  void (*accumulate)(float* dst, const float* src, size_t n);            // dst += src
-  void (*scale)(float* x, float alpha, size_t n);                        // x *= alpha
-  double (*sum_squares)(const float* x, size_t n);                       // sum x^2, in double
-  void (*bias_add)(float* out, const float* bias, int N, int OC);        // out[n,:] += bias
-  void (*bias_backward)(float* dbias, const float* dout, int N, int OC); // dbias += sum_n dout
-  void (*gelu_forward)(float* out, const float* inp, size_t n);          // tanh approximation
+  void (*add)(float* out, const float* a, const float* b, size_t n);      // out = a + b
+  void (*accumulate)(float* dst, const float* src, size_t n);             // dst += src
+  void (*scale)(float* x, float alpha, size_t n);                         // x *= alpha
+  double (*sum_squares)(const float* x, size_t n);                        // sum x^2, in double
+  void (*bias_add)(float* out, const float* bias, int N, int OC);         // out[n,:] += bias
+  void (*bias_backward)(float* dbias, const float* dout, int N, int OC);  // dbias += sum_n dout
+  void (*gelu_forward)(float* out, const float* inp, size_t n);           // tanh approximation
   void (*gelu_backward)(float* dinp, const float* inp, const float* dout, size_t n);
   void (*relu_forward)(float* out, const float* inp, size_t n);
   void (*relu_backward)(float* dinp, const float* inp, const float* dout, size_t n);
@@ -97,13 +97,12 @@ struct Ops {
   void (*f32_to_bf16)(uint16_t* out, const float* inp, size_t n);
   void (*bf16_to_f32)(float* out, const uint16_t* inp, size_t n);
   // As gemm / gemm_strided_batched, with bf16 A and B; C and the accumulation are fp32.
-  void (*gemm_bf16)(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-                    const uint16_t* A, int lda, const uint16_t* B, int ldb, float beta, float* C,
-                    int ldc);
+  void (*gemm_bf16)(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,
+                    int lda, const uint16_t* B, int ldb, float beta, float* C, int ldc);
   void (*gemm_bf16_strided_batched)(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-                                    const uint16_t* A, int lda, int64_t stride_a,
-                                    const uint16_t* B, int ldb, int64_t stride_b, float beta,
-                                    float* C, int ldc, int64_t stride_c, int count);
+                                    const uint16_t* A, int lda, int64_t stride_a, const uint16_t* B,
+                                    int ldb, int64_t stride_b, float beta, float* C, int ldc,
+                                    int64_t stride_c, int count);
 };
 
 // The CPU table (always present).
