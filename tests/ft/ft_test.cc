@@ -17,47 +17,18 @@
 
 #include "ptrain/core/time.h"
 #include "ptrain/launch/process.h"
+#include "support/ptrain_process.h"
 
 using namespace ptrain;
 using namespace ptrain::launch;
 namespace fs = std::filesystem;
 
-extern char** environ;
-
 namespace {
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-bool contains(const std::string& hay, const std::string& needle) {
-  return hay.find(needle) != std::string::npos;
-}
-
-size_t count(const std::string& hay, const std::string& needle) {
-  size_t n = 0;
-  for (size_t at = hay.find(needle); at != std::string::npos; at = hay.find(needle, at + 1)) ++n;
-  return n;
-}
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/ptrain-ft-test-XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ptrain::testing::contains;
+using ptrain::testing::count;
+using ptrain::testing::read_file;
+using ptrain::testing::TempDir;
 
 // `ptrain ARGS...` with `extra_env` added, run to its end (bounded); output collected.
 struct Result {
@@ -67,44 +38,12 @@ struct Result {
 
 Result run_ptrain(std::vector<std::string> args, std::vector<std::string> extra_env = {},
                   Millis timeout = Millis(120000)) {
-  ProcessOptions o;
-  o.argv = {PTRAIN_BINARY};
-  o.argv.insert(o.argv.end(), args.begin(), args.end());
-  for (char** e = environ; *e; ++e)
-    if (std::string(*e).rfind("PTRAIN_TEST_", 0) != 0) o.env.emplace_back(*e);
-  o.env.insert(o.env.end(), extra_env.begin(), extra_env.end());
-  ChildProcess proc = ChildProcess::spawn(o);
+  ptrain::testing::PtrainProcess p(std::move(args), std::move(extra_env));
   Result r;
-  Deadline d(timeout);
-  while (true) {
-    std::vector<struct pollfd> fds;
-    if (proc.stdout_fd() >= 0) fds.push_back({proc.stdout_fd(), POLLIN, 0});
-    if (proc.stderr_fd() >= 0) fds.push_back({proc.stderr_fd(), POLLIN, 0});
-    if (fds.empty()) {
-      if (auto st = proc.try_wait()) {
-        r.code = st->shell_code();
-        return r;
-      }
-      ::usleep(10000);
-    } else if (::poll(fds.data(), fds.size(), 100) > 0) {
-      for (auto& p : fds) {
-        if (!p.revents) continue;
-        char buf[4096];
-        ssize_t n = ::read(p.fd, buf, sizeof buf);
-        bool is_out = p.fd == proc.stdout_fd();
-        if (n > 0)
-          (is_out ? r.out : r.err).append(buf, static_cast<size_t>(n));
-        else if (n == 0)
-          is_out ? proc.close_stdout() : proc.close_stderr();
-      }
-    }
-    if (d.expired()) {
-      proc.signal_group(SIGKILL);
-      r.code = -1;
-      r.err += "\n[test] ptrain did not finish in time\n";
-      return r;
-    }
-  }
+  r.code = p.finish(timeout);
+  r.out = std::move(p.out);
+  r.err = std::move(p.err);
+  return r;
 }
 
 // Every (step, loss) line of metrics.jsonl, in file order; loss kept as written.
@@ -157,7 +96,7 @@ class FaultToleranceTest : public ::testing::Test {
   // The uninterrupted run's losses, step -> text (computed once for the suite).
   static const std::map<int, std::string>& reference() {
     static std::map<int, std::string> ref = [] {
-      TempDir tmp;
+      TempDir tmp{"ptrain-ft-test"};
       std::string path = tmp.path() + "/ref.yaml";
       std::ofstream(path) << job_yaml(tmp.path() + "/runs", kDataParallel);
       Result r = run_ptrain({"run", path});
@@ -183,7 +122,7 @@ class FaultToleranceTest : public ::testing::Test {
     for (int s = 1; s <= 12; ++s) EXPECT_GE(seen[s], 1) << "step " << s << " missing";
   }
 
-  TempDir tmp_;
+  TempDir tmp_{"ptrain-ft-test"};
 };
 
 }  // namespace

@@ -15,144 +15,28 @@
 #include <string>
 
 #include "ptrain/launch/process.h"
+#include "support/ptrain_process.h"
 
 using namespace ptrain;
 using namespace ptrain::launch;
 namespace fs = std::filesystem;
 
-extern char** environ;
-
 namespace {
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-bool contains(const std::string& hay, const std::string& needle) {
-  return hay.find(needle) != std::string::npos;
-}
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/ptrain-launch-test-XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ptrain::testing::contains;
+using ptrain::testing::read_file;
+using ptrain::testing::TempDir;
+using Ptrain = ptrain::testing::PtrainProcess;
 
 // Processes of ours whose environment says they belong to a run under `dir`.
 std::vector<pid_t> processes_of(const std::string& dir, const std::string& extra = "") {
-  std::vector<pid_t> out;
-  DIR* proc = ::opendir("/proc");
-  if (!proc) return out;
-  std::string tag = "PTRAIN_RUN_DIR=" + dir;
-  while (struct dirent* e = ::readdir(proc)) {
-    pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
-    if (pid <= 0) continue;
-    std::string env = read_file(fmt::format("/proc/{}/environ", pid));
-    bool match = false, extra_ok = extra.empty();
-    size_t start = 0;
-    while (start < env.size()) {
-      size_t end = env.find('\0', start);
-      if (end == std::string::npos) end = env.size();
-      std::string kv = env.substr(start, end - start);
-      if (kv.compare(0, tag.size(), tag) == 0) match = true;
-      if (!extra.empty() && kv == extra) extra_ok = true;
-      start = end + 1;
-    }
-    if (match && extra_ok) out.push_back(pid);
-  }
-  ::closedir(proc);
-  return out;
+  return ptrain::testing::processes_with_run_dir(dir, extra);
 }
 
 // Waits (bounded) until no process of the run is left; returns the ones still there.
 std::vector<pid_t> wait_all_gone(const std::string& dir, Millis timeout = Millis(10000)) {
-  Deadline d(timeout);
-  auto left = processes_of(dir);
-  while (!left.empty() && !d.expired()) {
-    ::usleep(10000);
-    left = processes_of(dir);
-  }
-  return left;
+  return ptrain::testing::wait_all_gone([&] { return processes_of(dir); }, timeout);
 }
-
-std::vector<std::string> our_env() {
-  std::vector<std::string> env;
-  for (char** e = environ; *e; ++e) env.emplace_back(*e);
-  return env;
-}
-
-// A running `ptrain` with its output collected.
-class Ptrain {
- public:
-  explicit Ptrain(std::vector<std::string> args) {
-    ProcessOptions o;
-    o.argv = {PTRAIN_BINARY};
-    o.argv.insert(o.argv.end(), args.begin(), args.end());
-    o.env = our_env();
-    proc_ = ChildProcess::spawn(o);
-  }
-  // Reads what is available for up to `timeout`.
-  void pump(Millis timeout) {
-    std::vector<struct pollfd> fds;
-    if (proc_.stdout_fd() >= 0) fds.push_back({proc_.stdout_fd(), POLLIN, 0});
-    if (proc_.stderr_fd() >= 0) fds.push_back({proc_.stderr_fd(), POLLIN, 0});
-    if (fds.empty()) {
-      ::usleep(static_cast<useconds_t>(timeout.count()) * 1000);
-      return;
-    }
-    if (::poll(fds.data(), fds.size(), static_cast<int>(timeout.count())) <= 0) return;
-    for (auto& p : fds) {
-      if (!p.revents) continue;
-      char buf[4096];
-      ssize_t n = ::read(p.fd, buf, sizeof buf);
-      bool is_out = p.fd == proc_.stdout_fd();
-      if (n > 0)
-        (is_out ? out : err).append(buf, static_cast<size_t>(n));
-      else if (n == 0)
-        is_out ? proc_.close_stdout() : proc_.close_stderr();
-    }
-  }
-  template <class Pred>
-  bool wait_for(Pred pred, Millis timeout = Millis(20000)) {
-    Deadline d(timeout);
-    while (!pred()) {
-      if (d.expired()) return false;
-      pump(Millis(20));
-    }
-    return true;
-  }
-  // Waits for the exit; -1 (and a kill) when it takes longer than timeout.
-  int finish(Millis timeout = Millis(60000)) {
-    Deadline d(timeout);
-    while (!d.expired()) {
-      pump(Millis(20));
-      if (auto st = proc_.try_wait()) {
-        while (proc_.stdout_fd() >= 0 || proc_.stderr_fd() >= 0) pump(Millis(100));
-        return st->shell_code();
-      }
-    }
-    proc_.signal_group(SIGKILL);
-    return -1;
-  }
-  ChildProcess& proc() { return proc_; }
-  std::string out, err;
-
- private:
-  ChildProcess proc_;
-};
 
 class RunTest : public ::testing::Test {
  protected:
@@ -174,7 +58,7 @@ class RunTest : public ::testing::Test {
                               << (left.empty() ? 0 : left[0]);
     for (pid_t p : left) ::kill(p, SIGKILL);
   }
-  TempDir tmp_;
+  TempDir tmp_{"ptrain-launch-test"};
 };
 
 const std::string kTwoCommand = "nodes: {procs_per_node: 2}\nparallel: {data: 2}\n";

@@ -19,31 +19,18 @@
 #include <string>
 
 #include "ptrain/launch/process.h"
+#include "support/ptrain_process.h"
 
 using namespace ptrain;
 using namespace ptrain::launch;
 namespace fs = std::filesystem;
 
-extern char** environ;
-
 namespace {
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-bool contains(const std::string& hay, const std::string& needle) {
-  return hay.find(needle) != std::string::npos;
-}
-
-std::vector<std::string> our_env() {
-  std::vector<std::string> env;
-  for (char** e = environ; *e; ++e) env.emplace_back(*e);
-  return env;
-}
+using ptrain::testing::cmdline;
+using ptrain::testing::contains;
+using ptrain::testing::our_env;
+using ptrain::testing::read_file;
 
 int run_quiet(const std::vector<std::string>& argv) {
   ProcessOptions o;
@@ -85,97 +72,28 @@ bool accepts(const std::string& addr, int port) {
   return ok;
 }
 
-std::string cmdline(pid_t pid) {
-  std::string c = read_file(fmt::format("/proc/{}/cmdline", pid));
-  for (auto& ch : c)
-    if (ch == '\0') ch = ' ';
-  return c;
-}
-
 // Processes of the job: workers (PTRAIN_RUN_DIR under dir) and `ptrain agent`s of our binary.
 std::vector<pid_t> processes_of(const std::string& dir) {
-  std::vector<pid_t> out;
-  DIR* proc = ::opendir("/proc");
-  if (!proc) return out;
-  std::string tag = "PTRAIN_RUN_DIR=" + dir;
-  std::string agent = std::string(PTRAIN_BINARY) + " --log-level";
-  while (struct dirent* e = ::readdir(proc)) {
-    pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
-    if (pid <= 0 || pid == ::getpid()) continue;
-    std::string env = read_file(fmt::format("/proc/{}/environ", pid));
-    std::string cmd = cmdline(pid);
-    if (contains(env, tag) || (cmd.rfind(agent, 0) == 0 && contains(cmd, " agent")))
-      out.push_back(pid);
-  }
-  ::closedir(proc);
-  return out;
+  const std::string tag = "PTRAIN_RUN_DIR=" + dir;
+  const std::string agent = std::string(PTRAIN_BINARY) + " --log-level";
+  return ptrain::testing::find_processes([&](pid_t pid) {
+    std::string cmd = ptrain::testing::cmdline(pid);
+    if (cmd.rfind(agent, 0) == 0 && contains(cmd, " agent")) return true;
+    for (const auto& kv : ptrain::testing::environ_of(pid))
+      if (kv.compare(0, tag.size(), tag) == 0) return true;
+    return false;
+  });
 }
 
 std::vector<pid_t> wait_all_gone(const std::string& dir, Millis timeout = Millis(30000)) {
-  Deadline d(timeout);
-  auto left = processes_of(dir);
-  while (!left.empty() && !d.expired()) {
-    ::usleep(20000);
-    left = processes_of(dir);
-  }
-  return left;
+  return ptrain::testing::wait_all_gone([&] { return processes_of(dir); }, timeout);
 }
 
-class Ptrain {
+// `ptrain` with the longer bounds that jobs over ssh need.
+class Ptrain : public ptrain::testing::PtrainProcess {
  public:
-  explicit Ptrain(std::vector<std::string> args) {
-    ProcessOptions o;
-    o.argv = {PTRAIN_BINARY};
-    o.argv.insert(o.argv.end(), args.begin(), args.end());
-    o.env = our_env();
-    proc_ = ChildProcess::spawn(o);
-  }
-  void pump(Millis timeout) {
-    std::vector<pollfd> fds;
-    if (proc_.stdout_fd() >= 0) fds.push_back({proc_.stdout_fd(), POLLIN, 0});
-    if (proc_.stderr_fd() >= 0) fds.push_back({proc_.stderr_fd(), POLLIN, 0});
-    if (fds.empty()) {
-      ::usleep(static_cast<useconds_t>(timeout.count()) * 1000);
-      return;
-    }
-    if (::poll(fds.data(), fds.size(), static_cast<int>(timeout.count())) <= 0) return;
-    for (auto& p : fds) {
-      if (!p.revents) continue;
-      char buf[4096];
-      ssize_t n = ::read(p.fd, buf, sizeof buf);
-      bool is_out = p.fd == proc_.stdout_fd();
-      if (n > 0)
-        (is_out ? out : err).append(buf, static_cast<size_t>(n));
-      else if (n == 0)
-        is_out ? proc_.close_stdout() : proc_.close_stderr();
-    }
-  }
-  template <class Pred>
-  bool wait_for(Pred pred, Millis timeout = Millis(60000)) {
-    Deadline d(timeout);
-    while (!pred()) {
-      if (d.expired()) return false;
-      pump(Millis(20));
-    }
-    return true;
-  }
-  int finish(Millis timeout = Millis(120000)) {
-    Deadline d(timeout);
-    while (!d.expired()) {
-      pump(Millis(20));
-      if (auto st = proc_.try_wait()) {
-        while (proc_.stdout_fd() >= 0 || proc_.stderr_fd() >= 0) pump(Millis(100));
-        return st->shell_code();
-      }
-    }
-    proc_.signal_group(SIGKILL);
-    return -1;
-  }
-  ChildProcess& proc() { return proc_; }
-  std::string out, err;
-
- private:
-  ChildProcess proc_;
+  explicit Ptrain(std::vector<std::string> args)
+      : PtrainProcess(std::move(args), {}, Bounds{Millis(60000), Millis(120000)}) {}
 };
 
 // Two sshd on 127.0.0.2 and 127.0.0.3 for the whole suite.
