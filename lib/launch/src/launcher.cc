@@ -306,18 +306,7 @@ std::string Launcher::Impl::root_cause_block(const Failure& f) {
 }
 
 void Launcher::Impl::print_root_cause() {
-  std::string block;
-  const auto& earlier = restarts_.failures();
-  if (!earlier.empty()) {
-    block += fmt::format(
-        "ptrain: job failed after {} restart(s) (fault_tolerance.max_restarts={}); {} "
-        "failure(s):\n",
-        restarts_.restarts(), restarts_.max_restarts(), earlier.size() + 1);
-    for (const auto& f : earlier)
-      block += fmt::format("ptrain: --- round {} ---\n{}\n", f.round, f.block);
-    block += fmt::format("ptrain: --- round {} ---\n", restarts_.round());
-  }
-  block += root_cause_block(*failure_);
+  std::string block = restarts_.history_block() + root_cause_block(*failure_);
   console_->message(block, true);
   dir_->log(block);
 }

@@ -48,4 +48,16 @@ std::string RestartLog::restarts_json() const {
   return out + "]";
 }
 
+std::string RestartLog::history_block() const {
+  if (failures_.empty()) return {};
+  std::string block = fmt::format(
+      "ptrain: job failed after {} restart(s) (fault_tolerance.max_restarts={}); {} "
+      "failure(s):\n",
+      restarts(), max_restarts(), failures_.size() + 1);
+  for (const auto& f : failures_)
+    block += fmt::format("ptrain: --- round {} ---\n{}\n", f.round, f.block);
+  block += fmt::format("ptrain: --- round {} ---\n", round());
+  return block;
+}
+
 }  // namespace ptrain::launch

@@ -43,6 +43,10 @@ class RestartLog {
   std::optional<double> on_report(double mono_s, int64_t step);
 
   const std::vector<FailureRecord>& failures() const { return failures_; }
+  // The root-cause blocks of the earlier rounds, headed by a summary line, followed by the
+  // heading of the current round; empty when no restart happened. The launchers print it
+  // before the current failure's block.
+  std::string history_block() const;
   // [{"round": 1, "rank": 1, "reason": "...", "exit_code": 137, "time": "...", ...}, ...]:
   // one entry per restart (`round` is the round that was started).
   std::string restarts_json() const;
