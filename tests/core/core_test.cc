@@ -1,8 +1,8 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
-#include <unistd.h>
 
 #include "ptrain/core/env.h"
 #include "ptrain/core/error.h"

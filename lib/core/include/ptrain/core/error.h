@@ -24,7 +24,9 @@ class Error : public std::runtime_error {
   const std::string& hint() const { return hint_; }
   virtual int exit_code() const { return kExitFailure; }
   // "what; hint" as printed on the console.
-  std::string message() const { return hint_.empty() ? what() : std::string(what()) + "; " + hint_; }
+  std::string message() const {
+    return hint_.empty() ? what() : std::string(what()) + "; " + hint_;
+  }
 
  private:
   std::string hint_;
@@ -70,18 +72,19 @@ namespace detail {
 
 }  // namespace ptrain
 
-// PTRAIN_CHECK(cond, "format {}", args...) throws InternalError "[file:line] check `cond` failed: ...".
-#define PTRAIN_CHECK(cond, ...)                                                               \
-  do {                                                                                        \
-    if (!(cond)) [[unlikely]]                                                                 \
+// PTRAIN_CHECK(cond, "format {}", args...) throws InternalError "[file:line] check `cond` failed:
+// ...".
+#define PTRAIN_CHECK(cond, ...)                                                                \
+  do {                                                                                         \
+    if (!(cond)) [[unlikely]]                                                                  \
       ::ptrain::detail::throw_check(__FILE__, __LINE__, #cond, ::fmt::format("" __VA_ARGS__)); \
   } while (0)
 
 // PTRAIN_SYSCALL(expr) evaluates a POSIX call; on -1 throws IoError naming the call and errno.
-#define PTRAIN_SYSCALL(expr)                                                     \
-  ([&]() {                                                                       \
-    auto ptrain_rc_ = (expr);                                                    \
-    if (ptrain_rc_ == -1) [[unlikely]]                                           \
-      ::ptrain::detail::throw_syscall(__FILE__, __LINE__, #expr, errno);         \
-    return ptrain_rc_;                                                           \
+#define PTRAIN_SYSCALL(expr)                                             \
+  ([&]() {                                                               \
+    auto ptrain_rc_ = (expr);                                            \
+    if (ptrain_rc_ == -1) [[unlikely]]                                   \
+      ::ptrain::detail::throw_syscall(__FILE__, __LINE__, #expr, errno); \
+    return ptrain_rc_;                                                   \
   }())

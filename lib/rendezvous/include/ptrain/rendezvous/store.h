@@ -48,8 +48,7 @@ class PrefixStore : public Store {
     return base_->get(prefix_ + k, t);
   }
   int64_t add(const std::string& k, int64_t d) override { return base_->add(prefix_ + k, d); }
-  Bytes compare_set(const std::string& k, const std::optional<Bytes>& e,
-                    const Bytes& d) override {
+  Bytes compare_set(const std::string& k, const std::optional<Bytes>& e, const Bytes& d) override {
     return base_->compare_set(prefix_ + k, e, d);
   }
   void wait(const std::vector<std::string>& ks, Millis t = kDefaultStoreTimeout) override {
