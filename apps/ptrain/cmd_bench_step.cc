@@ -4,6 +4,7 @@
 // achieved model GFLOP/s and the MFU: that rate over the GEMM rate measured in the same run
 // (sgemm 2048^3 on CPU; a bf16 -- or fp32 -- GEMM 8192^3 on CUDA).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cmath>
@@ -14,6 +15,7 @@
 #include "command.h"
 #include "ptrain/core/error.h"
 #include "ptrain/core/time.h"
+#include "ptrain/models/registry.h"
 #include "ptrain/nn/model.h"
 #include "ptrain/optim/clip.h"
 #include "ptrain/spec/spec.h"
@@ -36,24 +38,39 @@ struct BenchStepArgs {
   int seq = 0;
 };
 
+// A key's value as the spec would write it.
+std::string describe(const spec::ModelSpec& m, const spec::ModelKey& k) {
+  using Kind = spec::ModelKey::Kind;
+  switch (k.kind) {
+    case Kind::kInt:
+      return std::to_string(m.integer(k.name));
+    case Kind::kNumber:
+      return fmt::format("{}", m.number(k.name));
+    case Kind::kBool:
+      return m.flag(k.name) ? "true" : "false";
+    case Kind::kIntList:
+      return fmt::format("[{}]", fmt::join(m.ints(k.name), ", "));
+    default:
+      return m.text(k.name);
+  }
+}
+
 // The spec the bench runs: the job file's model and batch, or one of the built-in models.
 spec::JobSpec bench_spec(const BenchStepArgs& a) {
   spec::JobSpec s;
   if (!a.job.empty()) {
     s = spec::load_file(a.job);
-    if (s.model.type != "gpt")
-      throw ConfigError(
-          fmt::format("bench step times GPT models; {} has model.type {}", a.job, s.model.type),
-          "use a GPT job, or leave the job out for the bench GPT");
   } else if (a.model == "bench") {
     s.model.type = "gpt";
-    s.model.layers = 4, s.model.heads = 4, s.model.dim = 256, s.model.seq_len = 128;
-    s.model.vocab = 256;
+    s.model.set("layers", 4).set("heads", 4).set("dim", 256).set("seq_len", 128);
+    s.model.set("vocab", 256);
+    s.data.type = "synthetic";
     s.data.batch_size = 8;
   } else if (a.model == "gpt2-124m") {
     s.model.type = "gpt";
-    s.model.layers = 12, s.model.heads = 12, s.model.dim = 768, s.model.seq_len = 1024;
-    s.model.vocab = 50257;
+    s.model.set("layers", 12).set("heads", 12).set("dim", 768).set("seq_len", 1024);
+    s.model.set("vocab", 50257);
+    s.data.type = "synthetic";
     s.data.batch_size = 8;
   } else {
     throw ConfigError(fmt::format("--model {}: unknown model", a.model), "use bench or gpt2-124m");
@@ -63,7 +80,12 @@ spec::JobSpec bench_spec(const BenchStepArgs& a) {
   s.nodes.device = a.device;
   if (!a.precision.empty()) s.train.precision = a.precision;
   if (a.batch > 0) s.data.batch_size = a.batch;
-  if (a.seq > 0) s.model.seq_len = a.seq;
+  if (a.seq > 0) {
+    if (!models::family_of(s).find_key("seq_len"))
+      throw ConfigError(fmt::format("--seq: model.type {} has no seq_len", s.model.type),
+                        "leave --seq out for this model");
+    s.model.set("seq_len", a.seq);
+  }
   if (a.job.empty()) {
     s.train.optimizer.type = "adamw";
     s.train.optimizer.grad_clip = 1.0;
@@ -124,27 +146,23 @@ int bench_step(const BenchStepArgs& a) {
   auto layout = train::make_layout(*model);
   optim::Shard all = optim::Shard::whole(layout);
   auto optimizer = train::make_optimizer(s, o, std::move(layout), all);
-  const int B = s.data.batch_size, T = s.model.seq_len;
+  // One global batch of the job's data (synthetic for the built-in models), read once: the
+  // timing does not depend on what is learned.
+  const models::Family& family = models::family_of(s);
+  auto data = family.make_data(s);
+  const int B = int(data->rows(1, 1)), T = family.seq_len(s.model);
+  models::HostBatch host(family.batch_schema(s, B), B, T);
+  data->fill(0, 0, 1, 0, 1, data::Split::kTrain, host);
+  const nn::Batch& batch = host.view();
   auto acts = model->make_activations(B, T);
+  const double targets = data->global_targets(0, data::Split::kTrain);
 
-  // Random tokens, fixed seed: the timing does not depend on what is learned.
-  std::vector<int32_t> tokens(size_t(B) * T), targets(tokens.size());
-  std::mt19937 rng(1234);
-  std::uniform_int_distribution<int32_t> pick(0, s.model.vocab - 1);
-  for (auto& t : tokens) t = pick(rng);
-  for (auto& t : targets) t = pick(rng);
-  nn::Batch batch;
-  batch.B = B;
-  batch.T = T;
-  batch.tokens = tokens.data();
-  batch.targets = targets.data();
-
-  const float dloss = float(1.0 / (double(B) * T));
+  const float dloss = float(1.0 / targets);
   const double clip = s.train.optimizer.grad_clip;
   double loss = 0;
   auto step = [&] {
     model->zero_grad();
-    loss = model->forward(batch, *acts) / (double(B) * T);
+    loss = model->forward(batch, *acts) / targets;
     model->backward(*acts, dloss);
     double norm = std::sqrt(optim::grad_sum_squares(o, model->grad_data(), all));
     if (clip > 0) optim::clip_grads(o, model->grad_data(), all, norm, clip);
@@ -164,13 +182,16 @@ int bench_step(const BenchStepArgs& a) {
   double median = ms[ms.size() / 2];
   double flops = model->train_flops(B, T);
   double gflops = flops / (median / 1e3) / 1e9;
-  double tokens_per_s = double(B) * T / (median / 1e3);
+  double tokens_per_s = targets / (median / 1e3);
   double peak = gemm_peak_gflops(device, bf16);
 
   std::string what = a.job.empty() ? a.model : a.job;
-  std::printf("model %s: layers %d, heads %d, dim %d, seq %d, vocab %d, batch %d, %.1fM params\n",
-              what.c_str(), s.model.layers, s.model.heads, s.model.dim, T, s.model.vocab, B,
-              double(model->num_params()) / 1e6);
+  std::string keys;
+  for (const auto& k : family.keys())
+    if (s.model.values.count(k.name) || k.default_value.index() != 0)
+      keys += fmt::format(", {} {}", k.name, describe(s.model, k));
+  std::printf("model %s: %s%s, batch %d, %.1fM params\n", what.c_str(), s.model.type.c_str(),
+              keys.c_str(), B, double(model->num_params()) / 1e6);
   std::printf("device %s, precision %s, threads %d, %d steps after %d warm-up\n", o.name,
               s.train.precision.c_str(), threads, a.steps, a.warmup);
   std::printf("step time: median %.2f ms (min %.2f, max %.2f); loss %.4f\n", median, ms.front(),

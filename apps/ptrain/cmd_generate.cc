@@ -12,10 +12,10 @@
 #include <vector>
 
 #include "command.h"
+#include "gpt/gpt.h"
 #include "ptrain/core/error.h"
 #include "ptrain/data/json.h"
 #include "ptrain/data/safetensors.h"
-#include "ptrain/nn/gpt.h"
 #include "ptrain/tensor/tensor.h"
 #include "ptrain/train/setup.h"
 
@@ -141,8 +141,8 @@ int generate(const GenerateArgs& a) {
     nn::Batch b;
     b.B = 1;
     b.T = T;
-    b.tokens = ctx.data();
-    b.targets = targets.data();
+    b.add("tokens", tensor::DType::kI32, {1, T}, ctx.data());
+    b.add("targets", tensor::DType::kI32, {1, T}, targets.data());
     model.forward(b, *acts);
     o.copy_to_host(row.data(), model.logits(*acts) + size_t(T - 1) * cfg.vocab,
                    row.size() * sizeof(float));

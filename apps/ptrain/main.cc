@@ -9,6 +9,7 @@
 #include "command.h"
 #include "ptrain/core/error.h"
 #include "ptrain/core/log.h"
+#include "ptrain/models/registry.h"
 #include "ptrain/tensor/cuda_plugin.h"
 
 namespace ptrain::cli {
@@ -88,6 +89,7 @@ static int run_main(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   try {
+    ptrain::models::register_builtin_families();
     return ptrain::cli::run_main(argc, argv);
   } catch (const ptrain::Error& e) {
     fmt::print(stderr, "ptrain: error: {}\n", e.message());

@@ -106,9 +106,7 @@ spec::JobSpec mlp_spec(int steps) {
   s.nodes.device = "cpu";
   s.nodes.threads_per_proc = 1;
   s.model.type = "mlp";
-  s.model.input = 16;
-  s.model.hidden = {32};
-  s.model.classes = 4;
+  s.model.set("input", 16).set("hidden", std::vector<int>{32}).set("classes", 4);
   s.data.type = "csv";
   s.data.path = std::string(PTRAIN_SOURCE_DIR) + "/configs/data/blobs.csv";
   s.data.batch_size = 32;

@@ -47,7 +47,7 @@ class Generate : public ::testing::Test {
       return s;
     }();
     auto spec = testing::tiny_gpt_spec(6);
-    spec.model.vocab = 256;
+    spec.model.set("vocab", 256);
     spec.data.type = "text";
     spec.data.path = (dir_ / "text.txt").string();
     spec.checkpoint.dir = (dir_ / "ckpt").string();

@@ -1,5 +1,5 @@
 // GPT: whole-model gradients against finite differences, the pipeline split, init and hooks.
-#include "ptrain/nn/gpt.h"
+#include "gpt/gpt.h"
 
 #include <gtest/gtest.h>
 
@@ -39,8 +39,8 @@ struct TinyData {
     Batch b;
     b.B = B;
     b.T = T;
-    b.tokens = tokens.data();
-    b.targets = targets.data();
+    b.add("tokens", tensor::DType::kI32, {B, T}, tokens.data());
+    b.add("targets", tensor::DType::kI32, {B, T}, targets.data());
     return b;
   }
 };
@@ -135,10 +135,10 @@ TEST(Gpt, TwoStagePipelineEqualsWholeModel) {
   first.zero_grad();
   last.zero_grad();
   Batch b0 = data.batch();
-  b0.targets = nullptr;
+  b0.remove("targets");
   EXPECT_EQ(first.forward(b0, *fa), 0.0);
   Batch b1 = data.batch();
-  b1.tokens = nullptr;
+  b1.remove("tokens");
   b1.input = fa->output();
   double split_loss = last.forward(b1, *la);
   last.backward(*la, 0.1f);

@@ -1,5 +1,5 @@
 // MLP: names and layout, whole-model gradients against finite differences, learning.
-#include "ptrain/nn/mlp.h"
+#include "mlp/mlp.h"
 
 #include <gtest/gtest.h>
 
@@ -50,8 +50,8 @@ TEST(Mlp, GradientsMatchFiniteDifferences) {
   std::vector<int32_t> y = {0, 3, 1, 2, -1, 3};
   Batch batch;
   batch.B = B;
-  batch.features = x.data();
-  batch.targets = y.data();
+  batch.add("features", tensor::DType::kF32, {B, 5}, x.data());
+  batch.add("targets", tensor::DType::kI32, {B}, y.data());
   auto acts = m.make_activations(B, 1);
   m.zero_grad();
   m.forward(batch, *acts);
@@ -81,8 +81,8 @@ TEST(Mlp, SgdLearnsASeparableProblem) {
   for (int i = 0; i < B; ++i) y[i] = (x[i * 5] > 0 ? 1 : 0) + (x[i * 5 + 1] > 0 ? 2 : 0);
   Batch batch;
   batch.B = B;
-  batch.features = x.data();
-  batch.targets = y.data();
+  batch.add("features", tensor::DType::kF32, {B, 5}, x.data());
+  batch.add("targets", tensor::DType::kI32, {B}, y.data());
   auto acts = m.make_activations(B, 1);
   std::vector<float> buf(m.num_params());
   double first = 0, last = 0;
@@ -104,8 +104,8 @@ TEST(Mlp, LabelOutsideClassesIsAConfigError) {
   int32_t y = 4;
   Batch batch;
   batch.B = 1;
-  batch.features = x.data();
-  batch.targets = &y;
+  batch.add("features", tensor::DType::kF32, {1, 5}, x.data());
+  batch.add("targets", tensor::DType::kI32, {1}, &y);
   auto acts = m.make_activations(1, 1);
   EXPECT_THROW(m.forward(batch, *acts), ConfigError);
 }

@@ -28,13 +28,10 @@ struct StageFigures {
 // steps after the first (which warms up allocations).
 std::vector<StageFigures> measure(int p, int m, parallel::ScheduleKind kind, int steps) {
   auto spec = testing::tiny_gpt_spec(steps);
-  spec.model.layers = 8;
-  spec.model.dim = 128;
-  spec.model.seq_len = 32;
-  spec.model.vocab = 64;
+  spec.model.set("layers", 8).set("dim", 128).set("seq_len", 32).set("vocab", 64);
   spec.parallel.pipeline = p;
   spec.parallel.microbatches = m;
-  const int rows = 2, T = spec.model.seq_len;
+  const int rows = 2, T = spec.model.i("seq_len");
   auto store = std::make_shared<rendezvous::MemoryStore>();
   std::vector<StageFigures> out(static_cast<size_t>(p));
   std::vector<std::exception_ptr> errors(static_cast<size_t>(p));
@@ -50,7 +47,7 @@ std::vector<StageFigures> measure(int p, int m, parallel::ScheduleKind kind, int
         po.microbatches = m;
         po.rows = rows;
         po.seq = T;
-        po.activation_elems = size_t(rows) * T * spec.model.dim;
+        po.activation_elems = size_t(rows) * T * spec.model.i("dim");
         parallel::PipelineExecutor exec(*model, mesh.pp(), po);
         std::vector<int32_t> tokens(size_t(rows) * T), targets(tokens.size());
         for (size_t i = 0; i < tokens.size(); ++i) {
@@ -61,8 +58,8 @@ std::vector<StageFigures> measure(int p, int m, parallel::ScheduleKind kind, int
           nn::Batch b;
           b.B = rows;
           b.T = T;
-          b.tokens = tokens.data();
-          b.targets = targets.data();
+          b.add("tokens", tensor::DType::kI32, {rows, T}, tokens.data());
+          b.add("targets", tensor::DType::kI32, {rows, T}, targets.data());
           return b;
         };
         parallel::PipelineStats total;

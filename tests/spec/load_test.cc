@@ -116,7 +116,7 @@ TEST(Load, OverridesReplaceValuesAndAddSections) {
   JobSpec s = load_string("model: {layers: 2}\n", "t.yaml",
                           {"model.layers=6", "train.optimizer={type: sgd, momentum: 0.9}",
                            "parallel.stages=[6]", "name=renamed"});
-  EXPECT_EQ(s.model.layers, 6);
+  EXPECT_EQ(s.model.integer("layers"), 6);
   EXPECT_EQ(s.train.optimizer.type, "sgd");
   EXPECT_DOUBLE_EQ(s.train.optimizer.momentum, 0.9);
   EXPECT_EQ(s.parallel.stages, std::vector<int>{6});
@@ -158,7 +158,7 @@ TEST(Load, CommandModeIgnoresModelDataAndTrain) {
       "t.yaml");
   EXPECT_TRUE(s.launcher_only());
   EXPECT_EQ(s.command, (std::vector<std::string>{"python3", "train.py", "--epochs", "3"}));
-  EXPECT_EQ(s.model.dim, ModelSpec{}.dim);
+  EXPECT_EQ(s.model.integer("dim"), ModelSpec{}.integer("dim"));
   EXPECT_NE(warnings.text().find("model: ignored"), std::string::npos) << warnings.text();
 }
 

@@ -68,11 +68,7 @@ inline spec::JobSpec tiny_gpt_spec(int steps = 20) {
   s.nodes.device = "cpu";
   s.nodes.threads_per_proc = 1;
   s.model.type = "gpt";
-  s.model.layers = 4;
-  s.model.heads = 4;
-  s.model.dim = 32;
-  s.model.seq_len = 16;
-  s.model.vocab = 64;
+  s.model.set("layers", 4).set("heads", 4).set("dim", 32).set("seq_len", 16).set("vocab", 64);
   s.data.type = "synthetic";
   s.data.batch_size = 8;
   s.train.steps = steps;

@@ -4,8 +4,8 @@
 
 #include <vector>
 
+#include "gpt/gpt.h"
 #include "ptrain/core/error.h"
-#include "ptrain/nn/gpt.h"
 
 namespace ptrain::nn {
 namespace {
@@ -98,8 +98,8 @@ TEST(TensorParallelSplit, ForwardWithoutACommIsRefused) {
   Batch b;
   b.B = 1;
   b.T = 4;
-  b.tokens = tokens.data();
-  b.targets = targets.data();
+  b.add("tokens", tensor::DType::kI32, {1, 4}, tokens.data());
+  b.add("targets", tensor::DType::kI32, {1, 4}, targets.data());
   EXPECT_THROW(part.forward(b, *acts), Error);
 }
 

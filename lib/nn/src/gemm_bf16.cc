@@ -1,5 +1,5 @@
 // bf16 GEMMs with fp32 accumulation over the op table's gemm_bf16 entry.
-#include "gemm_bf16.h"
+#include "ptrain/nn/gemm_bf16.h"
 
 #include "ptrain/core/error.h"
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "ptrain/core/error.h"
+#include "ptrain/tensor/ops.h"
 
 namespace ptrain::nn {
 
@@ -11,6 +12,12 @@ int Model::find_param(const std::string& name) const {
   for (size_t i = 0; i < params_.size(); ++i) {
     if (params_[i].name == name) return static_cast<int>(i);
   }
+  return -1;
+}
+
+int Model::find_buffer(const std::string& name) const {
+  for (size_t i = 0; i < buffers_.size(); ++i)
+    if (buffers_[i].name == name) return static_cast<int>(i);
   return -1;
 }
 
@@ -89,10 +96,70 @@ void copy_shard_to_full(const ParamInfo& p, int part, const float* shard, float*
   });
 }
 
+void Model::add_buffer(std::string name, std::vector<int64_t> shape) {
+  PTRAIN_CHECK(!param_buf_.defined(), "add_buffer after allocate_params");
+  BufferInfo b;
+  b.name = std::move(name);
+  b.numel = static_cast<size_t>(tensor::shape_numel(shape));
+  b.shape = std::move(shape);
+  b.offset = num_buffer_elems_;
+  num_buffer_elems_ += b.numel;
+  buffers_.push_back(std::move(b));
+}
+
 void Model::allocate_params() {
+  // Dense parameters first, in registration order, then the sharded ones.
+  size_t at = 0;
+  for (auto& p : params_)
+    if (p.sync == ParamInfo::Sync::kDense) p.offset = at, at += p.numel;
+  dense_numel_ = at;
+  for (auto& p : params_)
+    if (p.sync == ParamInfo::Sync::kSharded) p.offset = at, at += p.numel;
   auto n = static_cast<int64_t>(num_params_);
   param_buf_ = tensor::Tensor::zeros({n}, tensor::DType::kF32, device_);
   grad_buf_ = tensor::Tensor::zeros({n}, tensor::DType::kF32, device_);
+  if (num_buffer_elems_ > 0)
+    state_buf_ = tensor::Tensor::zeros({int64_t(num_buffer_elems_)}, tensor::DType::kF32, device_);
+}
+
+std::vector<int64_t> Model::boundary_shape(int, int) const {
+  throw ConfigError("this model cannot be split into pipeline stages", "set parallel.pipeline: 1");
+}
+
+Batch& Batch::add(std::string name, tensor::DType dtype, std::vector<int64_t> shape,
+                  const void* data) {
+  for (auto& t : tensors)
+    if (t.name == name) {
+      t = {std::move(name), dtype, std::move(shape), data};
+      return *this;
+    }
+  tensors.push_back({std::move(name), dtype, std::move(shape), data});
+  return *this;
+}
+
+Batch& Batch::remove(const std::string& name) {
+  std::erase_if(tensors, [&](const BatchTensor& t) { return t.name == name; });
+  return *this;
+}
+
+const BatchTensor* Batch::find(const std::string& name) const {
+  for (const auto& t : tensors)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+const int32_t* Batch::i32(const std::string& name) const {
+  const BatchTensor* t = find(name);
+  if (!t) return nullptr;
+  PTRAIN_CHECK(t->dtype == tensor::DType::kI32, "batch tensor {} is not i32", name);
+  return static_cast<const int32_t*>(t->data);
+}
+
+const float* Batch::f32(const std::string& name) const {
+  const BatchTensor* t = find(name);
+  if (!t) return nullptr;
+  PTRAIN_CHECK(t->dtype == tensor::DType::kF32, "batch tensor {} is not f32", name);
+  return static_cast<const float*>(t->data);
 }
 
 tensor::Tensor Model::param(size_t index) const {

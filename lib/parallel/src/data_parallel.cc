@@ -12,7 +12,8 @@ std::vector<Bucket> make_buckets(const std::vector<nn::ParamInfo>& params, doubl
   // Reverse order: the last parameters' gradients are final first.
   for (size_t k = params.size(); k-- > 0;) {
     const auto& p = params[k];
-    if (p.numel == 0) continue;
+    // Sharded parameters (embedding tables) are never allreduced.
+    if (p.numel == 0 || p.sync != nn::ParamInfo::Sync::kDense) continue;
     bool fits = !buckets.empty() && buckets.back().end - buckets.back().begin + p.numel <= cap &&
                 p.offset + p.numel == buckets.back().begin;
     if (!fits) {
@@ -20,10 +21,12 @@ std::vector<Bucket> make_buckets(const std::vector<nn::ParamInfo>& params, doubl
       b.begin = p.offset;
       b.end = p.offset + p.numel;
       b.first_param = b.last_param = k;
+      b.count = 1;
       buckets.push_back(b);
     } else {
       buckets.back().begin = p.offset;
       buckets.back().first_param = k;
+      ++buckets.back().count;
     }
   }
   return buckets;
@@ -36,7 +39,7 @@ DataParallelReducer::DataParallelReducer(nn::Model& model, comm::Communicator& c
   bucket_of_param_.assign(model.params().size(), SIZE_MAX);
   for (size_t b = 0; b < buckets_.size(); ++b)
     for (size_t k = buckets_[b].first_param; k <= buckets_[b].last_param; ++k)
-      bucket_of_param_[k] = b;
+      if (model.params()[k].sync == nn::ParamInfo::Sync::kDense) bucket_of_param_[k] = b;
   works_.resize(buckets_.size());
   model_.set_grad_ready_hook([this](size_t index) { on_grad_ready(index); });
 }
@@ -71,8 +74,7 @@ void DataParallelReducer::on_grad_ready(size_t param_index) {
   // Launch in bucket order only, so every rank issues the same sequence of collectives even if
   // its backward reports parameters in a slightly different order.
   while (next_launch_ < buckets_.size() &&
-         buckets_[next_launch_].ready ==
-             buckets_[next_launch_].last_param - buckets_[next_launch_].first_param + 1) {
+         buckets_[next_launch_].ready == buckets_[next_launch_].count) {
     launch(next_launch_++);
   }
 }

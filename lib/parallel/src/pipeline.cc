@@ -206,31 +206,30 @@ double PipelineExecutor::forward_only(const BatchFn& batch, int microbatches) {
 
 // ---- tied embedding ----
 
-FlatRange tied_copy_range(const nn::Model& model, int stage, int stages) {
-  if (stages <= 1 || stage != stages - 1) return {};
-  int i = model.find_param("wte.weight");
-  if (i < 0) return {};
-  const auto& p = model.params()[size_t(i)];
-  return {p.offset, p.offset + p.numel};
+FlatRange tied_copy_range(const nn::Model& model) {
+  // The model marks the copies (ParamInfo::tied_copy); one tied tensor per model today.
+  for (const auto& p : model.params())
+    if (p.tied_copy) return {p.offset, p.offset + p.numel};
+  return {};
 }
 
 void sum_tied_grads(nn::Model& model, comm::Communicator& pp, Millis timeout) {
   const int stages = pp.size(), stage = pp.rank();
   if (stages <= 1 || (stage != 0 && stage != stages - 1)) return;
-  int i = model.find_param("wte.weight");
-  PTRAIN_CHECK(i >= 0, "pipeline stage {} has no wte.weight to tie", stage);
-  const auto& p = model.params()[size_t(i)];
   const int peer = stage == 0 ? stages - 1 : 0;
-  auto other = tensor::Tensor::zeros({int64_t(p.numel)}, tensor::DType::kF32, model.device());
-  float* g = model.grad_data() + p.offset;
   // Tag 2^24 - 2 stays clear of the executor's microbatch tags.
   const uint32_t tag = (1u << 24) - 2;
-  auto sent = pp.send_async(g, p.numel, DType::kF32, peer, tag);
-  auto got = pp.recv_async(other.data<float>(), p.numel, DType::kF32, peer, tag);
-  got->wait(timeout);
-  sent->wait(timeout);
   const auto& o = tensor::ops(model.device());
-  o.add(g, g, other.data<float>(), p.numel);
+  for (const auto& p : model.params()) {
+    if (!p.tied) continue;
+    auto other = tensor::Tensor::zeros({int64_t(p.numel)}, tensor::DType::kF32, model.device());
+    float* g = model.grad_data() + p.offset;
+    auto sent = pp.send_async(g, p.numel, DType::kF32, peer, tag);
+    auto got = pp.recv_async(other.data<float>(), p.numel, DType::kF32, peer, tag);
+    got->wait(timeout);
+    sent->wait(timeout);
+    o.add(g, g, other.data<float>(), p.numel);
+  }
 }
 
 // ---- bytes over a group ----

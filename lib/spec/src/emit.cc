@@ -4,6 +4,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "ptrain/core/strings.h"
+#include "ptrain/spec/model_schema.h"
 #include "ptrain/spec/spec.h"
 
 namespace ptrain::spec {
@@ -37,6 +38,16 @@ struct Value {
     return fields.back().second;
   }
 };
+
+Value value_of(const ModelValue& v) {
+  if (auto* i = std::get_if<int64_t>(&v)) return Value::num(*i);
+  if (auto* d = std::get_if<double>(&v)) return Value::num(*d);
+  if (auto* b = std::get_if<bool>(&v)) return Value::boolean(*b);
+  if (auto* t = std::get_if<std::string>(&v)) return Value::str(*t);
+  Value out{Value::kList, {}, {}, {}};
+  for (int64_t i : std::get<std::vector<int64_t>>(v)) out.list.push_back(Value::num(i));
+  return out;
+}
 
 Value tree(const JobSpec& s) {
   Value root = Value::map();
@@ -93,16 +104,10 @@ Value tree(const JobSpec& s) {
     const ModelSpec& m = s.model;
     Value& model = root.add("model", Value::map());
     model.add("type", Value::str(m.type));
-    if (m.type == "gpt") {
-      model.add("layers", Value::num(m.layers));
-      model.add("heads", Value::num(m.heads));
-      model.add("dim", Value::num(m.dim));
-      model.add("seq_len", Value::num(m.seq_len));
-      model.add("vocab", Value::num(m.vocab));
-    } else {
-      model.add("input", Value::num(m.input));
-      model.add("hidden", Value::ints(m.hidden));
-      model.add("classes", Value::num(m.classes));
+    for (const auto& k : model_schema(m.type).keys()) {
+      const ModelValue& v = m.values.count(k.name) ? m.values.at(k.name) : k.default_value;
+      if (v.index() == 0) continue;  // a required key the spec left unset (in-memory specs)
+      model.add(k.name, value_of(v));
     }
     model.add("init_from", Value::str(m.init_from));
 

@@ -13,6 +13,7 @@
 #include "ptrain/core/env.h"
 #include "ptrain/core/error.h"
 #include "ptrain/core/log.h"
+#include "ptrain/spec/model_schema.h"
 #include "ptrain/spec/spec.h"
 #include "reader.h"
 
@@ -27,9 +28,6 @@ namespace {
 const std::vector<std::string> kTopKeys = {
     "name",  "command", "env",   "nodes",      "rendezvous",      "parallel",
     "model", "data",    "train", "checkpoint", "fault_tolerance", "logging"};
-const std::vector<std::string> kGptKeys = {"type",    "layers", "heads",    "dim",
-                                           "seq_len", "vocab",  "init_from"};
-const std::vector<std::string> kMlpKeys = {"type", "input", "hidden", "classes", "init_from"};
 const std::vector<std::string> kAdamwKeys = {"type", "lr",           "betas",
                                              "eps",  "weight_decay", "grad_clip"};
 const std::vector<std::string> kSgdKeys = {"type",     "lr",           "momentum",
@@ -214,32 +212,67 @@ void read_parallel(Reader& r, const MapView& m, ParallelSpec& p) {
   m.read_enum("comm", p.comm, {"auto", "gloo", "nccl"});
 }
 
+// The `model:` section: `type` picks the family, whose schema (spec/model_schema.h) names the
+// other keys; unset keys get the family's defaults.
 void read_model(Reader& r, const MapView& m, ModelSpec& model, const std::string& base_dir) {
-  m.allow(merged(kGptKeys, kMlpKeys));
-  m.read_enum("type", model.type, {"gpt", "mlp"});
-  const auto& own = model.type == "gpt" ? kGptKeys : kMlpKeys;
-  for (const auto& key : m.keys()) {
-    if (!contains(own, key))
-      r.fail(m.path(key), m.key_node(key),
-             fmt::format("`{}` does not apply to {} models", key, model.type),
-             fmt::format("{} models take: {}", model.type,
-                         fmt::format("{}", fmt::join(own.begin() + 1, own.end(), ", "))));
+  std::vector<std::string> every{"type", "init_from"};
+  for (const auto& type : model_types())
+    for (const auto& k : model_schema(type).keys()) every.push_back(k.name);
+  m.allow(every);
+  if (m.has("type")) {
+    std::string type = r.as_string(m.path("type"), m.get("type"));
+    if (!find_model_schema(type)) {
+      auto types = model_types();
+      auto near = detail::closest(type, types);
+      r.fail(
+          m.path("type"), m.get("type"),
+          fmt::format("`{}` is not a model family; registered: {}", type, fmt::join(types, ", ")),
+          near ? fmt::format("did you mean `{}`?", *near) : "pick one of the registered families");
+    }
+    model.type = type;
   }
-  if (model.type == "gpt") {
-    m.read("layers", model.layers, 1, 4096);
-    m.read("heads", model.heads, 1, 4096);
-    m.read("dim", model.dim, 1, 1 << 20);
-    m.read("seq_len", model.seq_len, 1, 1 << 24);
-    m.read("vocab", model.vocab, 1, 1 << 24);
-  } else {
-    for (const char* key : {"input", "classes"})
-      if (!m.has(key))
-        r.fail_at({m.path()}, fmt::format("mlp models need `{}`", key),
-                  "set model.input (features per sample) and model.classes");
-    m.read("input", model.input, 1, 1 << 24);
-    if (m.has("hidden"))
-      model.hidden = r.as_int_list(m.path("hidden"), m.get("hidden"), 1, 1 << 24);
-    m.read("classes", model.classes, 2, 1 << 24);
+  const ModelSchema& schema = model_schema(model.type);
+  std::vector<std::string> own;
+  for (const auto& k : schema.keys()) own.push_back(k.name);
+  own.push_back("init_from");
+  for (const auto& key : m.keys())
+    if (key != "type" && !contains(own, key))
+      r.fail(m.path(key), m.key_node(key), fmt::format("not a key of model type {}", model.type),
+             fmt::format("keys are {}", fmt::join(own, ", ")));
+  model.values.clear();
+  for (const auto& k : schema.keys()) {
+    if (!m.has(k.name)) {
+      if (k.default_value.index() == 0)
+        r.fail_at({m.path()}, fmt::format("{} models need `{}`", model.type, k.name),
+                  fmt::format("set model.{} ({})", k.name, k.help));
+      model.values[k.name] = k.default_value;
+      continue;
+    }
+    const std::string path = m.path(k.name);
+    const YAML::Node& v = m.get(k.name);
+    using Kind = ModelKey::Kind;
+    switch (k.kind) {
+      case Kind::kInt:
+        model.values[k.name] = r.as_int(path, v, int64_t(k.lo), int64_t(k.hi));
+        break;
+      case Kind::kNumber:
+        model.values[k.name] = r.as_double(path, v, k.lo, k.hi);
+        break;
+      case Kind::kBool:
+        model.values[k.name] = r.as_bool(path, v);
+        break;
+      case Kind::kString:
+        model.values[k.name] = r.as_string(path, v);
+        break;
+      case Kind::kChoice:
+        model.values[k.name] = r.as_enum(path, v, k.choices);
+        break;
+      case Kind::kIntList: {
+        auto list = r.as_int_list(path, v, int(k.lo), int(k.hi));
+        model.values[k.name] = std::vector<int64_t>(list.begin(), list.end());
+        break;
+      }
+    }
   }
   if (m.has("init_from")) {
     model.init_from = resolve_path(base_dir, r.as_string(m.path("init_from"), m.get("init_from")));
@@ -252,7 +285,11 @@ void read_model(Reader& r, const MapView& m, ModelSpec& model, const std::string
 
 void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& base_dir) {
   m.allow({"type", "path", "batch_size", "shuffle", "eval_fraction"});
-  m.read_enum("type", data.type, {"tokens", "text", "synthetic", "csv"});
+  std::vector<std::string> data_types;
+  for (const auto& type : model_types())
+    for (const auto& d : model_schema(type).data_types())
+      if (!contains(data_types, d)) data_types.push_back(d);
+  m.read_enum("type", data.type, data_types);
   if (m.has("path")) data.path = resolve_path(base_dir, r.as_string(m.path("path"), m.get("path")));
   m.read("batch_size", data.batch_size, 1, 1 << 24);
   m.read("shuffle", data.shuffle);
@@ -436,52 +473,42 @@ void check_mesh(Reader& r, JobSpec& s) {
                           p.tensor, min_slots));
 }
 
+// Reports a family's check through the loader's reader (positions, `--set` sources).
+class ReaderChecker : public SpecChecker {
+ public:
+  explicit ReaderChecker(const Reader& r) : r_(r) {}
+  [[noreturn]] void fail_at(std::initializer_list<std::string> paths, const std::string& what,
+                            const std::string& hint) const override {
+    r_.fail_at(paths, what, hint);
+  }
+  void warn_at(std::initializer_list<std::string> paths, const std::string& what) const override {
+    r_.warn_at(paths, what);
+  }
+
+ private:
+  const Reader& r_;
+};
+
 void check_model(Reader& r, JobSpec& s) {
   const ParallelSpec& p = s.parallel;
   const ModelSpec& m = s.model;
-  int layers = m.type == "gpt" ? m.layers : static_cast<int>(m.hidden.size()) + 1;
-  const char* layer_word = m.type == "gpt" ? "blocks" : "Linear layers";
-  if (m.type == "gpt") {
-    if (m.dim % m.heads != 0)
-      r.fail_at({"model.dim", "model.heads"},
-                fmt::format("dim {} is not divisible by heads {}", m.dim, m.heads),
-                "each head gets dim / heads channels; pick dim as a multiple of heads");
-    if (m.heads % p.tensor != 0)
-      r.fail_at({"model.heads", "parallel.tensor"},
-                fmt::format("heads {} is not divisible by tensor {}", m.heads, p.tensor),
-                "tensor parallelism splits the heads; make heads a multiple of tensor");
-    if (m.vocab % p.tensor != 0)
-      r.fail_at({"model.vocab", "parallel.tensor"},
-                fmt::format("vocab {} is not divisible by tensor {}", m.vocab, p.tensor),
-                "pad the vocabulary up to a multiple of tensor (GPT-2 uses 50304 for 50257)");
-    if (s.data.type == "text" && m.vocab < 256)
-      r.fail_at({"model.vocab"}, fmt::format("text data is byte-level, but vocab is {}", m.vocab),
-                "use vocab: 256 or more for data.type: text");
-    if (s.data.type == "tokens" && m.vocab > 65536)
-      r.fail_at({"model.vocab"},
-                fmt::format("token files hold uint16 ids, but vocab is {}", m.vocab),
-                "use vocab 65536 or less");
-  } else {
-    for (size_t i = 0; i < m.hidden.size(); ++i)
-      if (m.hidden[i] % p.tensor != 0)
-        r.fail_at(
-            {fmt::format("model.hidden[{}]", i), "model.hidden", "parallel.tensor"},
-            fmt::format("hidden size {} is not divisible by tensor {}", m.hidden[i], p.tensor),
-            "tensor parallelism splits each hidden layer; use multiples of tensor");
-  }
-  if (m.type == "gpt" &&
-      !(s.data.type == "tokens" || s.data.type == "text" || s.data.type == "synthetic"))
+  const ModelSchema& schema = model_schema(m.type);
+  ReaderChecker checker(r);
+  schema.check(s, checker);
+  auto data_types = schema.data_types();
+  if (!contains(data_types, s.data.type))
     r.fail_at({"data.type", "model.type"},
-              fmt::format("gpt models read tokens, text or "
-                          "synthetic data, not {}",
+              fmt::format("{} models read {} data, not {}", m.type, fmt::join(data_types, ", "),
                           s.data.type),
-              "use data.type: tokens, text or synthetic");
-  if (m.type == "mlp" && !(s.data.type == "csv" || s.data.type == "synthetic"))
-    r.fail_at({"data.type", "model.type"},
-              fmt::format("mlp models read csv or synthetic data, not {}", s.data.type),
-              "use data.type: csv or synthetic");
+              fmt::format("use data.type: {}", fmt::join(data_types, ", ")));
+  if (p.pipeline > 1 && !schema.supports_pipeline())
+    r.fail_at({"parallel.pipeline", "model.type"},
+              fmt::format("model.type {} cannot be split into pipeline stages", m.type),
+              "set parallel.pipeline: 1");
+  const int layers = schema.pipeline_layers(m);
+  const std::string layer_word = schema.layer_word();
   if (layers < p.pipeline)
-    r.fail_at({"parallel.pipeline", m.type == "gpt" ? "model.layers" : "model.hidden"},
+    r.fail_at({"parallel.pipeline", schema.layers_key()},
               fmt::format("pipeline {} has more stages than the model's {} {}", p.pipeline, layers,
                           layer_word),
               "each stage needs at least one layer; lower parallel.pipeline");

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "loop_common.h"
 #include "ptrain/core/env.h"
 #include "ptrain/core/error.h"
 #include "ptrain/core/time.h"
@@ -66,42 +67,10 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
   tensor::set_cpu_threads(resolve_threads(spec));
   tensor::Device device = resolve_device(spec.nodes.device);
   const tensor::Ops& ops = tensor::ops(device);
-  DataSource data = make_data(spec);
+  RankBatches batches(spec, worker, dp);
   auto model = make_model(spec, device, 0, 0);
-  const int micro_total = spec.train.grad_accum * par.microbatches;
-  const int64_t rows =
-      data.tokens ? data.tokens->rows(dp, micro_total) : data.rows->rows(dp, micro_total);
-  const double global_tokens = double(spec.data.batch_size) * data.seq_len;
-  const double local_tokens = double(rows) * data.seq_len * micro_total;
-  std::vector<int32_t> tokens, targets;
-  std::vector<float> features;
-  if (data.tokens) {
-    tokens.resize(size_t(rows) * data.seq_len);
-    targets.resize(tokens.size());
-  } else {
-    features.resize(size_t(rows) * spec.model.input);
-    targets.resize(size_t(rows));
-  }
-  auto acts = model->make_activations(int(rows), data.seq_len);
-  auto fill = [&](int64_t step, int micro, bool eval) {
-    if (data.tokens)
-      (eval ? *data.eval_tokens : *data.tokens)
-          .fill(step, worker, dp, micro, micro_total, tokens.data(), targets.data());
-    else
-      (eval ? *data.eval_rows : *data.rows)
-          .fill(step, worker, dp, micro, micro_total, features.data(), targets.data());
-  };
-  auto batch = [&] {
-    nn::Batch b;
-    b.B = int(rows);
-    b.T = data.seq_len;
-    if (data.tokens)
-      b.tokens = tokens.data();
-    else
-      b.features = features.data();
-    b.targets = targets.data();
-    return b;
-  };
+  const int micro_total = batches.micro_total();
+  auto acts = model->make_activations(batches.rows(), batches.seq());
 
   const size_t n = model->num_params();
   PTRAIN_CHECK(make_layout(*model).total() == n, "layout {} vs params {}",
@@ -140,7 +109,7 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
   const int s = par.staleness;
   const bool reporter = worker == 0;
   const double peak = reporter && device == tensor::Device::kCpu ? measure_sgemm_gflops(512, 3) : 0;
-  const double flops_per_step = model->train_flops(int(rows), data.seq_len) * micro_total;
+  const double flops_per_step = model->train_flops(batches.rows(), batches.seq()) * micro_total;
   const double optimizer_mb = 0;  // the optimizer state lives on the servers
 
   TrainResult result;
@@ -174,10 +143,11 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
 
     model->zero_grad();
     double loss_sum = 0;
-    const float dloss = float(1.0 / global_tokens);
+    const double global_targets = batches.global_targets(step);
+    const double local_targets = global_targets / dp;  // every worker's share is equal
+    const float dloss = float(1.0 / global_targets);
     for (int m = 0; m < micro_total; ++m) {
-      fill(step, m, false);
-      loss_sum += model->forward(batch(), *acts);
+      loss_sum += model->forward(batches.fill(step, m), *acts);
       model->backward(*acts, dloss);
     }
     if (slow.count() > 0) std::this_thread::sleep_for(slow);  // the artificial slowdown
@@ -197,13 +167,13 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
                               step + 1 == total);
     }
     double dt = mono_seconds() - t0;
-    double loss = loss_sum / local_tokens;  // mean over this worker's share
+    double loss = loss_sum / local_targets;  // mean over this worker's share
     if (!std::isfinite(loss) || !std::isfinite(grad_norm))
       throw Error(fmt::format("step {}: the loss is {} (grad norm {}) on worker {}", step + 1, loss,
                               grad_norm, worker),
                   "lower train.optimizer.lr or set train.optimizer.grad_clip");
     time_run += dt;
-    tokens_run += local_tokens;
+    tokens_run += local_targets;
 
     StepMetrics sm;
     sm.step = step + 1;
@@ -211,41 +181,23 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
     sm.lr = lr;
     sm.grad_norm = grad_norm;
     sm.step_ms = dt * 1e3;
-    sm.tokens_per_s = local_tokens / dt;
-    if (spec.train.eval_every > 0 && (step + 1) % spec.train.eval_every == 0 &&
-        (data.eval_tokens || data.eval_rows)) {
-      double sum = 0;
-      const int64_t batches = 4;
-      for (int64_t e = 0; e < batches; ++e)
-        for (int m = 0; m < micro_total; ++m) {
-          fill(e, m, true);
-          sum += model->forward(batch(), *acts);
-        }
-      sm.eval_loss = sum / local_tokens / double(batches);
-    }
+    sm.tokens_per_s = local_targets / dt;
+    if (spec.train.eval_every > 0 && (step + 1) % spec.train.eval_every == 0 && batches.has_eval())
+      sm.eval_loss = eval_loss_sum(*model, *acts, batches, nullptr) / (eval_targets(batches) / dp);
     result.history.push_back(sm);
 
     if (reporter && ((step + 1) % log_every == 0 || step + 1 == total)) {
-      MetricsLine line;
-      line.add_int("step", sm.step).add_int("total_steps", total).add("loss", loss).add("lr", lr);
       // tokens_per_s: this worker's rate times the workers (every worker runs the same share).
-      line.add("grad_norm", grad_norm)
-          .add("tokens_per_s", sm.tokens_per_s * dp)
-          .add("step_ms", sm.step_ms);
-      double gflops = flops_per_step / dt / 1e9;
-      line.add("gflops", gflops);
-      if (peak > 0) line.add("mfu", gflops / peak);
-      line.add("mem_mb", resident_mb()).add("optimizer_mb", optimizer_mb);
-      if (sm.eval_loss >= 0) line.add("eval_loss", sm.eval_loss);
+      MetricsLine line = step_metrics(sm, total, sm.tokens_per_s * dp, flops_per_step / dt / 1e9,
+                                      peak, optimizer_mb);
       line.add("staleness_mean", stale_count ? stale_sum / double(stale_count) : 0.0)
           .add_int("staleness_max", stale_max)
           .add("pull_wait_ms", stale_count ? wait_s * 1e3 / double(stale_count) : 0.0)
           .add("server_updates_per_s", rate);
       if (ctx.report) ctx.report(line.json());
       print_line(ctx,
-                 fmt::format("step {}/{} | loss {:.4f} | lr {:.3e} | norm {:.3f} | {:.1f} ms "
-                             "| staleness {:.2f} (max {}) | {:.0f} updates/s",
-                             sm.step, total, loss, lr, grad_norm, sm.step_ms,
+                 fmt::format("{} | staleness {:.2f} (max {}) | {:.0f} updates/s",
+                             progress_prefix(sm, total),
                              stale_count ? stale_sum / double(stale_count) : 0.0, stale_max, rate));
       stale_sum = 0;
       stale_max = 0;

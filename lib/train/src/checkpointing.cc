@@ -64,12 +64,12 @@ FullState deserialize_state(const std::string& in) {
 }
 
 // The pipeline step of gather_full: each stage's tensors (held by its dp = tp = 0 rank) go to
-// stage 0, global rank 0, in stage order; the last stage's copy of the tied wte is left out.
+// stage 0, global rank 0, in stage order; a stage's copy of a tied parameter is left out.
 FullState merge_pipeline_stages(const nn::Model& model, FullState local, comm::ProcessMesh& mesh) {
   auto& pp = mesh.pp();
   const int stage = pp.rank(), stages = pp.size();
-  if (stage == stages - 1)
-    std::erase_if(local, [](const FullTensor& t) { return t.name == "wte.weight"; });
+  for (const auto& p : model.params())
+    if (p.tied_copy) std::erase_if(local, [&](const FullTensor& t) { return t.name == p.name; });
   const uint32_t tag = (1u << 24) - 3;
   if (stage != 0) {
     parallel::send_bytes(pp, serialize_state(local), 0, tag, model.device());
@@ -98,7 +98,35 @@ FullState join_tensor_parallel_parts(const nn::Model& model, const float* flat,
 
 }  // namespace
 
-FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMesh* mesh) {
+namespace {
+
+// The model's buffers as full tensors (they are never split over the tensor group).
+FullState buffer_tensors(const nn::Model& model) {
+  FullState out;
+  if (model.buffers().empty()) return out;
+  std::vector<float> host(model.num_buffer_elems());
+  tensor::ops(model.device())
+      .copy_to_host(host.data(), model.buffer_data(), host.size() * sizeof(float));
+  for (const auto& b : model.buffers())
+    out.push_back({b.name, b.shape,
+                   std::vector<float>(host.begin() + b.offset, host.begin() + b.offset + b.numel)});
+  return out;
+}
+
+}  // namespace
+
+FullState gather_model_state(const nn::Model& model, comm::ProcessMesh* mesh) {
+  // Buffers ride along with the parameters: appended before the pipeline merge, on the ranks
+  // that write (dp = tp = 0 of every stage).
+  auto with_buffers = [&](FullState s) {
+    for (auto& b : buffer_tensors(model)) s.push_back(std::move(b));
+    return s;
+  };
+  return gather_full(model, model.param_data(), mesh, with_buffers);
+}
+
+FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMesh* mesh,
+                      const std::function<FullState(FullState)>& add) {
   // Tensor parallelism (tp > 1) joins split parameters here; pipeline parallelism (pp > 1)
   // merges the stages onto pipeline rank 0. With neither, the local tensors are the full ones.
   if (mesh) {
@@ -107,6 +135,7 @@ FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMe
     if (mesh->shape().tp > 1) {
       FullState out = join_tensor_parallel_parts(model, flat, *mesh);
       if (c.tp != 0) return {};
+      if (add) out = add(std::move(out));
       if (mesh->shape().pp > 1) return merge_pipeline_stages(model, std::move(out), *mesh);
       return out;
     }
@@ -117,6 +146,7 @@ FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMe
   for (const auto& p : model.params())
     out.push_back({p.name, p.shape,
                    std::vector<float>(host.begin() + p.offset, host.begin() + p.offset + p.numel)});
+  if (add) out = add(std::move(out));
   if (mesh && mesh->shape().pp > 1) return merge_pipeline_stages(model, std::move(out), *mesh);
   return out;
 }
@@ -182,6 +212,17 @@ SavedState load_training_state(const data::CheckpointManifest& manifest, nn::Mod
     const auto& p = model.params()[i];
     read_local(mfile, p.name, p, host);
     model.param(i).copy_from_host(host.data(), p.numel * sizeof(float));
+  }
+  for (const auto& b : model.buffers()) {
+    const auto* info = mfile.find(b.name);
+    if (!info || info->shape != b.shape)
+      throw ConfigError(fmt::format("checkpoint '{}' has no buffer {} of shape [{}]",
+                                    mfile.origin(), b.name, fmt::join(b.shape, ",")),
+                        "resume with the model the checkpoint was trained with");
+    host.resize(b.numel);
+    mfile.read_f32(b.name, host.data());
+    tensor::ops(model.device())
+        .copy_from_host(model.buffer_data() + b.offset, host.data(), b.numel * sizeof(float));
   }
   auto states = optimizer.state();
   if (!states.empty()) {

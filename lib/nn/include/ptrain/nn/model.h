@@ -28,23 +28,58 @@ struct ParamInfo {
   int split_blocks = 1;
   int split_parts = 1;
   int split_rank = 0;
+  // How data parallelism keeps it in sync: `kDense` parameters are replicated and their
+  // gradients allreduced (buckets, ZeRO-1); `kSharded` ones (embedding tables) are owned by one
+  // rank or split across ranks and never allreduced. Dense parameters come first in the flat
+  // buffers (Model::dense_numel()).
+  enum class Sync { kDense, kSharded };
+  Sync sync = Sync::kDense;
+  // Pipeline parallelism: a parameter held by two stages (the GPT's wte on the first and last
+  // stage) whose gradients the stages sum; `tied_copy` marks the copy that is not saved and
+  // counts nowhere in the gradient norm.
+  bool tied = false;
+  bool tied_copy = false;
   bool is_split() const { return split_dim >= 0 && split_parts > 1; }
   size_t full_numel() const;
+};
+
+// Model state that is not a parameter (BatchNorm running statistics, counters): checkpointed
+// and broadcast from data-parallel rank 0, never optimised. Held in Model::buffer_data().
+struct BufferInfo {
+  std::string name;
+  std::vector<int64_t> shape;
+  size_t offset = 0;  // in elements, into buffer_data()
+  size_t numel = 0;
 };
 
 // Copies between a full tensor (p.full_shape) and part `part` of it (p.shape), on the host.
 void copy_shard_from_full(const ParamInfo& p, int part, const float* full, float* shard);
 void copy_shard_to_full(const ParamInfo& p, int part, const float* shard, float* full);
 
-// One microbatch. Host pointers are read during forward() only.
+// One named host tensor of a batch (the family's batch schema names them: `tokens [B,T] i32`,
+// `features [B,in] f32`, `targets [B] i32`, ...).
+struct BatchTensor {
+  std::string name;
+  tensor::DType dtype = tensor::DType::kF32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+};
+
+// One microbatch: named host tensors, read during forward() only, and on a pipeline stage
+// without the model's input layer the previous stage's output instead.
 struct Batch {
-  int B = 0;                        // sequences (GPT) or rows (MLP)
-  int T = 1;                        // tokens per sequence (GPT)
-  const int32_t* tokens = nullptr;  // host [B,T]: GPT stage with the embedding
-  const float* features = nullptr;  // host [B,in]: MLP
-  const float* input = nullptr;     // device [B,T,D]: GPT stage without the embedding
-  const int32_t* targets =
-      nullptr;  // host [B,T] (GPT) or [B] (MLP): stage with the head; < 0 ignored
+  int B = 0;  // samples (sequences, rows, images)
+  int T = 1;  // tokens per sequence (1 for models without a sequence axis)
+  std::vector<BatchTensor> tensors;
+  const float* input = nullptr;  // device, Model::boundary_shape(B, T)
+
+  Batch& add(std::string name, tensor::DType dtype, std::vector<int64_t> shape, const void* data);
+  Batch& remove(const std::string& name);
+  // The tensor `name`, or nullptr.
+  const BatchTensor* find(const std::string& name) const;
+  // Its data, checked for dtype; nullptr when the batch has no such tensor.
+  const int32_t* i32(const std::string& name) const;
+  const float* f32(const std::string& name) const;
 };
 
 // What one forward pass keeps for its backward. Several may be alive at once (pipeline 1F1B);
@@ -81,8 +116,16 @@ class Model {
 
   const std::vector<ParamInfo>& params() const { return params_; }
   size_t num_params() const { return num_params_; }  // elements in the flat buffers
-  // Index into params() by name, or -1.
+  // Elements of the dense parameters, which come first in the flat buffers.
+  size_t dense_numel() const { return dense_numel_; }
+  // Non-parameter state (BatchNorm statistics), its own flat fp32 buffer.
+  const std::vector<BufferInfo>& buffers() const { return buffers_; }
+  size_t num_buffer_elems() const { return num_buffer_elems_; }
+  float* buffer_data() { return buffers_.empty() ? nullptr : state_buf_.data<float>(); }
+  const float* buffer_data() const { return buffers_.empty() ? nullptr : state_buf_.data<float>(); }
+  // Index into params() (buffers()) by name, or -1.
   int find_param(const std::string& name) const;
+  int find_buffer(const std::string& name) const;
   tensor::Device device() const { return device_; }
 
   float* param_data() { return param_buf_.data<float>(); }
@@ -112,6 +155,14 @@ class Model {
   // Model FLOPs of one training step (forward + backward) for B sequences of T tokens.
   virtual double train_flops(int B, int T) const = 0;
 
+  // Pipeline parallelism: the shape of the activation a stage sends to the next one (and of
+  // its gradient) for a [B,T] microbatch; the pipeline asks the model, not the spec.
+  virtual std::vector<int64_t> boundary_shape(int B, int T) const;
+  // Evaluation mode: layers with state (BatchNorm) use their running statistics and update
+  // nothing. Training mode is the default.
+  virtual void set_training(bool training) { training_ = training; }
+  bool training() const { return training_; }
+
   void set_grad_ready_hook(GradReadyHook hook) { grad_ready_ = std::move(hook); }
   void set_tensor_parallel_comm(TensorParallelComm* comm) { tp_comm_ = comm; }
 
@@ -122,7 +173,10 @@ class Model {
   // `blocks` blocks) into `parts`, of which this rank holds part `rank`.
   void add_split_param(std::string name, std::vector<int64_t> full_shape, int split_dim, int parts,
                        int rank, int blocks = 1);
-  // Allocates the flat buffers once every add_param call is done.
+  // A non-parameter state tensor (buffers()); zero until init() sets it.
+  void add_buffer(std::string name, std::vector<int64_t> shape);
+  // Allocates the flat buffers once every add_param / add_buffer call is done; dense
+  // parameters are laid out before sharded ones.
   void allocate_params();
   void grad_ready(size_t index) const {
     if (grad_ready_) grad_ready_(index);
@@ -132,8 +186,13 @@ class Model {
   tensor::Device device_;
   std::vector<ParamInfo> params_;
   size_t num_params_ = 0;
+  size_t dense_numel_ = 0;
+  std::vector<BufferInfo> buffers_;
+  size_t num_buffer_elems_ = 0;
+  bool training_ = true;
   tensor::Tensor param_buf_;
   tensor::Tensor grad_buf_;
+  tensor::Tensor state_buf_;
   GradReadyHook grad_ready_;
   TensorParallelComm* tp_comm_ = nullptr;
 };

@@ -29,10 +29,12 @@ struct Bucket {
   size_t end = 0;
   size_t first_param = 0;  // lowest parameter index in the bucket
   size_t last_param = 0;   // highest
+  size_t count = 0;        // dense parameters in the bucket
   size_t ready = 0;        // parameters whose gradient is final in this backward
 };
 
-// Buckets for `params` (forward order), filled in reverse order; exposed for tests.
+// Buckets for the dense `params` (forward order), filled in reverse order; sharded parameters
+// are left out. Exposed for tests.
 std::vector<Bucket> make_buckets(const std::vector<nn::ParamInfo>& params, double bucket_mb);
 
 class DataParallelReducer {

@@ -190,17 +190,17 @@ class PipelineExecutor {
 
 // ---- tied embedding and stage merging helpers ----
 
-// Parameters the last stage holds as a copy of the first stage's (the tied wte): its range in
-// the flat buffers, or {0, 0} when this stage holds none (or the pipeline has one stage).
+// The parameter this stage holds as a copy of another stage's (ParamInfo::tied_copy: the GPT's
+// wte on the last stage): its range in the flat buffers, or {0, 0} when it holds none.
 // Excluded from the gradient norm so the tied weight counts once.
 struct FlatRange {
   size_t begin = 0;
   size_t end = 0;
   size_t size() const { return end - begin; }
 };
-FlatRange tied_copy_range(const nn::Model& model, int stage, int stages);
+FlatRange tied_copy_range(const nn::Model& model);
 
-// Sums the gradient of every tied parameter (wte.weight) between the first and last stage of
+// Sums the gradient of every tied parameter (ParamInfo::tied) between the first and last stage of
 // the pipeline group (Megatron's embedding group) in place; other stages do nothing.
 void sum_tied_grads(nn::Model& model, comm::Communicator& pp, Millis timeout);
 

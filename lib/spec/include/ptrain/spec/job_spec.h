@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <variant>
 #include <vector>
 
 namespace ptrain::spec {
@@ -68,27 +69,52 @@ struct ParallelSpec {
   bool operator==(const ParallelSpec&) const = default;
 };
 
+// A value of a model family's key (spec/model_schema.h declares each family's keys).
+using ModelValue =
+    std::variant<std::monostate, int64_t, double, bool, std::string, std::vector<int64_t>>;
+
+// The `model:` section: the family (`type`), its keys, and weights to start from. A key the spec
+// did not set reads as the family's default.
 struct ModelSpec {
-  std::string type = "gpt";  // gpt|mlp
-  // gpt
-  int layers = 2;
-  int heads = 2;
-  int dim = 64;
-  int seq_len = 64;
-  int vocab = 256;
-  // mlp
-  int input = 0;
-  std::vector<int> hidden;
-  int classes = 0;
-  std::string init_from;  // safetensors path (resolved)
+  std::string type = "gpt";                  // a registered family (ptrain validate lists them)
+  std::map<std::string, ModelValue> values;  // the family's keys the spec set (or defaulted)
+  std::string init_from;                     // safetensors path (resolved)
+
+  // The value of `key`, or the family's default; throws ptrain::Error for a key the family
+  // does not have or a value of another kind.
+  int64_t integer(const std::string& key) const;
+  double number(const std::string& key) const;  // ints read as numbers too
+  bool flag(const std::string& key) const;
+  std::string text(const std::string& key) const;
+  std::vector<int64_t> ints(const std::string& key) const;
+  // int(key) for keys whose range fits an int (layer counts, widths).
+  int i(const std::string& key) const { return static_cast<int>(integer(key)); }
+
+  ModelSpec& set(const std::string& key, int64_t v) { return put(key, v); }
+  ModelSpec& set(const std::string& key, int v) { return put(key, int64_t{v}); }
+  ModelSpec& set(const std::string& key, double v) { return put(key, v); }
+  ModelSpec& set(const std::string& key, bool v) { return put(key, v); }
+  ModelSpec& set(const std::string& key, std::string v) { return put(key, std::move(v)); }
+  ModelSpec& set(const std::string& key, const char* v) { return put(key, std::string(v)); }
+  ModelSpec& set(const std::string& key, std::vector<int64_t> v) { return put(key, std::move(v)); }
+  ModelSpec& set(const std::string& key, const std::vector<int>& v) {
+    return put(key, std::vector<int64_t>(v.begin(), v.end()));
+  }
 
   bool operator==(const ModelSpec&) const = default;
+
+ private:
+  ModelSpec& put(const std::string& key, ModelValue v) {
+    values[key] = std::move(v);
+    return *this;
+  }
+  const ModelValue& value(const std::string& key) const;
 };
 
 struct DataSpec {
   std::string type = "synthetic";  // tokens|text|synthetic|csv
   std::string path;                // resolved against the spec's folder
-  int batch_size = 8;              // global, in sequences (gpt) or samples (mlp)
+  int batch_size = 8;              // global, in samples (sequences for a GPT)
   bool shuffle = false;
   double eval_fraction = 0;
 

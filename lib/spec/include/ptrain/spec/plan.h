@@ -31,8 +31,9 @@ struct RankMemory {
   int64_t grad_bytes = 0;
   int64_t optimizer_bytes = 0;
   int64_t activation_bytes = 0;  // estimate for the microbatches in flight
+  int64_t buffer_bytes = 0;      // model state that is not a parameter (BatchNorm statistics)
   int64_t total_bytes() const {
-    return param_bytes + grad_bytes + optimizer_bytes + activation_bytes;
+    return param_bytes + grad_bytes + optimizer_bytes + activation_bytes + buffer_bytes;
   }
 };
 
@@ -50,24 +51,25 @@ struct Plan {
   std::vector<int> stage_layers;  // layers (gpt blocks or mlp Linear layers) per pipeline stage
 
   std::string model_type;
-  int64_t parameters = 0;  // whole model (GPT-2: LM head tied to wte)
-  RankMemory memory;       // the largest rank
-  int largest_stage = 0;   // the pipeline stage of `memory`
+  std::string sample_word = "samples";  // what one sample of the batch is ("sequences")
+  std::string target_word = "samples";  // what the loss averages over ("tokens")
+  int64_t parameters = 0;               // whole model (GPT-2: LM head tied to wte)
+  RankMemory memory;                    // the largest rank
+  int largest_stage = 0;                // the pipeline stage of `memory`
 
-  int global_batch = 0;  // sequences (gpt) or samples (mlp) per optimizer step
+  int global_batch = 0;  // samples (sequences for a GPT) per optimizer step
   int micro_batch = 0;   // per data rank, per microbatch, per accumulation step
   int microbatches = 1;
   int grad_accum = 1;
-  int64_t tokens_per_step = 0;  // gpt: global_batch * seq_len; mlp: samples per step
+  int64_t tokens_per_step = 0;  // targets per step: global_batch x the family's per sample
   int64_t steps = 0;
 };
 
 // Rank r's coordinates: tp = r % T, dp = (r / T) % D, pp = r / (T * D).
 RankPlace rank_coords(int rank, int data, int tensor);
 Plan make_plan(const JobSpec& spec);
-// Layers (GPT blocks, or MLP Linear layers) per pipeline stage: parallel.stages when given, else
-// for a GPT the contiguous split that balances parameters per stage (the first stage holds the
-// embeddings, the last ln_f and its copy of the tied wte), else an even split by count.
+// Layers per pipeline stage: parallel.stages when given, else the family's default split
+// (spec/model_schema.h; the GPT balances parameters per stage).
 std::vector<int> stage_layers(const JobSpec& spec);
 std::string format_plan(const Plan& plan);
 // "1.5 GiB", "12.0 MiB", "512 B".

@@ -5,6 +5,7 @@
 // Optimizer state is named "<param>.<state>" (exp_avg, exp_avg_sq, momentum_buffer).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -32,7 +33,11 @@ using FullState = std::vector<FullTensor>;  // in model parameter order
 // Returns the whole model's tensors on the writing rank (global rank 0) and an empty state
 // elsewhere. Tensor-parallel shards are joined along their split dimension; pipeline stages
 // are merged (a stage's duplicate of a tied tensor is left out). `mesh` may be null.
-FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMesh* mesh);
+// `add`, when given, extends each writing rank's local tensors before stages are merged.
+FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMesh* mesh,
+                      const std::function<FullState(FullState)>& add = {});
+// The model's parameters and buffers (BatchNorm statistics), gathered like gather_full.
+FullState gather_model_state(const nn::Model& model, comm::ProcessMesh* mesh);
 
 // This rank's part of parameter `p` (its tensor-parallel slice when the parameter is split)
 // from tensor `file_name` of a checkpoint file, into `out` (p.numel floats). Throws ConfigError

@@ -1,12 +1,9 @@
-// Building a worker's pieces from the spec: device, threads, data set and sampler, the model
-// (or this rank's pipeline stage of it) and the optimizer.
+// Building a worker's pieces from the spec: device, threads, the model (this rank's pipeline
+// stage and tensor shard, built by its family: models/registry.h) and the optimizer.
 #pragma once
 
 #include <memory>
 
-#include "ptrain/data/csv.h"
-#include "ptrain/data/sampler.h"
-#include "ptrain/data/token_stream.h"
 #include "ptrain/nn/model.h"
 #include "ptrain/optim/optimizer.h"
 #include "ptrain/optim/schedule.h"
@@ -22,21 +19,6 @@ tensor::Device resolve_device(const std::string& device);
 // Threads for this worker's CPU kernels: nodes.threads_per_proc, else OMP_NUM_THREADS, else 1.
 int resolve_threads(const spec::JobSpec& spec);
 
-// The data of a job: a token stream (gpt) or a CSV table (mlp), with train and eval samplers.
-struct DataSource {
-  std::unique_ptr<data::TokenStream> stream;
-  std::unique_ptr<data::CsvData> table;
-  std::unique_ptr<data::TokenSampler> tokens;
-  std::unique_ptr<data::TokenSampler> eval_tokens;  // nullptr without eval_fraction
-  std::unique_ptr<data::CsvSampler> rows;
-  std::unique_ptr<data::CsvSampler> eval_rows;
-  int seq_len = 1;  // T (1 for the MLP)
-};
-DataSource make_data(const spec::JobSpec& spec);
-
-// Layers [begin, end) of each pipeline stage: parallel.stages, else balanced by count.
-std::vector<std::pair<int, int>> stage_ranges(const spec::JobSpec& spec);
-
 // The model (pipeline stage `stage` when pipeline > 1; tensor shard `tp_rank`), initialised
 // from train.seed, or from model.init_from when set.
 std::unique_ptr<nn::Model> make_model(const spec::JobSpec& spec, tensor::Device device, int stage,
@@ -47,9 +29,10 @@ std::unique_ptr<optim::Optimizer> make_optimizer(const spec::JobSpec& spec, cons
                                                  optim::ParamLayout layout, optim::Shard shard);
 optim::LrSchedule make_schedule(const spec::JobSpec& spec);
 
-// Copies GPT-2-named (or MLP-named) weights from a safetensors file into the model. Tensors the
-// model does not have are ignored when `allow_extra` (e.g. a HF file's attn.bias buffers);
-// missing tensors and shape mismatches are listed in one ConfigError.
+// Copies weights (and buffers) named as the family names them (HF GPT-2, nn.Linear, ...) from a
+// safetensors file into the model. Tensors the model does not have are ignored when
+// `allow_extra` (e.g. a HF file's attn.bias buffers); missing tensors and shape mismatches are
+// listed in one ConfigError.
 void load_weights(nn::Model& model, const std::string& path, bool allow_extra = true);
 
 }  // namespace ptrain::train

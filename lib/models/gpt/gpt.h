@@ -4,6 +4,8 @@
 #pragma once
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "ptrain/nn/model.h"
 
@@ -60,6 +62,7 @@ class Gpt : public Model {
   double forward(const Batch& batch, Activations& acts) override;
   void backward(Activations& acts, float dloss_scale, const float* doutput = nullptr) override;
   double train_flops(int B, int T) const override;
+  std::vector<int64_t> boundary_shape(int B, int T) const override;  // [B,T,dim]
   // Logits [B,T,V] (device; this rank's vocabulary part under tensor parallelism) of the last
   // forward on `acts`, on a stage with the head; for sampling.
   const float* logits(const Activations& acts) const;

@@ -1,5 +1,5 @@
 // MLP classifier forward/backward over the op table.
-#include "ptrain/nn/mlp.h"
+#include "mlp/mlp.h"
 
 #include <algorithm>
 #include <cmath>
@@ -140,20 +140,22 @@ std::unique_ptr<Activations> Mlp::make_activations(int B, int /*T*/) const {
 double Mlp::forward(const Batch& batch, Activations& acts_base) {
   auto& a = dynamic_cast<MlpActivations&>(acts_base);
   PTRAIN_CHECK(batch.B == a.batch(), "batch {} does not match activations {}", batch.B, a.batch());
-  PTRAIN_CHECK(batch.features != nullptr && batch.targets != nullptr, "MLP needs features+targets");
+  const float* features = batch.f32("features");
+  const int32_t* targets = batch.i32("targets");
+  PTRAIN_CHECK(features != nullptr && targets != nullptr, "MLP needs features+targets");
   PTRAIN_CHECK(cfg_.tp_size == 1 || tp_comm_ != nullptr,
                "a tensor-parallel MLP needs set_tensor_parallel_comm before forward");
   const tensor::Ops& o = ops();
   const int B = batch.B, layers = static_cast<int>(dims_.size()) - 1;
   for (int i = 0; i < B; ++i) {
-    if (batch.targets[i] >= cfg_.classes) {
+    if (targets[i] >= cfg_.classes) {
       throw ConfigError(
-          fmt::format("label {} in row {} is outside [0, {})", batch.targets[i], i, cfg_.classes),
+          fmt::format("label {} in row {} is outside [0, {})", targets[i], i, cfg_.classes),
           "check the data set against the model's number of classes");
     }
   }
-  o.copy_from_host(a.input, batch.features, sizeof(float) * B * dims_[0]);
-  o.copy_from_host(a.targets, batch.targets, sizeof(int32_t) * B);
+  o.copy_from_host(a.input, features, sizeof(float) * B * dims_[0]);
+  o.copy_from_host(a.targets, targets, sizeof(int32_t) * B);
   for (int i = 0; i < layers; ++i) {
     const ParamInfo& w = params_[2 * i];
     const ParamInfo& b = params_[2 * i + 1];

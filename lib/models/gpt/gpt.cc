@@ -4,13 +4,13 @@
 // vocabulary rows of its part; the tensor group is summed after every row-parallel GEMM
 // (forward) and after every column-parallel input gradient (backward), and the embedding and
 // the cross-entropy are vocabulary-parallel, so full logits are never gathered.
-#include "ptrain/nn/gpt.h"
+#include "gpt/gpt.h"
 
 #include <cmath>
 #include <string>
 
-#include "gemm_bf16.h"
 #include "ptrain/core/error.h"
+#include "ptrain/nn/gemm_bf16.h"
 #include "ptrain/nn/init.h"
 #include "ptrain/nn/layers.h"
 
@@ -227,6 +227,9 @@ Gpt::Gpt(const GptConfig& config) : Model(config.device), cfg_(config) {
   if (cfg_.has_embedding || cfg_.has_head) {
     wte_ = idx();
     add_split_param("wte.weight", {V, D}, 0, t, r);  // vocab-parallel rows
+    // Embedding and head on different pipeline stages: each holds wte, the head's is the copy.
+    params_.back().tied = cfg_.has_embedding != cfg_.has_head;
+    params_.back().tied_copy = params_.back().tied && !cfg_.has_embedding;
   }
   if (cfg_.has_embedding) {
     wpe_ = idx();
@@ -412,6 +415,10 @@ double Gpt::crossentropy_vocab_parallel(GptActivations& a, const int32_t* target
   return loss_sum;
 }
 
+std::vector<int64_t> Gpt::boundary_shape(int B, int T) const {
+  return {B, T, cfg_.dim};
+}
+
 double Gpt::forward(const Batch& batch, Activations& acts_base) {
   auto& a = dynamic_cast<GptActivations&>(acts_base);
   PTRAIN_CHECK(batch.B == a.batch() && batch.T == a.seq(),
@@ -426,21 +433,23 @@ double Gpt::forward(const Batch& batch, Activations& acts_base) {
   const size_t ND = static_cast<size_t>(N) * D;
   if (bf16_) bf16_->refresh();  // the weights may have changed since the last forward
 
+  const int32_t* tokens = batch.i32("tokens");
+  const int32_t* targets = batch.i32("targets");
   if (cfg_.has_embedding) {
-    PTRAIN_CHECK(batch.tokens != nullptr, "the first stage needs tokens");
+    PTRAIN_CHECK(tokens != nullptr, "the first stage needs tokens");
     for (int i = 0; i < N; ++i) {
-      if (batch.tokens[i] < 0 || batch.tokens[i] >= V) {
+      if (tokens[i] < 0 || tokens[i] >= V) {
         throw ConfigError(
-            fmt::format("token id {} at position {} is outside the vocabulary [0, {})",
-                        batch.tokens[i], i, V),
+            fmt::format("token id {} at position {} is outside the vocabulary [0, {})", tokens[i],
+                        i, V),
             "check the data set against model.vocab");
       }
     }
-    o.copy_from_host(a.tokens, batch.tokens, sizeof(int32_t) * N);
+    o.copy_from_host(a.tokens, tokens, sizeof(int32_t) * N);
     if (ld.t == 1)
       o.embedding_forward(a.resid, a.tokens, p(wte_), p(wpe_), B, T, D);
     else
-      embed_vocab_parallel(a, batch.tokens, B, T);
+      embed_vocab_parallel(a, tokens, B, T);
   } else {
     PTRAIN_CHECK(batch.input != nullptr, "a stage without the embedding needs input activations");
     o.copy(a.resid, batch.input, sizeof(float) * ND);
@@ -465,16 +474,16 @@ double Gpt::forward(const Batch& batch, Activations& acts_base) {
 
   double loss_sum = 0.0;
   if (cfg_.has_head) {
-    PTRAIN_CHECK(batch.targets != nullptr, "the last stage needs targets");
+    PTRAIN_CHECK(targets != nullptr, "the last stage needs targets");
     for (int i = 0; i < N; ++i) {
-      if (batch.targets[i] >= V) {
+      if (targets[i] >= V) {
         throw ConfigError(fmt::format("target id {} at position {} is outside the vocabulary "
                                       "[0, {})",
-                                      batch.targets[i], i, V),
+                                      targets[i], i, V),
                           "check the data set against model.vocab");
       }
     }
-    o.copy_from_host(a.targets, batch.targets, sizeof(int32_t) * N);
+    o.copy_from_host(a.targets, targets, sizeof(int32_t) * N);
     const float* last = a.resid + ND * num_local_layers_;
     o.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p(lnfw_), p(lnfb_), N, D);
     head_forward(a.logits, a.lnf, N, ld.Vl);
@@ -483,7 +492,7 @@ double Gpt::forward(const Batch& batch, Activations& acts_base) {
       o.copy_to_host(a.losses_host.data(), a.losses, sizeof(float) * N);
       for (int i = 0; i < N; ++i) loss_sum += a.losses_host[i];
     } else {
-      loss_sum = crossentropy_vocab_parallel(a, batch.targets, N);
+      loss_sum = crossentropy_vocab_parallel(a, targets, N);
     }
   }
   a.forward_done = true;
