@@ -1,5 +1,5 @@
-// ProcessMesh: coordinates and groups of DESIGN.md §4, lazy communicators per group, and the
-// backend choice.
+// ProcessMesh: coordinates and groups of docs/ARCHITECTURE.md ("The mesh"), lazy communicators per
+// group, and the backend choice.
 #include "ptrain/comm/mesh.h"
 
 #include <gtest/gtest.h>

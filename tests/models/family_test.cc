@@ -1,6 +1,7 @@
 // The registry is the only door: a family defined and registered in this test alone (linear
 // regression with a non-parameter buffer) validates, plans, trains under data parallelism through
 // the real trainer and checkpoints, without a line of it outside this file.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -205,6 +206,38 @@ TEST_F(TestFamily, CheckpointsHoldParametersAndBuffers) {
   EXPECT_EQ(seen, 20.0f * 8);  // 20 steps of 8 samples on the one rank
   EXPECT_EQ(point->metadata.at("model"), "linreg");
   EXPECT_EQ(point->metadata.at("config"), R"({"features":3})");
+}
+
+}  // namespace
+}  // namespace ptrain::models
+
+namespace ptrain::models {
+namespace {
+
+// The mlp family's synthetic blobs: a pure function of the sample index, so two data-parallel
+// workers see the global batch one process sees, and the curves agree.
+TEST(MlpSynthetic, TwoDataParallelWorkersEqualOneProcess) {
+  auto load = [](int data) {
+    return spec::load_string(
+        fmt::format("model: {{type: mlp, input: 6, hidden: [16], classes: 3}}\n"
+                    "data: {{type: synthetic, batch_size: 12, eval_fraction: 0.1}}\n"
+                    "nodes: {{device: cpu, threads_per_proc: 1, procs_per_node: {}}}\n"
+                    "train: {{steps: 20, seed: 2, eval_every: 10}}\n"
+                    "checkpoint: {{resume: never}}\n",
+                    data),
+        "mlp.yaml");
+  };
+  auto single = ptrain::testing::run_ranks(load(1));
+  auto pair = ptrain::testing::run_ranks(load(2));
+  const auto& a = single[0].result.history;
+  const auto& b = pair[0].result.history;
+  ASSERT_EQ(a.size(), 20u);
+  ASSERT_EQ(b.size(), 20u);
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_NEAR(b[i].loss, a[i].loss, 1e-5 * std::abs(a[i].loss)) << "step " << i + 1;
+  EXPECT_GE(a[9].eval_loss, 0);
+  EXPECT_NEAR(b[9].eval_loss, a[9].eval_loss, 1e-5 * a[9].eval_loss);
+  EXPECT_LT(a.back().loss, a.front().loss);
 }
 
 }  // namespace

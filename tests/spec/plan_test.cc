@@ -9,7 +9,8 @@ namespace ptrain::spec {
 namespace {
 
 TEST(Plan, RankCoordsPutTensorInnermostThenDataThenPipeline) {
-  // DESIGN.md section 4: tp = r % T; dp = (r / T) % D; pp = r / (T * D), with D=2, T=2.
+  // docs/ARCHITECTURE.md, "The mesh": tp = r % T; dp = (r / T) % D; pp = r / (T * D), with D=2,
+  // T=2.
   RankPlace r5 = rank_coords(5, 2, 2);
   EXPECT_EQ(r5.tp, 1);
   EXPECT_EQ(r5.dp, 0);

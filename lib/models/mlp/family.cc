@@ -1,5 +1,5 @@
-// The `mlp` family: a Linear/ReLU classifier (mlp/mlp.h) on CSV rows; data and tensor
-// parallelism (sync or async), fp32.
+// The `mlp` family: a Linear/ReLU classifier (mlp/mlp.h) on CSV rows or synthetic Gaussian
+// blobs; data and tensor parallelism (sync or async), fp32.
 #include "ptrain/models/family.h"
 
 #include <fmt/format.h>
@@ -7,6 +7,7 @@
 #include "mlp/mlp.h"
 #include "ptrain/core/error.h"
 #include "ptrain/data/csv.h"
+#include "ptrain/nn/init.h"
 
 namespace ptrain::models {
 namespace {
@@ -30,9 +31,6 @@ int64_t ceil_div(int64_t a, int64_t b) {
 class CsvRows : public DataSet {
  public:
   explicit CsvRows(const JobSpec& spec) {
-    if (spec.data.type != "csv")
-      throw ConfigError(fmt::format("data.type '{}' cannot feed model.type mlp", spec.data.type),
-                        "use data.type: csv (features then an integer label per row)");
     data::SamplerOptions opts;
     opts.batch_size = spec.data.batch_size;
     opts.shuffle = spec.data.shuffle;
@@ -61,6 +59,52 @@ class CsvRows : public DataSet {
   int64_t batch_ = 0;
   std::unique_ptr<data::CsvData> table_;
   std::unique_ptr<data::CsvSampler> train_, eval_;
+};
+
+// Synthetic rows: class c = sample mod classes, features = the class's center (uniform in
+// [-1, 1], seeded) plus unit normal noise; a pure function of (seed, sample index), so every
+// rank and world size sees the same rows. Evaluation reads samples past the training ones.
+class BlobRows : public DataSet {
+ public:
+  explicit BlobRows(const JobSpec& spec)
+      : F_(spec.model.i("input")),
+        C_(spec.model.i("classes")),
+        batch_(spec.data.batch_size),
+        eval_(spec.data.eval_fraction > 0),
+        key_(nn::param_key(spec.train.seed, "mlp.synthetic")) {}
+  int64_t rows(int dp_size, int micro_total) const override {
+    int64_t parts = int64_t(dp_size) * micro_total;
+    if (batch_ % parts != 0)
+      throw ConfigError(
+          fmt::format("data.batch_size {} does not split into {} equal parts", batch_, parts));
+    return batch_ / parts;
+  }
+  bool has_eval() const override { return eval_; }
+  void fill(int64_t step, int dp_rank, int dp_size, int micro, int micro_total, data::Split split,
+            HostBatch& out) const override {
+    const int64_t n = rows(dp_size, micro_total);
+    // Eval samples live far past any training step's.
+    const int64_t base = split == data::Split::kEval ? (int64_t{1} << 40) : 0;
+    const int64_t first = base + step * batch_ + (int64_t(dp_rank) * micro_total + micro) * n;
+    float* x = out.f32("features");
+    int32_t* y = out.i32("targets");
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t g = first + i;
+      const int c = int(uint64_t(nn::mix64(key_ ^ uint64_t(g))) % uint64_t(C_));
+      y[i] = c;
+      for (int j = 0; j < F_; ++j) {
+        double center = 2 * nn::uniform01(key_ + 1, uint64_t(c) * F_ + j) - 1;
+        x[i * F_ + j] = float(center + nn::normal01(key_ + 2, uint64_t(g) * F_ + j));
+      }
+    }
+  }
+  double global_targets(int64_t, data::Split) const override { return double(batch_); }
+
+ private:
+  int F_, C_;
+  int64_t batch_;
+  bool eval_;
+  uint64_t key_;
 };
 
 class MlpFamily : public Family {
@@ -133,6 +177,7 @@ class MlpFamily : public Family {
             {"targets", tensor::DType::kI32, {rows}}};
   }
   std::unique_ptr<DataSet> make_data(const JobSpec& s) const override {
+    if (s.data.type == "synthetic") return std::make_unique<BlobRows>(s);
     return std::make_unique<CsvRows>(s);
   }
   std::unique_ptr<nn::Model> make_model(const JobSpec& s, const ModelPlace& place) const override {

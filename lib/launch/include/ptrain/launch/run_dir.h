@@ -1,5 +1,5 @@
-// The run directory (DESIGN.md section 7): runs/<name>-<YYYYmmdd-HHMMSS>/ with job.yaml,
-// rank-<r>.log, launcher.log, metrics.jsonl and summary.json.
+// The run directory (docs/ARCHITECTURE.md, "The run folder"): runs/<name>-<YYYYmmdd-HHMMSS>/
+// with job.yaml, rank-<r>.log, launcher.log, metrics.jsonl and summary.json.
 #pragma once
 
 #include <cstdint>

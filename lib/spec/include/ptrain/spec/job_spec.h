@@ -1,6 +1,6 @@
 // The job spec as plain structs: what `spec::load` returns after parsing, defaults, `--set`
-// overrides and validation. No YAML types appear outside lib/spec. DESIGN.md §5 and
-// configs/README.md describe every field.
+// overrides and validation. No YAML types appear outside lib/spec. configs/README.md describes
+// every field.
 #pragma once
 
 #include <cstdint>

@@ -10,7 +10,8 @@
 
 namespace ptrain::spec {
 
-// Where one rank runs and its coordinates in the mesh (DESIGN.md §4: tensor innermost).
+// Where one rank runs and its coordinates in the mesh (docs/ARCHITECTURE.md, "The mesh": tensor
+// innermost).
 struct RankPlace {
   int rank = 0;
   int host_index = 0;
