@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstdlib>
 
+#include "ptrain/core/dtype.h"
 #include "ptrain/core/env.h"
 #include "ptrain/core/error.h"
 #include "ptrain/core/time.h"
@@ -50,6 +51,39 @@ TEST(Deadline, RemainingNeverNegative) {
   Deadline d(Millis(0));
   EXPECT_TRUE(d.expired());
   EXPECT_EQ(d.remaining().count(), 0);
+}
+
+TEST(DType, SizesAndNamesCoverEveryType) {
+  EXPECT_EQ(dtype_size(DType::kF32), 4u);
+  EXPECT_EQ(dtype_size(DType::kBF16), 2u);
+  EXPECT_EQ(dtype_size(DType::kI32), 4u);
+  EXPECT_EQ(dtype_size(DType::kI64), 8u);
+  EXPECT_EQ(dtype_size(DType::kU8), 1u);
+  EXPECT_EQ(dtype_name(DType::kF32), "f32");
+  EXPECT_EQ(dtype_name(DType::kBF16), "bf16");
+  EXPECT_EQ(dtype_name(DType::kI32), "i32");
+  EXPECT_EQ(dtype_name(DType::kI64), "i64");
+  EXPECT_EQ(dtype_name(DType::kU8), "u8");
+}
+
+TEST(DType, SafetensorsNamesRoundTrip) {
+  for (DType d : {DType::kF32, DType::kBF16, DType::kI32, DType::kI64, DType::kU8}) {
+    auto parsed = parse_safetensors_dtype(safetensors_dtype_name(d));
+    ASSERT_TRUE(parsed.has_value()) << dtype_name(d);
+    EXPECT_EQ(*parsed, d);
+  }
+  EXPECT_EQ(safetensors_dtype_name(DType::kBF16), "BF16");
+}
+
+TEST(DType, ParseRejectsOtherSpellings) {
+  EXPECT_FALSE(parse_safetensors_dtype("f32").has_value());
+  EXPECT_FALSE(parse_safetensors_dtype("F8").has_value());
+  EXPECT_FALSE(parse_safetensors_dtype("").has_value());
+}
+
+TEST(DType, UnknownValueIsAnInternalError) {
+  EXPECT_THROW(dtype_size(static_cast<DType>(200)), InternalError);
+  EXPECT_EQ(dtype_name(static_cast<DType>(200)), "?");
 }
 
 }  // namespace ptrain

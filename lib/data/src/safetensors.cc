@@ -17,49 +17,7 @@ namespace ptrain::data {
 
 static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian");
 
-size_t dtype_size(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return 4;
-    case DType::kBF16:
-      return 2;
-    case DType::kI32:
-      return 4;
-    case DType::kI64:
-      return 8;
-    case DType::kU8:
-      return 1;
-  }
-  return 0;
-}
-
-const char* dtype_name(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return "F32";
-    case DType::kBF16:
-      return "BF16";
-    case DType::kI32:
-      return "I32";
-    case DType::kI64:
-      return "I64";
-    case DType::kU8:
-      return "U8";
-  }
-  return "?";
-}
-
 namespace {
-
-bool parse_dtype(std::string_view s, DType* out) {
-  for (DType d : {DType::kF32, DType::kBF16, DType::kI32, DType::kI64, DType::kU8}) {
-    if (s == dtype_name(d)) {
-      *out = d;
-      return true;
-    }
-  }
-  return false;
-}
 
 // product(shape) * elem; false on overflow.
 bool byte_size(const std::vector<int64_t>& shape, size_t elem, uint64_t* out) {
@@ -141,8 +99,8 @@ std::string SafetensorsWriter::header() const {
     if (!first) h += ',';
     first = false;
     h += fmt::format("{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
-                     json_quote(t.name), dtype_name(t.dtype), fmt::join(t.shape, ","), offset,
-                     offset + bytes);
+                     json_quote(t.name), safetensors_dtype_name(t.dtype), fmt::join(t.shape, ","),
+                     offset, offset + bytes);
     offset += bytes;
   }
   h += '}';
@@ -280,10 +238,12 @@ void SafetensorsFile::validate(const uint8_t* file, size_t size) {
     TensorInfo info;
     info.name = name;
     if (!dt->is_string()) where("dtype is not a string");
-    if (!parse_dtype(dt->as_string(), &info.dtype)) {
+    std::optional<DType> dtype = parse_safetensors_dtype(dt->as_string());
+    if (!dtype) {
       where(fmt::format("unsupported dtype '{}' (supported: F32, BF16, I32, I64, U8)",
                         dt->as_string()));
     }
+    info.dtype = *dtype;
     if (!sh->is_array()) where("shape is not an array");
     for (const auto& d : sh->as_array()) {
       int64_t v;
@@ -312,7 +272,7 @@ void SafetensorsFile::validate(const uint8_t* file, size_t size) {
     }
     if (bytes != info.end - info.begin) {
       where(fmt::format("shape {} x {} needs {} bytes but data_offsets [{}, {}] span {}",
-                        shape_str(info.shape), dtype_name(info.dtype), bytes, b, e,
+                        shape_str(info.shape), safetensors_dtype_name(info.dtype), bytes, b, e,
                         info.end - info.begin));
     }
     tensors_.push_back(std::move(info));
@@ -358,7 +318,7 @@ void SafetensorsFile::read_f32(std::string_view name, float* out) const {
     }
   } else {
     throw ConfigError(fmt::format("safetensors file '{}': tensor '{}' is {}, expected F32", origin_,
-                                  name, dtype_name(t->dtype)));
+                                  name, safetensors_dtype_name(t->dtype)));
   }
 }
 
