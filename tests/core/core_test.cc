@@ -7,6 +7,7 @@
 #include "ptrain/core/dtype.h"
 #include "ptrain/core/env.h"
 #include "ptrain/core/error.h"
+#include "ptrain/core/mesh.h"
 #include "ptrain/core/time.h"
 
 namespace ptrain {
@@ -84,6 +85,21 @@ TEST(DType, ParseRejectsOtherSpellings) {
 TEST(DType, UnknownValueIsAnInternalError) {
   EXPECT_THROW(dtype_size(static_cast<DType>(200)), InternalError);
   EXPECT_EQ(dtype_name(static_cast<DType>(200)), "?");
+}
+
+TEST(Mesh, TensorParallelIsInnermostThenDataThenPipeline) {
+  const MeshShape shape{.dp = 3, .tp = 2, .pp = 2};
+  EXPECT_EQ(shape.world(), 12);
+  EXPECT_EQ(shape.size(), 12);
+  EXPECT_EQ(coords_of(1, shape), (MeshCoords{.dp = 0, .tp = 1, .pp = 0}));
+  EXPECT_EQ(coords_of(2, shape), (MeshCoords{.dp = 1, .tp = 0, .pp = 0}));
+  EXPECT_EQ(coords_of(6, shape), (MeshCoords{.dp = 0, .tp = 0, .pp = 1}));
+  EXPECT_EQ(coords_of(11, shape), (MeshCoords{.dp = 2, .tp = 1, .pp = 1}));
+}
+
+TEST(Mesh, RankOfInvertsCoordsOf) {
+  const MeshShape shape{.dp = 3, .tp = 2, .pp = 2};
+  for (int r = 0; r < shape.world(); ++r) EXPECT_EQ(rank_of(coords_of(r, shape), shape), r);
 }
 
 }  // namespace ptrain
