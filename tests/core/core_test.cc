@@ -8,6 +8,7 @@
 #include "ptrain/core/env.h"
 #include "ptrain/core/error.h"
 #include "ptrain/core/mesh.h"
+#include "ptrain/core/strings.h"
 #include "ptrain/core/time.h"
 
 namespace ptrain {
@@ -100,6 +101,16 @@ TEST(Mesh, TensorParallelIsInnermostThenDataThenPipeline) {
 TEST(Mesh, RankOfInvertsCoordsOf) {
   const MeshShape shape{.dp = 3, .tp = 2, .pp = 2};
   for (int r = 0; r < shape.world(); ++r) EXPECT_EQ(rank_of(coords_of(r, shape), shape), r);
+}
+
+TEST(JsonQuote, EscapesQuotesBackslashesAndControlCharacters) {
+  EXPECT_EQ(json_quote("a\"b\\c\n\t\x01"), "\"a\\\"b\\\\c\\n\\t\\u0001\"");
+}
+
+TEST(JsonQuote, PassesUtf8AndReplacesBytesThatAreNot) {
+  EXPECT_EQ(json_quote("caf\xc3\xa9"), "\"caf\xc3\xa9\"");
+  EXPECT_EQ(json_quote("a\xffz"), "\"a\xef\xbf\xbdz\"");
+  EXPECT_EQ(json_quote("caf\xe9"), "\"caf\xef\xbf\xbd\"");
 }
 
 }  // namespace ptrain
