@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   build-essential cmake ninja-build pkg-config ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev
+  libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libgloo-dev libopenblas-dev
   openssh-client openssh-server clang-format iproute2 procps patchelf file
 )

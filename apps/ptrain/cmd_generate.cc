@@ -67,11 +67,11 @@ std::string find_model_file(const std::string& path) {
   return best.string();
 }
 
-int config_int(const data::JsonValue* config, const char* key, int flag) {
+int config_int(const data::Json* config, const char* key, int flag) {
   if (flag > 0) return flag;
-  const data::JsonValue* v = config ? config->find(key) : nullptr;
+  const data::Json* v = config ? data::json_member(*config, key) : nullptr;
   int64_t n = 0;
-  if (!v || !v->to_int64(&n) || n <= 0)
+  if (!v || !data::json_int64(*v, &n) || n <= 0)
     throw ConfigError(fmt::format("the checkpoint does not say the model's {}", key),
                       fmt::format("pass --{} (and the other shape flags)",
                                   key == std::string("seq_len") ? "seq-len" : key));
@@ -106,10 +106,10 @@ int generate(const GenerateArgs& a) {
   auto file = data::SafetensorsFile::open(path);
   const auto& meta = file.metadata();
   auto it = meta.find("config");
-  data::JsonValue config;
+  data::Json config;
   bool has_config = it != meta.end();
   if (has_config) config = data::parse_json(it->second, path + " __metadata__.config");
-  const data::JsonValue* cfgp = has_config ? &config : nullptr;
+  const data::Json* cfgp = has_config ? &config : nullptr;
 
   nn::GptConfig cfg;
   cfg.layers = config_int(cfgp, "layers", a.layers);

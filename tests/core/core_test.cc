@@ -4,8 +4,11 @@
 #include <cerrno>
 #include <cstdlib>
 
+#include "ptrain/core/dtype.h"
 #include "ptrain/core/env.h"
 #include "ptrain/core/error.h"
+#include "ptrain/core/mesh.h"
+#include "ptrain/core/strings.h"
 #include "ptrain/core/time.h"
 
 namespace ptrain {
@@ -50,6 +53,64 @@ TEST(Deadline, RemainingNeverNegative) {
   Deadline d(Millis(0));
   EXPECT_TRUE(d.expired());
   EXPECT_EQ(d.remaining().count(), 0);
+}
+
+TEST(DType, SizesAndNamesCoverEveryType) {
+  EXPECT_EQ(dtype_size(DType::kF32), 4u);
+  EXPECT_EQ(dtype_size(DType::kBF16), 2u);
+  EXPECT_EQ(dtype_size(DType::kI32), 4u);
+  EXPECT_EQ(dtype_size(DType::kI64), 8u);
+  EXPECT_EQ(dtype_size(DType::kU8), 1u);
+  EXPECT_EQ(dtype_name(DType::kF32), "f32");
+  EXPECT_EQ(dtype_name(DType::kBF16), "bf16");
+  EXPECT_EQ(dtype_name(DType::kI32), "i32");
+  EXPECT_EQ(dtype_name(DType::kI64), "i64");
+  EXPECT_EQ(dtype_name(DType::kU8), "u8");
+}
+
+TEST(DType, SafetensorsNamesRoundTrip) {
+  for (DType d : {DType::kF32, DType::kBF16, DType::kI32, DType::kI64, DType::kU8}) {
+    auto parsed = parse_safetensors_dtype(safetensors_dtype_name(d));
+    ASSERT_TRUE(parsed.has_value()) << dtype_name(d);
+    EXPECT_EQ(*parsed, d);
+  }
+  EXPECT_EQ(safetensors_dtype_name(DType::kBF16), "BF16");
+}
+
+TEST(DType, ParseRejectsOtherSpellings) {
+  EXPECT_FALSE(parse_safetensors_dtype("f32").has_value());
+  EXPECT_FALSE(parse_safetensors_dtype("F8").has_value());
+  EXPECT_FALSE(parse_safetensors_dtype("").has_value());
+}
+
+TEST(DType, UnknownValueIsAnInternalError) {
+  EXPECT_THROW(dtype_size(static_cast<DType>(200)), InternalError);
+  EXPECT_EQ(dtype_name(static_cast<DType>(200)), "?");
+}
+
+TEST(Mesh, TensorParallelIsInnermostThenDataThenPipeline) {
+  const MeshShape shape{.dp = 3, .tp = 2, .pp = 2};
+  EXPECT_EQ(shape.world(), 12);
+  EXPECT_EQ(shape.size(), 12);
+  EXPECT_EQ(coords_of(1, shape), (MeshCoords{.dp = 0, .tp = 1, .pp = 0}));
+  EXPECT_EQ(coords_of(2, shape), (MeshCoords{.dp = 1, .tp = 0, .pp = 0}));
+  EXPECT_EQ(coords_of(6, shape), (MeshCoords{.dp = 0, .tp = 0, .pp = 1}));
+  EXPECT_EQ(coords_of(11, shape), (MeshCoords{.dp = 2, .tp = 1, .pp = 1}));
+}
+
+TEST(Mesh, RankOfInvertsCoordsOf) {
+  const MeshShape shape{.dp = 3, .tp = 2, .pp = 2};
+  for (int r = 0; r < shape.world(); ++r) EXPECT_EQ(rank_of(coords_of(r, shape), shape), r);
+}
+
+TEST(JsonQuote, EscapesQuotesBackslashesAndControlCharacters) {
+  EXPECT_EQ(json_quote("a\"b\\c\n\t\x01"), "\"a\\\"b\\\\c\\n\\t\\u0001\"");
+}
+
+TEST(JsonQuote, PassesUtf8AndReplacesBytesThatAreNot) {
+  EXPECT_EQ(json_quote("caf\xc3\xa9"), "\"caf\xc3\xa9\"");
+  EXPECT_EQ(json_quote("a\xffz"), "\"a\xef\xbf\xbdz\"");
+  EXPECT_EQ(json_quote("caf\xe9"), "\"caf\xef\xbf\xbd\"");
 }
 
 }  // namespace ptrain

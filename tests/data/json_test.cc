@@ -3,31 +3,34 @@
 #include <gtest/gtest.h>
 
 #include "ptrain/core/error.h"
+#include "ptrain/core/strings.h"
 #include "test_util.h"
 
 namespace ptrain::data {
 namespace {
 
 TEST(Json, ParsesNestedValuesInOrder) {
-  JsonValue v = parse_json(R"( {"a": [1, -2.5e3, true, null], "b": {"c": "d\u00e9\n"}} )", "t");
+  Json v = parse_json(R"( {"a": [1, -2.5e3, true, null], "b": {"c": "d\u00e9\n"}} )", "t");
   ASSERT_TRUE(v.is_object());
-  ASSERT_EQ(v.as_object().size(), 2u);
-  EXPECT_EQ(v.as_object()[0].first, "a");
-  const auto& a = v.find("a")->as_array();
+  ASSERT_EQ(v.size(), 2u);
+  EXPECT_EQ(v.begin().key(), "a");
+  const Json& a = *json_member(v, "a");
   ASSERT_EQ(a.size(), 4u);
   int64_t one = 0;
-  EXPECT_TRUE(a[0].to_int64(&one));
+  EXPECT_TRUE(json_int64(a[0], &one));
   EXPECT_EQ(one, 1);
-  EXPECT_EQ(a[1].as_string(), "-2.5e3");
-  EXPECT_FALSE(a[1].to_int64(&one));
-  EXPECT_TRUE(a[2].as_bool());
-  EXPECT_EQ(a[3].kind(), JsonValue::Kind::kNull);
-  EXPECT_EQ(v.find("b")->find("c")->as_string(), "d\xc3\xa9\n");
+  EXPECT_EQ(a[1].get<double>(), -2500.0);
+  EXPECT_FALSE(json_int64(a[1], &one));
+  EXPECT_TRUE(a[2].get<bool>());
+  EXPECT_TRUE(a[3].is_null());
+  EXPECT_EQ(v["b"]["c"].get<std::string>(), "d\xc3\xa9\n");
+  EXPECT_EQ(json_member(v, "z"), nullptr);
+  EXPECT_EQ(json_member(a, "a"), nullptr);  // not an object
 }
 
 TEST(Json, DecodesSurrogatePairs) {
-  JsonValue v = parse_json(R"("\ud83d\ude00")", "t");
-  EXPECT_EQ(v.as_string(), "\xf0\x9f\x98\x80");
+  Json v = parse_json(R"("\ud83d\ude00")", "t");
+  EXPECT_EQ(v.get<std::string>(), "\xf0\x9f\x98\x80");
 }
 
 TEST(Json, RejectsMalformedInputWithByteOffset) {
@@ -48,7 +51,9 @@ TEST(Json, RejectsMalformedInputWithByteOffset) {
                        "{'a':1}",
                        "\"\x01\"",
                        "\"\xff\"",
-                       "nan"};
+                       "nan",
+                       "\xef\xbb\xbf{}",
+                       "[1] // comment"};
   for (const char* text : bad) {
     EXPECT_THROW_MSG(parse_json(text, "origin.json"), ConfigError, "origin.json: invalid JSON");
   }
@@ -56,6 +61,28 @@ TEST(Json, RejectsMalformedInputWithByteOffset) {
 
 TEST(Json, NamesTheDuplicateKey) {
   EXPECT_THROW_MSG(parse_json(R"({"x": 1, "x": 2})", "h"), ConfigError, "duplicate key \"x\"");
+}
+
+TEST(Json, ErrorsGiveTheByteOffset) {
+  EXPECT_THROW_MSG(parse_json(R"({"x": 1, "x": 2})", "h"), ConfigError,
+                   "h: invalid JSON at byte 9: duplicate key");
+  EXPECT_THROW_MSG(parse_json("[1,]", "h"), ConfigError, "h: invalid JSON at byte 3: ");
+  EXPECT_THROW_MSG(parse_json(R"({"a": {"a": 1}, "b": {"b": 1, "b": 2}})", "h"), ConfigError,
+                   "at byte 30: duplicate key \"b\"");
+  EXPECT_THROW_MSG(parse_json(R"({"q\"": 1, "q\"": 2})", "h"), ConfigError,
+                   "at byte 11: duplicate key");
+}
+
+TEST(Json, ShortensTheLastReadTokenInMessages) {
+  std::string unterminated = "\"" + std::string(1000, 'x');
+  try {
+    parse_json(unterminated, "h");
+    FAIL() << "an unterminated string parsed";
+  } catch (const ConfigError& e) {
+    std::string what = e.what();
+    EXPECT_LT(what.size(), 300u) << what;
+    EXPECT_NE(what.find("missing closing quote"), std::string::npos) << what;
+  }
 }
 
 TEST(Json, LimitsNestingDepth) {
@@ -69,14 +96,19 @@ TEST(Json, LimitsNestingDepth) {
 
 TEST(Json, IntegerConversionRejectsOverflow) {
   int64_t v;
-  EXPECT_TRUE(parse_json("9223372036854775807", "t").to_int64(&v));
+  EXPECT_TRUE(json_int64(parse_json("9223372036854775807", "t"), &v));
   EXPECT_EQ(v, INT64_MAX);
-  EXPECT_FALSE(parse_json("9223372036854775808", "t").to_int64(&v));
+  EXPECT_FALSE(json_int64(parse_json("9223372036854775808", "t"), &v));
+  EXPECT_TRUE(json_int64(parse_json("-9223372036854775808", "t"), &v));
+  EXPECT_EQ(v, INT64_MIN);
+  EXPECT_FALSE(json_int64(parse_json("-9223372036854775809", "t"), &v));
+  EXPECT_FALSE(json_int64(parse_json("1.0", "t"), &v));
+  EXPECT_FALSE(json_int64(parse_json("\"1\"", "t"), &v));
 }
 
 TEST(Json, QuoteEscapesControlCharacters) {
   EXPECT_EQ(json_quote("a\"b\\c\n\x01"), "\"a\\\"b\\\\c\\n\\u0001\"");
-  EXPECT_EQ(parse_json(json_quote("a\"b\\c\n\x01"), "t").as_string(), "a\"b\\c\n\x01");
+  EXPECT_EQ(parse_json(json_quote("a\"b\\c\n\x01"), "t").get<std::string>(), "a\"b\\c\n\x01");
 }
 
 }  // namespace

@@ -81,5 +81,26 @@ TEST(TtyConsole, KeepsTheStepLinesAboveTheLiveLine) {
   EXPECT_NE(out.text().find("[rank 0] step 2/4 | loss 1.5000"), std::string::npos);
 }
 
+TEST(Report, ReturnsItsStepAndReadsTheProgressFields) {
+  Captured out;
+  Console console(out.file(), /*tty=*/false, ConsoleMode::Rank0, 2);
+  EXPECT_EQ(console.report(kReport2, 1.0), std::optional<int64_t>(2));
+  EXPECT_EQ(console.progress().step, 2);
+  EXPECT_EQ(console.progress().total, 4);
+  EXPECT_EQ(console.progress().loss, std::optional<double>(1.5));
+  EXPECT_EQ(console.progress().step_ms, std::optional<double>(3.5));
+  EXPECT_EQ(console.report(R"({"step":1})", 2.0), std::optional<int64_t>(1));  // an older one
+  EXPECT_EQ(console.progress().step, 2);
+}
+
+TEST(Report, IgnoresTextWithoutANumericStep) {
+  Captured out;
+  Console console(out.file(), /*tty=*/false, ConsoleMode::Rank0, 2);
+  EXPECT_EQ(console.report("not json", 1.0), std::nullopt);
+  EXPECT_EQ(console.report(R"({"step":"3"})", 1.0), std::nullopt);
+  EXPECT_EQ(console.report(R"([{"step":3}])", 1.0), std::nullopt);
+  EXPECT_FALSE(console.has_progress());
+}
+
 }  // namespace
 }  // namespace ptrain::launch

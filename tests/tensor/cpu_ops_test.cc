@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "ptrain/tensor/ops.h"
+#include "ptrain/tensor/tensor.h"
 
 using namespace ptrain::tensor;
 
@@ -69,6 +70,77 @@ TEST(CpuOps, StridedBatchedGemmRunsEachBatch) {
       for (int j = 0; j < N; ++j) {
         double s = 0;
         for (int k = 0; k < K; ++k) s += A[c * M * K + i * K + k] * B[c * K * N + k * N + j];
+        EXPECT_NEAR(C[c * M * N + i * N + j], s, 1e-5);
+      }
+    }
+  }
+}
+
+std::vector<uint16_t> to_bf16(const std::vector<float>& x) {
+  std::vector<uint16_t> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = float_to_bf16(x[i]);
+  return out;
+}
+
+TEST(CpuOps, Bf16ConversionsMatchTheScalarHelpers) {
+  auto x = randn(1000, 11, 100.0f);
+  x[0] = std::nanf("");
+  x[1] = 1.0f + std::ldexp(1.0f, -8);  // a tie: rounds to even (1.0)
+  std::vector<uint16_t> h(x.size());
+  cpu().f32_to_bf16(h.data(), x.data(), x.size());
+  std::vector<float> back(x.size());
+  cpu().bf16_to_f32(back.data(), h.data(), h.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    EXPECT_EQ(h[i], float_to_bf16(x[i])) << i;
+    if (i == 0) {
+      EXPECT_TRUE(std::isnan(back[i]));
+    } else {
+      EXPECT_EQ(back[i], bf16_to_float(h[i])) << i;
+    }
+  }
+  EXPECT_EQ(back[1], 1.0f);
+}
+
+TEST(CpuOps, Bf16GemmIsTheFp32GemmOfTheRoundedInputs) {
+  const int M = 5, N = 7, K = 3, pad = 2;
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "trans_a " << ta << " trans_b " << tb);
+      int a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tb ? N : K, b_cols = tb ? K : N;
+      int lda = a_cols + pad, ldb = b_cols + pad;
+      auto A = to_bf16(randn(a_rows * lda, 12)), B = to_bf16(randn(b_rows * ldb, 13));
+      auto C = randn(M * N, 14);
+      std::vector<float> expect(M * N);
+      for (int i = 0; i < M; ++i) {
+        for (int j = 0; j < N; ++j) {
+          double sum = 0;
+          for (int k = 0; k < K; ++k) {
+            double a = bf16_to_float(ta ? A[k * lda + i] : A[i * lda + k]);
+            double b = bf16_to_float(tb ? B[j * ldb + k] : B[k * ldb + j]);
+            sum += a * b;
+          }
+          expect[i * N + j] = static_cast<float>(0.5 * sum + 2.0 * C[i * N + j]);
+        }
+      }
+      cpu().gemm_bf16(ta, tb, M, N, K, 0.5f, A.data(), lda, B.data(), ldb, 2.0f, C.data(), N);
+      for (int i = 0; i < M * N; ++i) EXPECT_NEAR(C[i], expect[i], 1e-5) << i;
+    }
+  }
+}
+
+TEST(CpuOps, Bf16StridedBatchedGemmRunsEachBatch) {
+  const int M = 3, N = 4, K = 2, count = 3;
+  auto A = to_bf16(randn(count * M * K, 15)), B = to_bf16(randn(count * K * N, 16));
+  std::vector<float> C(count * M * N, 1.0f);
+  cpu().gemm_bf16_strided_batched(false, false, M, N, K, 1.0f, A.data(), K, M * K, B.data(), N,
+                                  K * N, 1.0f, C.data(), N, M * N, count);
+  for (int c = 0; c < count; ++c) {
+    for (int i = 0; i < M; ++i) {
+      for (int j = 0; j < N; ++j) {
+        double s = 1.0;
+        for (int k = 0; k < K; ++k)
+          s += double(bf16_to_float(A[c * M * K + i * K + k])) *
+               bf16_to_float(B[c * K * N + k * N + j]);
         EXPECT_NEAR(C[c * M * N + i * N + j], s, 1e-5);
       }
     }

@@ -6,27 +6,6 @@
 
 namespace ptrain::comm {
 
-size_t dtype_size(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return 4;
-    case DType::kBF16:
-      return 2;
-  }
-  PTRAIN_CHECK(false, "unknown dtype {}", static_cast<int>(dtype));
-  return 0;
-}
-
-const char* to_string(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return "f32";
-    case DType::kBF16:
-      return "bf16";
-  }
-  return "?";
-}
-
 const char* to_string(ReduceOp op) {
   switch (op) {
     case ReduceOp::kSum:

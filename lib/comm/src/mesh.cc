@@ -78,14 +78,6 @@ ProcessMesh::ProcessMesh(int rank, int world, MeshShape shape, CommFactory facto
 
 ProcessMesh::~ProcessMesh() = default;
 
-MeshCoords ProcessMesh::coords_of(int rank, const MeshShape& s) {
-  return {.dp = (rank / s.tp) % s.dp, .tp = rank % s.tp, .pp = rank / (s.tp * s.dp)};
-}
-
-int ProcessMesh::rank_of(const MeshCoords& c, const MeshShape& s) {
-  return c.tp + s.tp * (c.dp + s.dp * c.pp);
-}
-
 std::vector<int> ProcessMesh::group_ranks(GroupKind kind) const {
   std::vector<int> ranks;
   MeshCoords c = coords();

@@ -1,40 +1,13 @@
 #include "ptrain/core/strings.h"
 
-#include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 namespace ptrain {
 
 std::string json_quote(std::string_view s) {
-  std::string out;
-  out.reserve(s.size() + 2);
-  out += '"';
-  for (char c : s) {
-    auto u = static_cast<unsigned char>(c);
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (u < 0x20)
-          out += fmt::format("\\u{:04x}", u);
-        else
-          out += c;
-    }
-  }
-  out += '"';
-  return out;
+  // `replace`: a byte that is not UTF-8 becomes U+FFFD instead of an exception, so a stray byte
+  // in a log line or a reason never stops a file from being written.
+  return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace ptrain

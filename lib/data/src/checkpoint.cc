@@ -131,22 +131,22 @@ void check_finite(const CheckpointData& data) {
 }
 
 std::string manifest_json(const CheckpointManifest& m) {
-  std::string s = "{\n";
-  s += fmt::format("  \"format\": {},\n  \"version\": {},\n  \"step\": {},\n  \"files\": [",
-                   json_quote(kManifestFormat), kManifestVersion, m.step);
-  for (size_t i = 0; i < m.files.size(); ++i) {
-    const auto& f = m.files[i];
-    s += fmt::format("{}\n    {{\"name\": {}, \"bytes\": {}, \"fnv1a64\": \"{:016x}\"}}",
-                     i ? "," : "", json_quote(f.name), f.bytes, f.fnv1a64);
+  Json files = Json::array();
+  for (const auto& f : m.files) {
+    files.push_back(
+        {{"name", f.name}, {"bytes", f.bytes}, {"fnv1a64", fmt::format("{:016x}", f.fnv1a64)}});
   }
-  s += "\n  ],\n  \"metadata\": {";
-  bool first = true;
-  for (const auto& [k, v] : m.metadata) {
-    s += fmt::format("{}\n    {}: {}", first ? "" : ",", json_quote(k), json_quote(v));
-    first = false;
+  Json manifest = {{"format", kManifestFormat},
+                   {"version", kManifestVersion},
+                   {"step", m.step},
+                   {"files", std::move(files)},
+                   {"metadata", m.metadata}};
+  try {
+    return manifest.dump(2) + "\n";
+  } catch (const Json::type_error& e) {  // 316: a string that is not UTF-8
+    throw ConfigError(fmt::format("checkpoint step {}: a metadata string is not valid UTF-8 ({})",
+                                  m.step, e.what()));
   }
-  s += first ? "}\n}\n" : "\n  }\n}\n";
-  return s;
 }
 
 // "step-<digits>.json" -> step; false otherwise.
@@ -271,40 +271,40 @@ CheckpointManifest validate_checkpoint(const std::string& manifest_path) {
 
   MappedFile file(manifest_path, "checkpoint manifest");
   std::string_view text(reinterpret_cast<const char*>(file.data()), file.size());
-  JsonValue root = parse_json(text, fmt::format("checkpoint manifest '{}'", manifest_path));
-  const JsonValue* format = root.find("format");
-  const JsonValue* version = root.find("version");
-  const JsonValue* step = root.find("step");
-  const JsonValue* files = root.find("files");
-  const JsonValue* metadata = root.find("metadata");
+  Json root = parse_json(text, fmt::format("checkpoint manifest '{}'", manifest_path));
+  const Json* format = json_member(root, "format");
+  const Json* version = json_member(root, "version");
+  const Json* step = json_member(root, "step");
+  const Json* files = json_member(root, "files");
+  const Json* metadata = json_member(root, "metadata");
   int64_t v = 0;
-  if (format == nullptr || !format->is_string() || format->as_string() != kManifestFormat) {
+  if (format == nullptr || !format->is_string() || *format != kManifestFormat) {
     fail(fmt::format("not a {} manifest", kManifestFormat));
   }
-  if (version == nullptr || !version->to_int64(&v) || v != kManifestVersion) {
+  if (version == nullptr || !json_int64(*version, &v) || v != kManifestVersion) {
     fail(fmt::format("unsupported version (expected {})", kManifestVersion));
   }
-  if (step == nullptr || !step->to_int64(&m.step) || m.step < 0) fail("missing or bad step");
+  if (step == nullptr || !json_int64(*step, &m.step) || m.step < 0) fail("missing or bad step");
   if (named && name_step != m.step) {
     fail(fmt::format("records step {} but is named for step {}", m.step, name_step));
   }
-  if (files == nullptr || !files->is_array() || files->as_array().empty()) fail("no files");
-  for (const auto& f : files->as_array()) {
-    const JsonValue* name = f.find("name");
-    const JsonValue* bytes = f.find("bytes");
-    const JsonValue* hash = f.find("fnv1a64");
+  if (files == nullptr || !files->is_array() || files->empty()) fail("no files");
+  for (const auto& f : *files) {
+    const Json* name = json_member(f, "name");
+    const Json* bytes = json_member(f, "bytes");
+    const Json* hash = json_member(f, "fnv1a64");
     int64_t b = 0;
-    if (name == nullptr || !name->is_string() || bytes == nullptr || !bytes->to_int64(&b) ||
+    if (name == nullptr || !name->is_string() || bytes == nullptr || !json_int64(*bytes, &b) ||
         b < 0 || hash == nullptr || !hash->is_string()) {
       fail("a files entry needs name, bytes and fnv1a64");
     }
     CheckpointFile cf;
-    cf.name = name->as_string();
+    cf.name = name->get<std::string>();
     if (cf.name.empty() || cf.name.find('/') != std::string::npos) {
       fail(fmt::format("bad file name '{}'", cf.name));
     }
     cf.bytes = static_cast<uint64_t>(b);
-    const std::string& hex = hash->as_string();
+    const auto& hex = hash->get_ref<const std::string&>();
     auto [ptr, ec] = std::from_chars(hex.data(), hex.data() + hex.size(), cf.fnv1a64, 16);
     if (hex.size() != 16 || ec != std::errc() || ptr != hex.data() + hex.size()) {
       fail(fmt::format("bad checksum '{}' for '{}'", hex, cf.name));
@@ -313,9 +313,9 @@ CheckpointManifest validate_checkpoint(const std::string& manifest_path) {
   }
   if (metadata != nullptr) {
     if (!metadata->is_object()) fail("metadata is not an object");
-    for (const auto& [k, val] : metadata->as_object()) {
+    for (const auto& [k, val] : metadata->items()) {
       if (!val.is_string()) fail(fmt::format("metadata '{}' is not a string", k));
-      m.metadata[k] = val.as_string();
+      m.metadata[k] = val.get<std::string>();
     }
   }
   for (const auto& f : m.files) {

@@ -1,371 +1,172 @@
-// Strict recursive-descent JSON parser (RFC 8259) with a depth limit and duplicate-key check.
+// parse_json: nlohmann's parser with a callback that rejects duplicate keys and deep nesting,
+// reading through an iterator that remembers the last byte it handed out, so that those errors
+// carry a byte offset like nlohmann's own.
 #include "ptrain/data/json.h"
 
-#include <charconv>
+#include <fmt/format.h>
+
+#include <iterator>
+#include <string>
+#include <unordered_set>
+#include <vector>
 
 #include "ptrain/core/error.h"
-#include "ptrain/core/strings.h"
 
 namespace ptrain::data {
-
-JsonValue JsonValue::boolean(bool b) {
-  JsonValue v;
-  v.kind_ = Kind::kBool;
-  v.bool_ = b;
-  return v;
-}
-
-JsonValue JsonValue::number(std::string literal) {
-  JsonValue v;
-  v.kind_ = Kind::kNumber;
-  v.text_ = std::move(literal);
-  return v;
-}
-
-JsonValue JsonValue::string(std::string s) {
-  JsonValue v;
-  v.kind_ = Kind::kString;
-  v.text_ = std::move(s);
-  return v;
-}
-
-JsonValue JsonValue::array(Array a) {
-  JsonValue v;
-  v.kind_ = Kind::kArray;
-  v.array_ = std::make_shared<Array>(std::move(a));
-  return v;
-}
-
-JsonValue JsonValue::object(Object o) {
-  JsonValue v;
-  v.kind_ = Kind::kObject;
-  v.object_ = std::make_shared<Object>(std::move(o));
-  return v;
-}
-
-bool JsonValue::to_int64(int64_t* out) const {
-  if (kind_ != Kind::kNumber) return false;
-  for (char c : text_) {
-    if (c == '.' || c == 'e' || c == 'E') return false;
-  }
-  const char* end = text_.data() + text_.size();
-  auto [ptr, ec] = std::from_chars(text_.data(), end, *out);
-  return ec == std::errc() && ptr == end;
-}
-
-const JsonValue* JsonValue::find(std::string_view key) const {
-  if (kind_ != Kind::kObject) return nullptr;
-  for (const auto& [k, v] : *object_) {
-    if (k == key) return &v;
-  }
-  return nullptr;
-}
-
 namespace {
 
-class Parser {
+// A pointer into the text that records the last byte nlohmann's lexer read.
+class TrackingIterator {
  public:
-  Parser(std::string_view text, std::string_view origin) : s_(text), origin_(origin) {}
+  using iterator_category = std::forward_iterator_tag;
+  using value_type = char;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const char*;
+  using reference = const char&;
 
-  JsonValue parse_document() {
-    skip_ws();
-    JsonValue v = parse_value(0);
-    skip_ws();
-    if (pos_ != s_.size()) fail("unexpected data after the JSON value");
-    return v;
+  TrackingIterator(const char* p, const char** last_read) : p_(p), last_read_(last_read) {}
+  reference operator*() const {
+    *last_read_ = p_;
+    return *p_;
   }
+  TrackingIterator& operator++() {
+    ++p_;
+    return *this;
+  }
+  TrackingIterator operator++(int) {
+    TrackingIterator old = *this;
+    ++p_;
+    return old;
+  }
+  bool operator==(const TrackingIterator& other) const { return p_ == other.p_; }
 
  private:
-  [[noreturn]] void fail(const std::string& what) const {
-    throw ConfigError(fmt::format("{}: invalid JSON at byte {}: {}", origin_, pos_, what));
-  }
-
-  bool at_end() const { return pos_ >= s_.size(); }
-  char peek() const { return at_end() ? '\0' : s_[pos_]; }
-
-  void skip_ws() {
-    while (!at_end()) {
-      char c = s_[pos_];
-      if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
-      ++pos_;
-    }
-  }
-
-  void expect_literal(std::string_view lit) {
-    if (s_.substr(pos_, lit.size()) != lit) fail(fmt::format("expected '{}'", lit));
-    pos_ += lit.size();
-  }
-
-  JsonValue parse_value(int depth) {
-    if (depth > kMaxJsonDepth) fail(fmt::format("nesting deeper than {}", kMaxJsonDepth));
-    if (at_end()) fail("unexpected end of input");
-    char c = peek();
-    switch (c) {
-      case '{':
-        return parse_object(depth);
-      case '[':
-        return parse_array(depth);
-      case '"':
-        return JsonValue::string(parse_string());
-      case 't':
-        expect_literal("true");
-        return JsonValue::boolean(true);
-      case 'f':
-        expect_literal("false");
-        return JsonValue::boolean(false);
-      case 'n':
-        expect_literal("null");
-        return JsonValue();
-      default:
-        if (c == '-' || (c >= '0' && c <= '9')) return parse_number();
-        fail(fmt::format("unexpected character '{}'", printable(c)));
-    }
-  }
-
-  static std::string printable(char c) {
-    unsigned char u = static_cast<unsigned char>(c);
-    if (u >= 0x20 && u < 0x7f) return std::string(1, c);
-    return fmt::format("\\x{:02x}", u);
-  }
-
-  JsonValue parse_object(int depth) {
-    ++pos_;  // '{'
-    JsonValue::Object members;
-    skip_ws();
-    if (peek() == '}') {
-      ++pos_;
-      return JsonValue::object(std::move(members));
-    }
-    while (true) {
-      skip_ws();
-      if (peek() != '"') fail("expected a string key");
-      size_t key_pos = pos_;
-      std::string key = parse_string();
-      for (const auto& m : members) {
-        if (m.first == key) {
-          pos_ = key_pos;
-          fail(fmt::format("duplicate key \"{}\"", key));
-        }
-      }
-      skip_ws();
-      if (peek() != ':') fail("expected ':' after a key");
-      ++pos_;
-      skip_ws();
-      JsonValue v = parse_value(depth + 1);
-      members.emplace_back(std::move(key), std::move(v));
-      skip_ws();
-      if (peek() == ',') {
-        ++pos_;
-        continue;
-      }
-      if (peek() == '}') {
-        ++pos_;
-        return JsonValue::object(std::move(members));
-      }
-      fail("expected ',' or '}' in an object");
-    }
-  }
-
-  JsonValue parse_array(int depth) {
-    ++pos_;  // '['
-    JsonValue::Array items;
-    skip_ws();
-    if (peek() == ']') {
-      ++pos_;
-      return JsonValue::array(std::move(items));
-    }
-    while (true) {
-      skip_ws();
-      items.push_back(parse_value(depth + 1));
-      skip_ws();
-      if (peek() == ',') {
-        ++pos_;
-        continue;
-      }
-      if (peek() == ']') {
-        ++pos_;
-        return JsonValue::array(std::move(items));
-      }
-      fail("expected ',' or ']' in an array");
-    }
-  }
-
-  JsonValue parse_number() {
-    size_t start = pos_;
-    if (peek() == '-') ++pos_;
-    if (peek() == '0') {
-      ++pos_;
-    } else if (peek() >= '1' && peek() <= '9') {
-      while (peek() >= '0' && peek() <= '9') ++pos_;
-    } else {
-      fail("expected a digit");
-    }
-    if (peek() == '.') {
-      ++pos_;
-      if (!(peek() >= '0' && peek() <= '9')) fail("expected a digit after '.'");
-      while (peek() >= '0' && peek() <= '9') ++pos_;
-    }
-    if (peek() == 'e' || peek() == 'E') {
-      ++pos_;
-      if (peek() == '+' || peek() == '-') ++pos_;
-      if (!(peek() >= '0' && peek() <= '9')) fail("expected a digit in the exponent");
-      while (peek() >= '0' && peek() <= '9') ++pos_;
-    }
-    return JsonValue::number(std::string(s_.substr(start, pos_ - start)));
-  }
-
-  unsigned parse_hex4() {
-    if (pos_ + 4 > s_.size()) fail("truncated \\u escape");
-    unsigned v = 0;
-    for (int i = 0; i < 4; ++i) {
-      char c = s_[pos_++];
-      v <<= 4;
-      if (c >= '0' && c <= '9') {
-        v |= static_cast<unsigned>(c - '0');
-      } else if (c >= 'a' && c <= 'f') {
-        v |= static_cast<unsigned>(c - 'a' + 10);
-      } else if (c >= 'A' && c <= 'F') {
-        v |= static_cast<unsigned>(c - 'A' + 10);
-      } else {
-        --pos_;
-        fail("bad hex digit in \\u escape");
-      }
-    }
-    return v;
-  }
-
-  static void append_utf8(std::string& out, unsigned cp) {
-    if (cp < 0x80) {
-      out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-      out += static_cast<char>(0xC0 | (cp >> 6));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      out += static_cast<char>(0xE0 | (cp >> 12));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-      out += static_cast<char>(0xF0 | (cp >> 18));
-      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-  }
-
-  // Validates one UTF-8 sequence starting at pos_ and appends it.
-  void copy_utf8(std::string& out) {
-    unsigned char c = static_cast<unsigned char>(s_[pos_]);
-    int len = 0;
-    unsigned cp = 0;
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-      cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      cp = c & 0x07;
-    } else {
-      fail("invalid UTF-8 in a string");
-    }
-    if (pos_ + len > s_.size()) fail("truncated UTF-8 sequence in a string");
-    for (int i = 1; i < len; ++i) {
-      unsigned char cc = static_cast<unsigned char>(s_[pos_ + i]);
-      if ((cc & 0xC0) != 0x80) fail("invalid UTF-8 in a string");
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    bool overlong = (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000);
-    if (overlong || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-      fail("invalid UTF-8 in a string");
-    }
-    out.append(s_.substr(pos_, len));
-    pos_ += len;
-  }
-
-  std::string parse_string() {
-    ++pos_;  // opening quote
-    std::string out;
-    while (true) {
-      if (at_end()) fail("unterminated string");
-      char c = s_[pos_];
-      unsigned char u = static_cast<unsigned char>(c);
-      if (c == '"') {
-        ++pos_;
-        return out;
-      }
-      if (u < 0x20) fail("control character in a string");
-      if (u >= 0x80) {
-        copy_utf8(out);
-        continue;
-      }
-      if (c != '\\') {
-        out += c;
-        ++pos_;
-        continue;
-      }
-      ++pos_;
-      if (at_end()) fail("unterminated escape");
-      char e = s_[pos_++];
-      switch (e) {
-        case '"':
-          out += '"';
-          break;
-        case '\\':
-          out += '\\';
-          break;
-        case '/':
-          out += '/';
-          break;
-        case 'b':
-          out += '\b';
-          break;
-        case 'f':
-          out += '\f';
-          break;
-        case 'n':
-          out += '\n';
-          break;
-        case 'r':
-          out += '\r';
-          break;
-        case 't':
-          out += '\t';
-          break;
-        case 'u': {
-          unsigned cp = parse_hex4();
-          if (cp >= 0xD800 && cp <= 0xDBFF) {
-            if (s_.substr(pos_, 2) != "\\u") fail("unpaired surrogate in \\u escape");
-            pos_ += 2;
-            unsigned lo = parse_hex4();
-            if (lo < 0xDC00 || lo > 0xDFFF) fail("unpaired surrogate in \\u escape");
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-            fail("unpaired surrogate in \\u escape");
-          }
-          append_utf8(out, cp);
-          break;
-        }
-        default:
-          --pos_;
-          fail(fmt::format("bad escape '\\{}'", printable(e)));
-      }
-    }
-  }
-
-  std::string_view s_;
-  std::string_view origin_;
-  size_t pos_ = 0;
+  const char* p_;
+  const char** last_read_;
 };
+
+// The byte offset of the opening quote of the string whose closing quote is at `close`: the
+// nearest earlier quote not escaped by an odd run of backslashes.
+size_t opening_quote(std::string_view text, size_t close) {
+  for (size_t i = close; i-- > 0;) {
+    if (text[i] != '"') continue;
+    size_t backslashes = 0;
+    while (backslashes < i && text[i - 1 - backslashes] == '\\') ++backslashes;
+    if (backslashes % 2 == 0) return i;
+  }
+  return 0;
+}
+
+// `token` as it may appear in a message: at most 32 bytes, non-printable bytes as \xNN.
+std::string printable(std::string_view token) {
+  constexpr size_t kMax = 32;
+  std::string out;
+  for (size_t i = 0; i < token.size() && i < kMax; ++i) {
+    auto u = static_cast<unsigned char>(token[i]);
+    if (u >= 0x20 && u < 0x7f) {
+      out += token[i];
+    } else {
+      out += fmt::format("\\x{:02x}", u);
+    }
+  }
+  if (token.size() > kMax) out += "...";
+  return out;
+}
+
+// nlohmann's message without its "[json.exception.parse_error.101] parse error at line 1,
+// column 4: " prefix, and with the lexer's "last read: '<token>'" (which can be the whole rest
+// of a 100 MB header, and raw bytes) shortened to something printable.
+std::string describe(const std::string& what) {
+  std::string_view s = what;
+  if (size_t p = s.find("] "); s.starts_with("[json.exception.") && p != s.npos) {
+    s.remove_prefix(p + 2);
+  }
+  if (s.starts_with("parse error")) {
+    if (size_t p = s.find(": "); p != s.npos) s.remove_prefix(p + 2);
+  }
+  constexpr std::string_view kLastRead = "; last read: '";
+  size_t begin = s.find(kLastRead);
+  if (begin == s.npos) return std::string(s);
+  size_t token = begin + kLastRead.size();
+  size_t end = s.rfind("'; expected ");
+  if (end == s.npos || end < token) end = s.rfind('\'');
+  if (end == s.npos || end < token) return std::string(s.substr(0, begin));
+  return std::string(s.substr(0, token)) + printable(s.substr(token, end - token)) +
+         std::string(s.substr(end));
+}
 
 }  // namespace
 
-JsonValue parse_json(std::string_view text, std::string_view origin) {
-  return Parser(text, origin).parse_document();
+Json parse_json(std::string_view text, std::string_view origin) {
+  auto fail = [&](size_t byte, const std::string& what) {
+    throw ConfigError(fmt::format("{}: invalid JSON at byte {}: {}", origin, byte, what));
+  };
+  // nlohmann skips a UTF-8 byte-order mark; RFC 8259 forbids sending one.
+  if (text.starts_with("\xEF\xBB\xBF")) fail(0, "a byte-order mark is not allowed");
+
+  const char* last_read = text.data();
+  auto offset_of_last_read = [&] { return static_cast<size_t>(last_read - text.data()); };
+  // The keys of each object being read, innermost last.
+  std::vector<std::unordered_set<std::string>> keys;
+  auto check = [&](int depth, Json::parse_event_t event, Json& parsed) {
+    switch (event) {
+      case Json::parse_event_t::object_start:
+        keys.emplace_back();
+        [[fallthrough]];
+      case Json::parse_event_t::array_start:
+      case Json::parse_event_t::value:
+        if (depth > kMaxJsonDepth) {
+          fail(offset_of_last_read(), fmt::format("nesting deeper than {}", kMaxJsonDepth));
+        }
+        break;
+      case Json::parse_event_t::key: {
+        auto& key = parsed.get_ref<const std::string&>();
+        if (!keys.back().insert(key).second) {
+          fail(opening_quote(text, offset_of_last_read()),
+               fmt::format("duplicate key \"{}\"", printable(key)));
+        }
+        break;
+      }
+      case Json::parse_event_t::object_end:
+        keys.pop_back();
+        break;
+      case Json::parse_event_t::array_end:
+        break;
+    }
+    return true;
+  };
+
+  try {
+    return Json::parse(TrackingIterator(text.data(), &last_read),
+                       TrackingIterator(text.data() + text.size(), &last_read), check,
+                       /*allow_exceptions=*/true, /*ignore_comments=*/false);
+  } catch (const Json::parse_error& e) {
+    // e.byte counts the bytes read, the failing one (or the end of input) included.
+    fail(e.byte > 0 ? e.byte - 1 : 0, describe(e.what()));
+  } catch (const Json::exception& e) {  // e.g. out_of_range.406: a number too large for double
+    fail(offset_of_last_read(), describe(e.what()));
+  }
+  return Json();  // not reached: fail() throws
 }
 
-std::string json_quote(std::string_view s) {
-  return ::ptrain::json_quote(s);
+bool json_int64(const Json& value, int64_t* out) {
+  if (value.is_number_unsigned()) {
+    auto u = value.get<uint64_t>();
+    if (u > static_cast<uint64_t>(INT64_MAX)) return false;
+    *out = static_cast<int64_t>(u);
+    return true;
+  }
+  if (value.is_number_integer()) {
+    *out = value.get<int64_t>();
+    return true;
+  }
+  return false;
+}
+
+const Json* json_member(const Json& value, std::string_view key) {
+  if (!value.is_object()) return nullptr;
+  auto it = value.find(key);
+  return it == value.end() ? nullptr : &*it;
 }
 
 }  // namespace ptrain::data

@@ -7,6 +7,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <variant>
 
 #include "mapped_file.h"
@@ -17,49 +18,7 @@ namespace ptrain::data {
 
 static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian");
 
-size_t dtype_size(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return 4;
-    case DType::kBF16:
-      return 2;
-    case DType::kI32:
-      return 4;
-    case DType::kI64:
-      return 8;
-    case DType::kU8:
-      return 1;
-  }
-  return 0;
-}
-
-const char* dtype_name(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return "F32";
-    case DType::kBF16:
-      return "BF16";
-    case DType::kI32:
-      return "I32";
-    case DType::kI64:
-      return "I64";
-    case DType::kU8:
-      return "U8";
-  }
-  return "?";
-}
-
 namespace {
-
-bool parse_dtype(std::string_view s, DType* out) {
-  for (DType d : {DType::kF32, DType::kBF16, DType::kI32, DType::kI64, DType::kU8}) {
-    if (s == dtype_name(d)) {
-      *out = d;
-      return true;
-    }
-  }
-  return false;
-}
 
 // product(shape) * elem; false on overflow.
 bool byte_size(const std::vector<int64_t>& shape, size_t elem, uint64_t* out) {
@@ -121,33 +80,31 @@ void SafetensorsWriter::set_metadata(std::string key, std::string value) {
 }
 
 std::string SafetensorsWriter::header() const {
-  std::string h = "{";
-  bool first = true;
+  Json h = Json::object();
   if (!metadata_.empty()) {
-    h += "\"__metadata__\":{";
-    bool first_kv = true;
-    for (const auto& [k, v] : metadata_) {
-      if (!first_kv) h += ',';
-      first_kv = false;
-      h += json_quote(k) + ":" + json_quote(v);
-    }
-    h += '}';
-    first = false;
+    Json& meta = h["__metadata__"] = Json::object();
+    for (const auto& [k, v] : metadata_) meta[k] = v;
   }
   uint64_t offset = 0;
   for (const auto& t : tensors_) {
     uint64_t bytes = 0;
     byte_size(t.shape, dtype_size(t.dtype), &bytes);
-    if (!first) h += ',';
-    first = false;
-    h += fmt::format("{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
-                     json_quote(t.name), dtype_name(t.dtype), fmt::join(t.shape, ","), offset,
-                     offset + bytes);
+    h[t.name] = {{"dtype", std::string(safetensors_dtype_name(t.dtype))},
+                 {"shape", t.shape},
+                 {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
-  h += '}';
-  while (h.size() % 8 != 0) h += ' ';
-  return h;
+  std::string text;
+  try {
+    text = h.dump();
+  } catch (const Json::type_error& e) {  // 316: a name or metadata string that is not UTF-8
+    throw ConfigError(
+        fmt::format("safetensors: a tensor name or metadata string is not valid "
+                    "UTF-8 ({})",
+                    e.what()));
+  }
+  while (text.size() % 8 != 0) text += ' ';
+  return text;
 }
 
 namespace {
@@ -249,54 +206,56 @@ void SafetensorsFile::validate(const uint8_t* file, size_t size) {
     fail(fmt::format("header length {} runs past the end of the file ({} bytes)", n, size));
   }
   std::string_view header(reinterpret_cast<const char*>(file + 8), n);
-  JsonValue root = parse_json(header, fmt::format("safetensors file '{}' header", origin_));
+  Json root = parse_json(header, fmt::format("safetensors file '{}' header", origin_));
   if (!root.is_object()) fail("the header is not a JSON object");
   data_ = file + 8 + n;
   const uint64_t data_size = size - 8 - n;
 
-  for (const auto& [name, value] : root.as_object()) {
+  for (const auto& [name, value] : root.items()) {
     if (name == "__metadata__") {
       if (!value.is_object()) fail("__metadata__ is not an object");
-      for (const auto& [k, v] : value.as_object()) {
+      for (const auto& [k, v] : value.items()) {
         if (!v.is_string()) fail(fmt::format("__metadata__ value of '{}' is not a string", k));
-        metadata_[k] = v.as_string();
+        metadata_[k] = v.get<std::string>();
       }
       continue;
     }
     auto where = [&](const std::string& what) { fail(fmt::format("tensor '{}': {}", name, what)); };
     if (name.empty()) fail("a tensor has an empty name");
     if (!value.is_object()) where("entry is not an object");
-    for (const auto& [k, v] : value.as_object()) {
+    for (const auto& [k, v] : value.items()) {
       if (k != "dtype" && k != "shape" && k != "data_offsets") {
         where(fmt::format("unknown field '{}'", k));
       }
     }
-    const JsonValue* dt = value.find("dtype");
-    const JsonValue* sh = value.find("shape");
-    const JsonValue* off = value.find("data_offsets");
+    const Json* dt = json_member(value, "dtype");
+    const Json* sh = json_member(value, "shape");
+    const Json* off = json_member(value, "data_offsets");
     if (dt == nullptr || sh == nullptr || off == nullptr) {
       where("needs dtype, shape and data_offsets");
     }
     TensorInfo info;
     info.name = name;
     if (!dt->is_string()) where("dtype is not a string");
-    if (!parse_dtype(dt->as_string(), &info.dtype)) {
-      where(fmt::format("unsupported dtype '{}' (supported: F32, BF16, I32, I64, U8)",
-                        dt->as_string()));
+    const auto& dtype_text = dt->get_ref<const std::string&>();
+    std::optional<DType> dtype = parse_safetensors_dtype(dtype_text);
+    if (!dtype) {
+      where(fmt::format("unsupported dtype '{}' (supported: F32, BF16, I32, I64, U8)", dtype_text));
     }
+    info.dtype = *dtype;
     if (!sh->is_array()) where("shape is not an array");
-    for (const auto& d : sh->as_array()) {
+    for (const auto& d : *sh) {
       int64_t v;
-      if (!d.to_int64(&v) || v < 0) {
-        where(fmt::format("shape entry '{}' is not a non-negative integer", d.as_string()));
+      if (!json_int64(d, &v) || v < 0) {
+        where(fmt::format("shape entry '{}' is not a non-negative integer", d.dump()));
       }
       info.shape.push_back(v);
     }
-    if (!off->is_array() || off->as_array().size() != 2) {
+    if (!off->is_array() || off->size() != 2) {
       where("data_offsets is not an array of two integers");
     }
     int64_t b, e;
-    if (!off->as_array()[0].to_int64(&b) || !off->as_array()[1].to_int64(&e) || b < 0 || e < 0) {
+    if (!json_int64((*off)[0], &b) || !json_int64((*off)[1], &e) || b < 0 || e < 0) {
       where("data_offsets are not non-negative integers");
     }
     if (b > e) where(fmt::format("data_offsets [{}, {}] end before they begin", b, e));
@@ -312,7 +271,7 @@ void SafetensorsFile::validate(const uint8_t* file, size_t size) {
     }
     if (bytes != info.end - info.begin) {
       where(fmt::format("shape {} x {} needs {} bytes but data_offsets [{}, {}] span {}",
-                        shape_str(info.shape), dtype_name(info.dtype), bytes, b, e,
+                        shape_str(info.shape), safetensors_dtype_name(info.dtype), bytes, b, e,
                         info.end - info.begin));
     }
     tensors_.push_back(std::move(info));
@@ -358,7 +317,7 @@ void SafetensorsFile::read_f32(std::string_view name, float* out) const {
     }
   } else {
     throw ConfigError(fmt::format("safetensors file '{}': tensor '{}' is {}, expected F32", origin_,
-                                  name, dtype_name(t->dtype)));
+                                  name, safetensors_dtype_name(t->dtype)));
   }
 }
 

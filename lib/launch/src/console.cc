@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <nlohmann/json.hpp>
 
 #include "ptrain/core/error.h"
-#include "ptrain/launch/json.h"
 
 namespace ptrain::launch {
 
@@ -107,17 +107,24 @@ void Console::message(const std::string& text, bool to_stderr) {
   draw_live();
 }
 
-void Console::report(const std::string& json, double elapsed_s) {
-  auto step = json_number(json, "step");
-  if (!step) return;
+std::optional<int64_t> Console::report(const std::string& json, double elapsed_s) {
+  const auto fields = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
+  auto number = [&](const char* key) -> std::optional<double> {
+    if (!fields.is_object()) return std::nullopt;
+    auto it = fields.find(key);
+    if (it == fields.end() || !it->is_number()) return std::nullopt;
+    return it->get<double>();
+  };
+  auto step = number("step");
+  if (!step) return std::nullopt;
   auto s = static_cast<int64_t>(*step);
-  if (s < progress_.step) return;  // an older report from another rank
+  if (s < progress_.step) return s;  // an older report from another rank
   progress_.step = s;
-  progress_.loss = json_number(json, "loss");
-  progress_.tokens_per_s = json_number(json, "tokens_per_s");
-  progress_.step_ms = json_number(json, "step_ms");
-  progress_.lr = json_number(json, "lr");
-  if (auto total = json_number(json, "total_steps")) progress_.total = static_cast<int64_t>(*total);
+  progress_.loss = number("loss");
+  progress_.tokens_per_s = number("tokens_per_s");
+  progress_.step_ms = number("step_ms");
+  progress_.lr = number("lr");
+  if (auto total = number("total_steps")) progress_.total = static_cast<int64_t>(*total);
   progress_.elapsed_s = elapsed_s;
   progress_.last_report = json;
   has_progress_ = true;
@@ -131,6 +138,7 @@ void Console::report(const std::string& json, double elapsed_s) {
     fmt::print(out_, "{}{}\n", format_progress(progress_), extra);
     std::fflush(out_);
   }
+  return s;
 }
 
 void Console::tick(double elapsed_s) {

@@ -21,9 +21,9 @@
 #include "ptrain/core/log.h"
 #include "ptrain/launch/agent.h"
 #include "ptrain/launch/console.h"
-#include "ptrain/launch/json.h"
 #include "ptrain/launch/restart.h"
 #include "ptrain/launch/run_dir.h"
+#include "ptrain/launch/summary.h"
 #include "ptrain/rendezvous/coordinator.h"
 #include "ptrain/rendezvous/token.h"
 #include "ptrain/spec/spec.h"
@@ -254,9 +254,8 @@ void Launcher::Impl::handle_events() {
   for (auto& e : events) {
     switch (e.kind) {
       case Event::Report:
-        console_->report(e.text, elapsed());
-        if (auto step = json_number(e.text, "step"))
-          if (auto s = restarts_.on_report(mono_seconds(), static_cast<int64_t>(*step)))
+        if (auto step = console_->report(e.text, elapsed()))
+          if (auto s = restarts_.on_report(mono_seconds(), *step))
             dir_->log(
                 fmt::format("round {}: training again at step {}, {:.3f} s after the "
                             "failure",
@@ -356,24 +355,20 @@ bool Launcher::Impl::restart_if_due(std::optional<Clock::time_point>& rendezvous
 
 void Launcher::Impl::write_summary(const JobResult& r) {
   const auto& p = console_->progress();
-  std::string codes = "[";
-  for (size_t i = 0; i < exit_codes_.size(); ++i)
-    codes +=
-        (i ? ", " : "") + (exit_codes_[i] == INT_MIN ? "null" : std::to_string(exit_codes_[i]));
-  codes += "]";
-  JsonObject s;
-  s.str("status", r.status).integer("exit_code", r.exit_code).str("name", spec_.name);
-  s.integer("world_size", world_size_).raw("exit_codes", codes);
-  if (failure_) s.integer("failed_rank", failure_->rank).str("reason", failure_->what);
-  if (interrupt_sig_) s.str("reason", "interrupted by " + signal_name(interrupt_sig_));
-  s.integer("steps", console_->has_progress() ? p.step : 0);
-  s.integer("total_steps", spec_.launcher_only() ? 0 : spec_.train.steps);
-  s.raw("final_loss", p.loss ? fmt::format("{}", *p.loss) : "null");
-  s.num("wall_time_s", elapsed());
-  s.raw("tokens_per_s", p.tokens_per_s ? fmt::format("{}", *p.tokens_per_s) : "null");
-  if (!p.last_report.empty()) s.raw("last_report", p.last_report);
-  s.raw("restarts", restarts_.restarts_json());
-  dir_->write_file("summary.json", s.dump() + "\n");
+  Json s = {{"status", r.status},
+            {"exit_code", r.exit_code},
+            {"name", spec_.name},
+            {"world_size", world_size_},
+            {"exit_codes", exit_codes_json(exit_codes_)}};
+  if (failure_) {
+    s["failed_rank"] = failure_->rank;
+    s["reason"] = failure_->what;
+  }
+  if (interrupt_sig_) s["reason"] = "interrupted by " + signal_name(interrupt_sig_);
+  add_progress(s, console_->has_progress() ? p.step : 0,
+               spec_.launcher_only() ? 0 : spec_.train.steps, p, elapsed());
+  s["restarts"] = restarts_.restarts_json();
+  dir_->write_file("summary.json", dump_line(s) + "\n");
 }
 
 JobResult Launcher::Impl::run() {

@@ -2,9 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "ptrain/core/error.h"
 #include "ptrain/core/time.h"
-#include "ptrain/launch/json.h"
+#include "ptrain/launch/summary.h"
 
 namespace ptrain::launch {
 
@@ -31,21 +33,24 @@ std::optional<double> RestartLog::on_report(double mono_s, int64_t step) {
   return f.recovery_s;
 }
 
-std::string RestartLog::restarts_json() const {
-  std::string out = "[";
-  bool first = true;
+Json RestartLog::restarts_json() const {
+  Json out = Json::array();
   for (const auto& f : failures_) {
     if (!f.restarted) continue;
-    JsonObject o;
-    o.integer("round", f.round + 1).integer("rank", f.rank).str("reason", f.reason);
-    o.integer("exit_code", f.exit_code).str("time", format_timestamp(f.unix_us));
-    o.integer("last_step", f.last_step);
-    o.raw("first_report_step", f.first_report_step ? std::to_string(*f.first_report_step) : "null");
-    o.raw("recovery_s", f.recovery_s ? fmt::format("{:.3f}", *f.recovery_s) : "null");
-    out += (first ? "" : ", ") + o.dump();
-    first = false;
+    Json o = {{"round", f.round + 1},
+              {"rank", f.rank},
+              {"reason", f.reason},
+              {"exit_code", f.exit_code},
+              {"time", format_timestamp(f.unix_us)},
+              {"last_step", f.last_step},
+              {"first_report_step", nullptr},
+              {"recovery_s", nullptr}};
+    if (f.first_report_step) o["first_report_step"] = *f.first_report_step;
+    // Milliseconds are what the measurement means; more digits would be noise.
+    if (f.recovery_s) o["recovery_s"] = std::round(*f.recovery_s * 1000.0) / 1000.0;
+    out.push_back(std::move(o));
   }
-  return out + "]";
+  return out;
 }
 
 std::string RestartLog::history_block() const {

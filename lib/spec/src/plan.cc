@@ -6,17 +6,21 @@
 #include <algorithm>
 #include <limits>
 
+#include "ptrain/core/mesh.h"
 #include "ptrain/spec/model_schema.h"
 #include "ptrain/spec/spec.h"
 
 namespace ptrain::spec {
 
 RankPlace rank_coords(int rank, int data, int tensor) {
+  // The pipeline extent does not change a rank's coordinates, so any pp >= 1 does here.
+  ptrain::MeshCoords c =
+      ptrain::coords_of(rank, ptrain::MeshShape{.dp = data, .tp = tensor, .pp = 1});
   RankPlace p;
   p.rank = rank;
-  p.tp = rank % tensor;
-  p.dp = (rank / tensor) % data;
-  p.pp = rank / (tensor * data);
+  p.tp = c.tp;
+  p.dp = c.dp;
+  p.pp = c.pp;
   return p;
 }
 

@@ -1,5 +1,6 @@
-// The CPU op table: OpenBLAS for GEMMs, plain loops (vectorized by the compiler) for the rest.
-// Attention lives in cpu_attention.cc. Conventions are those of ops.h.
+// The CPU op table: OpenBLAS for GEMMs (bf16 ones widen their inputs to fp32 first), plain loops
+// (vectorized by the compiler) for the rest. Attention lives in cpu_attention.cc. Conventions
+// are those of ops.h.
 #include <cblas.h>
 
 #include <algorithm>
@@ -7,12 +8,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "cpu_math.h"
 #include "cpu_ops_internal.h"
 #include "cpu_parallel.h"
 #include "ptrain/core/error.h"
 #include "ptrain/tensor/ops.h"
+#include "ptrain/tensor/tensor.h"
 
 namespace ptrain::tensor::cpu {
 namespace {
@@ -55,6 +58,52 @@ void gemm_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, float
     gemm(trans_a, trans_b, M, N, K, alpha, A + i * stride_a, lda, B + i * stride_b, ldb, beta,
          C + i * stride_c, ldc);
   }
+}
+
+// --- bf16: conversions, and GEMMs that widen bf16 A and B to fp32 and run the fp32 GEMM ---
+// (exact products of the rounded inputs with fp32 accumulation, which is what cuBLAS computes
+// up to summation order).
+void f32_to_bf16(uint16_t* out, const float* inp, size_t n) {
+  parallel_for(n, kGrainElems, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] = float_to_bf16(inp[i]);
+  });
+}
+void bf16_to_f32(float* out, const uint16_t* inp, size_t n) {
+  parallel_for(n, kGrainElems, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] = bf16_to_float(inp[i]);
+  });
+}
+
+// Elements a row-major operand of `rows` x `cols` with leading dimension `ld` spans, repeated
+// `count` times `stride` apart: the last row of the last matrix ends at its last column.
+size_t span_elems(int rows, int cols, int ld, int64_t stride, int count) {
+  PTRAIN_CHECK(stride >= 0 && count >= 1, "bf16 GEMM with stride {} and count {}", stride, count);
+  if (rows == 0 || cols == 0) return 0;
+  return static_cast<size_t>(stride) * (count - 1) + static_cast<size_t>(rows - 1) * ld + cols;
+}
+
+std::vector<float> widen(const uint16_t* x, size_t n) {
+  std::vector<float> out(std::max<size_t>(n, 1));  // never a null pointer for BLAS
+  bf16_to_f32(out.data(), x, n);
+  return out;
+}
+
+void gemm_bf16_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                               const uint16_t* A, int lda, int64_t stride_a, const uint16_t* B,
+                               int ldb, int64_t stride_b, float beta, float* C, int ldc,
+                               int64_t stride_c, int count) {
+  if (count <= 0) return;
+  // Stored shapes: A is MxK (KxM when transposed), B is KxN (NxK when transposed).
+  auto a = widen(A, span_elems(trans_a ? K : M, trans_a ? M : K, lda, stride_a, count));
+  auto b = widen(B, span_elems(trans_b ? N : K, trans_b ? K : N, ldb, stride_b, count));
+  gemm_strided_batched(trans_a, trans_b, M, N, K, alpha, a.data(), lda, stride_a, b.data(), ldb,
+                       stride_b, beta, C, ldc, stride_c, count);
+}
+
+void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,
+               int lda, const uint16_t* B, int ldb, float beta, float* C, int ldc) {
+  gemm_bf16_strided_batched(trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0,
+                            1);
 }
 
 // --- elementwise ---
@@ -427,6 +476,10 @@ const Ops& table() {
     o.crossentropy_backward = crossentropy_backward;
     o.adamw_update = adamw_update;
     o.sgd_update = sgd_update;
+    o.f32_to_bf16 = f32_to_bf16;
+    o.bf16_to_f32 = bf16_to_f32;
+    o.gemm_bf16 = gemm_bf16;
+    o.gemm_bf16_strided_batched = gemm_bf16_strided_batched;
     return o;
   }();
   return kOps;

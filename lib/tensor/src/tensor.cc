@@ -1,4 +1,4 @@
-// Tensor and Storage: allocation through the op table, views, dtype helpers.
+// Tensor and Storage: allocation through the op table, views, bf16 conversion.
 #include "ptrain/tensor/tensor.h"
 
 #include <cstring>
@@ -6,30 +6,6 @@
 #include "ptrain/core/error.h"
 
 namespace ptrain::tensor {
-
-size_t dtype_size(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return 4;
-    case DType::kBF16:
-      return 2;
-    case DType::kI32:
-      return 4;
-  }
-  return 0;
-}
-
-const char* dtype_name(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return "f32";
-    case DType::kBF16:
-      return "bf16";
-    case DType::kI32:
-      return "i32";
-  }
-  return "?";
-}
 
 const char* device_name(Device device) {
   return device == Device::kCpu ? "cpu" : "cuda";

@@ -67,7 +67,7 @@ static_assert(sizeof(OpMeta) == 32);
 std::string describe_meta(const OpMeta& m) {
   std::string s = op_name(m.kind);
   if (static_cast<OpKind>(m.kind) != OpKind::kBarrier)
-    s += fmt::format(" of {} x {}", m.count, to_string(static_cast<DType>(m.dtype)));
+    s += fmt::format(" of {} x {}", m.count, dtype_name(static_cast<DType>(m.dtype)));
   if (static_cast<OpKind>(m.kind) == OpKind::kAllreduce ||
       static_cast<OpKind>(m.kind) == OpKind::kReduceScatter)
     s += fmt::format(" {}", to_string(static_cast<ReduceOp>(m.reduce)));
@@ -256,7 +256,7 @@ class GlooCommunicator : public Communicator {
   std::unique_ptr<Work> allreduce_async(void* buf, size_t count, DType dtype,
                                         ReduceOp op) override {
     auto what =
-        describe(fmt::format("allreduce({} x {}, {})", count, to_string(dtype), to_string(op)));
+        describe(fmt::format("allreduce({} x {}, {})", count, dtype_name(dtype), to_string(op)));
     check_dtype(dtype, what);
     OpMeta meta{static_cast<uint32_t>(OpKind::kAllreduce), static_cast<uint32_t>(dtype), count, -1,
                 static_cast<uint32_t>(op)};
@@ -276,7 +276,7 @@ class GlooCommunicator : public Communicator {
   std::unique_ptr<Work> reduce_scatter_async(const void* send, void* recv, size_t recv_count,
                                              DType dtype, ReduceOp op) override {
     auto what = describe(fmt::format("reduce_scatter({} x {} per rank, {})", recv_count,
-                                     to_string(dtype), to_string(op)));
+                                     dtype_name(dtype), to_string(op)));
     check_dtype(dtype, what);
     OpMeta meta{static_cast<uint32_t>(OpKind::kReduceScatter), static_cast<uint32_t>(dtype),
                 recv_count, -1, static_cast<uint32_t>(op)};
@@ -295,7 +295,7 @@ class GlooCommunicator : public Communicator {
 
   std::unique_ptr<Work> allgather_async(const void* send, void* recv, size_t send_count,
                                         DType dtype) override {
-    auto what = describe(fmt::format("allgather({} x {} per rank)", send_count, to_string(dtype)));
+    auto what = describe(fmt::format("allgather({} x {} per rank)", send_count, dtype_name(dtype)));
     check_dtype(dtype, what);
     OpMeta meta{static_cast<uint32_t>(OpKind::kAllgather), static_cast<uint32_t>(dtype),
                 send_count};
@@ -316,7 +316,8 @@ class GlooCommunicator : public Communicator {
   }
 
   std::unique_ptr<Work> broadcast_async(void* buf, size_t count, DType dtype, int root) override {
-    auto what = describe(fmt::format("broadcast({} x {}, root {})", count, to_string(dtype), root));
+    auto what =
+        describe(fmt::format("broadcast({} x {}, root {})", count, dtype_name(dtype), root));
     check_dtype(dtype, what);
     check_rank(root, "root", what);
     OpMeta meta{static_cast<uint32_t>(OpKind::kBroadcast), static_cast<uint32_t>(dtype), count,
@@ -346,22 +347,23 @@ class GlooCommunicator : public Communicator {
   std::unique_ptr<Work> send_async(const void* buf, size_t count, DType dtype, int dst,
                                    uint32_t tag) override {
     auto what = describe(
-        fmt::format("send({} x {} to rank {}, tag {})", count, to_string(dtype), dst, tag));
+        fmt::format("send({} x {} to rank {}, tag {})", count, dtype_name(dtype), dst, tag));
     return p2p(true, const_cast<void*>(buf), count, dtype, dst, tag, what);
   }
 
   std::unique_ptr<Work> recv_async(void* buf, size_t count, DType dtype, int src,
                                    uint32_t tag) override {
     auto what = describe(
-        fmt::format("recv({} x {} from rank {}, tag {})", count, to_string(dtype), src, tag));
+        fmt::format("recv({} x {} from rank {}, tag {})", count, dtype_name(dtype), src, tag));
     return p2p(false, buf, count, dtype, src, tag, what);
   }
 
  private:
   void check_dtype(DType dtype, const std::string& what) const {
     if (dtype != DType::kF32)
-      throw ConfigError(fmt::format("{}: bf16 is not supported by the gloo backend", what),
-                        "use float32 buffers on CPU, or the nccl backend on GPUs");
+      throw ConfigError(
+          fmt::format("{}: {} is not supported by the gloo backend", what, dtype_name(dtype)),
+          "use float32 buffers on CPU, or the nccl backend on GPUs");
   }
 
   void check_rank(int peer, const char* role, const std::string& what) const {

@@ -43,7 +43,20 @@ void check_nccl(ncclResult_t res, const char* call, const char* file, int line,
 #define NCCL_CHECK(call, what) check_nccl((call), #call, __FILE__, __LINE__, (what))
 
 ncclDataType_t nccl_type(DType dtype) {
-  return dtype == DType::kBF16 ? ncclBfloat16 : ncclFloat32;
+  switch (dtype) {
+    case DType::kF32:
+      return ncclFloat32;
+    case DType::kBF16:
+      return ncclBfloat16;
+    case DType::kI32:
+      return ncclInt32;
+    case DType::kI64:
+      return ncclInt64;
+    case DType::kU8:
+      return ncclUint8;
+  }
+  PTRAIN_CHECK(false, "unknown dtype {}", static_cast<int>(dtype));
+  return ncclFloat32;
 }
 
 ncclRedOp_t nccl_op(ReduceOp op) {
@@ -217,7 +230,7 @@ class NcclCommunicator : public Communicator {
   std::unique_ptr<Work> allreduce_async(void* buf, size_t count, DType dtype,
                                         ReduceOp op) override {
     auto what =
-        describe(fmt::format("allreduce({} x {}, {})", count, to_string(dtype), to_string(op)));
+        describe(fmt::format("allreduce({} x {}, {})", count, dtype_name(dtype), to_string(op)));
     return launch(what, [&] {
       return ncclAllReduce(buf, buf, count, nccl_type(dtype), nccl_op(op), core_->comm(),
                            core_->stream());
@@ -227,7 +240,7 @@ class NcclCommunicator : public Communicator {
   std::unique_ptr<Work> reduce_scatter_async(const void* send, void* recv, size_t recv_count,
                                              DType dtype, ReduceOp op) override {
     auto what = describe(fmt::format("reduce_scatter({} x {} per rank, {})", recv_count,
-                                     to_string(dtype), to_string(op)));
+                                     dtype_name(dtype), to_string(op)));
     return launch(what, [&] {
       return ncclReduceScatter(send, recv, recv_count, nccl_type(dtype), nccl_op(op), core_->comm(),
                                core_->stream());
@@ -236,7 +249,7 @@ class NcclCommunicator : public Communicator {
 
   std::unique_ptr<Work> allgather_async(const void* send, void* recv, size_t send_count,
                                         DType dtype) override {
-    auto what = describe(fmt::format("allgather({} x {} per rank)", send_count, to_string(dtype)));
+    auto what = describe(fmt::format("allgather({} x {} per rank)", send_count, dtype_name(dtype)));
     return launch(what, [&] {
       return ncclAllGather(send, recv, send_count, nccl_type(dtype), core_->comm(),
                            core_->stream());
@@ -244,7 +257,8 @@ class NcclCommunicator : public Communicator {
   }
 
   std::unique_ptr<Work> broadcast_async(void* buf, size_t count, DType dtype, int root) override {
-    auto what = describe(fmt::format("broadcast({} x {}, root {})", count, to_string(dtype), root));
+    auto what =
+        describe(fmt::format("broadcast({} x {}, root {})", count, dtype_name(dtype), root));
     check_peer(root, what);
     return launch(what, [&] {
       return ncclBroadcast(buf, buf, count, nccl_type(dtype), root, core_->comm(), core_->stream());
@@ -254,7 +268,7 @@ class NcclCommunicator : public Communicator {
   std::unique_ptr<Work> send_async(const void* buf, size_t count, DType dtype, int dst,
                                    uint32_t tag) override {
     auto what = describe(
-        fmt::format("send({} x {} to rank {}, tag {})", count, to_string(dtype), dst, tag));
+        fmt::format("send({} x {} to rank {}, tag {})", count, dtype_name(dtype), dst, tag));
     check_peer(dst, what);
     return launch(what, [&] {
       return ncclSend(buf, count, nccl_type(dtype), dst, core_->comm(), core_->stream());
@@ -264,7 +278,7 @@ class NcclCommunicator : public Communicator {
   std::unique_ptr<Work> recv_async(void* buf, size_t count, DType dtype, int src,
                                    uint32_t tag) override {
     auto what = describe(
-        fmt::format("recv({} x {} from rank {}, tag {})", count, to_string(dtype), src, tag));
+        fmt::format("recv({} x {} from rank {}, tag {})", count, dtype_name(dtype), src, tag));
     check_peer(src, what);
     return launch(what, [&] {
       return ncclRecv(buf, count, nccl_type(dtype), src, core_->comm(), core_->stream());

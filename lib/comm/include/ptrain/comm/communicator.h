@@ -18,15 +18,18 @@
 #include <memory>
 #include <string>
 
+#include "ptrain/core/dtype.h"
 #include "ptrain/core/time.h"
 
 namespace ptrain::comm {
 
 enum class ReduceOp { kSum, kAvg, kMax };
-enum class DType { kF32, kBF16 };
+// The one DType of ptrain/core/dtype.h. Backends reject the types they cannot carry with a
+// ConfigError naming the op (Gloo: f32 only).
+using ptrain::DType;
+using ptrain::dtype_name;
+using ptrain::dtype_size;
 
-size_t dtype_size(DType dtype);
-const char* to_string(DType dtype);
 const char* to_string(ReduceOp op);
 
 // Default timeout for one collective or point-to-point operation.

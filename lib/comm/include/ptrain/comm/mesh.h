@@ -19,24 +19,15 @@
 
 #include "ptrain/comm/communicator.h"
 #include "ptrain/comm/gloo.h"
+#include "ptrain/core/mesh.h"
 #include "ptrain/rendezvous/store.h"
 #include "ptrain/tensor/ops.h"
 
 namespace ptrain::comm {
 
-struct MeshShape {
-  int dp = 1;
-  int tp = 1;
-  int pp = 1;
-  int world() const { return dp * tp * pp; }
-};
-
-struct MeshCoords {
-  int dp = 0;
-  int tp = 0;
-  int pp = 0;
-  bool operator==(const MeshCoords&) const = default;
-};
+// The shape and coordinates of ptrain/core/mesh.h, the one rank <-> coordinate mapping.
+using ptrain::MeshCoords;
+using ptrain::MeshShape;
 
 enum class GroupKind { kWorld, kDp, kTp, kPp };
 const char* to_string(GroupKind kind);
@@ -84,8 +75,12 @@ class ProcessMesh {
   const MeshShape& shape() const { return shape_; }
   MeshCoords coords() const { return coords_of(rank_, shape_); }
 
-  static MeshCoords coords_of(int rank, const MeshShape& shape);
-  static int rank_of(const MeshCoords& coords, const MeshShape& shape);
+  static MeshCoords coords_of(int rank, const MeshShape& shape) {
+    return ptrain::coords_of(rank, shape);
+  }
+  static int rank_of(const MeshCoords& coords, const MeshShape& shape) {
+    return ptrain::rank_of(coords, shape);
+  }
 
   // Global ranks of this rank's group of that kind, in group-rank order.
   std::vector<int> group_ranks(GroupKind kind) const;

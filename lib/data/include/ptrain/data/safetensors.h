@@ -12,12 +12,13 @@
 #include <string_view>
 #include <vector>
 
+#include "ptrain/core/dtype.h"
+
 namespace ptrain::data {
 
-enum class DType { kF32, kBF16, kI32, kI64, kU8 };
-
-size_t dtype_size(DType dtype);
-const char* dtype_name(DType dtype);  // "F32", "BF16", "I32", "I64", "U8"
+// The one DType of ptrain/core/dtype.h; files spell it safetensors_dtype_name() ("F32", ...).
+using ptrain::DType;
+using ptrain::dtype_size;
 
 // Upper bound on the JSON header, as in the reference implementation (100 MB).
 inline constexpr uint64_t kMaxSafetensorsHeader = 100'000'000;

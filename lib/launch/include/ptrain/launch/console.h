@@ -40,8 +40,10 @@ class Console {
   void worker_line(int rank, const std::string& node, bool is_stderr, const std::string& text);
   // A line of the launcher's own (always shown), e.g. the run folder or a root cause.
   void message(const std::string& text, bool to_stderr = false);
-  // Takes one Report (a flat JSON object with step, loss, tokens_per_s, ...).
-  void report(const std::string& json, double elapsed_s);
+  // Takes one Report (a flat JSON object with step, loss, tokens_per_s, ...). Returns its step,
+  // also when an older report than the one shown; nullopt when it has no numeric step (or is
+  // not a JSON object), and then it is ignored.
+  std::optional<int64_t> report(const std::string& json, double elapsed_s);
   void set_total_steps(int64_t total) { progress_.total = total; }
   // Redraws the live line (TTY only) with a fresh elapsed time.
   void tick(double elapsed_s);

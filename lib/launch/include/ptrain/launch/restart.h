@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -49,7 +50,7 @@ class RestartLog {
   std::string history_block() const;
   // [{"round": 1, "rank": 1, "reason": "...", "exit_code": 137, "time": "...", ...}, ...]:
   // one entry per restart (`round` is the round that was started).
-  std::string restarts_json() const;
+  nlohmann::ordered_json restarts_json() const;
 
  private:
   int max_restarts_;

@@ -1,21 +1,14 @@
-// The 3-D process mesh (DESIGN.md section 4): rank -> (dp, tp, pp) coordinates, tensor-parallel
-// innermost so that a tensor group shares a node.
+// The 3-D process mesh (DESIGN.md section 4) as the coordinator hands it out: the shape and
+// coordinates of ptrain/core/mesh.h, under the names rendezvous code has always used.
 #pragma once
+
+#include "ptrain/core/mesh.h"
 
 namespace ptrain::rendezvous {
 
-struct MeshShape {
-  int dp = 1, tp = 1, pp = 1;
-  int size() const { return dp * tp * pp; }
-};
-
-struct MeshCoords {
-  int dp = 0, tp = 0, pp = 0;
-};
-
-// tp = r % TP; dp = (r / TP) % DP; pp = r / (TP * DP).
-inline MeshCoords coords_of(int rank, const MeshShape& shape) {
-  return {(rank / shape.tp) % shape.dp, rank % shape.tp, rank / (shape.tp * shape.dp)};
-}
+using ptrain::coords_of;
+using ptrain::MeshCoords;
+using ptrain::MeshShape;
+using ptrain::rank_of;
 
 }  // namespace ptrain::rendezvous

@@ -7,10 +7,13 @@
 //   - every *_backward ACCUMULATES (+=) into each gradient it writes, so microbatches and
 //     branches sum naturally; callers zero gradient buffers when a step begins;
 //   - pointers are device pointers of the table's device; sizes are element counts.
+// Every backend fills every entry, in one function (cpu_ops.cc: table(), cuda/cuda_ops.cc:
+// make_table()); PTRAIN_OPS_KERNELS below lists them for the test that checks it.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace ptrain::tensor {
 
@@ -90,10 +93,11 @@ struct Ops {
   void (*sgd_update)(float* params, const float* grads, float* momentum_buf, size_t n, float lr,
                      float momentum, bool nesterov, float weight_decay, bool first_step);
 
-  // --- bf16 mixed precision (additive: nullptr on a backend without bf16, so check first) ---
+  // --- bf16 mixed precision ---
   // bf16 values are stored as uint16_t (the upper half of an fp32, rounded to nearest even) so
   // that no device type leaks into this header. A trainer keeps fp32 master weights, converts
   // them (and activations) to bf16 copies, and runs its GEMMs with fp32 accumulation and output.
+  // The CPU table widens bf16 operands to fp32 and runs its fp32 GEMM (a reference, not fast).
   void (*f32_to_bf16)(uint16_t* out, const float* inp, size_t n);
   void (*bf16_to_f32)(float* out, const uint16_t* inp, size_t n);
   // As gemm / gemm_strided_batched, with bf16 A and B; C and the accumulation are fp32.
@@ -104,6 +108,79 @@ struct Ops {
                                     int ldb, int64_t stride_b, float beta, float* C, int ldc,
                                     int64_t stride_c, int count);
 };
+
+// Every function-pointer entry of Ops, in declaration order (`device` and `name` are the only
+// other members). X(entry) is expanded once per entry. The checks below make a new entry that
+// is missing here a compile error, so a test over this list sees every entry.
+// clang-format off
+#define PTRAIN_OPS_KERNELS(X) \
+  X(alloc) \
+  X(free) \
+  X(copy_to_host) \
+  X(copy_from_host) \
+  X(copy) \
+  X(fill) \
+  X(synchronize) \
+  X(gemm) \
+  X(gemm_strided_batched) \
+  X(add) \
+  X(accumulate) \
+  X(scale) \
+  X(sum_squares) \
+  X(bias_add) \
+  X(bias_backward) \
+  X(gelu_forward) \
+  X(gelu_backward) \
+  X(relu_forward) \
+  X(relu_backward) \
+  X(layernorm_forward) \
+  X(layernorm_backward) \
+  X(attention_forward) \
+  X(attention_backward) \
+  X(embedding_forward) \
+  X(embedding_backward) \
+  X(crossentropy_forward) \
+  X(crossentropy_backward) \
+  X(adamw_update) \
+  X(sgd_update) \
+  X(f32_to_bf16) \
+  X(bf16_to_f32) \
+  X(gemm_bf16) \
+  X(gemm_bf16_strided_batched)
+// clang-format on
+
+namespace detail {
+
+// Counts the members of an aggregate: the most initializers T{...} accepts.
+struct AnyMember {
+  template <class T>
+  operator T() const;  // never defined: used in unevaluated requires-expressions only
+};
+template <class T, class... Inits>
+constexpr size_t aggregate_members() {
+  if constexpr (requires { T{Inits{}..., AnyMember{}}; }) {
+    return aggregate_members<T, Inits..., AnyMember>();
+  } else {
+    return sizeof...(Inits);
+  }
+}
+
+#define PTRAIN_OPS_COUNT_ONE(entry) +1
+inline constexpr size_t kOpsKernels = 0 PTRAIN_OPS_KERNELS(PTRAIN_OPS_COUNT_ONE);
+#undef PTRAIN_OPS_COUNT_ONE
+
+#define PTRAIN_OPS_IS_FUNCTION_POINTER(entry)                                        \
+  static_assert(std::is_pointer_v<decltype(Ops::entry)> &&                           \
+                    std::is_function_v<std::remove_pointer_t<decltype(Ops::entry)>>, \
+                "Ops::" #entry " is not a function pointer");
+PTRAIN_OPS_KERNELS(PTRAIN_OPS_IS_FUNCTION_POINTER)
+#undef PTRAIN_OPS_IS_FUNCTION_POINTER
+
+static_assert(aggregate_members<Ops>() == 2 + kOpsKernels,
+              "Ops has an entry that PTRAIN_OPS_KERNELS does not list: add it there (and fill "
+              "it in every backend's table)");
+
+}  // namespace detail
 
 // The CPU table (always present).
 const Ops& cpu_ops();

@@ -7,15 +7,17 @@
 #include <string>
 #include <vector>
 
+#include "ptrain/core/dtype.h"
 #include "ptrain/tensor/ops.h"
 
 namespace ptrain::tensor {
 
-// bf16 is storage only (for checkpoints and later mixed precision); kernels compute in f32.
-enum class DType : uint8_t { kF32, kBF16, kI32 };
+// The one DType of ptrain/core/dtype.h. bf16 is storage only (for checkpoints and mixed
+// precision); kernels compute in f32.
+using ptrain::DType;
+using ptrain::dtype_name;
+using ptrain::dtype_size;
 
-size_t dtype_size(DType dtype);
-const char* dtype_name(DType dtype);  // "f32", "bf16", "i32"
 const char* device_name(Device device);
 
 // Round-to-nearest-even conversion (NaN stays NaN).
