@@ -1,4 +1,4 @@
-// The process mesh of DESIGN.md §4: rank r of W = dp*tp*pp has coordinates
+// The process mesh of docs/ARCHITECTURE.md ("The mesh"): rank r of W = dp*tp*pp has coordinates
 // tp = r % TP, dp = (r / TP) % DP, pp = r / (TP*DP) (tensor-parallel innermost, so a tensor
 // group shares a node), and one communicator per tp-, dp- and pp-group, created on first use.
 //

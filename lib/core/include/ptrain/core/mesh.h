@@ -1,4 +1,4 @@
-// The process mesh of DESIGN.md section 4: world W = dp * tp * pp, and rank r at
+// The process mesh of docs/ARCHITECTURE.md ("The mesh"): world W = dp * tp * pp, and rank r at
 // tp = r % TP, dp = (r / TP) % DP, pp = r / (TP * DP) (tensor-parallel innermost, so that a
 // tensor group shares a node). The only place that maps ranks to coordinates and back.
 #pragma once

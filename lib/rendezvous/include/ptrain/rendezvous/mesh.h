@@ -1,5 +1,5 @@
-// The 3-D process mesh (DESIGN.md section 4) as the coordinator hands it out: the shape and
-// coordinates of ptrain/core/mesh.h, under the names rendezvous code has always used.
+// The 3-D process mesh (docs/ARCHITECTURE.md, "The mesh") as the coordinator hands it out: the
+// shape and coordinates of ptrain/core/mesh.h, under the names rendezvous code has always used.
 #pragma once
 
 #include "ptrain/core/mesh.h"
