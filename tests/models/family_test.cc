@@ -74,6 +74,11 @@ class LinReg : public nn::Model {
     grad_ready(0);
   }
   double train_flops(int B, int) const override { return 6.0 * B * F_; }
+  void eval_sums(const nn::Activations& base, nn::EvalSums& sums) const override {
+    const auto& a = static_cast<const Acts&>(base);
+    for (int i = 0; i < a.B; ++i) sums["abs_err"] += std::abs(a.err[i]);
+    sums["count"] += a.B;
+  }
 
  private:
   int F_;
@@ -86,11 +91,12 @@ class PlantedData : public DataSet {
     seed_ = s.train.seed;
   }
   int64_t rows(int dp, int micro) const override { return batch_ / (dp * micro); }
-  bool has_eval() const override { return false; }
-  void fill(int64_t step, int rank, int dp, int micro, int micro_total, data::Split,
+  bool has_eval() const override { return true; }
+  void fill(int64_t step, int rank, int dp, int micro, int micro_total, data::Split split,
             HostBatch& out) const override {
     const int64_t n = rows(dp, micro_total);
-    const int64_t first = step * batch_ + (rank * micro_total + micro) * n;
+    const int64_t base = split == data::Split::kEval ? (int64_t{1} << 32) : 0;
+    const int64_t first = base + step * batch_ + (rank * micro_total + micro) * n;
     float *x = out.f32("x"), *y = out.f32("y");
     for (int64_t i = 0; i < n; ++i) {
       double t = 0.25;
@@ -136,6 +142,10 @@ class LinRegFamily : public Family {
   std::unique_ptr<DataSet> make_data(const JobSpec& s) const override {
     return std::make_unique<PlantedData>(s);
   }
+  std::vector<std::string> eval_sum_names() const override { return {"abs_err", "count"}; }
+  std::vector<std::pair<std::string, double>> eval_metrics(const nn::EvalSums& s) const override {
+    return {{"eval_mae", s.at("abs_err") / s.at("count")}, {"eval_count", s.at("count")}};
+  }
   std::unique_ptr<nn::Model> make_model(const JobSpec& s, const ModelPlace&) const override {
     return std::make_unique<LinReg>(s.model.i("features"));
   }
@@ -147,9 +157,9 @@ class TestFamily : public ::testing::Test {
   JobSpec load(const std::string& extra = "") {
     return spec::load_string(
         "model: {type: linreg, features: 3}\n"
-        "data: {type: synthetic, batch_size: 8}\n"
+        "data: {type: synthetic, batch_size: 8, eval_fraction: 0.1}\n"
         "nodes: {device: cpu, threads_per_proc: 1}\n"
-        "train: {steps: 20, seed: 5, optimizer: {type: sgd, lr: 0.1}}\n"
+        "train: {steps: 20, seed: 5, eval_every: 10, optimizer: {type: sgd, lr: 0.1}}\n"
         "checkpoint: {resume: never}\n" +
             extra,
         "linreg.yaml");
@@ -189,6 +199,13 @@ TEST_F(TestFamily, TwoDataParallelWorkersEqualOneProcess) {
   for (size_t i = 0; i < a.size(); ++i)
     EXPECT_NEAR(b[i].loss, a[i].loss, 1e-5 * std::abs(a[i].loss)) << "step " << i + 1;
   EXPECT_LT(a.back().loss, 0.1 * a.front().loss);  // it learns the planted model
+  // The family's eval metrics, from sums over the whole eval batches of both workers.
+  ASSERT_EQ(a[9].eval_metrics.size(), 2u);
+  ASSERT_EQ(b[9].eval_metrics.size(), 2u);
+  EXPECT_EQ(a[9].eval_metrics[1].second, 4 * 8);  // kEvalBatches global batches of 8
+  EXPECT_EQ(b[9].eval_metrics[1].second, 4 * 8);
+  EXPECT_NEAR(b[9].eval_metrics[0].second, a[9].eval_metrics[0].second, 1e-5);
+  EXPECT_NE(pair[0].reports[9].find("\"eval_mae\""), std::string::npos) << pair[0].reports[9];
 }
 
 TEST_F(TestFamily, CheckpointsHoldParametersAndBuffers) {
@@ -203,7 +220,7 @@ TEST_F(TestFamily, CheckpointsHoldParametersAndBuffers) {
   ASSERT_NE(file.find("seen"), nullptr);
   float seen = 0;
   file.read_f32("seen", &seen);
-  EXPECT_EQ(seen, 20.0f * 8);  // 20 steps of 8 samples on the one rank
+  EXPECT_EQ(seen, 20.0f * 8);  // 20 steps of 8 samples on the one rank (eval counts none)
   EXPECT_EQ(point->metadata.at("model"), "linreg");
   EXPECT_EQ(point->metadata.at("config"), R"({"features":3})");
 }

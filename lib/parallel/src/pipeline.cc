@@ -148,6 +148,8 @@ double PipelineExecutor::run(const std::vector<PipeOp>& ops, const BatchFn& batc
         if (trace_) trace_->add(fmt::format("F{}", op.micro), "compute", t0, t1);
         // Evaluation keeps nothing for a backward.
         if (!train) {
+          if (eval_sums_ && stage_ == stages_ - 1)
+            model_.eval_sums(*slots_[size_t(slot)]->acts, *eval_sums_);
           if (stage_ < stages_ - 1)
             send(slots_[size_t(slot)]->acts->output(), act_tag, stage_ + 1, "act", op.micro);
           release_slot(slot);
@@ -194,14 +196,17 @@ double PipelineExecutor::train_step(const BatchFn& batch, float dloss_scale,
   return run(ops_, batch, true, dloss_scale, before_last_backward);
 }
 
-double PipelineExecutor::forward_only(const BatchFn& batch, int microbatches) {
+double PipelineExecutor::forward_only(const BatchFn& batch, int microbatches, nn::EvalSums* sums) {
   PTRAIN_CHECK(microbatches >= 1 && microbatches < (1 << 22), "microbatches {}", microbatches);
   std::vector<PipeOp> ops;
   for (int i = 0; i < microbatches; ++i) {
     if (stage_ > 0) ops.push_back({PipeOpKind::kRecvActivation, i});
     ops.push_back({PipeOpKind::kForward, i});
   }
-  return run(ops, batch, false, 0.0f, {});
+  eval_sums_ = sums;
+  double loss = run(ops, batch, false, 0.0f, {});
+  eval_sums_ = nullptr;
+  return loss;
 }
 
 // ---- tied embedding ----

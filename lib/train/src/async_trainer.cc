@@ -14,6 +14,7 @@
 #include "ptrain/core/env.h"
 #include "ptrain/core/error.h"
 #include "ptrain/core/time.h"
+#include "ptrain/models/registry.h"
 #include "ptrain/optim/clip.h"
 #include "ptrain/parallel/param_server.h"
 #include "ptrain/train/async.h"
@@ -182,8 +183,13 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
     sm.grad_norm = grad_norm;
     sm.step_ms = dt * 1e3;
     sm.tokens_per_s = local_targets / dt;
-    if (spec.train.eval_every > 0 && (step + 1) % spec.train.eval_every == 0 && batches.has_eval())
-      sm.eval_loss = eval_loss_sum(*model, *acts, batches, nullptr) / (eval_targets(batches) / dp);
+    if (spec.train.eval_every > 0 && (step + 1) % spec.train.eval_every == 0 &&
+        batches.has_eval()) {
+      nn::EvalSums sums;  // this worker's share, like its eval loss
+      sm.eval_loss =
+          eval_loss_sum(*model, *acts, batches, nullptr, sums) / (eval_targets(batches) / dp);
+      sm.eval_metrics = models::family_of(spec).eval_metrics(sums);
+    }
     result.history.push_back(sm);
 
     if (reporter && ((step + 1) % log_every == 0 || step + 1 == total)) {

@@ -23,17 +23,19 @@ const nn::Batch& RankBatches::fill(int64_t step, int micro, data::Split split) {
 }
 
 double eval_loss_sum(nn::Model& model, nn::Activations& acts, RankBatches& batches,
-                     parallel::PipelineExecutor* pipeline) {
+                     parallel::PipelineExecutor* pipeline, nn::EvalSums& sums) {
   model.set_training(false);
   double sum = 0;
   for (int64_t e = 0; e < kEvalBatches; ++e) {
     if (pipeline) {
       sum += pipeline->forward_only([&](int m) { return batches.fill(e, m, data::Split::kEval); },
-                                    batches.micro_total());
+                                    batches.micro_total(), &sums);
       continue;
     }
-    for (int m = 0; m < batches.micro_total(); ++m)
+    for (int m = 0; m < batches.micro_total(); ++m) {
       sum += model.forward(batches.fill(e, m, data::Split::kEval), acts);
+      model.eval_sums(acts, sums);
+    }
   }
   model.set_training(true);
   return sum;
@@ -55,12 +57,20 @@ MetricsLine step_metrics(const StepMetrics& sm, int64_t total_steps, double toke
   if (peak_gflops > 0) line.add("mfu", gflops / peak_gflops);
   line.add("mem_mb", resident_mb()).add("optimizer_mb", optimizer_mb);
   if (sm.eval_loss >= 0) line.add("eval_loss", sm.eval_loss);
+  for (const auto& [name, value] : sm.eval_metrics) line.add(name, value);
   return line;
 }
 
 std::string progress_prefix(const StepMetrics& sm, int64_t total_steps) {
   return fmt::format("step {}/{} | loss {:.4f} | lr {:.3e} | norm {:.3f} | {:.1f} ms", sm.step,
                      total_steps, sm.loss, sm.lr, sm.grad_norm, sm.step_ms);
+}
+
+std::string eval_suffix(const StepMetrics& sm) {
+  if (sm.eval_loss < 0) return "";
+  std::string out = fmt::format(" | eval {:.4f}", sm.eval_loss);
+  for (const auto& [name, value] : sm.eval_metrics) out += fmt::format(" | {} {:.4f}", name, value);
+  return out;
 }
 
 }  // namespace ptrain::train

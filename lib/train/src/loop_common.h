@@ -46,10 +46,10 @@ class RankBatches {
 inline constexpr int64_t kEvalBatches = 4;
 
 // The sum of this rank's per-target eval losses over kEvalBatches batches (forward only, the
-// model in evaluation mode), through the pipeline when there is one; and the targets of the
-// global eval batches it averages over.
+// model in evaluation mode), through the pipeline when there is one, with the model's eval
+// sums added to `sums`; and the targets of the global eval batches it averages over.
 double eval_loss_sum(nn::Model& model, nn::Activations& acts, RankBatches& batches,
-                     parallel::PipelineExecutor* pipeline);
+                     parallel::PipelineExecutor* pipeline, nn::EvalSums& sums);
 double eval_targets(const RankBatches& batches);
 
 // The fields every loop reports first: step, loss, lr, grad norm, throughput, FLOP rate,
@@ -59,5 +59,7 @@ MetricsLine step_metrics(const StepMetrics& sm, int64_t total_steps, double toke
 
 // "step 3/20 | loss 2.5 | lr 3e-4 | norm 0.9 | 12.0 ms" — the start of every progress line.
 std::string progress_prefix(const StepMetrics& sm, int64_t total_steps);
+// " | eval 2.41 | eval_accuracy 0.9120" when the step was evaluated, else "".
+std::string eval_suffix(const StepMetrics& sm);
 
 }  // namespace ptrain::train

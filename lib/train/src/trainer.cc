@@ -62,7 +62,8 @@ class Trainer {
   void finish_trace();
   // Every rank starts from data-parallel rank 0's buffers (BatchNorm statistics).
   void broadcast_buffers();
-  double evaluate();
+  // eval_loss, and the family's eval metrics into `metrics`.
+  double evaluate(std::vector<std::pair<std::string, double>>& metrics);
   void save(int64_t step_done, double loss);
   std::vector<std::pair<std::string, FullState>> gather_optimizer_state();
   bool is_reporter() const { return ctx_.rank == 0; }
@@ -84,6 +85,7 @@ class Trainer {
   std::unique_ptr<nn::Activations> acts_;
   std::unique_ptr<parallel::PipelineExecutor> pipeline_;
   std::unique_ptr<parallel::TensorParallelComm> tp_comm_;  // tp > 1
+  std::unique_ptr<parallel::TensorParallelComm> dp_comm_;  // dp > 1: the model's data group
   parallel::TensorParallelComm::Counters tp_step_;         // of the last training step
   parallel::PipelineStats pipe_stats_;                     // of the last training step
   std::unique_ptr<parallel::TraceRecorder> trace_;  // `ptrain run --trace` (PTRAIN_TRACE in env)
@@ -117,6 +119,10 @@ void Trainer::setup() {
   if (shape_.tp > 1) {
     tp_comm_ = std::make_unique<parallel::TensorParallelComm>(ctx_.mesh->tp());
     model_->set_tensor_parallel_comm(tp_comm_.get());
+  }
+  if (shape_.dp > 1) {
+    dp_comm_ = std::make_unique<parallel::TensorParallelComm>(ctx_.mesh->dp());
+    model_->set_data_parallel_comm(dp_comm_.get());
   }
 
   micro_total_ = batches_->micro_total();
@@ -250,9 +256,20 @@ double Trainer::reduce_loss(double local_sum, double targets) {
   return sum_over(comm::GroupKind::kDp, local_sum) / targets;
 }
 
-double Trainer::evaluate() {
-  double sum = eval_loss_sum(*model_, *acts_, *batches_, pipeline_.get());
-  return reduce_loss(sum, eval_targets(*batches_));
+double Trainer::evaluate(std::vector<std::pair<std::string, double>>& metrics) {
+  nn::EvalSums sums;
+  double sum = eval_loss_sum(*model_, *acts_, *batches_, pipeline_.get(), sums);
+  double loss = reduce_loss(sum, eval_targets(*batches_));
+  // The sums live on the last stage: summed over the data group and the stages (the others add
+  // zeros) under the names the family declares, so every rank runs the same collectives.
+  const models::Family& family = models::family_of(spec_);
+  nn::EvalSums global;
+  for (const auto& name : family.eval_sum_names()) {
+    double v = sums.count(name) ? sums.at(name) : 0.0;
+    global[name] = sum_over(comm::GroupKind::kPp, sum_over(comm::GroupKind::kDp, v));
+  }
+  metrics = family.eval_metrics(global);
+  return loss;
 }
 
 std::vector<std::pair<std::string, FullState>> Trainer::gather_optimizer_state() {
@@ -346,7 +363,7 @@ TrainResult Trainer::run() {
     sm.step_ms = dt * 1e3;
     sm.tokens_per_s = targets / dt;
     if (spec_.train.eval_every > 0 && step % spec_.train.eval_every == 0 && batches_->has_eval())
-      sm.eval_loss = evaluate();
+      sm.eval_loss = evaluate(sm.eval_metrics);
     result.history.push_back(sm);
 
     if (is_reporter() && (step % log_every == 0 || step == total)) {
@@ -369,7 +386,7 @@ TrainResult Trainer::run() {
         line.add("bubble", pipe_stats_.bubble()).add_int("peak_stash", pipe_stats_.peak_stash);
       if (ctx_.report) ctx_.report(line.json());
       log(fmt::format("{} | {:.0f} tok/s{}", progress_prefix(sm, total), sm.tokens_per_s,
-                      sm.eval_loss >= 0 ? fmt::format(" | eval {:.4f}", sm.eval_loss) : ""));
+                      eval_suffix(sm)));
     }
     if (every > 0 && step % every == 0 && step < total) {
       save(step, loss);

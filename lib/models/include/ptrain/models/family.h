@@ -81,6 +81,15 @@ class Family : public spec::ModelSchema {
   // The model of one rank (its pipeline stage and tensor shard), not yet initialised.
   virtual std::unique_ptr<nn::Model> make_model(const spec::JobSpec& spec,
                                                 const ModelPlace& place) const = 0;
+  // The names of the sums its models add in nn::Model::eval_sums ({"correct", "count"}); the
+  // trainer reduces exactly these over the mesh.
+  virtual std::vector<std::string> eval_sum_names() const { return {}; }
+  // Metrics from the eval sums of the whole eval split (summed over the data group):
+  // {"eval_accuracy", 0.91}. Reported beside eval_loss.
+  virtual std::vector<std::pair<std::string, double>> eval_metrics(
+      const nn::EvalSums& /*sums*/) const {
+    return {};
+  }
   // What a checkpoint records about the model (its __metadata__ "config"): by default every
   // key of the family as one JSON object, which `ptrain generate` and tools read back.
   virtual std::string checkpoint_config(const spec::ModelSpec& m) const;

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -99,14 +100,22 @@ class Activations {
 // parameter whose gradient this backward call will not touch again (for overlapped allreduce).
 using GradReadyHook = std::function<void(size_t param_index)>;
 
-// The collective a tensor-parallel model calls at the Megatron points (after row-parallel
-// forward GEMMs, after column-parallel backward GEMMs, and for the vocab-parallel softmax).
-class TensorParallelComm {
+// The collectives a model calls inside its forward/backward over one group of the mesh: the
+// tensor group at the Megatron points (after row-parallel forward GEMMs, after column-parallel
+// backward GEMMs, the vocab-parallel softmax), the data group for statistics every data rank
+// shares (synchronised BatchNorm). Buffers on the model's device.
+class GroupComm {
  public:
-  virtual ~TensorParallelComm() = default;
+  virtual ~GroupComm() = default;
   virtual void allreduce_sum(float* data, size_t count) = 0;
   virtual void allreduce_max(float* data, size_t count) = 0;
 };
+using TensorParallelComm = GroupComm;
+
+// Evaluation figures beyond the loss, as named sums over this rank's eval microbatches (the
+// trainer adds them over the data group, then the family turns them into metrics):
+// {"correct": 812, "count": 1000}.
+using EvalSums = std::map<std::string, double>;
 
 class Model {
  public:
@@ -163,8 +172,15 @@ class Model {
   virtual void set_training(bool training) { training_ = training; }
   bool training() const { return training_; }
 
+  // After a forward in evaluation mode on the stage with the head: adds this microbatch's
+  // figures to `sums` (nothing by default).
+  virtual void eval_sums(const Activations& /*acts*/, EvalSums& /*sums*/) const {}
+
   void set_grad_ready_hook(GradReadyHook hook) { grad_ready_ = std::move(hook); }
-  void set_tensor_parallel_comm(TensorParallelComm* comm) { tp_comm_ = comm; }
+  void set_tensor_parallel_comm(GroupComm* comm) { tp_comm_ = comm; }
+  // The data-parallel group (set by the trainer when data > 1), for models whose forward needs
+  // statistics of the whole global batch.
+  void set_data_parallel_comm(GroupComm* comm) { dp_comm_ = comm; }
 
  protected:
   explicit Model(tensor::Device device) : device_(device) {}
@@ -194,7 +210,8 @@ class Model {
   tensor::Tensor grad_buf_;
   tensor::Tensor state_buf_;
   GradReadyHook grad_ready_;
-  TensorParallelComm* tp_comm_ = nullptr;
+  GroupComm* tp_comm_ = nullptr;
+  GroupComm* dp_comm_ = nullptr;
 };
 
 }  // namespace ptrain::nn

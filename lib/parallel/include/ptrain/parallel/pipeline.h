@@ -153,7 +153,8 @@ class PipelineExecutor {
                     const std::function<void()>& before_last_backward = {});
   // Forward only (evaluation) of `microbatches` microbatches through the pipeline; returns
   // the loss sum on the last stage, 0 elsewhere.
-  double forward_only(const BatchFn& batch, int microbatches);
+  // With `sums`, the last stage adds each microbatch's nn::Model::eval_sums to it.
+  double forward_only(const BatchFn& batch, int microbatches, nn::EvalSums* sums = nullptr);
 
   const PipelineStats& last_stats() const { return stats_; }
   // Spans of every operation go to `trace` (nullptr: none).
@@ -186,6 +187,7 @@ class PipelineExecutor {
   tensor::Tensor dout_;   // [B,T,D] received gradient
   PipelineStats stats_;
   TraceRecorder* trace_ = nullptr;
+  nn::EvalSums* eval_sums_ = nullptr;  // forward_only's, while it runs
 };
 
 // ---- tied embedding and stage merging helpers ----

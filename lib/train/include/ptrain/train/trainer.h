@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ptrain/comm/mesh.h"
@@ -42,6 +43,8 @@ struct StepMetrics {
   double step_ms = 0;
   double tokens_per_s = 0;
   double eval_loss = -1;  // < 0 when not evaluated this step
+  // The family's eval figures (eval_accuracy, ...) when evaluated this step.
+  std::vector<std::pair<std::string, double>> eval_metrics;
 };
 
 struct TrainResult {
