@@ -28,6 +28,33 @@ namespace {
 const std::vector<std::string> kTopKeys = {
     "name",  "command", "env",   "nodes",      "rendezvous",      "parallel",
     "model", "data",    "train", "checkpoint", "fault_tolerance", "logging"};
+// Variables every worker gets from ptrain itself (the torchrun set and ptrain's own); a spec's
+// env: may not override them.
+const std::vector<std::string> kReservedEnv = {"PTRAIN_COORDINATOR",
+                                               "PTRAIN_TOKEN",
+                                               "PTRAIN_RUN_DIR",
+                                               "PTRAIN_NODE",
+                                               "PTRAIN_RESTART",
+                                               "PTRAIN_SERVER_INDEX",
+                                               "RANK",
+                                               "LOCAL_RANK",
+                                               "WORLD_SIZE",
+                                               "LOCAL_WORLD_SIZE",
+                                               "GROUP_RANK",
+                                               "NODE_RANK",
+                                               "GROUP_WORLD_SIZE",
+                                               "ROLE_RANK",
+                                               "ROLE_WORLD_SIZE",
+                                               "MASTER_ADDR",
+                                               "MASTER_PORT",
+                                               "TORCHELASTIC_RUN_ID",
+                                               "TORCHELASTIC_RESTART_COUNT",
+                                               "TORCHELASTIC_MAX_RESTARTS"};
+// A run folder is <name>-<YYYYmmdd-HHMMSS>; file systems allow 255 bytes a name.
+constexpr size_t kMaxNameLength = 100;
+// The shortest timeout or interval a spec may set, in seconds.
+constexpr double kMinSeconds = 0.1;
+
 const std::vector<std::string> kAdamwKeys = {"type", "lr",           "betas",
                                              "eps",  "weight_decay", "grad_clip"};
 const std::vector<std::string> kSgdKeys = {"type",     "lr",           "momentum",
@@ -393,8 +420,8 @@ void read_checkpoint(Reader& r, const MapView& m, CheckpointSpec& c, const std::
 void read_fault_tolerance(Reader& r, const MapView& m, FaultToleranceSpec& f) {
   m.allow({"max_restarts", "heartbeat_s", "hang_timeout_s", "term_grace_s"});
   m.read("max_restarts", f.max_restarts, 0, 1000);
-  m.read("heartbeat_s", f.heartbeat_s, 0, 3600, /*lo_exclusive=*/true);
-  m.read("hang_timeout_s", f.hang_timeout_s, 0, 1e7, /*lo_exclusive=*/true);
+  m.read("heartbeat_s", f.heartbeat_s, kMinSeconds, 3600);
+  m.read("hang_timeout_s", f.hang_timeout_s, kMinSeconds, 1e7);
   m.read("term_grace_s", f.term_grace_s, 0, 3600);
   if (f.hang_timeout_s <= f.heartbeat_s)
     r.fail_at({"fault_tolerance.hang_timeout_s", "fault_tolerance.heartbeat_s"},
@@ -558,6 +585,11 @@ JobSpec build(Reader& r, const YAML::Node& root, const std::string& base_dir) {
                                                  "VWXYZ0123456789._-") != std::string::npos)
     r.fail_at({"name"}, fmt::format("`{}` is not a usable job name", s.name),
               "use letters, digits, `.`, `_` and `-` (it names the run folder)");
+  if (s.name.size() > kMaxNameLength || s.name == "." || s.name == "..")
+    r.fail_at({"name"},
+              fmt::format("the job name is {} characters long; at most {} fit a run folder's name",
+                          s.name.size(), kMaxNameLength),
+              "use a shorter name (it names the run folder with a timestamp after it)");
   if (top.has("command")) {
     s.command = r.as_string_list("command", top.get("command"));
     if (s.command.empty() || s.command[0].empty())
@@ -575,6 +607,11 @@ JobSpec build(Reader& r, const YAML::Node& root, const std::string& base_dir) {
       if (!ok)
         r.fail(env.path(key), env.key_node(key), "not a valid environment variable name",
                "use letters, digits and _");
+      if (contains(kReservedEnv, key))
+        r.fail(env.path(key), env.key_node(key),
+               "ptrain sets this variable for every worker itself",
+               "remove it from env:; ptrain sets the torchrun variables (RANK, WORLD_SIZE, "
+               "MASTER_ADDR, ...) and its own PTRAIN_* ones");
       s.env[key] = r.as_string(env.path(key), env.get(key));
     }
   }
@@ -588,7 +625,7 @@ JobSpec build(Reader& r, const YAML::Node& root, const std::string& base_dir) {
     m.allow({"bind", "port", "timeout_s"});
     m.read("bind", s.rendezvous.bind);
     m.read("port", s.rendezvous.port, 0, 65535);
-    m.read("timeout_s", s.rendezvous.timeout_s, 0, 86400, /*lo_exclusive=*/true);
+    m.read("timeout_s", s.rendezvous.timeout_s, kMinSeconds, 86400);
   }
   read_parallel(r, section("parallel"), s.parallel);
   if (s.launcher_only()) {
