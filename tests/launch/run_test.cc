@@ -2,11 +2,13 @@
 // blocks, signals, hang detection and cleanup (checked in /proc).
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -194,8 +196,9 @@ TEST_F(RunTest, BusyExplicitPortIsNamed) {
 }
 
 TEST_F(RunTest, WrongTokenIsRefused) {
-  Ptrain p({"run", spec(kTwoCommand + "env: {PTRAIN_TOKEN: not-the-token}\ncommand: [" +
-                        std::string(PTRAIN_BINARY) + ", worker]\n")});
+  // env: may not set PTRAIN_TOKEN (ptrain sets it), so the command swaps it itself.
+  Ptrain p({"run", spec(kTwoCommand + "command: [sh, -c, 'PTRAIN_TOKEN=not-the-token exec " +
+                        std::string(PTRAIN_BINARY) + " worker']\n")});
   EXPECT_EQ(p.finish(Millis(30000)), kExitRemote) << p.err;
   EXPECT_TRUE(contains(p.err, "token")) << p.err;
 }
@@ -216,4 +219,56 @@ TEST_F(RunTest, WorkerCrashingDuringRendezvousAbortsTheOthers) {
                         std::string(PTRAIN_BINARY) + "]\n")});
   EXPECT_EQ(p.finish(Millis(30000)), 5) << p.err;
   EXPECT_TRUE(contains(p.err, "rank 1")) << p.err;
+}
+
+namespace {
+
+mode_t mode_of(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return 07777;
+  return st.st_mode & 07777;
+}
+
+mode_t current_umask() {
+  mode_t u = ::umask(0);
+  ::umask(u);
+  return u;
+}
+
+}  // namespace
+
+TEST_F(RunTest, RunFoldersAndEveryFileInThemArePrivate) {
+  std::string path = tmp_.path() + "/private.yaml";
+  std::ofstream(path) << "name: t\nlogging: {dir: " << runs() << "}\n"
+                      << "nodes: {procs_per_node: 1, device: cpu}\n"
+                      << "train: {steps: 2}\n";
+  Ptrain p({"run", path});
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  std::string dir = run_dir();
+  EXPECT_EQ(mode_of(dir), 0700u) << dir;
+  for (const char* f : {"job.yaml", "launcher.log", "metrics.jsonl", "summary.json", "rank-0.log"})
+    EXPECT_EQ(mode_of(dir + "/" + f), 0600u) << f;
+  EXPECT_EQ(mode_of(dir + "/checkpoints"), 0700u);
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(dir + "/checkpoints")) {
+    EXPECT_EQ(mode_of(e.path().string()), 0600u) << e.path();
+    ++files;
+  }
+  EXPECT_GT(files, 0);
+}
+
+TEST_F(RunTest, CommandJobsKeepTheUsersUmaskAndSharedModeKeepsItForTheRunFolder) {
+  const mode_t user = current_umask();
+  std::string path = tmp_.path() + "/cmd.yaml";
+  std::ofstream(path) << "name: t\nlogging: {dir: " << runs() << "}\n"
+                      << "command: [sh, -c, 'echo umask=$(umask)']\n";
+  Ptrain p({"run", path});
+  ASSERT_EQ(p.finish(), 0) << p.err;
+  EXPECT_TRUE(contains(p.out, fmt::format("umask={:04o}", user))) << p.out;
+  EXPECT_EQ(mode_of(run_dir()), 0700u);
+  fs::remove_all(runs());
+  Ptrain shared({"run", path, "--set", "logging.mode=shared"});
+  ASSERT_EQ(shared.finish(), 0) << shared.err;
+  EXPECT_EQ(mode_of(run_dir()), 0777u & ~user);
+  EXPECT_EQ(mode_of(run_dir() + "/job.yaml"), 0666u & ~user);
 }

@@ -125,11 +125,12 @@ void Agent::spawn_all(int round) {
     w->local_rank = local;
     w->rank = server >= 0 ? options_.world_size + server : options_.first_rank + local;
     std::string path = log_path(w->rank);
-    w->log_fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    w->log_fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
     if (w->log_fd < 0) throw IoError(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
     ProcessOptions po;
     po.argv = server >= 0 ? options_.server_argv : options_.argv;
     po.env = server >= 0 ? server_env(server, round) : worker_env(local, round);
+    if (server < 0) po.umask = options_.child_umask;
     po.cwd = options_.cwd;
     try {
       w->proc = ChildProcess::spawn(po);

@@ -161,6 +161,7 @@ class Launcher::Impl {
   std::string node_;
   double start_s_ = 0;
   std::optional<RunDir> dir_;
+  mode_t user_umask_ = 022;  // the umask before logging.mode applied (command: programs get it)
   std::unique_ptr<Console> console_;
   std::unique_ptr<rendezvous::Coordinator> coordinator_;
   std::unique_ptr<Agent> agent_;
@@ -386,6 +387,8 @@ JobResult Launcher::Impl::run() {
                                        spec_.train.log_every);
   if (builtin) console_->set_total_steps(spec_.train.steps);
 
+  // logging.mode: private from here on every folder is 0700 and every file 0600.
+  user_umask_ = apply_file_mode(spec_.logging.mode);
   // `ptrain run --resume`: the same folder, so the trainer finds its checkpoints and the logs,
   // metrics and launcher.log continue where they ended.
   dir_ = opt_.resume_dir.empty() ? RunDir::create(spec_.logging.dir, spec_.name)
@@ -462,6 +465,7 @@ JobResult Launcher::Impl::run() {
     ao.server_argv = {exe, "--log-level", spec_.logging.level, "param-server"};
   } else {
     ao.argv = spec_.command;
+    ao.child_umask = static_cast<int>(user_umask_);  // the user's program, the user's umask
   }
   ao.coordinator = coordinator_->address();
   ao.token = co.token;

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -78,6 +79,7 @@ std::string lookup_env(const std::vector<std::string>& env, const std::string& k
     for (int fd = lo; fd < max_fd && fd < 1 << 20; ++fd) ::close(fd);
   }
   if (!o.cwd.empty() && ::chdir(o.cwd.c_str()) != 0) fail(1);
+  if (o.umask >= 0) ::umask(static_cast<mode_t>(o.umask));
   ::execve(path, argv, envp);
   fail(0);
   ::_exit(127);

@@ -39,7 +39,7 @@ std::string safe_name(const std::string& name) {
 }
 
 int open_append(const std::string& path) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
   if (fd < 0) throw IoError(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
   return fd;
 }
@@ -74,7 +74,7 @@ RunDir RunDir::create(const std::string& root, const std::string& name) {
   std::string base = fmt::format("{}/{}-{}", root, safe_name(name), stamp);
   for (int i = 1; i < 10000; ++i) {
     std::string candidate = i == 1 ? base : fmt::format("{}-{}", base, i);
-    if (::mkdir(candidate.c_str(), 0755) == 0) return open(candidate);
+    if (::mkdir(candidate.c_str(), 0777) == 0) return open(candidate);  // less the umask
     if (errno != EEXIST)
       throw IoError(
           fmt::format("cannot create run folder '{}': {}", candidate, std::strerror(errno)));
@@ -134,6 +134,12 @@ std::optional<std::string> newest_run(const std::string& root) {
     }
   }
   return best;
+}
+
+mode_t apply_file_mode(const std::string& mode) {
+  mode_t user = ::umask(077);
+  if (mode != "private") ::umask(user);
+  return user;
 }
 
 }  // namespace ptrain::launch

@@ -141,6 +141,7 @@ class SshLauncher::Impl {
   SshLaunchOptions opt_;
   double start_s_ = 0;
   std::optional<RunDir> dir_;
+  bool private_files_ = true;  // logging.mode: private (the agents apply it too)
   std::unique_ptr<Console> console_;
   std::unique_ptr<rendezvous::Coordinator> coordinator_;
   std::vector<std::unique_ptr<Session>> sessions_;
@@ -329,7 +330,7 @@ void SshLauncher::Impl::write_rank_line(const rendezvous::LogLineView& l) {
   auto it = rank_log_fds_.find(l.rank);
   if (it == rank_log_fds_.end()) {
     std::string path = dir_->rank_log(l.rank);
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
     it = rank_log_fds_.emplace(l.rank, fd).first;
   }
   if (it->second < 0) return;
@@ -479,6 +480,8 @@ void SshLauncher::Impl::start_agents(int round) {
     a.extra_env = spec_.env;
     setup.spec_yaml = agent_yaml_;
     setup.round = round;
+    setup.umask = private_files_ ? 077 : -1;
+    setup.restore_umask = spec_.launcher_only();
     setup.heartbeat_s = spec_.fault_tolerance.heartbeat_s;
     setup.coordinator_loss_s = 3 * spec_.fault_tolerance.heartbeat_s;
     setup.term_grace_s = spec_.fault_tolerance.term_grace_s;
@@ -572,6 +575,8 @@ JobResult SshLauncher::Impl::run() {
   if (builtin) console_->set_total_steps(spec_.train.steps);
   std::error_code ec;
   std::string root = std::filesystem::absolute(spec_.logging.dir, ec).string();
+  private_files_ = spec_.logging.mode == "private";
+  apply_file_mode(spec_.logging.mode);
   dir_ = RunDir::create(root, spec_.name);
   std::string spec_yaml = opt_.spec_yaml.empty() ? spec::to_yaml(spec_) : opt_.spec_yaml;
   dir_->write_file("job.yaml", spec_yaml);

@@ -162,6 +162,7 @@ Value tree(const JobSpec& s) {
   log.add("dir", Value::str(s.logging.dir));
   log.add("console", Value::str(s.logging.console));
   log.add("level", Value::str(s.logging.level));
+  log.add("mode", Value::str(s.logging.mode));
   return root;
 }
 

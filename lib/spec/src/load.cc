@@ -431,7 +431,7 @@ void read_fault_tolerance(Reader& r, const MapView& m, FaultToleranceSpec& f) {
 }
 
 void read_logging(Reader& r, const MapView& m, LoggingSpec& l, const std::string& base_dir) {
-  m.allow({"dir", "console", "level"});
+  m.allow({"dir", "console", "level", "mode"});
   if (m.has("dir")) {
     l.dir = r.as_string(m.path("dir"), m.get("dir"));
     if (l.dir.empty())
@@ -440,6 +440,7 @@ void read_logging(Reader& r, const MapView& m, LoggingSpec& l, const std::string
   l.dir = resolve_path(base_dir, l.dir);
   m.read_enum("console", l.console, {"rank0", "all", "none"});
   m.read_enum("level", l.level, {"trace", "debug", "info", "warn", "error", "off"});
+  m.read_enum("mode", l.mode, {"private", "shared"});
 }
 
 std::string workers_phrase(const std::vector<HostSlots>& hosts, int ppn, int world) {

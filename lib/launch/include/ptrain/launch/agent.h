@@ -42,6 +42,9 @@ struct AgentOptions {
   // ranks world_size + i, logging to server-<i>.log.
   int servers = 0;
   std::vector<std::string> server_argv;
+  // >= 0: the umask the workers' program runs with (a `command:` job gets the user's own back
+  // while ptrain's processes keep the private one; run_dir.h apply_file_mode).
+  int child_umask = -1;
 };
 
 // One output line of a worker.

@@ -2,6 +2,8 @@
 // with job.yaml, rank-<r>.log, launcher.log, metrics.jsonl and summary.json.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -41,5 +43,10 @@ std::string format_log_line(int64_t unix_us, const std::string& text);
 
 // The newest run directory under root (by the time in its name, then by mtime); nullopt when none.
 std::optional<std::string> newest_run(const std::string& root);
+
+// logging.mode: private makes this process (and so every ptrain process it starts) create
+// folders 0700 and files 0600, whatever the user's umask; shared leaves the umask alone.
+// Returns the umask the user had, which `command:` programs get back.
+mode_t apply_file_mode(const std::string& mode);
 
 }  // namespace ptrain::launch

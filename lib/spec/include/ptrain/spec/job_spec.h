@@ -178,6 +178,9 @@ struct LoggingSpec {
   std::string dir = "runs";       // resolved against the spec's folder
   std::string console = "rank0";  // rank0|all|none
   std::string level = "info";
+  // private: run folders 0700 and every file ptrain writes 0600 (job.yaml, logs, checkpoints);
+  // shared: the user's umask as it is.
+  std::string mode = "private";
 
   bool operator==(const LoggingSpec&) const = default;
 };
