@@ -272,3 +272,20 @@ TEST_F(RunTest, CommandJobsKeepTheUsersUmaskAndSharedModeKeepsItForTheRunFolder)
   EXPECT_EQ(mode_of(run_dir()), 0777u & ~user);
   EXPECT_EQ(mode_of(run_dir() + "/job.yaml"), 0666u & ~user);
 }
+
+TEST_F(RunTest, LogsWithoutAFolderShowTheUsersNewestRunWhereverItsLogsLive) {
+  // The run's logging.dir is not ./runs; the pointer every run writes finds it.
+  const std::string cache = "XDG_CACHE_HOME=" + tmp_.path() + "/cache";
+  Ptrain p({"run", spec(kTwoCommand + "command: [sh, -c, 'echo hello-$RANK']\n")}, {cache});
+  ASSERT_EQ(p.finish(), 0) << p.err;
+  Ptrain logs({"logs"}, {cache});
+  ASSERT_EQ(logs.finish(), 0) << logs.err;
+  EXPECT_TRUE(contains(logs.err, "ptrain logs: " + run_dir())) << logs.err;
+  EXPECT_TRUE(contains(logs.out, "hello-1")) << logs.out;
+  Ptrain unknown({"logs", run_dir(), "--rank", "99"}, {cache});
+  EXPECT_EQ(unknown.finish(), kExitConfig) << unknown.out;
+  EXPECT_TRUE(contains(unknown.err, "--rank 99: '" + run_dir() +
+                                        "' has no log of rank 99; its "
+                                        "ranks are 0-1"))
+      << unknown.err;
+}

@@ -6,6 +6,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -54,7 +55,41 @@ void write_all(int fd, const std::string& data) {
   }
 }
 
+std::string last_run_pointer() {
+  const char* cache = std::getenv("XDG_CACHE_HOME");
+  const char* home = std::getenv("HOME");
+  if (cache && *cache) return std::string(cache) + "/ptrain/last-run";
+  if (home && *home) return std::string(home) + "/.cache/ptrain/last-run";
+  return {};
+}
+
+// Records `dir` as this user's newest run (best effort: a read-only home is no error).
+void record_last_run(const std::string& dir) {
+  std::string pointer = last_run_pointer();
+  if (pointer.empty()) return;
+  std::error_code ec;
+  fs::create_directories(fs::path(pointer).parent_path(), ec);
+  std::string tmp = pointer + fmt::format(".{}", ::getpid());
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << fs::absolute(dir, ec).lexically_normal().string() << "\n";
+    if (!out) return;
+  }
+  if (::rename(tmp.c_str(), pointer.c_str()) != 0) fs::remove(tmp, ec);
+}
+
 }  // namespace
+
+std::optional<std::string> last_run() {
+  std::string pointer = last_run_pointer();
+  if (pointer.empty()) return std::nullopt;
+  std::ifstream in(pointer);
+  std::string dir;
+  if (!std::getline(in, dir) || dir.empty()) return std::nullopt;
+  std::error_code ec;
+  if (!fs::exists(fs::path(dir) / "job.yaml", ec)) return std::nullopt;
+  return dir;
+}
 
 std::string format_log_line(int64_t unix_us, const std::string& text) {
   return format_timestamp(unix_us) + " " + text + "\n";
@@ -74,7 +109,10 @@ RunDir RunDir::create(const std::string& root, const std::string& name) {
   std::string base = fmt::format("{}/{}-{}", root, safe_name(name), stamp);
   for (int i = 1; i < 10000; ++i) {
     std::string candidate = i == 1 ? base : fmt::format("{}-{}", base, i);
-    if (::mkdir(candidate.c_str(), 0777) == 0) return open(candidate);  // less the umask
+    if (::mkdir(candidate.c_str(), 0777) == 0) {  // less the umask
+      record_last_run(candidate);
+      return open(candidate);
+    }
     if (errno != EEXIST)
       throw IoError(
           fmt::format("cannot create run folder '{}': {}", candidate, std::strerror(errno)));

@@ -49,4 +49,8 @@ std::optional<std::string> newest_run(const std::string& root);
 // Returns the umask the user had, which `command:` programs get back.
 mode_t apply_file_mode(const std::string& mode);
 
+// This user's newest run: the folder the last RunDir::create recorded in
+// $XDG_CACHE_HOME/ptrain/last-run (default ~/.cache/ptrain/last-run), when it still exists.
+std::optional<std::string> last_run();
+
 }  // namespace ptrain::launch
