@@ -289,3 +289,21 @@ TEST_F(RunTest, LogsWithoutAFolderShowTheUsersNewestRunWhereverItsLogsLive) {
                                         "ranks are 0-1"))
       << unknown.err;
 }
+
+TEST_F(RunTest, BadInputExitsAreNotRestartedAndRepeatedFailuresStop) {
+  // max_restarts: 1000 and a program that always reports bad input: one failure, no restart.
+  Ptrain bad({"run", spec("fault_tolerance: {max_restarts: 1000}\ncommand: [sh, -c, 'exit 2']\n")});
+  EXPECT_EQ(bad.finish(Millis(20000)), 2) << bad.err;
+  EXPECT_TRUE(contains(bad.err, "not restarting: exit code 2 means bad input")) << bad.err;
+  EXPECT_TRUE(contains(read_file(run_dir() + "/summary.json"), "\"restarts\": []"));
+  fs::remove_all(runs());
+  // The same failure twice in a row (no progress between): the second ends the job.
+  Ptrain same(
+      {"run", spec("fault_tolerance: {max_restarts: 1000}\ncommand: [sh, -c, 'exit 3']\n")});
+  EXPECT_EQ(same.finish(Millis(20000)), 3) << same.err;
+  EXPECT_TRUE(contains(same.err, "not restarting: round 1 failed exactly as round 0 did"))
+      << same.err;
+  std::string summary = read_file(run_dir() + "/summary.json");
+  EXPECT_EQ(summary.find("\"round\": 2"), std::string::npos) << summary;
+  EXPECT_NE(summary.find("\"round\": 1"), std::string::npos) << summary;
+}

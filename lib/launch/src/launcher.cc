@@ -161,6 +161,7 @@ class Launcher::Impl {
   std::string node_;
   double start_s_ = 0;
   std::optional<RunDir> dir_;
+  std::optional<Clock::time_point> restart_at_;  // the next round starts then (backoff)
   mode_t user_umask_ = 022;  // the umask before logging.mode applied (command: programs get it)
   std::unique_ptr<Console> console_;
   std::unique_ptr<rendezvous::Coordinator> coordinator_;
@@ -312,7 +313,10 @@ void Launcher::Impl::print_root_cause() {
 }
 
 bool Launcher::Impl::restart_if_due(std::optional<Clock::time_point>& rendezvous_check) {
-  if (!failure_ || interrupt_sig_ || no_restart_ || !restarts_.can_restart()) return false;
+  if (!failure_ || interrupt_sig_ || no_restart_ || !restarts_.can_restart()) {
+    restart_at_.reset();
+    return false;
+  }
   // Every worker of the failed round is gone: keep its last lines, then start the next round.
   agent_->drain(Millis(1000));
   handle_events();
@@ -325,6 +329,20 @@ bool Launcher::Impl::restart_if_due(std::optional<Clock::time_point>& rendezvous
   rec.mono_s = f.mono_s;
   rec.last_step = console_->progress().step;
   rec.block = root_cause_block(f);
+  if (auto why_not = restarts_.refuse_restart(rec)) {
+    no_restart_ = true;
+    dir_->log("not restarting: " + *why_not);
+    console_->message("ptrain: not restarting: " + *why_not, true);
+    return false;
+  }
+  // Back off before the next round; the event loop keeps answering signals meanwhile.
+  if (!restart_at_) {
+    const double backoff = restarts_.backoff_s();
+    restart_at_ = Clock::now() + Millis(static_cast<int64_t>(backoff * 1000));
+    if (backoff > 0) dir_->log(fmt::format("next round in {:.0f} s (backoff)", backoff));
+  }
+  if (Clock::now() < *restart_at_) return true;
+  restart_at_.reset();
   restarts_.add_failure(std::move(rec));
   int round = restarts_.begin_next_round();
   std::string why = fmt::format("rank {} {}", f.rank, f.what);
@@ -499,7 +517,7 @@ JobResult Launcher::Impl::run() {
     agent_->add_poll_fds(fds);
     auto now = Clock::now();
     Millis wait(tty ? 250 : 1000);
-    for (const auto& t : {kill_at_, rendezvous_check})
+    for (const auto& t : {kill_at_, rendezvous_check, restart_at_})
       if (t) wait = std::min(wait, std::chrono::duration_cast<Millis>(*t - now) + Millis(1));
     wait = std::max(wait, Millis(0));
     int n = ::poll(fds.data(), fds.size(), static_cast<int>(wait.count()));

@@ -141,7 +141,8 @@ class SshLauncher::Impl {
   SshLaunchOptions opt_;
   double start_s_ = 0;
   std::optional<RunDir> dir_;
-  bool private_files_ = true;  // logging.mode: private (the agents apply it too)
+  std::optional<Clock::time_point> restart_at_;  // the next round starts then (backoff)
+  bool private_files_ = true;                    // logging.mode: private (the agents apply it too)
   std::unique_ptr<Console> console_;
   std::unique_ptr<rendezvous::Coordinator> coordinator_;
   std::vector<std::unique_ptr<Session>> sessions_;
@@ -397,7 +398,10 @@ void SshLauncher::Impl::print_root_cause() {
 }
 
 bool SshLauncher::Impl::restart_if_due(std::optional<Clock::time_point>& rendezvous_check) {
-  if (!failure_ || interrupt_sig_ || no_restart_ || !restarts_.can_restart()) return false;
+  if (!failure_ || interrupt_sig_ || no_restart_ || !restarts_.can_restart()) {
+    restart_at_.reset();
+    return false;
+  }
   // Every agent of the failed round has ended (its workers with it): start the next round.
   handle_events();
   const Failure& f = *failure_;
@@ -409,6 +413,20 @@ bool SshLauncher::Impl::restart_if_due(std::optional<Clock::time_point>& rendezv
   rec.mono_s = f.mono_s;
   rec.last_step = console_->progress().step;
   rec.block = root_cause_block(f);
+  if (auto why_not = restarts_.refuse_restart(rec)) {
+    no_restart_ = true;
+    dir_->log("not restarting: " + *why_not);
+    console_->message("ptrain: not restarting: " + *why_not, true);
+    return false;
+  }
+  // Back off before the next round; the event loop keeps answering signals meanwhile.
+  if (!restart_at_) {
+    const double backoff = restarts_.backoff_s();
+    restart_at_ = Clock::now() + Millis(static_cast<int64_t>(backoff * 1000));
+    if (backoff > 0) dir_->log(fmt::format("next round in {:.0f} s (backoff)", backoff));
+  }
+  if (Clock::now() < *restart_at_) return true;
+  restart_at_.reset();
   restarts_.add_failure(std::move(rec));
   int round = restarts_.begin_next_round();
   std::string why = fmt::format("rank {} on {} {}", f.rank, f.host, f.what);
@@ -656,7 +674,7 @@ JobResult SshLauncher::Impl::run() {
     }
     auto now = Clock::now();
     Millis wait(tty ? 250 : 1000);
-    for (const auto& t : {kill_at_, hangup_at_, force_at_, rendezvous_check})
+    for (const auto& t : {kill_at_, hangup_at_, force_at_, rendezvous_check, restart_at_})
       if (t) wait = std::min(wait, std::chrono::duration_cast<Millis>(*t - now) + Millis(1));
     wait = std::max(wait, Millis(0));
     int n = ::poll(fds.data(), fds.size(), static_cast<int>(wait.count()));
