@@ -307,3 +307,18 @@ TEST_F(RunTest, BadInputExitsAreNotRestartedAndRepeatedFailuresStop) {
   EXPECT_EQ(summary.find("\"round\": 2"), std::string::npos) << summary;
   EXPECT_NE(summary.find("\"round\": 1"), std::string::npos) << summary;
 }
+
+TEST_F(RunTest, SigkillOfTheLauncherTakesTheWorkersChildrenDownToo) {
+  // Each worker is a shell with two background children: the grandchildren get no
+  // PR_SET_PDEATHSIG of their own, so only the agent's watchdog can end them.
+  Ptrain p(
+      {"run", spec(kTwoCommand +
+                   "command: [bash, -c, 'sleep 1000 & sleep 1000 & echo ready-$RANK; wait']\n")});
+  ASSERT_TRUE(p.wait_for([&] { return contains(p.out, "ready-0") && contains(p.out, "ready-1"); }))
+      << p.out;
+  ASSERT_EQ(processes_of(tmp_.path()).size(), 6u);  // 2 shells + 4 sleeps
+  ::kill(p.proc().pid(), SIGKILL);
+  EXPECT_EQ(p.finish(Millis(30000)), 137);
+  auto left = wait_all_gone(tmp_.path());
+  EXPECT_TRUE(left.empty()) << left.size() << " left";
+}

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <thread>
 
+#include "group_watchdog.h"
 #include "ptrain/launch/run_dir.h"
 
 extern char** environ;
@@ -30,7 +31,8 @@ struct Agent::Worker {
   }
 };
 
-Agent::Agent(AgentOptions options) : options_(std::move(options)) {}
+Agent::Agent(AgentOptions options)
+    : options_(std::move(options)), watchdog_(std::make_unique<GroupWatchdog>()) {}
 
 Agent::~Agent() {
   for (auto& w : workers_) w->proc.signal_group(SIGKILL);
@@ -133,7 +135,9 @@ void Agent::spawn_all(int round) {
     if (server < 0) po.umask = options_.child_umask;
     po.cwd = options_.cwd;
     try {
+      watchdog_->start();
       w->proc = ChildProcess::spawn(po);
+      watchdog_->watch(w->proc.pid());  // the leader's pid is the group's id
     } catch (const SpawnError& e) {
       std::string text = fmt::format("ptrain: {}", e.what());
       w->out_pending.clear();
@@ -233,6 +237,8 @@ std::vector<WorkerExit> Agent::reap() {
     if (w->reported) continue;
     if (auto st = w->proc.try_wait()) {
       w->reported = true;
+      // A group outlives its leader while the leader's children run; keep watching it then.
+      if (::kill(-w->proc.pid(), 0) != 0 && errno == ESRCH) watchdog_->forget(w->proc.pid());
       out.push_back({w->rank, w->proc.pid(), *st, {}});
     }
   }

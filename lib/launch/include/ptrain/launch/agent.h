@@ -17,6 +17,8 @@
 
 namespace ptrain::launch {
 
+class GroupWatchdog;
+
 struct AgentOptions {
   std::string node = "localhost";  // host name shown in logs and errors
   int node_rank = 0;
@@ -101,6 +103,8 @@ class Agent {
   void read_pipe(Worker& w, bool is_stderr);
   void emit(Worker& w, bool is_stderr, std::string& pending, bool flush_partial);
   AgentOptions options_;
+  // Kills every worker's process group if this process dies (launch/src/group_watchdog.h).
+  std::unique_ptr<GroupWatchdog> watchdog_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<WorkerExit> spawn_failures_;
 };
