@@ -8,7 +8,7 @@
 #include <cstring>
 #include <thread>
 
-#include "group_watchdog.h"
+#include "ptrain/launch/group_watchdog.h"
 #include "ptrain/launch/run_dir.h"
 
 extern char** environ;
@@ -135,7 +135,7 @@ void Agent::spawn_all(int round) {
     if (server < 0) po.umask = options_.child_umask;
     po.cwd = options_.cwd;
     try {
-      watchdog_->start();
+      watchdog_->start(options_.watchdog_program);
       w->proc = ChildProcess::spawn(po);
       watchdog_->watch(w->proc.pid());  // the leader's pid is the group's id
     } catch (const SpawnError& e) {

@@ -1,4 +1,4 @@
-#include "group_watchdog.h"
+#include "ptrain/launch/group_watchdog.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -20,7 +20,8 @@ constexpr int kMaxGroups = 1 << 16;
 // The watchdog's whole life. It runs in a fork of a multi-threaded process, so it uses only
 // async-signal-safe calls (read, kill, close, _exit) and no allocation: a fixed table of
 // groups and a hand-parsed protocol of "+PGID\n", "-PGID\n" and "q\n" (goodbye).
-[[noreturn]] void watch_loop(int fd) {
+// Returns 0 on the goodbye; -1 after the pipe ended and every group was killed.
+int watch_loop(int fd) {
   static pid_t groups[kMaxGroups];
   int n = 0;
   char buf[4096];
@@ -38,7 +39,7 @@ constexpr int kMaxGroups = 1 << 16;
       }
       line[len] = '\0';
       len = 0;
-      if (line[0] == 'q') ::_exit(0);
+      if (line[0] == 'q') return 0;
       pid_t pgid = 0;
       for (const char* p = line + 1; *p >= '0' && *p <= '9'; ++p) pgid = pgid * 10 + (*p - '0');
       if (pgid <= 1) continue;
@@ -54,12 +55,20 @@ constexpr int kMaxGroups = 1 << 16;
     }
   }
   for (int k = 0; k < n; ++k) ::kill(-groups[k], SIGKILL);
-  ::_exit(0);
+  return -1;
 }
 
 }  // namespace
 
-void GroupWatchdog::start() {
+int group_watchdog_main(int fd) {
+  ::signal(SIGINT, SIG_IGN);
+  ::signal(SIGTERM, SIG_IGN);
+  ::signal(SIGHUP, SIG_IGN);
+  watch_loop(fd);
+  return 0;
+}
+
+void GroupWatchdog::start(const std::string& program) {
   if (pid_ > 0) return;
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0)
@@ -80,11 +89,18 @@ void GroupWatchdog::start() {
     ::signal(SIGINT, SIG_IGN);
     ::signal(SIGTERM, SIG_IGN);
     ::signal(SIGHUP, SIG_IGN);
-    // Keep only the read end: no other descriptor of the agent's may stay open here.
-    if (::syscall(SYS_close_range, 0, p[0] - 1, 0) != 0)
-      for (int fd = 0; fd < p[0]; ++fd) ::close(fd);
-    ::syscall(SYS_close_range, p[0] + 1, ~0U, 0);
-    watch_loop(p[0]);
+    // Keep only the read end, as stdin: no other descriptor of the agent's may stay open here.
+    if (::dup2(p[0], 0) < 0) ::_exit(1);
+    ::syscall(SYS_close_range, 1, ~0U, 0);
+    if (!program.empty()) {
+      // Its own program, with no environment: it is no process of the run's, and a fresh
+      // process has none of the agent's threads or memory.
+      const char* argv[] = {program.c_str(), "watchdog", nullptr};
+      const char* envp[] = {nullptr};
+      ::execve(program.c_str(), const_cast<char* const*>(argv), const_cast<char* const*>(envp));
+    }
+    watch_loop(0);
+    ::_exit(0);
   }
   ::close(p[0]);
   fd_ = p[1];

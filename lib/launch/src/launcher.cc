@@ -32,13 +32,6 @@ namespace ptrain::launch {
 
 namespace {
 
-std::string this_executable() {
-  char buf[PATH_MAX];
-  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) throw IoError("cannot find the ptrain executable (/proc/self/exe)");
-  return std::string(buf, static_cast<size_t>(n));
-}
-
 std::string host_name() {
   char buf[256] = {};
   if (::gethostname(buf, sizeof buf - 1) != 0 || !buf[0]) return "localhost";
@@ -474,6 +467,7 @@ JobResult Launcher::Impl::run() {
 
   AgentOptions ao;
   ao.node = node_;
+  ao.watchdog_program = opt_.worker_program.empty() ? this_executable() : opt_.worker_program;
   ao.local_world_size = world_size_;
   ao.world_size = world_size_;
   if (builtin) {

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <thread>
 #include <utility>
@@ -290,6 +291,13 @@ std::optional<ExitStatus> ChildProcess::wait(Millis timeout) {
   }
   if (pidfd >= 0) ::close(pidfd);
   return std::nullopt;
+}
+
+std::string this_executable() {
+  char buf[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) throw IoError("cannot find the ptrain executable (/proc/self/exe)");
+  return std::string(buf, static_cast<size_t>(n));
 }
 
 }  // namespace ptrain::launch

@@ -276,6 +276,7 @@ int remote_agent_main(int in_fd, int out_fd) {
                                        hb_interval);
   auto store = client.store();
 
+  s.agent.watchdog_program = this_executable();
   Agent agent(s.agent);
   std::vector<rendezvous::LogLineView> pending;
   agent.on_line = [&](const WorkerLine& l) {

@@ -36,13 +36,6 @@ namespace ptrain::launch {
 
 namespace {
 
-std::string self_executable() {
-  char buf[PATH_MAX];
-  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) throw IoError("cannot find the ptrain executable (/proc/self/exe)");
-  return std::string(buf, static_cast<size_t>(n));
-}
-
 std::vector<std::string> tail_lines(const std::string& path, size_t count) {
   std::ifstream in(path);
   std::deque<std::string> lines;
@@ -179,7 +172,7 @@ void SshLauncher::Impl::check_hosts(const std::vector<HostPlan>& plan, const std
   PreflightOptions po;
   po.remote_ptrain = program;
   po.timeout = opt_.preflight_timeout;
-  std::string self = opt_.local_binary.empty() ? self_executable() : opt_.local_binary;
+  std::string self = opt_.local_binary.empty() ? this_executable() : opt_.local_binary;
   CommandResult v = run_command({self, "--version"}, "", Millis(10000));
   po.expected_version = v.out;
   auto results = preflight(hosts, opt_.ssh, gpus, po);
@@ -530,7 +523,7 @@ JobResult SshLauncher::Impl::run() {
   auto plan = plan_hosts(opt_.hosts, spec_.nodes.procs_per_node, world_size_);
   exit_codes_.assign(static_cast<size_t>(world_size_), INT_MIN);
   restarts_ = RestartLog(spec_.fault_tolerance.max_restarts);
-  std::string self = opt_.local_binary.empty() ? self_executable() : opt_.local_binary;
+  std::string self = opt_.local_binary.empty() ? this_executable() : opt_.local_binary;
 
   // Preflight and shipping happen before anything else: a bad host stops the job here.
   std::string program = spec_.nodes.remote_ptrain.empty() ? self : spec_.nodes.remote_ptrain;

@@ -47,6 +47,9 @@ struct AgentOptions {
   // >= 0: the umask the workers' program runs with (a `command:` job gets the user's own back
   // while ptrain's processes keep the private one; run_dir.h apply_file_mode).
   int child_umask = -1;
+  // The ptrain executable, which the agent's process watchdog runs as `ptrain watchdog`; empty:
+  // the watchdog is a fork of this process (group_watchdog.h).
+  std::string watchdog_program;
 };
 
 // One output line of a worker.

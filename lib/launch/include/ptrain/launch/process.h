@@ -40,6 +40,9 @@ struct ProcessOptions {
   int umask = -1;                 // >= 0: the child's umask, set before exec
 };
 
+// This program's own path (/proc/self/exe): the ptrain binary that workers and agents run.
+std::string this_executable();
+
 // Thrown by ChildProcess::spawn when exec fails (the child never ran the program).
 // exit_code() follows the shell: 127 when the command is not found, 126 when not executable.
 class SpawnError : public IoError {

@@ -8,7 +8,13 @@
 
 #include <sys/types.h>
 
+#include <string>
+
 namespace ptrain::launch {
+
+// The watchdog's loop on descriptor `fd` (the `ptrain watchdog` subcommand runs it on stdin):
+// returns when the goodbye arrives, or after killing every group once the pipe ends.
+int group_watchdog_main(int fd);
 
 class GroupWatchdog {
  public:
@@ -17,8 +23,10 @@ class GroupWatchdog {
   GroupWatchdog(const GroupWatchdog&) = delete;
   GroupWatchdog& operator=(const GroupWatchdog&) = delete;
 
-  // Starts the watchdog process (once; later calls do nothing). Throws IoError when it cannot.
-  void start();
+  // Starts the watchdog process (once; later calls do nothing): `program watchdog` (ptrain)
+  // with an empty environment, or a plain fork of this process when `program` is empty.
+  // Throws IoError when it cannot.
+  void start(const std::string& program);
   // Process group `pgid` is to be killed if this process dies; forget() when it has no member
   // left.
   void watch(pid_t pgid);
