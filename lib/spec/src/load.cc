@@ -412,8 +412,9 @@ void read_checkpoint(Reader& r, const MapView& m, CheckpointSpec& c, const std::
     c.resume = r.as_string(m.path("resume"), m.get("resume"));
     if (c.resume.empty())
       r.fail(m.path("resume"), m.get("resume"), "resume is empty",
-             "use auto, never, or the path of a checkpoint");
-    if (c.resume != "auto" && c.resume != "never") c.resume = resolve_path(base_dir, c.resume);
+             "use auto, never, force, or the path of a checkpoint");
+    if (c.resume != "auto" && c.resume != "never" && c.resume != "force")
+      c.resume = resolve_path(base_dir, c.resume);
   }
 }
 

@@ -160,7 +160,7 @@ struct CheckpointSpec {
   int every = 0;    // 0 = only at the end
   std::string dir;  // empty = RUN_DIR/checkpoints
   int keep = 2;
-  std::string resume = "auto";  // auto|never|PATH
+  std::string resume = "auto";  // auto|never|force (auto, even another job's)|PATH
 
   bool operator==(const CheckpointSpec&) const = default;
 };
