@@ -190,6 +190,15 @@ void Launcher::Impl::begin_abort(const std::string& reason) {
 }
 
 void Launcher::Impl::fail(Failure f) {
+  if (failure_ && !interrupt_sig_ && replaces_root_cause(failure_->exit_code, f.exit_code)) {
+    // The first failure was only its echo (a peer's "connection reset"): this one is the cause.
+    dir_->log(fmt::format("rank {} {}: the root cause (rank {} only saw it)", f.rank, f.what,
+                          failure_->rank));
+    f.unix_us = failure_->unix_us;
+    f.mono_s = failure_->mono_s;
+    failure_ = std::move(f);
+    return;
+  }
   if (failure_ || interrupt_sig_) return;
   dir_->log(fmt::format("rank {} {}: aborting the job", f.rank, f.what));
   if (coordinator_) {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <csignal>
 
 #include "ptrain/core/error.h"
 #include "ptrain/core/time.h"
@@ -51,6 +52,15 @@ Json RestartLog::restarts_json() const {
     out.push_back(std::move(o));
   }
   return out;
+}
+
+bool is_consequence(int exit_code) {
+  return exit_code == kExitRemote || exit_code == 128 + SIGPIPE;
+}
+
+bool replaces_root_cause(int current, int candidate) {
+  return is_consequence(current) && !is_consequence(candidate) && candidate != 128 + SIGTERM &&
+         candidate != 128 + SIGKILL && candidate != 0;
 }
 
 namespace {

@@ -310,6 +310,15 @@ void SshLauncher::Impl::stop_all(int sig, const std::string& reason) {
 }
 
 void SshLauncher::Impl::fail(Failure f) {
+  if (failure_ && !interrupt_sig_ && replaces_root_cause(failure_->exit_code, f.exit_code)) {
+    // The first failure was only its echo (a peer's "connection reset"): this one is the cause.
+    dir_->log(fmt::format("rank {} on {} {}: the root cause (rank {} only saw it)", f.rank, f.host,
+                          f.what, failure_->rank));
+    f.unix_us = failure_->unix_us;
+    f.mono_s = failure_->mono_s;
+    failure_ = std::move(f);
+    return;
+  }
   if (failure_ || interrupt_sig_) return;
   dir_->log(fmt::format("rank {} on {} {}: aborting the job", f.rank, f.host, f.what));
   std::string reason = fmt::format("rank {} on {} {}", f.rank, f.host, f.what);

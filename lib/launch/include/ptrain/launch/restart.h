@@ -26,6 +26,14 @@ struct FailureRecord {
   std::optional<int64_t> first_report_step;  // the step of that first report
 };
 
+// Whether a failure is only the echo of another one: a worker that exited with 4 (a peer or the
+// coordinator failed) or died of SIGPIPE (it wrote to a peer that was gone).
+bool is_consequence(int exit_code);
+// Whether `candidate`, noticed while the job is already stopping for a failure with exit code
+// `current`, is the real root cause: `current` was a consequence and `candidate` is neither a
+// consequence nor the SIGTERM/SIGKILL of the stop itself.
+bool replaces_root_cause(int current, int candidate);
+
 class RestartLog {
  public:
   explicit RestartLog(int max_restarts = 0) : max_restarts_(max_restarts) {}
