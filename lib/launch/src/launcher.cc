@@ -347,6 +347,7 @@ bool Launcher::Impl::restart_if_due(std::optional<Clock::time_point>& rendezvous
   restart_at_.reset();
   restarts_.add_failure(std::move(rec));
   int round = restarts_.begin_next_round();
+  dir_->add_scalar("restarts", round, console_->progress().step);
   std::string why = fmt::format("rank {} {}", f.rank, f.what);
   dir_->log(
       fmt::format("restart {}/{}: {}; starting rendezvous round {} ({:.3f} s after the "
@@ -416,6 +417,7 @@ JobResult Launcher::Impl::run() {
   if (!opt_.resume_dir.empty()) dir_->log("resuming this run (ptrain run --resume)");
   std::string spec_yaml = opt_.spec_yaml.empty() ? spec::to_yaml(spec_) : opt_.spec_yaml;
   dir_->write_file("job.yaml", spec_yaml);
+  if (spec_.logging.tensorboard && !spec_.launcher_only()) dir_->enable_tensorboard();
   std::string run_id = dir_->path().substr(dir_->path().find_last_of('/') + 1);
   dir_->log(
       fmt::format("job {}: {} worker(s) on {}, run id {}", spec_.name, world_size_, node_, run_id));

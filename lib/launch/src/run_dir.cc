@@ -14,6 +14,7 @@
 
 #include "ptrain/core/error.h"
 #include "ptrain/core/time.h"
+#include "ptrain/launch/tensorboard.h"
 
 namespace ptrain::launch {
 
@@ -23,6 +24,7 @@ struct RunDir::Files {
   std::mutex mu;
   int metrics_fd = -1;
   int launcher_fd = -1;
+  std::unique_ptr<EventWriter> events;
   ~Files() {
     if (metrics_fd >= 0) ::close(metrics_fd);
     if (launcher_fd >= 0) ::close(launcher_fd);
@@ -149,6 +151,18 @@ void RunDir::append_metrics(const std::string& json) {
   std::lock_guard lock(files_->mu);
   if (files_->metrics_fd < 0) files_->metrics_fd = open_append(file("metrics.jsonl"));
   write_all(files_->metrics_fd, json + "\n");
+  if (files_->events) files_->events->add_metrics(json, unix_micros() / 1e6);
+}
+
+void RunDir::enable_tensorboard() {
+  std::lock_guard lock(files_->mu);
+  if (!files_->events)
+    files_->events = std::make_unique<EventWriter>(file("tb"), unix_micros() / 1e6);
+}
+
+void RunDir::add_scalar(const std::string& tag, double value, int64_t step) {
+  std::lock_guard lock(files_->mu);
+  if (files_->events) files_->events->add_scalar(tag, value, step, unix_micros() / 1e6);
 }
 
 void RunDir::log(const std::string& text) {

@@ -163,6 +163,7 @@ Value tree(const JobSpec& s) {
   log.add("console", Value::str(s.logging.console));
   log.add("level", Value::str(s.logging.level));
   log.add("mode", Value::str(s.logging.mode));
+  log.add("tensorboard", Value::boolean(s.logging.tensorboard));
   return root;
 }
 

@@ -432,7 +432,7 @@ void read_fault_tolerance(Reader& r, const MapView& m, FaultToleranceSpec& f) {
 }
 
 void read_logging(Reader& r, const MapView& m, LoggingSpec& l, const std::string& base_dir) {
-  m.allow({"dir", "console", "level", "mode"});
+  m.allow({"dir", "console", "level", "mode", "tensorboard"});
   if (m.has("dir")) {
     l.dir = r.as_string(m.path("dir"), m.get("dir"));
     if (l.dir.empty())
@@ -442,6 +442,7 @@ void read_logging(Reader& r, const MapView& m, LoggingSpec& l, const std::string
   m.read_enum("console", l.console, {"rank0", "all", "none"});
   m.read_enum("level", l.level, {"trace", "debug", "info", "warn", "error", "off"});
   m.read_enum("mode", l.mode, {"private", "shared"});
+  m.read("tensorboard", l.tensorboard);
 }
 
 std::string workers_phrase(const std::vector<HostSlots>& hosts, int ppn, int world) {

@@ -27,8 +27,13 @@ class RunDir {
 
   // Replaces the file atomically (write to a temporary, then rename).
   void write_file(const std::string& name, const std::string& content) const;
-  // Appends one line to metrics.jsonl. Thread-safe.
+  // Appends one line to metrics.jsonl, and its numbers to the TensorBoard events when
+  // enable_tensorboard() was called. Thread-safe.
   void append_metrics(const std::string& json);
+  // logging.tensorboard: metrics go to <run>/tb/events.out.tfevents.* too (launch/tensorboard.h).
+  void enable_tensorboard();
+  // One scalar event (e.g. "restarts"), when TensorBoard output is on. Thread-safe.
+  void add_scalar(const std::string& tag, double value, int64_t step);
   // Appends "<timestamp> <text>" to launcher.log. Thread-safe.
   void log(const std::string& text);
 

@@ -181,6 +181,7 @@ struct LoggingSpec {
   // private: run folders 0700 and every file ptrain writes 0600 (job.yaml, logs, checkpoints);
   // shared: the user's umask as it is.
   std::string mode = "private";
+  bool tensorboard = true;  // RUN_DIR/tb/events.out.tfevents.* beside metrics.jsonl
 
   bool operator==(const LoggingSpec&) const = default;
 };
