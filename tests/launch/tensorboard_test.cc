@@ -127,3 +127,51 @@ TEST(EventWriter, ARunWritesItsMetricsAsScalars) {
 
 }  // namespace
 }  // namespace ptrain::launch
+
+namespace ptrain::launch {
+namespace {
+
+TEST(Mlflow, ARunLandsInTheFileStoreLayout) {
+  TempDir dir;
+  std::string spec = dir.path() + "/job.yaml";
+  std::ofstream(spec) << "name: mlf\nlogging: {dir: " << dir.path() << "/runs, mlflow: store}\n"
+                      << "nodes: {procs_per_node: 1, device: cpu}\n"
+                      << "model: {type: gpt, layers: 1, heads: 2, dim: 16, seq_len: 8, vocab: 32}\n"
+                      << "train: {steps: 3, optimizer: {lr: 0.002}}\n";
+  ptrain::testing::PtrainProcess p({"run", spec});
+  ASSERT_EQ(p.finish(Millis(60000)), 0) << p.err;
+  const std::string store = dir.path() + "/store";
+  ASSERT_TRUE(fs::exists(store + "/0/meta.yaml"));  // the Default experiment MLflow expects
+  std::string exp, run;
+  for (const auto& e : fs::directory_iterator(store))
+    if (e.is_directory() && e.path().filename() != "0" && e.path().filename() != ".trash")
+      exp = e.path().string();
+  ASSERT_FALSE(exp.empty());
+  EXPECT_NE(ptrain::testing::read_file(exp + "/meta.yaml").find("name: \"mlf\""),
+            std::string::npos);
+  for (const auto& e : fs::directory_iterator(exp))
+    if (e.is_directory()) run = e.path().string();
+  ASSERT_FALSE(run.empty());
+  std::string meta = ptrain::testing::read_file(run + "/meta.yaml");
+  EXPECT_NE(meta.find("status: 3\n"), std::string::npos) << meta;  // FINISHED
+  EXPECT_EQ(meta.find("end_time: null"), std::string::npos) << meta;
+  EXPECT_EQ(ptrain::testing::read_file(run + "/params/train.optimizer.lr"), "0.002");
+  EXPECT_EQ(ptrain::testing::read_file(run + "/params/model.layers"), "1");
+  EXPECT_EQ(ptrain::testing::read_file(run + "/tags/mlflow.source.name"), "ptrain");
+  // metrics/<key>: "<unix ms> <value> <step>", one line per logged step.
+  std::ifstream loss(run + "/metrics/loss");
+  std::vector<int64_t> steps;
+  int64_t ms, step;
+  double value;
+  while (loss >> ms >> value >> step) {
+    EXPECT_GT(ms, int64_t{1700000000000});
+    EXPECT_GT(value, 0);
+    steps.push_back(step);
+  }
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_TRUE(fs::exists(run + "/metrics/tokens_per_s"));
+  EXPECT_FALSE(fs::exists(run + "/metrics/total_steps"));
+}
+
+}  // namespace
+}  // namespace ptrain::launch

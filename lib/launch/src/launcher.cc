@@ -21,6 +21,7 @@
 #include "ptrain/core/log.h"
 #include "ptrain/launch/agent.h"
 #include "ptrain/launch/console.h"
+#include "ptrain/launch/mlflow.h"
 #include "ptrain/launch/restart.h"
 #include "ptrain/launch/run_dir.h"
 #include "ptrain/launch/summary.h"
@@ -391,6 +392,7 @@ void Launcher::Impl::write_summary(const JobResult& r) {
                spec_.launcher_only() ? 0 : spec_.train.steps, p, elapsed());
   s["restarts"] = restarts_.restarts_json();
   dir_->write_file("summary.json", dump_line(s) + "\n");
+  dir_->finish_mlflow(r.exit_code == 0);
 }
 
 JobResult Launcher::Impl::run() {
@@ -418,6 +420,10 @@ JobResult Launcher::Impl::run() {
   std::string spec_yaml = opt_.spec_yaml.empty() ? spec::to_yaml(spec_) : opt_.spec_yaml;
   dir_->write_file("job.yaml", spec_yaml);
   if (spec_.logging.tensorboard && !spec_.launcher_only()) dir_->enable_tensorboard();
+  if (!spec_.logging.mlflow.empty() && !spec_.launcher_only())
+    dir_->enable_mlflow(spec_.logging.mlflow, spec_.name,
+                        dir_->path().substr(dir_->path().find_last_of('/') + 1),
+                        flatten_json(spec::to_json(spec_)));
   std::string run_id = dir_->path().substr(dir_->path().find_last_of('/') + 1);
   dir_->log(
       fmt::format("job {}: {} worker(s) on {}, run id {}", spec_.name, world_size_, node_, run_id));

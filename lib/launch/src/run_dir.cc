@@ -14,6 +14,7 @@
 
 #include "ptrain/core/error.h"
 #include "ptrain/core/time.h"
+#include "ptrain/launch/mlflow.h"
 #include "ptrain/launch/tensorboard.h"
 
 namespace ptrain::launch {
@@ -25,6 +26,7 @@ struct RunDir::Files {
   int metrics_fd = -1;
   int launcher_fd = -1;
   std::unique_ptr<EventWriter> events;
+  std::unique_ptr<MlflowRun> mlflow;
   ~Files() {
     if (metrics_fd >= 0) ::close(metrics_fd);
     if (launcher_fd >= 0) ::close(launcher_fd);
@@ -152,6 +154,21 @@ void RunDir::append_metrics(const std::string& json) {
   if (files_->metrics_fd < 0) files_->metrics_fd = open_append(file("metrics.jsonl"));
   write_all(files_->metrics_fd, json + "\n");
   if (files_->events) files_->events->add_metrics(json, unix_micros() / 1e6);
+  if (files_->mlflow) files_->mlflow->log_metrics(json, unix_micros() / 1000);
+}
+
+void RunDir::enable_mlflow(const std::string& root, const std::string& experiment,
+                           const std::string& run_name,
+                           const std::map<std::string, std::string>& params) {
+  std::lock_guard lock(files_->mu);
+  if (!files_->mlflow)
+    files_->mlflow =
+        std::make_unique<MlflowRun>(root, experiment, run_name, params, unix_micros() / 1000);
+}
+
+void RunDir::finish_mlflow(bool ok) {
+  std::lock_guard lock(files_->mu);
+  if (files_->mlflow) files_->mlflow->finish(ok, unix_micros() / 1000);
 }
 
 void RunDir::enable_tensorboard() {

@@ -164,6 +164,7 @@ Value tree(const JobSpec& s) {
   log.add("level", Value::str(s.logging.level));
   log.add("mode", Value::str(s.logging.mode));
   log.add("tensorboard", Value::boolean(s.logging.tensorboard));
+  log.add("mlflow", Value::str(s.logging.mlflow));
   return root;
 }
 

@@ -432,7 +432,7 @@ void read_fault_tolerance(Reader& r, const MapView& m, FaultToleranceSpec& f) {
 }
 
 void read_logging(Reader& r, const MapView& m, LoggingSpec& l, const std::string& base_dir) {
-  m.allow({"dir", "console", "level", "mode", "tensorboard"});
+  m.allow({"dir", "console", "level", "mode", "tensorboard", "mlflow"});
   if (m.has("dir")) {
     l.dir = r.as_string(m.path("dir"), m.get("dir"));
     if (l.dir.empty())
@@ -443,6 +443,8 @@ void read_logging(Reader& r, const MapView& m, LoggingSpec& l, const std::string
   m.read_enum("level", l.level, {"trace", "debug", "info", "warn", "error", "off"});
   m.read_enum("mode", l.mode, {"private", "shared"});
   m.read("tensorboard", l.tensorboard);
+  if (m.has("mlflow"))
+    l.mlflow = resolve_path(base_dir, r.as_string(m.path("mlflow"), m.get("mlflow")));
 }
 
 std::string workers_phrase(const std::vector<HostSlots>& hosts, int ppn, int world) {

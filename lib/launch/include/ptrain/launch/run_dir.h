@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -32,6 +33,11 @@ class RunDir {
   void append_metrics(const std::string& json);
   // logging.tensorboard: metrics go to <run>/tb/events.out.tfevents.* too (launch/tensorboard.h).
   void enable_tensorboard();
+  // logging.mlflow: metrics go to an MLflow file store under `root` too (launch/mlflow.h).
+  void enable_mlflow(const std::string& root, const std::string& experiment,
+                     const std::string& run_name, const std::map<std::string, std::string>& params);
+  // Marks the MLflow run finished or failed (nothing without enable_mlflow).
+  void finish_mlflow(bool ok);
   // One scalar event (e.g. "restarts"), when TensorBoard output is on. Thread-safe.
   void add_scalar(const std::string& tag, double value, int64_t step);
   // Appends "<timestamp> <text>" to launcher.log. Thread-safe.

@@ -182,6 +182,7 @@ struct LoggingSpec {
   // shared: the user's umask as it is.
   std::string mode = "private";
   bool tensorboard = true;  // RUN_DIR/tb/events.out.tfevents.* beside metrics.jsonl
+  std::string mlflow;       // an MLflow file store to log the run to ("" = none; resolved)
 
   bool operator==(const LoggingSpec&) const = default;
 };
