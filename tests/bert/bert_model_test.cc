@@ -1,6 +1,7 @@
 // BERT's layers against naive double-precision references and finite differences, the whole
 // model's gradients, Hugging Face names and shapes, the masking function's first values, and
 // the padded vocabulary split.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,6 +12,9 @@
 #include "bert/masking.h"
 #include "nn/grad_check.h"
 #include "ptrain/core/error.h"
+#include "ptrain/models/registry.h"
+#include "ptrain/spec/plan.h"
+#include "ptrain/spec/spec.h"
 #include "ptrain/tensor/ops.h"
 #include "shared/vocab_parallel.h"
 
@@ -371,4 +375,30 @@ TEST(BertVocabSplit, UnevenVocabularyPadsTheLastRankAndRoundTrips) {
     copy_shard_to_full(word, r, shard.data(), back.data());
   }
   EXPECT_EQ(back, full);
+}
+
+// The plan's figures (ptrain validate) count what the models of each rank hold.
+TEST(BertFamily, PlanFiguresCountTheModelsParameters) {
+  auto load = [](int tensor, int pipeline) {
+    return spec::load_string(
+        fmt::format("model: {{type: bert, layers: 4, heads: 4, dim: 16, seq_len: 8, vocab: 33}}\n"
+                    "nodes: {{device: cpu, procs_per_node: {}}}\n"
+                    "parallel: {{tensor: {}, pipeline: {}, microbatches: 2}}\n",
+                    tensor * pipeline, tensor, pipeline),
+        "plan.yaml");
+  };
+  spec::JobSpec one = load(1, 1);
+  auto whole = models::make_model(one, tensor::Device::kCpu, 0, 0);
+  EXPECT_EQ(spec::make_plan(one).parameters, int64_t(whole->num_params()));
+  spec::JobSpec split = load(2, 2);
+  const auto& family = models::family_of(split);
+  const auto ranges = models::stage_ranges(split);
+  for (int stage = 0; stage < 2; ++stage)
+    for (int tp = 0; tp < 2; ++tp) {
+      auto m = models::make_model(split, tensor::Device::kCpu, stage, tp);
+      const int layers = ranges[size_t(stage)].second - ranges[size_t(stage)].first;
+      EXPECT_EQ(family.stage_figures(split, stage, 0, layers, 1, 1, 4).parameters,
+                int64_t(m->num_params()))
+          << "stage " << stage << " tp " << tp;
+    }
 }
