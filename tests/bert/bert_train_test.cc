@@ -144,6 +144,28 @@ TEST_F(BertTrain, CheckpointsHoldFullHuggingFaceTensorsOnAnyMesh) {
   EXPECT_EQ(a.find("cls.predictions.decoder.weight"), nullptr);
 }
 
+// Masking is a pure function of the position: a run resumed at step 10 on another mesh (data 2)
+// continues the curve of the uninterrupted one.
+TEST_F(BertTrain, ResumedOnAnotherMeshContinuesTheSameCurve) {
+  testing::TempDir dir;
+  JobSpec first = tiny_bert();
+  first.train.steps = 10;
+  first.train.eval_every = 0;
+  first.checkpoint.dir = dir.path();
+  testing::run_ranks(first);
+  JobSpec rest = with_mesh(tiny_bert(), 2, 1, 1);
+  rest.train.eval_every = 0;
+  rest.checkpoint.dir = dir.path();
+  rest.checkpoint.resume = "auto";
+  auto runs = testing::run_ranks(rest);
+  const auto& h = runs[0].result.history;
+  const auto& x = single()[0].result.history;
+  ASSERT_EQ(runs[0].result.first_step, 10);
+  ASSERT_EQ(h.size(), 10u);
+  for (size_t i = 0; i < h.size(); ++i)
+    EXPECT_NEAR(h[i].loss, x[10 + i].loss, 1e-5 * x[10 + i].loss) << "step " << 11 + i;
+}
+
 // An init_from position table longer than seq_len (HF's 512): the first rows are used, all
 // are kept; a seq_len beyond it is refused with the key.
 TEST(BertInitFrom, LongerPositionTableIsKeptAndShorterRefused) {
