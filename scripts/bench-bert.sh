@@ -54,7 +54,15 @@ run gpipe --set parallel.pipeline=2 --set nodes.procs_per_node=2 --set parallel.
 run 1f1b --set parallel.pipeline=2 --set nodes.procs_per_node=2 --set parallel.schedule=1f1b \
   --set parallel.microbatches=4
 
-python3 - "$work" "$REPEATS" $L $H $D $T $V $B "$STEPS" <<'PY'
+# The interpreter for the figures: the first that has torch (Debian's python3-torch lives in
+# /usr/bin/python3, which a pyenv shim may hide), else python3 (the baseline is then skipped).
+py=python3
+for p in python3 /usr/bin/python3; do
+  if "$p" -c 'import torch' 2>/dev/null; then py=$p && break; fi
+done
+# Passive OpenMP waiting: spinning threads make PyTorch's 2-thread figure collapse when the
+# cores are shared with other work.
+OMP_WAIT_POLICY=PASSIVE "$py" - "$work" "$REPEATS" $L $H $D $T $V $B "$STEPS" <<'PY'
 import json, math, statistics, sys, time
 work, repeats = sys.argv[1], int(sys.argv[2])
 L, H, D, T, V, B, steps = map(int, sys.argv[3:10])
@@ -105,12 +113,12 @@ class Block(nn.Module):
 class Bert(nn.Module):
     def __init__(s):
         super().__init__()
-        s.word, s.pos, s.type = nn.Embedding(V, D), nn.Embedding(T, D), nn.Embedding(2, D)
+        s.word, s.pos, s.ttype = nn.Embedding(V, D), nn.Embedding(T, D), nn.Embedding(2, D)
         s.ln = nn.LayerNorm(D, eps=1e-12)
         s.blocks = nn.ModuleList(Block() for _ in range(L))
         s.dense, s.hln, s.bias = nn.Linear(D, D), nn.LayerNorm(D, eps=1e-12), nn.Parameter(torch.zeros(V))
     def forward(s, tokens, targets):
-        x = s.ln(s.word(tokens) + s.pos.weight[: tokens.shape[1]] + s.type.weight[0])
+        x = s.ln(s.word(tokens) + s.pos.weight[: tokens.shape[1]] + s.ttype.weight[0])
         for blk in s.blocks:
             x = blk(x)
         logits = s.hln(F.gelu(s.dense(x))) @ s.word.weight.t() + s.bias
