@@ -22,8 +22,9 @@ case "$cmd" in
   comm) exec "$BIN" bench comm --runs "$REPEATS" "$@" ;;
   step) exec "$BIN" bench step "$@" ;;
   dp) ;;
+  bert) exec scripts/bench-bert.sh "$@" ;;  # BERT masked-LM figures (scripts/bench-bert.sh)
   *)
-    echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp [args]" >&2
+    echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp|bert [args]" >&2
     exit 2
     ;;
 esac

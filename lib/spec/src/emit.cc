@@ -117,6 +117,7 @@ Value tree(const JobSpec& s) {
     data.add("batch_size", Value::num(s.data.batch_size));
     data.add("shuffle", Value::boolean(s.data.shuffle));
     data.add("eval_fraction", Value::num(s.data.eval_fraction));
+    data.add("mask_prob", Value::num(s.data.mask_prob));  // masked-language-model data (bert)
 
     const TrainSpec& t = s.train;
     Value& train = root.add("train", Value::map());

@@ -311,7 +311,7 @@ void read_model(Reader& r, const MapView& m, ModelSpec& model, const std::string
 }
 
 void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& base_dir) {
-  m.allow({"type", "path", "batch_size", "shuffle", "eval_fraction"});
+  m.allow({"type", "path", "batch_size", "shuffle", "eval_fraction", "mask_prob"});
   std::vector<std::string> data_types;
   for (const auto& type : model_types())
     for (const auto& d : model_schema(type).data_types())
@@ -327,6 +327,14 @@ void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& b
              "must be below 1 (it is the share of the data held out for evaluation)",
              "use e.g. 0.05, or 0 for no evaluation");
   }
+  // --- masked-language-model data (model.type: bert) ---
+  if (m.has("mask_prob")) {
+    data.mask_prob = r.as_double(m.path("mask_prob"), m.get("mask_prob"), 0, 1);
+    if (data.mask_prob <= 0 || data.mask_prob >= 1)
+      r.fail(m.path("mask_prob"), m.get("mask_prob"), "must be inside (0, 1)",
+             "BERT masks 0.15 of the positions");
+  }
+  // --- end masked-language-model data ---
   if (data.type == "synthetic") {
     if (!data.path.empty())
       r.fail_at({m.path("path")}, "synthetic data takes no path",

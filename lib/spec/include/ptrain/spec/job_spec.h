@@ -117,6 +117,8 @@ struct DataSpec {
   int batch_size = 8;              // global, in samples (sequences for a GPT)
   bool shuffle = false;
   double eval_fraction = 0;
+  // --- masked-language-model data (model.type: bert) ---
+  double mask_prob = 0.15;  // share of the positions masked, in (0, 1)
 
   bool operator==(const DataSpec&) const = default;
 };
