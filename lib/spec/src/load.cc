@@ -300,7 +300,8 @@ void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& b
              "must be below 1 (it is the share of the data held out for evaluation)",
              "use e.g. 0.05, or 0 for no evaluation");
   }
-  if (data.type == "synthetic") {
+  // Generated data (`synthetic`, and a family's `synthetic-<name>` such as synthetic-criteo).
+  if (data.type.rfind("synthetic", 0) == 0) {
     if (!data.path.empty())
       r.fail_at({m.path("path")}, "synthetic data takes no path",
                 "remove data.path, or set data.type to tokens, text or csv");
