@@ -22,8 +22,9 @@ case "$cmd" in
   comm) exec "$BIN" bench comm --runs "$REPEATS" "$@" ;;
   step) exec "$BIN" bench step "$@" ;;
   dp) ;;
+  dlrm) exec scripts/bench-dlrm.sh "$@" ;;  # DLRM samples/s, 1 and 2 workers, vs PyTorch
   *)
-    echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp [args]" >&2
+    echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp|dlrm [args]" >&2
     exit 2
     ;;
 esac
