@@ -4,8 +4,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
+#include "dlrm/criteo.h"
 #include "dlrm/dlrm.h"
 #include "dlrm/dlrm_ops.h"
 #include "ptrain/core/error.h"
@@ -100,6 +102,58 @@ class SyntheticCriteo : public DataSet {
   uint64_t key_;
 };
 
+// A Criteo TSV file in memory: the last eval_fraction of its samples are the eval split; the
+// global batch of step s is the training samples from s * batch_size on, wrapping around, and
+// data rank r takes its contiguous share, so any world size reads the same samples.
+class CriteoFile : public DataSet {
+ public:
+  explicit CriteoFile(const JobSpec& spec)
+      : batch_(spec.data.batch_size),
+        samples_(
+            criteo::load(spec.data.path, table_rows(spec.model), spec.data.bad_lines == "skip")) {
+    const int64_t n = samples_.size();
+    eval_ = spec.data.eval_fraction > 0 ? int64_t(double(n) * spec.data.eval_fraction) : 0;
+    train_ = n - eval_;
+    if (train_ <= 0 || (spec.data.eval_fraction > 0 && eval_ <= 0))
+      throw ConfigError(fmt::format("criteo data '{}' has {} usable lines: too few for a training "
+                                    "and an eval split",
+                                    spec.data.path, n),
+                        "use a bigger file or a different data.eval_fraction");
+  }
+  int64_t rows(int dp_size, int micro_total) const override {
+    const int64_t parts = int64_t(dp_size) * micro_total;
+    if (batch_ % parts != 0)
+      throw ConfigError(
+          fmt::format("data.batch_size {} does not split into {} equal parts", batch_, parts));
+    return batch_ / parts;
+  }
+  bool has_eval() const override { return eval_ > 0; }
+  void fill(int64_t step, int dp_rank, int dp_size, int micro, int micro_total, data::Split split,
+            HostBatch& out) const override {
+    const int64_t n = rows(dp_size, micro_total);
+    const bool ev = split == data::Split::kEval;
+    const int64_t base = ev ? train_ : 0, count = ev ? eval_ : train_;
+    const int64_t first = step * batch_ + (int64_t(dp_rank) * micro_total + micro) * n;
+    float* x = out.f32("dense");
+    int32_t* s = out.i32("sparse");
+    float* y = out.f32("targets");
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t at = base + (first + i) % count;
+      std::copy_n(&samples_.dense[size_t(at) * criteo::kDense], criteo::kDense,
+                  x + i * criteo::kDense);
+      std::copy_n(&samples_.sparse[size_t(at) * criteo::kSparse], criteo::kSparse,
+                  s + i * criteo::kSparse);
+      y[i] = samples_.labels[size_t(at)];
+    }
+  }
+  double global_targets(int64_t, data::Split) const override { return double(batch_); }
+
+ private:
+  int64_t batch_;
+  criteo::Samples samples_;
+  int64_t train_ = 0, eval_ = 0;
+};
+
 class DlrmFamily : public Family {
  public:
   std::string type() const override { return "dlrm"; }
@@ -123,7 +177,7 @@ class DlrmFamily : public Family {
     };
     return k;
   }
-  std::vector<std::string> data_types() const override { return {"synthetic-criteo"}; }
+  std::vector<std::string> data_types() const override { return {"synthetic-criteo", "criteo"}; }
 
   void check(const JobSpec& s, const spec::SpecChecker& c) const override {
     const auto bottom = s.model.ints("bottom_mlp");
@@ -136,6 +190,11 @@ class DlrmFamily : public Family {
     const auto top = s.model.ints("top_mlp");
     if (top.empty() || top.back() != 1)
       c.fail_at({"model.top_mlp"}, "top_mlp must end at 1 (one logit)", "end top_mlp with 1");
+    if (s.data.type == "criteo" &&
+        (s.model.integer("dense") != criteo::kDense || table_rows(s.model).size() != 26))
+      c.fail_at({"model.dense", "model.sparse", "model.tables", "data.type"},
+                "criteo data has 13 dense and 26 categorical features per line",
+                "set model.dense: 13 and model.sparse: 26");
     if (s.nodes.device == "cuda")
       c.fail_at({"nodes.device"}, "the dlrm family runs on CPU only (its kernels are host code)",
                 "set nodes.device: cpu");
@@ -193,6 +252,7 @@ class DlrmFamily : public Family {
             {"targets", tensor::DType::kF32, {rows}}};
   }
   std::unique_ptr<DataSet> make_data(const JobSpec& s) const override {
+    if (s.data.type == "criteo") return std::make_unique<CriteoFile>(s);
     return std::make_unique<SyntheticCriteo>(s);
   }
   std::unique_ptr<nn::Model> make_model(const JobSpec& s, const ModelPlace&) const override {

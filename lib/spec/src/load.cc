@@ -284,7 +284,8 @@ void read_model(Reader& r, const MapView& m, ModelSpec& model, const std::string
 }
 
 void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& base_dir) {
-  m.allow({"type", "path", "batch_size", "shuffle", "eval_fraction"});
+  m.allow({"type", "path", "batch_size", "shuffle", "eval_fraction", "bad_lines"});
+  m.read_enum("bad_lines", data.bad_lines, {"error", "skip"});  // record readers (criteo)
   std::vector<std::string> data_types;
   for (const auto& type : model_types())
     for (const auto& d : model_schema(type).data_types())

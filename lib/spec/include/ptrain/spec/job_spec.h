@@ -117,6 +117,8 @@ struct DataSpec {
   int batch_size = 8;              // global, in samples (sequences for a GPT)
   bool shuffle = false;
   double eval_fraction = 0;
+  // --- record readers (criteo): a malformed line is an error or is skipped and counted ---
+  std::string bad_lines = "error";  // error|skip
 
   bool operator==(const DataSpec&) const = default;
 };
