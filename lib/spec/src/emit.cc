@@ -118,6 +118,8 @@ Value tree(const JobSpec& s) {
     data.add("shuffle", Value::boolean(s.data.shuffle));
     data.add("eval_fraction", Value::num(s.data.eval_fraction));
     data.add("mask_prob", Value::num(s.data.mask_prob));  // masked-language-model data (bert)
+    // Record readers (criteo): written when not the default.
+    if (s.data.bad_lines != "error") data.add("bad_lines", Value::str(s.data.bad_lines));
 
     const TrainSpec& t = s.train;
     Value& train = root.add("train", Value::map());
