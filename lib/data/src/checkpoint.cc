@@ -58,6 +58,11 @@ void fsync_dir(const std::string& dir) {
   }
 }
 
+std::function<void(const std::string&)>& temp_hook() {
+  static std::function<void(const std::string&)> hook;
+  return hook;
+}
+
 // Writes `final_name` in `dir` through a temp file: write, fsync, close, rename, fsync(dir).
 // `write` returns (bytes, checksum). On any failure the temp file is removed.
 CheckpointFile write_atomic(
@@ -66,6 +71,7 @@ CheckpointFile write_atomic(
   std::string tmp = join(dir, fmt::format(".{}.tmp-{}", final_name, ::getpid()));
   std::string final_path = join(dir, final_name);
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd >= 0 && temp_hook()) temp_hook()(tmp);
   if (fd < 0) {
     throw IoError(fmt::format("cannot create '{}': {}", tmp, std::strerror(errno)),
                   "check that the checkpoint folder is writable");
@@ -343,6 +349,10 @@ CheckpointManifest validate_checkpoint(const std::string& manifest_path) {
     SafetensorsFile::open(path);  // structure check
   }
   return m;
+}
+
+void set_checkpoint_temp_hook(std::function<void(const std::string& path)> hook) {
+  temp_hook() = std::move(hook);
 }
 
 std::optional<CheckpointManifest> find_resume_checkpoint(const std::string& dir) {

@@ -1,20 +1,16 @@
 #include "fault_injection.h"
 
 #include <fmt/format.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/eventfd.h>
-#include <sys/inotify.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
-#include <thread>
 
 #include "ptrain/core/env.h"
 #include "ptrain/core/error.h"
+#include "ptrain/data/checkpoint.h"
 
 namespace ptrain::train {
 
@@ -75,42 +71,19 @@ std::unique_ptr<FaultInjection::SaveWatch> FaultInjection::during_save(
   return nullptr;
 }
 
-struct FaultInjection::SaveWatch::Impl {
-  int inotify_fd = -1;
-  int stop_fd = -1;
-  std::thread thread;
-};
+struct FaultInjection::SaveWatch::Impl {};
 
-FaultInjection::SaveWatch::SaveWatch(const std::string& dir) : impl_(std::make_unique<Impl>()) {
-  std::filesystem::create_directories(dir);
-  impl_->inotify_fd = PTRAIN_SYSCALL(::inotify_init1(IN_CLOEXEC));
-  PTRAIN_SYSCALL(::inotify_add_watch(impl_->inotify_fd, dir.c_str(), IN_CREATE));
-  impl_->stop_fd = PTRAIN_SYSCALL(::eventfd(0, EFD_CLOEXEC));
-  impl_->thread = std::thread([fd = impl_->inotify_fd, stop = impl_->stop_fd, dir] {
-    alignas(struct inotify_event) char buf[4096];
-    while (true) {
-      struct pollfd fds[2] = {{fd, POLLIN, 0}, {stop, POLLIN, 0}};
-      if (::poll(fds, 2, -1) < 0) continue;
-      if (fds[1].revents) return;
-      ssize_t n = ::read(fd, buf, sizeof buf);
-      for (ssize_t off = 0; n > 0 && off < n;) {
-        auto* ev = reinterpret_cast<struct inotify_event*>(buf + off);
-        std::string name = ev->len ? ev->name : "";
-        if (name.find(".tmp") != std::string::npos)
-          die(SIGKILL, fmt::format("killing while {}/{} is being written", dir, name));
-        off += static_cast<ssize_t>(sizeof(struct inotify_event) + ev->len);
-      }
-    }
+// Synchronous: the save calls the hook in its own thread right after creating a temp file, so
+// the fault fires mid-save every time, however fast the save or busy the machine.
+FaultInjection::SaveWatch::SaveWatch(const std::string& dir) {
+  data::set_checkpoint_temp_hook([dir](const std::string& path) {
+    die(SIGKILL, fmt::format("killing while {}/{} is being written", dir,
+                             std::filesystem::path(path).filename().string()));
   });
 }
 
 FaultInjection::SaveWatch::~SaveWatch() {
-  uint64_t one = 1;
-  ssize_t n = ::write(impl_->stop_fd, &one, sizeof one);
-  (void)n;
-  impl_->thread.join();
-  ::close(impl_->inotify_fd);
-  ::close(impl_->stop_fd);
+  data::set_checkpoint_temp_hook({});
 }
 
 }  // namespace ptrain::train

@@ -22,8 +22,8 @@ class FaultInjection {
   // Called at the top of the loop with the number of completed steps.
   void before_step(int64_t steps_done) const;
 
-  // While the returned guard lives, the process SIGKILLs itself when a temporary file appears in
-  // `dir` (null when no `save` fault is set for this step).
+  // While the returned guard lives, the process SIGKILLs itself as soon as a checkpoint save
+  // creates a temporary file in `dir` (null when no `save` fault is set for this step).
   class SaveWatch;
   std::unique_ptr<SaveWatch> during_save(int64_t step, const std::string& dir) const;
 

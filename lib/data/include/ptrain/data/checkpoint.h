@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -55,6 +56,10 @@ CheckpointManifest save_checkpoint(const std::string& dir, const CheckpointData&
 // Reads a manifest and checks that every file it lists exists with the recorded size and
 // checksum and parses as safetensors. Throws ConfigError naming the bad file.
 CheckpointManifest validate_checkpoint(const std::string& manifest_path);
+
+// Test hook (fault injection): called with each temporary file's path right after a save
+// created it, in the saving thread. Empty (the default) does nothing.
+void set_checkpoint_temp_hook(std::function<void(const std::string& path)> hook);
 
 // Steps that have a manifest in `dir`, newest first (not validated).
 std::vector<int64_t> list_checkpoints(const std::string& dir);
