@@ -138,10 +138,10 @@ ResNet::ResNet(const ResNetConfig& config) : Model(config.device), cfg_(config) 
   const int w0 = cfg_.widths[0];
   int H = cfg_.height, W = cfg_.width;
   if (cfg_.imagenet_stem) {
-    add_conv(stem_, "conv1", cfg_.in_channels, H, W, w0, 7, 2, 3);
+    add_conv(stem_, "conv1.weight", cfg_.in_channels, H, W, w0, 7, 2, 3);
     H = conv_out(H, 7, 2, 3), W = conv_out(W, 7, 2, 3);
   } else {
-    add_conv(stem_, "conv1", cfg_.in_channels, H, W, w0, 3, 1, 1);
+    add_conv(stem_, "conv1.weight", cfg_.in_channels, H, W, w0, 3, 1, 1);
   }
   add_norm(stem_bn_, "bn1", w0, H * W);
   stem_numel_ = w0 * H * W;
