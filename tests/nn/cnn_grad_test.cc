@@ -213,6 +213,16 @@ TEST_P(BatchNormGrad, TrainingModeMatchesTheReference) {
   expect_close(dw, gw, 2e-4, 1e-3, "bn d weight");
   expect_close(db, gb, 2e-4, 1e-3, "bn d bias");
 
+  // One pass about a shift (what synchronised batch norm sends) gives the same statistics.
+  std::vector<float> shift(static_cast<size_t>(C), 0.4f), mean1(static_cast<size_t>(C)),
+      var1(static_cast<size_t>(C));
+  EXPECT_EQ(batchnorm_batch_stats(mean1.data(), var1.data(), x.data(), s, nullptr, shift.data()),
+            count);
+  for (int c = 0; c < C; ++c) {
+    EXPECT_NEAR(mean1[c], mean[c], 1e-6 * (1 + std::abs(mean[c])));
+    EXPECT_NEAR(var1[c], var[c], 1e-5 * var[c]);
+  }
+
   // Running statistics: momentum 0.1, the unbiased variance.
   std::vector<float> rm(size_t(C), 0.5f), rv(size_t(C), 2.0f);
   float nbt = 3;
@@ -311,12 +321,15 @@ TEST(SyncBatchNorm, TwoRanksEqualTheJoinedBatch) {
   ThreadGroup group(2);
   std::vector<float> y2(x.size()), dx2(x.size()), dw2(2 * C), db2(2 * C), mean2(2 * C);
   std::vector<int64_t> counts(2);
+  const std::vector<float> shift = {0.5f, -1.0f, 2.0f};  // both ranks' running mean
+  for (bool one_pass : {false, true}) {
   auto rank = [&](int r) {
     ThreadGroup::Member m(group);
     BatchNormShape half{N / 2, C, HW};
     const size_t off = size_t(r) * (N / 2) * C * HW;
     std::vector<float> var_r(C), rstd_r(C);
-    counts[r] = batchnorm_batch_stats(mean2.data() + r * C, var_r.data(), x.data() + off, half, &m);
+    counts[r] = batchnorm_batch_stats(mean2.data() + r * C, var_r.data(), x.data() + off, half, &m,
+                                      one_pass ? shift.data() : nullptr);
     batchnorm_normalize(y2.data() + off, rstd_r.data(), x.data() + off, mean2.data() + r * C,
                         var_r.data(), w.data(), b.data(), half);
     batchnorm_backward(dx2.data() + off, dw2.data() + r * C, db2.data() + r * C, dy.data() + off,
@@ -338,6 +351,9 @@ TEST(SyncBatchNorm, TwoRanksEqualTheJoinedBatch) {
   for (size_t i = 0; i < x.size(); ++i) {
     EXPECT_NEAR(y2[i], y[i], 1e-5 * (1 + std::abs(y[i]))) << i;
     EXPECT_NEAR(dx2[i], dx[i], 1e-5 * (1 + std::abs(dx[i]))) << i;
+  }
+  std::fill(dw2.begin(), dw2.end(), 0.0f);
+  std::fill(db2.begin(), db2.end(), 0.0f);
   }
 }
 

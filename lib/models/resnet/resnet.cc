@@ -272,7 +272,9 @@ double ResNet::forward(const Batch& batch, Activations& base) {
     float* rmean = buf + buffers_[n.mean].offset;
     float* rvar = buf + buffers_[n.var].offset;
     if (training_) {
-      st.count = batchnorm_batch_stats(st.mean.data(), st.var.data(), x, s, group);
+      // Synchronised: one allreduce, shifted by the running mean (identical on every rank).
+      st.count = batchnorm_batch_stats(st.mean.data(), st.var.data(), x, s, group,
+                                       cfg_.sync_bn ? rmean : nullptr);
       batchnorm_normalize(y, st.rstd.data(), x, st.mean.data(), st.var.data(), gamma, beta, s);
       batchnorm_update_running(rmean, rvar, buf + buffers_[n.count].offset, st.mean.data(),
                                st.var.data(), st.count, s);

@@ -202,9 +202,37 @@ void conv2d_backward(const tensor::Ops& o, float* dinp, float* dweight, const fl
 }
 
 int64_t batchnorm_batch_stats(float* mean, float* var, const float* x, const BatchNormShape& s,
-                              GroupComm* group) {
+                              GroupComm* group, const float* shift) {
   const int C = s.C;
   const int64_t HW = s.HW;
+  if (shift) {
+    std::vector<float> buf(2 * size_t(C) + 1);  // sum (x-K) | sum (x-K)^2 | count
+    for (int c = 0; c < C; ++c) {
+      double s1 = 0, s2 = 0;
+      const double k = shift[c];
+      for (int n = 0; n < s.N; ++n) {
+        const float* p = x + (int64_t(n) * C + c) * HW;
+        for (int64_t i = 0; i < HW; ++i) {
+          const double d = p[i] - k;
+          s1 += d;
+          s2 += d * d;
+        }
+      }
+      buf[size_t(c)] = float(s1);
+      buf[size_t(C + c)] = float(s2);
+    }
+    buf[2 * size_t(C)] = float(int64_t(s.N) * HW);
+    if (group) group->allreduce_sum(buf.data(), buf.size());
+    const int64_t count = int64_t(buf[2 * size_t(C)]);
+    PTRAIN_CHECK(count > 0, "batch norm over no values");
+    for (int c = 0; c < C; ++c) {
+      const double m1 = double(buf[size_t(c)]) / double(count);
+      const double m2 = double(buf[size_t(C + c)]) / double(count);
+      mean[c] = float(shift[c] + m1);
+      var[c] = float(std::max(0.0, m2 - m1 * m1));
+    }
+    return count;
+  }
   // Sums, then the count in the last slot, summed over the group when there is one.
   std::vector<float> buf(size_t(C) + 1);
   for (int c = 0; c < C; ++c) {

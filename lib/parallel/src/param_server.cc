@@ -118,6 +118,10 @@ struct ParamServer::Impl final : proto::ParamServer::Service {
                                       buffers.size() * sizeof(float));
     resp->set_version(version);
     resp->set_min_clock(min_clock());
+    if (req->last()) {
+      ++finished;
+      cv.notify_all();
+    }
     return grpc::Status::OK;
   }
 
@@ -254,11 +258,12 @@ double ParamClient::push(int worker, int64_t step, float lr, const float* grads,
 }
 
 PullResult ParamClient::pull(int worker, int64_t min_clock, float* out, size_t n, Millis wait,
-                             float* buffers, size_t nbuf) {
+                             float* buffers, size_t nbuf, bool last) {
   proto::PullRequest req;
   req.set_worker(worker);
   req.set_min_clock(min_clock);
   req.set_timeout_ms(wait.count());
+  req.set_last(last);
   proto::PullResponse resp;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + wait + impl_->deadline);

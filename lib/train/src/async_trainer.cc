@@ -173,10 +173,14 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
       ops.copy_to_host(buffer_delta.data(), model->buffer_data(), nbuf * sizeof(float));
       for (size_t j = 0; j < nbuf; ++j) buffer_delta[j] -= pulled_buffers[j];
     }
+    const bool eval_now =
+        spec.train.eval_every > 0 && (step + 1) % spec.train.eval_every == 0 && batches.has_eval();
+    // The worker's last call leaves the servers: its last push, or the pull it evaluates after.
+    const bool last = step + 1 == total;
     for (size_t i = 0; i < servers.size(); ++i) {
       const auto& sh = shards[i];
       rate = servers[i]->push(worker, step, float(lr), push_src + sh.begin, sh.size(),
-                              step + 1 == total, i == 0 ? buffer_delta.data() : nullptr,
+                              last && !eval_now, i == 0 ? buffer_delta.data() : nullptr,
                               i == 0 ? nbuf : 0);
     }
     double dt = mono_seconds() - t0;
@@ -195,8 +199,18 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
     sm.grad_norm = grad_norm;
     sm.step_ms = dt * 1e3;
     sm.tokens_per_s = local_targets / dt;
-    if (spec.train.eval_every > 0 && (step + 1) % spec.train.eval_every == 0 &&
-        batches.has_eval()) {
+    if (eval_now) {
+      // Evaluate the parameters (and buffers) this step's push produced, as the sync loop does
+      // after its update: pull them again, within the same staleness bound.
+      for (size_t i = 0; i < servers.size(); ++i) {
+        const auto& sh = shards[i];
+        servers[i]->pull(worker, std::max<int64_t>(0, step + 1 - s), pull_dst + sh.begin,
+                         sh.size(), wait, i == 0 ? pulled_buffers.data() : nullptr,
+                         i == 0 ? nbuf : 0, last);
+      }
+      if (staged) ops.copy_from_host(model->param_data(), host_params.data(), n * sizeof(float));
+      if (nbuf > 0)
+        ops.copy_from_host(model->buffer_data(), pulled_buffers.data(), nbuf * sizeof(float));
       nn::EvalSums sums;  // this worker's share, like its eval loss
       sm.eval_loss =
           eval_loss_sum(*model, *acts, batches, nullptr, sums) / (eval_targets(batches) / dp);

@@ -44,10 +44,13 @@ struct BatchNormShape {
 };
 
 // Training mode: mean [C] and the biased variance var [C] of the batch, over this rank's
-// N*HW values or, with `group` non-null, over the group's (every rank calls it with the same C;
-// two allreduces of C floats). Returns the count the statistics cover.
+// N*HW values or, with `group` non-null, over the group's (every rank calls it with the same C).
+// Without `shift`: two passes (the sum, then squares about the mean; two allreduces with a
+// group). With `shift` [C] (the same on every rank: the running mean), one pass over sums of
+// x - shift and their squares, var = E[(x-K)^2] - E[x-K]^2: one allreduce of 2C+1 floats, and
+// the shift keeps the cancellation small. Returns the count the statistics cover.
 int64_t batchnorm_batch_stats(float* mean, float* var, const float* x, const BatchNormShape& s,
-                              GroupComm* group);
+                              GroupComm* group, const float* shift = nullptr);
 // y = (x - mean) * rstd * weight + bias with rstd = 1/sqrt(var + eps); rstd [C] is written.
 void batchnorm_normalize(float* y, float* rstd, const float* x, const float* mean,
                          const float* var, const float* weight, const float* bias,

@@ -74,8 +74,9 @@ class ParamClient {
               const float* buffer_delta = nullptr, size_t nbuf = 0);
   // Reads the shard's parameters into out [n] once every worker pushed >= min_clock steps, and
   // from the buffers' server the buffers into buffers [nbuf].
+  // `last`: the worker leaves after this pull (instead of after its last push).
   PullResult pull(int worker, int64_t min_clock, float* out, size_t n, Millis wait,
-                  float* buffers = nullptr, size_t nbuf = 0);
+                  float* buffers = nullptr, size_t nbuf = 0, bool last = false);
 
   const std::string& address() const { return address_; }
   int index() const { return index_; }
