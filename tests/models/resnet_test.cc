@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -346,6 +348,82 @@ TEST(ResNet, InitFromTakesTorchvisionStyleFilesAndNamesWhatIsWrong) {
   EXPECT_NE(error_of(shape).find("layer2.0.bn2.running_mean has shape [8,1] in the file but [8]"),
             std::string::npos)
       << error_of(shape);
+}
+
+// --- torchvision interop (needs python3 with torch and torchvision; skipped without) ---
+
+// Debian's python3-torch installs for /usr/bin/python3, which another python3 on PATH may hide.
+std::string torchvision_python() {
+  for (const char* py : {"/usr/bin/python3", "python3"})
+    if (std::system(fmt::format("{} -c 'import torch, torchvision, numpy' > /dev/null 2>&1", py)
+                        .c_str()) == 0)
+      return py;
+  return "";
+}
+
+std::vector<float> read_floats(const std::string& path) {
+  std::string bytes = ptrain::testing::read_file(path);
+  std::vector<float> v(bytes.size() / sizeof(float));
+  std::memcpy(v.data(), bytes.data(), v.size() * sizeof(float));
+  return v;
+}
+
+// Eval-mode logits of `m` on the 4 images of `in`.
+std::vector<float> our_logits(nn::Model& m, const std::vector<float>& in) {
+  m.set_training(false);
+  auto acts = m.make_activations(4, 1);
+  std::vector<int32_t> targets(4, 0);
+  nn::Batch b;
+  b.B = 4;
+  b.add("images", tensor::DType::kF32, {4, 3, 32, 32}, in.data());
+  b.add("targets", tensor::DType::kI32, {4}, targets.data());
+  m.forward(b, *acts);
+  return dynamic_cast<nn::ResNet&>(m).logits(*acts);
+}
+
+TEST(TorchvisionInterop, StateDictsLoadBothWays) {
+  const std::string python = torchvision_python();
+  if (python.empty()) GTEST_SKIP() << "python3 with torch and torchvision is not installed";
+  TempDir dir;
+  const std::string py = std::string(PTRAIN_SOURCE_DIR) + "/tests/models/torchvision_interop.py";
+  const std::string tv = dir.path() + "/tv.safetensors", in = dir.path() + "/in.bin",
+                    tv_logits = dir.path() + "/tv_logits.bin";
+  ASSERT_EQ(std::system(fmt::format("{} {} export {} {} {}", python, py, tv, in, tv_logits).c_str()),
+            0);
+  // ResNet-18 with 10 classes on 32x32 CIFAR-10 images: torchvision's resnet18(num_classes=10).
+  ptrain::testing::write_cifar(dir.path() + "/data_batch_1.bin", 8, 3);
+  JobSpec s = spec::load_string(
+      fmt::format("nodes: {{device: cpu, threads_per_proc: 1}}\n"
+                  "model: {{type: resnet}}\n"
+                  "data: {{type: cifar, path: {}, batch_size: 4}}\n"
+                  "train: {{steps: 2, optimizer: {{type: sgd, lr: 0.01, momentum: 0.9}}}}\n"
+                  "checkpoint: {{dir: {}/ckpt, resume: never}}\n",
+                  dir.path(), dir.path()),
+      "tv.yaml");
+  const auto x = read_floats(in);
+  // torchvision -> ptrain: init_from a torchvision state_dict (I64 num_batches_tracked).
+  {
+    JobSpec t = s;
+    t.model.init_from = tv;
+    auto m = train::make_model(t, tensor::Device::kCpu, 0, 0);
+    auto ours = our_logits(*m, x), theirs = read_floats(tv_logits);
+    ASSERT_EQ(ours.size(), theirs.size());
+    for (size_t i = 0; i < ours.size(); ++i)
+      EXPECT_NEAR(ours[i], theirs[i], 1e-4 * (1 + std::abs(theirs[i]))) << i;
+  }
+  // ptrain -> torchvision: a checkpoint of two training steps (running statistics moved)
+  // loads with strict=True and gives our logits.
+  ptrain::testing::run_ranks(s);
+  const std::string ckpt = latest_model(dir.path() + "/ckpt"), ck_logits = dir.path() + "/ck.bin";
+  ASSERT_EQ(std::system(fmt::format("{} {} import {} {} {}", python, py, ckpt, in, ck_logits).c_str()),
+            0);
+  JobSpec t = s;
+  t.model.init_from = ckpt;
+  auto m = train::make_model(t, tensor::Device::kCpu, 0, 0);
+  auto ours = our_logits(*m, x), theirs = read_floats(ck_logits);
+  ASSERT_EQ(ours.size(), theirs.size());
+  for (size_t i = 0; i < ours.size(); ++i)
+    EXPECT_NEAR(ours[i], theirs[i], 1e-4 * (1 + std::abs(theirs[i]))) << i;
 }
 
 // --- bad input: one line naming the file or the key, exit code 2 ---

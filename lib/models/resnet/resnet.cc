@@ -425,4 +425,8 @@ void ResNet::eval_sums(const Activations& base, EvalSums& sums) const {
   sums["count"] += count;
 }
 
+std::vector<float> ResNet::logits(const Activations& base) const {
+  return dynamic_cast<const ResNetActs&>(base).logits;
+}
+
 }  // namespace ptrain::nn

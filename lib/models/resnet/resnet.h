@@ -55,6 +55,8 @@ class ResNet : public Model {
   double train_flops(int B, int T) const override;
   // {"correct": top-1 hits, "count": targets} of the last forward.
   void eval_sums(const Activations& acts, EvalSums& sums) const override;
+  // The logits [B, classes] of the last forward on `acts`.
+  std::vector<float> logits(const Activations& acts) const;
 
   struct Conv {
     int param = -1;
