@@ -27,8 +27,9 @@ case "$cmd" in
   step) exec "$BIN" bench step "$@" ;;
   dp) ;;
   resnet) exec scripts/bench/resnet.sh "$BIN" "$@" ;;
+  bert) exec scripts/bench-bert.sh "$@" ;;  # BERT masked-LM figures (scripts/bench-bert.sh)
   *)
-    echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp|resnet [args]" >&2
+    echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp|bert|resnet [args]" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,6 @@
 // `ptrain logs [RUN_DIR] [-f] [--rank R,...] [--grep PATTERN]`: the ranks' logs
-// of a run merged in time order; without RUN_DIR, the newest run under --dir
-// (logging.dir, default runs).
+// of a run merged in time order; without RUN_DIR, this user's newest run (the pointer every
+// run writes, launch/run_dir.h), or the newest under --dir.
 #include <fmt/format.h>
 
 #include "command.h"
@@ -13,7 +13,7 @@ namespace {
 
 struct LogsArgs {
   std::string run_dir;
-  std::string root = "runs";
+  std::string root;  // empty: this user's newest run
   std::vector<int> ranks;
   std::string grep;
   bool follow = false;
@@ -22,9 +22,9 @@ struct LogsArgs {
 
 Action setup_logs(CLI::App& sub) {
   auto args = std::make_shared<LogsArgs>();
-  sub.add_option("run_dir", args->run_dir, "Run folder (default: the newest under --dir)");
-  sub.add_option("--dir", args->root, "Folder holding the runs (logging.dir)")
-      ->capture_default_str();
+  sub.add_option("run_dir", args->run_dir,
+                 "Run folder (default: your newest run, or the newest under --dir)");
+  sub.add_option("--dir", args->root, "Folder holding the runs (logging.dir)");
   sub.add_option("--rank", args->ranks, "Only these ranks: --rank 0,3")->delimiter(',');
   sub.add_option("--grep", args->grep, "Only lines matching this regular expression");
   sub.add_flag("-f,--follow", args->follow, "Keep printing new lines until the run ends");
@@ -32,11 +32,14 @@ Action setup_logs(CLI::App& sub) {
   return [args] {
     std::string dir = args->run_dir;
     if (dir.empty()) {
-      auto newest = launch::newest_run(args->root);
+      auto newest = args->root.empty() ? launch::last_run() : launch::newest_run(args->root);
+      if (!newest && args->root.empty()) newest = launch::newest_run("runs");
       if (!newest)
-        throw IoError(fmt::format("no run folder under '{}'", args->root),
+        throw IoError(args->root.empty() ? std::string("no run of yours was found")
+                                         : fmt::format("no run folder under '{}'", args->root),
                       "pass RUN_DIR or --dir with the spec's logging.dir");
       dir = *newest;
+      fmt::print(stderr, "ptrain logs: {}\n", dir);
     }
     launch::LogsOptions options;
     options.ranks = args->ranks;

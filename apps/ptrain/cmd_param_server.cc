@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
 #include <cstdio>
 
 #include "command.h"
@@ -83,7 +84,10 @@ int serve() {
 }
 
 Action setup_param_server(CLI::App& /*sub*/) {
-  return [] { return serve(); };
+  return [] {
+    ::signal(SIGPIPE, SIG_IGN);  // a worker that died is its failure, not this server's
+    return serve();
+  };
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -281,4 +282,87 @@ TEST_F(FaultToleranceTest, ZeroOneKilledWorkerResumesWithTheSameCurve) {
 
 TEST_F(FaultToleranceTest, TensorParallelKilledWorkerResumesWithTheSameCurve) {
   kill_and_compare(*this, "parallel: {data: 1, tensor: 2}\n", 1, "tensor > 1 is not available");
+}
+
+namespace {
+
+std::string bytes_of(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void corrupt_tail(const std::string& path) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(-4, std::ios::end);
+  f.write("\x13\x37\x13\x37", 4);
+}
+
+}  // namespace
+
+TEST_F(FaultToleranceTest, ResumeWithNoUsableCheckpointStopsAndOverwritesNothing) {
+  Result first = run_ptrain({"run", spec(kDataParallel), "--set", "fault_tolerance.max_restarts=0"},
+                            {"PTRAIN_TEST_FAIL_AT_STEP=1:10"});
+  ASSERT_EQ(first.code, 137) << first.out << first.err;
+  std::string dir = run_dir(), ck = dir + "/checkpoints";
+  corrupt_tail(ck + "/step-4.safetensors");
+  corrupt_tail(ck + "/step-8.safetensors");
+  const std::string before4 = bytes_of(ck + "/step-4.safetensors");
+  const std::string metrics = read_file(dir + "/metrics.jsonl");
+  Result again = run_ptrain({"run", "--resume", dir});
+  EXPECT_EQ(again.code, 2) << again.out << again.err;
+  EXPECT_TRUE(contains(again.err, "no checkpoint in '" + ck + "' is usable")) << again.err;
+  EXPECT_TRUE(contains(again.err, "step-4.safetensors")) << again.err;
+  EXPECT_TRUE(contains(again.err, "step-8.safetensors")) << again.err;
+  EXPECT_EQ(bytes_of(ck + "/step-4.safetensors"), before4);  // nothing overwritten
+  EXPECT_EQ(read_file(dir + "/metrics.jsonl"), metrics);     // nothing trained
+}
+
+TEST_F(FaultToleranceTest, ACheckpointFolderServesOneJobAtATimeAndOnlyItsOwnSpec) {
+  const std::string shared = tmp_.path() + "/shared-ckpt";
+  // Job A holds the folder while it runs: job B is refused with A's name.
+  ptrain::testing::PtrainProcess a({"run", spec(kDataParallel, "a.yaml"), "--set",
+                                    "checkpoint.dir=" + shared, "--set", "train.steps=100000",
+                                    "--set", "checkpoint.every=0"});
+  ASSERT_TRUE(a.wait_for([&] { return contains(a.out, "step 2/"); }, Millis(60000)))
+      << a.out << a.err;
+  Result b = run_ptrain({"run", spec(kDataParallel, "b.yaml"), "--set", "checkpoint.dir=" + shared,
+                         "--set", "logging.dir=" + tmp_.path() + "/runs-b"});
+  EXPECT_EQ(b.code, 2) << b.out << b.err;
+  EXPECT_TRUE(contains(b.err, "checkpoint.dir '" + shared + "' is in use by another job (pid "))
+      << b.err;
+  ::kill(a.proc().pid(), SIGINT);
+  EXPECT_EQ(a.finish(Millis(30000)), 130) << a.err;
+  fs::remove_all(runs());
+  // A finished job's checkpoints, and leftovers of an interrupted save beside them.
+  Result done = run_ptrain({"run", spec(kDataParallel), "--set", "checkpoint.dir=" + shared});
+  ASSERT_EQ(done.code, 0) << done.out << done.err;
+  std::ofstream(shared + "/.step-16.safetensors.tmp-4242") << "partial";
+  std::ofstream(shared + "/step-16.safetensors") << "no manifest";
+  // Another job (other seed and lr) must not pick them up as its own.
+  Result other = run_ptrain({"run", spec(kDataParallel), "--set", "checkpoint.dir=" + shared,
+                             "--set", "train.seed=8", "--set", "train.optimizer.lr=1e-3", "--set",
+                             "train.steps=14", "--set", "logging.dir=" + tmp_.path() + "/runs-c"});
+  EXPECT_EQ(other.code, 2) << other.out << other.err;
+  EXPECT_TRUE(contains(other.err, "step-12.json' was written by a job with another train section"))
+      << other.err;
+  EXPECT_FALSE(fs::exists(shared + "/.step-16.safetensors.tmp-4242"));  // swept at start-up
+  EXPECT_FALSE(fs::exists(shared + "/step-16.safetensors"));
+  EXPECT_TRUE(fs::exists(shared + "/step-12.safetensors"));
+  // force loads it all the same; a .safetensors path names its checkpoint.
+  Result forced =
+      run_ptrain({"run", spec(kDataParallel), "--set", "train.seed=8", "--set", "train.steps=14",
+                  "--set", "checkpoint.resume=" + shared + "/step-12.safetensors", "--set",
+                  "logging.dir=" + tmp_.path() + "/runs-d"});
+  EXPECT_EQ(forced.code, 2) << forced.err;  // a path is checked like auto
+  Result force =
+      run_ptrain({"run", spec(kDataParallel), "--set", "checkpoint.dir=" + shared, "--set",
+                  "train.seed=8", "--set", "train.steps=14", "--set", "checkpoint.resume=force",
+                  "--set", "logging.dir=" + tmp_.path() + "/runs-e"});
+  EXPECT_EQ(force.code, 0) << force.out << force.err;
+  Result by_file = run_ptrain({"run", spec(kDataParallel), "--set", "train.steps=14", "--set",
+                               "checkpoint.resume=" + shared + "/step-12.safetensors", "--set",
+                               "logging.dir=" + tmp_.path() + "/runs-f"});
+  EXPECT_EQ(by_file.code, 0) << by_file.out << by_file.err;
+  for (const auto& e : fs::directory_iterator(tmp_.path() + "/runs-f"))
+    EXPECT_TRUE(contains(read_file(e.path().string() + "/rank-0.log"), "at step 12"));
 }

@@ -2,11 +2,13 @@
 // blocks, signals, hang detection and cleanup (checked in /proc).
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -194,8 +196,9 @@ TEST_F(RunTest, BusyExplicitPortIsNamed) {
 }
 
 TEST_F(RunTest, WrongTokenIsRefused) {
-  Ptrain p({"run", spec(kTwoCommand + "env: {PTRAIN_TOKEN: not-the-token}\ncommand: [" +
-                        std::string(PTRAIN_BINARY) + ", worker]\n")});
+  // env: may not set PTRAIN_TOKEN (ptrain sets it), so the command swaps it itself.
+  Ptrain p({"run", spec(kTwoCommand + "command: [sh, -c, 'PTRAIN_TOKEN=not-the-token exec " +
+                        std::string(PTRAIN_BINARY) + " worker']\n")});
   EXPECT_EQ(p.finish(Millis(30000)), kExitRemote) << p.err;
   EXPECT_TRUE(contains(p.err, "token")) << p.err;
 }
@@ -216,4 +219,121 @@ TEST_F(RunTest, WorkerCrashingDuringRendezvousAbortsTheOthers) {
                         std::string(PTRAIN_BINARY) + "]\n")});
   EXPECT_EQ(p.finish(Millis(30000)), 5) << p.err;
   EXPECT_TRUE(contains(p.err, "rank 1")) << p.err;
+}
+
+namespace {
+
+mode_t mode_of(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return 07777;
+  return st.st_mode & 07777;
+}
+
+mode_t current_umask() {
+  mode_t u = ::umask(0);
+  ::umask(u);
+  return u;
+}
+
+}  // namespace
+
+TEST_F(RunTest, RunFoldersAndEveryFileInThemArePrivate) {
+  std::string path = tmp_.path() + "/private.yaml";
+  std::ofstream(path) << "name: t\nlogging: {dir: " << runs() << "}\n"
+                      << "nodes: {procs_per_node: 1, device: cpu}\n"
+                      << "train: {steps: 2}\n";
+  Ptrain p({"run", path});
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  std::string dir = run_dir();
+  EXPECT_EQ(mode_of(dir), 0700u) << dir;
+  for (const char* f : {"job.yaml", "launcher.log", "metrics.jsonl", "summary.json", "rank-0.log"})
+    EXPECT_EQ(mode_of(dir + "/" + f), 0600u) << f;
+  EXPECT_EQ(mode_of(dir + "/checkpoints"), 0700u);
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(dir + "/checkpoints")) {
+    EXPECT_EQ(mode_of(e.path().string()), 0600u) << e.path();
+    ++files;
+  }
+  EXPECT_GT(files, 0);
+}
+
+TEST_F(RunTest, CommandJobsKeepTheUsersUmaskAndSharedModeKeepsItForTheRunFolder) {
+  const mode_t user = current_umask();
+  std::string path = tmp_.path() + "/cmd.yaml";
+  std::ofstream(path) << "name: t\nlogging: {dir: " << runs() << "}\n"
+                      << "command: [sh, -c, 'echo umask=$(umask)']\n";
+  Ptrain p({"run", path});
+  ASSERT_EQ(p.finish(), 0) << p.err;
+  EXPECT_TRUE(contains(p.out, fmt::format("umask={:04o}", user))) << p.out;
+  EXPECT_EQ(mode_of(run_dir()), 0700u);
+  fs::remove_all(runs());
+  Ptrain shared({"run", path, "--set", "logging.mode=shared"});
+  ASSERT_EQ(shared.finish(), 0) << shared.err;
+  EXPECT_EQ(mode_of(run_dir()), 0777u & ~user);
+  EXPECT_EQ(mode_of(run_dir() + "/job.yaml"), 0666u & ~user);
+}
+
+TEST_F(RunTest, LogsWithoutAFolderShowTheUsersNewestRunWhereverItsLogsLive) {
+  // The run's logging.dir is not ./runs; the pointer every run writes finds it.
+  const std::string cache = "XDG_CACHE_HOME=" + tmp_.path() + "/cache";
+  Ptrain p({"run", spec(kTwoCommand + "command: [sh, -c, 'echo hello-$RANK']\n")}, {cache});
+  ASSERT_EQ(p.finish(), 0) << p.err;
+  Ptrain logs({"logs"}, {cache});
+  ASSERT_EQ(logs.finish(), 0) << logs.err;
+  EXPECT_TRUE(contains(logs.err, "ptrain logs: " + run_dir())) << logs.err;
+  EXPECT_TRUE(contains(logs.out, "hello-1")) << logs.out;
+  Ptrain unknown({"logs", run_dir(), "--rank", "99"}, {cache});
+  EXPECT_EQ(unknown.finish(), kExitConfig) << unknown.out;
+  EXPECT_TRUE(contains(unknown.err, "--rank 99: '" + run_dir() +
+                                        "' has no log of rank 99; its "
+                                        "ranks are 0-1"))
+      << unknown.err;
+}
+
+TEST_F(RunTest, BadInputExitsAreNotRestartedAndRepeatedFailuresStop) {
+  // max_restarts: 1000 and a program that always reports bad input: one failure, no restart.
+  Ptrain bad({"run", spec("fault_tolerance: {max_restarts: 1000}\ncommand: [sh, -c, 'exit 2']\n")});
+  EXPECT_EQ(bad.finish(Millis(20000)), 2) << bad.err;
+  EXPECT_TRUE(contains(bad.err, "not restarting: exit code 2 means bad input")) << bad.err;
+  EXPECT_TRUE(contains(read_file(run_dir() + "/summary.json"), "\"restarts\": []"));
+  fs::remove_all(runs());
+  // The same failure twice in a row (no progress between): the second ends the job.
+  Ptrain same(
+      {"run", spec("fault_tolerance: {max_restarts: 1000}\ncommand: [sh, -c, 'exit 3']\n")});
+  EXPECT_EQ(same.finish(Millis(20000)), 3) << same.err;
+  EXPECT_TRUE(contains(same.err, "not restarting: round 1 failed exactly as round 0 did"))
+      << same.err;
+  std::string summary = read_file(run_dir() + "/summary.json");
+  EXPECT_EQ(summary.find("\"round\": 2"), std::string::npos) << summary;
+  EXPECT_NE(summary.find("\"round\": 1"), std::string::npos) << summary;
+}
+
+TEST_F(RunTest, SigkillOfTheLauncherTakesTheWorkersChildrenDownToo) {
+  // Each worker is a shell with two background children: the grandchildren get no
+  // PR_SET_PDEATHSIG of their own, so only the agent's watchdog can end them.
+  Ptrain p(
+      {"run", spec(kTwoCommand +
+                   "command: [bash, -c, 'sleep 1000 & sleep 1000 & echo ready-$RANK; wait']\n")});
+  ASSERT_TRUE(p.wait_for([&] { return contains(p.out, "ready-0") && contains(p.out, "ready-1"); }))
+      << p.out;
+  ASSERT_EQ(processes_of(tmp_.path()).size(), 6u);  // 2 shells + 4 sleeps
+  ::kill(p.proc().pid(), SIGKILL);
+  EXPECT_EQ(p.finish(Millis(30000)), 137);
+  auto left = wait_all_gone(tmp_.path());
+  EXPECT_TRUE(left.empty()) << left.size() << " left";
+}
+
+TEST_F(RunTest, APeersEchoIsNotBlamedForTheFailureThatCausedIt) {
+  // Rank 1 exits at once with 4 ("a peer failed", as a worker whose peer reset its connection
+  // does); rank 0, the real failure, exits with 1 a moment later (it ignores the stop signal, as
+  // a worker already on its way out does). Rank 0 is the root cause and its code is the job's.
+  Ptrain p({"run", spec(kTwoCommand +
+                        "command: [sh, -c, 'if [ $RANK = 1 ]; then exit 4; fi; trap \"\" TERM; "
+                        "sleep 0.5; echo disk full >&2; exit 1']\n")});
+  EXPECT_EQ(p.finish(Millis(30000)), 1) << p.err;
+  EXPECT_TRUE(contains(p.err, "job failed: rank 0 on ")) << p.err;
+  EXPECT_TRUE(contains(p.err, "exited with exit code 1")) << p.err;
+  EXPECT_TRUE(
+      contains(read_file(run_dir() + "/launcher.log"), "the root cause (rank 1 only saw it)"))
+      << read_file(run_dir() + "/launcher.log");
 }

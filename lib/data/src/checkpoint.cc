@@ -2,14 +2,18 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cinttypes>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -339,6 +343,100 @@ CheckpointManifest validate_checkpoint(const std::string& manifest_path) {
     SafetensorsFile::open(path);  // structure check
   }
   return m;
+}
+
+std::optional<CheckpointManifest> find_resume_checkpoint(const std::string& dir) {
+  std::vector<std::string> problems;
+  for (int64_t step : list_checkpoints(dir)) {
+    std::string path = join(dir, manifest_name(step));
+    try {
+      return validate_checkpoint(path);
+    } catch (const Error& e) {
+      spdlog::warn("skipping checkpoint step {}: {}; trying an older one", step, e.what());
+      problems.push_back(e.what());
+    }
+  }
+  if (!problems.empty())
+    throw ConfigError(fmt::format("no checkpoint in '{}' is usable, so the job would start over "
+                                  "and overwrite them: {}",
+                                  dir, fmt::join(problems, "; ")),
+                      "restore the files, point checkpoint.dir elsewhere, or set "
+                      "checkpoint.resume: never to start over on purpose");
+  return std::nullopt;
+}
+
+std::vector<std::string> sweep_incomplete(const std::string& dir) {
+  std::vector<std::string> removed;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return removed;
+  std::vector<int64_t> complete = list_checkpoints(dir);
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    bool temp = name.size() > 1 && name[0] == '.' && name.find(".tmp-") != std::string::npos &&
+                name.rfind(".step-", 0) == 0;
+    bool orphan = false;
+    int64_t step = 0;
+    if (!temp && name.rfind("step-", 0) == 0 &&
+        std::sscanf(name.c_str(), "step-%" SCNd64, &step) == 1 &&
+        std::find(complete.begin(), complete.end(), step) == complete.end())
+      orphan = true;
+    if (!temp && !orphan) continue;
+    if (fs::remove(entry.path(), ec)) removed.push_back(name);
+  }
+  return removed;
+}
+
+std::string manifest_for(const std::string& path) {
+  for (const char* suffix : {".optim.safetensors", ".safetensors"}) {
+    std::string s(suffix);
+    if (path.size() > s.size() && path.compare(path.size() - s.size(), s.size(), s) == 0)
+      return path.substr(0, path.size() - s.size()) + ".json";
+  }
+  return path;
+}
+
+CheckpointLock::CheckpointLock(const std::string& dir, const std::string& holder) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  std::string path = join(dir, ".ptrain-lock");
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0)
+    throw IoError(
+        fmt::format("cannot open the checkpoint lock '{}': {}", path, std::strerror(errno)),
+        "checkpoint.dir must be writable");
+  std::string current;
+  {
+    char buf[512];
+    ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
+    if (n > 0) current.assign(buf, static_cast<size_t>(n));
+    while (!current.empty() && (current.back() == '\n' || current.back() == '\0'))
+      current.pop_back();
+  }
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    ::close(fd_);
+    fd_ = -1;
+    if (e == EWOULDBLOCK)
+      throw ConfigError(fmt::format("checkpoint.dir '{}' is in use by another job ({})", dir,
+                                    current.empty() ? "holder unknown" : current),
+                        "give each job its own checkpoint.dir, or wait for that job to end");
+    throw IoError(fmt::format("cannot lock '{}': {}", path, std::strerror(e)));
+  }
+  took_over_ = !current.empty();
+  previous_ = current;
+  std::string text = holder + "\n";
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, text.data(), text.size(), 0) < 0) {
+    // The lock itself holds; the holder's name is only a courtesy for the next job's message.
+  }
+}
+
+CheckpointLock::~CheckpointLock() {
+  if (fd_ < 0) return;
+  // An ended job leaves an empty lock file: the next one takes it without a warning.
+  if (::ftruncate(fd_, 0) != 0) {
+  }
+  ::flock(fd_, LOCK_UN);
+  ::close(fd_);
 }
 
 std::optional<CheckpointManifest> find_latest_complete(const std::string& dir) {

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <thread>
 
+#include "ptrain/launch/group_watchdog.h"
 #include "ptrain/launch/run_dir.h"
 
 extern char** environ;
@@ -30,7 +31,8 @@ struct Agent::Worker {
   }
 };
 
-Agent::Agent(AgentOptions options) : options_(std::move(options)) {}
+Agent::Agent(AgentOptions options)
+    : options_(std::move(options)), watchdog_(std::make_unique<GroupWatchdog>()) {}
 
 Agent::~Agent() {
   for (auto& w : workers_) w->proc.signal_group(SIGKILL);
@@ -125,14 +127,17 @@ void Agent::spawn_all(int round) {
     w->local_rank = local;
     w->rank = server >= 0 ? options_.world_size + server : options_.first_rank + local;
     std::string path = log_path(w->rank);
-    w->log_fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    w->log_fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
     if (w->log_fd < 0) throw IoError(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
     ProcessOptions po;
     po.argv = server >= 0 ? options_.server_argv : options_.argv;
     po.env = server >= 0 ? server_env(server, round) : worker_env(local, round);
+    if (server < 0) po.umask = options_.child_umask;
     po.cwd = options_.cwd;
     try {
+      watchdog_->start(options_.watchdog_program);
       w->proc = ChildProcess::spawn(po);
+      watchdog_->watch(w->proc.pid());  // the leader's pid is the group's id
     } catch (const SpawnError& e) {
       std::string text = fmt::format("ptrain: {}", e.what());
       w->out_pending.clear();
@@ -232,6 +237,8 @@ std::vector<WorkerExit> Agent::reap() {
     if (w->reported) continue;
     if (auto st = w->proc.try_wait()) {
       w->reported = true;
+      // A group outlives its leader while the leader's children run; keep watching it then.
+      if (::kill(-w->proc.pid(), 0) != 0 && errno == ESRCH) watchdog_->forget(w->proc.pid());
       out.push_back({w->rank, w->proc.pid(), *st, {}});
     }
   }

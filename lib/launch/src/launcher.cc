@@ -21,6 +21,7 @@
 #include "ptrain/core/log.h"
 #include "ptrain/launch/agent.h"
 #include "ptrain/launch/console.h"
+#include "ptrain/launch/mlflow.h"
 #include "ptrain/launch/restart.h"
 #include "ptrain/launch/run_dir.h"
 #include "ptrain/launch/summary.h"
@@ -31,13 +32,6 @@
 namespace ptrain::launch {
 
 namespace {
-
-std::string this_executable() {
-  char buf[PATH_MAX];
-  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) throw IoError("cannot find the ptrain executable (/proc/self/exe)");
-  return std::string(buf, static_cast<size_t>(n));
-}
 
 std::string host_name() {
   char buf[256] = {};
@@ -161,6 +155,8 @@ class Launcher::Impl {
   std::string node_;
   double start_s_ = 0;
   std::optional<RunDir> dir_;
+  std::optional<Clock::time_point> restart_at_;  // the next round starts then (backoff)
+  mode_t user_umask_ = 022;  // the umask before logging.mode applied (command: programs get it)
   std::unique_ptr<Console> console_;
   std::unique_ptr<rendezvous::Coordinator> coordinator_;
   std::unique_ptr<Agent> agent_;
@@ -195,6 +191,15 @@ void Launcher::Impl::begin_abort(const std::string& reason) {
 }
 
 void Launcher::Impl::fail(Failure f) {
+  if (failure_ && !interrupt_sig_ && replaces_root_cause(failure_->exit_code, f.exit_code)) {
+    // The first failure was only its echo (a peer's "connection reset"): this one is the cause.
+    dir_->log(fmt::format("rank {} {}: the root cause (rank {} only saw it)", f.rank, f.what,
+                          failure_->rank));
+    f.unix_us = failure_->unix_us;
+    f.mono_s = failure_->mono_s;
+    failure_ = std::move(f);
+    return;
+  }
   if (failure_ || interrupt_sig_) return;
   dir_->log(fmt::format("rank {} {}: aborting the job", f.rank, f.what));
   if (coordinator_) {
@@ -311,7 +316,10 @@ void Launcher::Impl::print_root_cause() {
 }
 
 bool Launcher::Impl::restart_if_due(std::optional<Clock::time_point>& rendezvous_check) {
-  if (!failure_ || interrupt_sig_ || no_restart_ || !restarts_.can_restart()) return false;
+  if (!failure_ || interrupt_sig_ || no_restart_ || !restarts_.can_restart()) {
+    restart_at_.reset();
+    return false;
+  }
   // Every worker of the failed round is gone: keep its last lines, then start the next round.
   agent_->drain(Millis(1000));
   handle_events();
@@ -324,8 +332,23 @@ bool Launcher::Impl::restart_if_due(std::optional<Clock::time_point>& rendezvous
   rec.mono_s = f.mono_s;
   rec.last_step = console_->progress().step;
   rec.block = root_cause_block(f);
+  if (auto why_not = restarts_.refuse_restart(rec)) {
+    no_restart_ = true;
+    dir_->log("not restarting: " + *why_not);
+    console_->message("ptrain: not restarting: " + *why_not, true);
+    return false;
+  }
+  // Back off before the next round; the event loop keeps answering signals meanwhile.
+  if (!restart_at_) {
+    const double backoff = restarts_.backoff_s();
+    restart_at_ = Clock::now() + Millis(static_cast<int64_t>(backoff * 1000));
+    if (backoff > 0) dir_->log(fmt::format("next round in {:.0f} s (backoff)", backoff));
+  }
+  if (Clock::now() < *restart_at_) return true;
+  restart_at_.reset();
   restarts_.add_failure(std::move(rec));
   int round = restarts_.begin_next_round();
+  dir_->add_scalar("restarts", round, console_->progress().step);
   std::string why = fmt::format("rank {} {}", f.rank, f.what);
   dir_->log(
       fmt::format("restart {}/{}: {}; starting rendezvous round {} ({:.3f} s after the "
@@ -369,6 +392,7 @@ void Launcher::Impl::write_summary(const JobResult& r) {
                spec_.launcher_only() ? 0 : spec_.train.steps, p, elapsed());
   s["restarts"] = restarts_.restarts_json();
   dir_->write_file("summary.json", dump_line(s) + "\n");
+  dir_->finish_mlflow(r.exit_code == 0);
 }
 
 JobResult Launcher::Impl::run() {
@@ -386,6 +410,8 @@ JobResult Launcher::Impl::run() {
                                        spec_.train.log_every);
   if (builtin) console_->set_total_steps(spec_.train.steps);
 
+  // logging.mode: private from here on every folder is 0700 and every file 0600.
+  user_umask_ = apply_file_mode(spec_.logging.mode);
   // `ptrain run --resume`: the same folder, so the trainer finds its checkpoints and the logs,
   // metrics and launcher.log continue where they ended.
   dir_ = opt_.resume_dir.empty() ? RunDir::create(spec_.logging.dir, spec_.name)
@@ -393,6 +419,11 @@ JobResult Launcher::Impl::run() {
   if (!opt_.resume_dir.empty()) dir_->log("resuming this run (ptrain run --resume)");
   std::string spec_yaml = opt_.spec_yaml.empty() ? spec::to_yaml(spec_) : opt_.spec_yaml;
   dir_->write_file("job.yaml", spec_yaml);
+  if (spec_.logging.tensorboard && !spec_.launcher_only()) dir_->enable_tensorboard();
+  if (!spec_.logging.mlflow.empty() && !spec_.launcher_only())
+    dir_->enable_mlflow(spec_.logging.mlflow, spec_.name,
+                        dir_->path().substr(dir_->path().find_last_of('/') + 1),
+                        flatten_json(spec::to_json(spec_)));
   std::string run_id = dir_->path().substr(dir_->path().find_last_of('/') + 1);
   dir_->log(
       fmt::format("job {}: {} worker(s) on {}, run id {}", spec_.name, world_size_, node_, run_id));
@@ -453,6 +484,7 @@ JobResult Launcher::Impl::run() {
 
   AgentOptions ao;
   ao.node = node_;
+  ao.watchdog_program = opt_.worker_program.empty() ? this_executable() : opt_.worker_program;
   ao.local_world_size = world_size_;
   ao.world_size = world_size_;
   if (builtin) {
@@ -462,6 +494,7 @@ JobResult Launcher::Impl::run() {
     ao.server_argv = {exe, "--log-level", spec_.logging.level, "param-server"};
   } else {
     ao.argv = spec_.command;
+    ao.child_umask = static_cast<int>(user_umask_);  // the user's program, the user's umask
   }
   ao.coordinator = coordinator_->address();
   ao.token = co.token;
@@ -495,7 +528,7 @@ JobResult Launcher::Impl::run() {
     agent_->add_poll_fds(fds);
     auto now = Clock::now();
     Millis wait(tty ? 250 : 1000);
-    for (const auto& t : {kill_at_, rendezvous_check})
+    for (const auto& t : {kill_at_, rendezvous_check, restart_at_})
       if (t) wait = std::min(wait, std::chrono::duration_cast<Millis>(*t - now) + Millis(1));
     wait = std::max(wait, Millis(0));
     int n = ::poll(fds.data(), fds.size(), static_cast<int>(wait.count()));

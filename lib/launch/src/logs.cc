@@ -102,6 +102,16 @@ size_t print_logs(const std::string& run_dir, const LogsOptions& options, std::F
   bool show_node = distinct.size() > 1;
 
   std::vector<Source> sources = find_sources(run_dir, options.ranks);
+  // A rank with no log in a run that has ended is a mistake, not an empty log.
+  if (!options.follow || fs::exists(fs::path(run_dir) / "summary.json")) {
+    std::vector<Source> all = find_sources(run_dir, {});
+    for (int r : options.ranks)
+      if (std::none_of(all.begin(), all.end(), [&](const Source& s) { return s.rank == r; }))
+        throw ConfigError(
+            fmt::format("--rank {}: '{}' has no log of rank {}", r, run_dir, r),
+            all.empty() ? std::string("the run has no rank logs")
+                        : fmt::format("its ranks are {}-{}", all.front().rank, all.back().rank));
+  }
   size_t printed = 0, seq = 0;
   Deadline deadline(options.follow_timeout);
   while (true) {

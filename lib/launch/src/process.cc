@@ -5,11 +5,13 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <thread>
 #include <utility>
@@ -78,6 +80,7 @@ std::string lookup_env(const std::vector<std::string>& env, const std::string& k
     for (int fd = lo; fd < max_fd && fd < 1 << 20; ++fd) ::close(fd);
   }
   if (!o.cwd.empty() && ::chdir(o.cwd.c_str()) != 0) fail(1);
+  if (o.umask >= 0) ::umask(static_cast<mode_t>(o.umask));
   ::execve(path, argv, envp);
   fail(0);
   ::_exit(127);
@@ -288,6 +291,13 @@ std::optional<ExitStatus> ChildProcess::wait(Millis timeout) {
   }
   if (pidfd >= 0) ::close(pidfd);
   return std::nullopt;
+}
+
+std::string this_executable() {
+  char buf[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) throw IoError("cannot find the ptrain executable (/proc/self/exe)");
+  return std::string(buf, static_cast<size_t>(n));
 }
 
 }  // namespace ptrain::launch

@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -94,6 +95,8 @@ std::string encode_agent_setup(const RemoteAgentSetup& s) {
   put("coordinator_loss_ms", std::to_string(static_cast<int64_t>(s.coordinator_loss_s * 1000)));
   put("term_grace_ms", std::to_string(static_cast<int64_t>(s.term_grace_s * 1000)));
   put("round", std::to_string(s.round));
+  put("umask", std::to_string(s.umask));
+  put("restore_umask", s.restore_umask ? "1" : "0");
   for (const auto& arg : a.argv) put("argv", arg);
   for (const auto& [k, v] : a.extra_env) put("env", k + "=" + v);
   put("spec_bytes", std::to_string(s.spec_yaml.size()));
@@ -173,6 +176,10 @@ RemoteAgentSetup read_agent_setup(int fd, Millis timeout) {
       s.term_grace_s = to_int(k, v) / 1000.0;
     else if (k == "round")
       s.round = to_int(k, v);
+    else if (k == "umask")
+      s.umask = to_int(k, v);
+    else if (k == "restore_umask")
+      s.restore_umask = v == "1";
     else if (k == "argv")
       a.argv.push_back(v);
     else if (k == "env") {
@@ -239,6 +246,10 @@ int remote_agent_main(int in_fd, int out_fd) {
   } sfd_guard{sfd};
 
   RemoteAgentSetup s = read_agent_setup(in_fd, kDefaultAgentSetupTimeout);
+  if (s.umask >= 0) {  // logging.mode: private
+    mode_t user = ::umask(static_cast<mode_t>(s.umask));
+    if (s.restore_umask) s.agent.child_umask = static_cast<int>(user);
+  }
   const std::string node = s.agent.node;
   auto say = [&](const std::string& text) {
     std::fprintf(stderr, "ptrain agent on %s: %s\n", node.c_str(), text.c_str());
@@ -265,6 +276,7 @@ int remote_agent_main(int in_fd, int out_fd) {
                                        hb_interval);
   auto store = client.store();
 
+  s.agent.watchdog_program = this_executable();
   Agent agent(s.agent);
   std::vector<rendezvous::LogLineView> pending;
   agent.on_line = [&](const WorkerLine& l) {

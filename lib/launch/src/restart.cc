@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <csignal>
 
 #include "ptrain/core/error.h"
 #include "ptrain/core/time.h"
@@ -53,14 +54,55 @@ Json RestartLog::restarts_json() const {
   return out;
 }
 
+bool is_consequence(int exit_code) {
+  return exit_code == kExitRemote || exit_code == 128 + SIGPIPE;
+}
+
+bool replaces_root_cause(int current, int candidate) {
+  return is_consequence(current) && !is_consequence(candidate) && candidate != 128 + SIGTERM &&
+         candidate != 128 + SIGKILL && candidate != 0;
+}
+
+namespace {
+
+bool same_failure(const FailureRecord& a, const FailureRecord& b) {
+  return a.rank == b.rank && a.exit_code == b.exit_code && a.reason == b.reason;
+}
+
+}  // namespace
+
+std::optional<std::string> RestartLog::refuse_restart(const FailureRecord& f) const {
+  if (f.exit_code == kExitConfig)
+    return std::string("exit code 2 means bad input, which a restart would meet again");
+  if (!failures_.empty() && same_failure(failures_.back(), f) &&
+      f.last_step <= failures_.back().last_step)
+    return fmt::format("round {} failed exactly as round {} did, at the same step", round_,
+                       failures_.back().round);
+  return std::nullopt;
+}
+
+double RestartLog::backoff_s() const {
+  if (round_ == 0) return 0;
+  return std::min(30.0, std::ldexp(1.0, round_ - 1));
+}
+
 std::string RestartLog::history_block() const {
   if (failures_.empty()) return {};
   std::string block = fmt::format(
       "ptrain: job failed after {} restart(s) (fault_tolerance.max_restarts={}); {} "
       "failure(s):\n",
       restarts(), max_restarts(), failures_.size() + 1);
-  for (const auto& f : failures_)
-    block += fmt::format("ptrain: --- round {} ---\n{}\n", f.round, f.block);
+  for (size_t i = 0; i < failures_.size();) {
+    size_t j = i + 1;
+    while (j < failures_.size() && same_failure(failures_[i], failures_[j])) ++j;
+    const auto& f = failures_[j - 1];  // the last of the run: its log lines are the newest
+    if (j - i == 1)
+      block += fmt::format("ptrain: --- round {} ---\n{}\n", f.round, f.block);
+    else
+      block += fmt::format("ptrain: --- rounds {}-{}: the same failure {} times ---\n{}\n",
+                           failures_[i].round, f.round, j - i, f.block);
+    i = j;
+  }
   block += fmt::format("ptrain: --- round {} ---\n", round());
   return block;
 }

@@ -6,6 +6,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -13,6 +14,8 @@
 
 #include "ptrain/core/error.h"
 #include "ptrain/core/time.h"
+#include "ptrain/launch/mlflow.h"
+#include "ptrain/launch/tensorboard.h"
 
 namespace ptrain::launch {
 
@@ -22,6 +25,8 @@ struct RunDir::Files {
   std::mutex mu;
   int metrics_fd = -1;
   int launcher_fd = -1;
+  std::unique_ptr<EventWriter> events;
+  std::unique_ptr<MlflowRun> mlflow;
   ~Files() {
     if (metrics_fd >= 0) ::close(metrics_fd);
     if (launcher_fd >= 0) ::close(launcher_fd);
@@ -39,7 +44,7 @@ std::string safe_name(const std::string& name) {
 }
 
 int open_append(const std::string& path) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
   if (fd < 0) throw IoError(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
   return fd;
 }
@@ -54,7 +59,41 @@ void write_all(int fd, const std::string& data) {
   }
 }
 
+std::string last_run_pointer() {
+  const char* cache = std::getenv("XDG_CACHE_HOME");
+  const char* home = std::getenv("HOME");
+  if (cache && *cache) return std::string(cache) + "/ptrain/last-run";
+  if (home && *home) return std::string(home) + "/.cache/ptrain/last-run";
+  return {};
+}
+
+// Records `dir` as this user's newest run (best effort: a read-only home is no error).
+void record_last_run(const std::string& dir) {
+  std::string pointer = last_run_pointer();
+  if (pointer.empty()) return;
+  std::error_code ec;
+  fs::create_directories(fs::path(pointer).parent_path(), ec);
+  std::string tmp = pointer + fmt::format(".{}", ::getpid());
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << fs::absolute(dir, ec).lexically_normal().string() << "\n";
+    if (!out) return;
+  }
+  if (::rename(tmp.c_str(), pointer.c_str()) != 0) fs::remove(tmp, ec);
+}
+
 }  // namespace
+
+std::optional<std::string> last_run() {
+  std::string pointer = last_run_pointer();
+  if (pointer.empty()) return std::nullopt;
+  std::ifstream in(pointer);
+  std::string dir;
+  if (!std::getline(in, dir) || dir.empty()) return std::nullopt;
+  std::error_code ec;
+  if (!fs::exists(fs::path(dir) / "job.yaml", ec)) return std::nullopt;
+  return dir;
+}
 
 std::string format_log_line(int64_t unix_us, const std::string& text) {
   return format_timestamp(unix_us) + " " + text + "\n";
@@ -74,7 +113,10 @@ RunDir RunDir::create(const std::string& root, const std::string& name) {
   std::string base = fmt::format("{}/{}-{}", root, safe_name(name), stamp);
   for (int i = 1; i < 10000; ++i) {
     std::string candidate = i == 1 ? base : fmt::format("{}-{}", base, i);
-    if (::mkdir(candidate.c_str(), 0755) == 0) return open(candidate);
+    if (::mkdir(candidate.c_str(), 0777) == 0) {  // less the umask
+      record_last_run(candidate);
+      return open(candidate);
+    }
     if (errno != EEXIST)
       throw IoError(
           fmt::format("cannot create run folder '{}': {}", candidate, std::strerror(errno)));
@@ -111,6 +153,33 @@ void RunDir::append_metrics(const std::string& json) {
   std::lock_guard lock(files_->mu);
   if (files_->metrics_fd < 0) files_->metrics_fd = open_append(file("metrics.jsonl"));
   write_all(files_->metrics_fd, json + "\n");
+  if (files_->events) files_->events->add_metrics(json, unix_micros() / 1e6);
+  if (files_->mlflow) files_->mlflow->log_metrics(json, unix_micros() / 1000);
+}
+
+void RunDir::enable_mlflow(const std::string& root, const std::string& experiment,
+                           const std::string& run_name,
+                           const std::map<std::string, std::string>& params) {
+  std::lock_guard lock(files_->mu);
+  if (!files_->mlflow)
+    files_->mlflow =
+        std::make_unique<MlflowRun>(root, experiment, run_name, params, unix_micros() / 1000);
+}
+
+void RunDir::finish_mlflow(bool ok) {
+  std::lock_guard lock(files_->mu);
+  if (files_->mlflow) files_->mlflow->finish(ok, unix_micros() / 1000);
+}
+
+void RunDir::enable_tensorboard() {
+  std::lock_guard lock(files_->mu);
+  if (!files_->events)
+    files_->events = std::make_unique<EventWriter>(file("tb"), unix_micros() / 1e6);
+}
+
+void RunDir::add_scalar(const std::string& tag, double value, int64_t step) {
+  std::lock_guard lock(files_->mu);
+  if (files_->events) files_->events->add_scalar(tag, value, step, unix_micros() / 1e6);
 }
 
 void RunDir::log(const std::string& text) {
@@ -134,6 +203,12 @@ std::optional<std::string> newest_run(const std::string& root) {
     }
   }
   return best;
+}
+
+mode_t apply_file_mode(const std::string& mode) {
+  mode_t user = ::umask(077);
+  if (mode != "private") ::umask(user);
+  return user;
 }
 
 }  // namespace ptrain::launch

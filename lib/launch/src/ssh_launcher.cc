@@ -22,6 +22,7 @@
 #include "ptrain/core/error.h"
 #include "ptrain/launch/console.h"
 #include "ptrain/launch/hosts.h"
+#include "ptrain/launch/mlflow.h"
 #include "ptrain/launch/remote_agent.h"
 #include "ptrain/launch/restart.h"
 #include "ptrain/launch/run_dir.h"
@@ -35,13 +36,6 @@ extern char** environ;
 namespace ptrain::launch {
 
 namespace {
-
-std::string self_executable() {
-  char buf[PATH_MAX];
-  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) throw IoError("cannot find the ptrain executable (/proc/self/exe)");
-  return std::string(buf, static_cast<size_t>(n));
-}
 
 std::vector<std::string> tail_lines(const std::string& path, size_t count) {
   std::ifstream in(path);
@@ -141,6 +135,8 @@ class SshLauncher::Impl {
   SshLaunchOptions opt_;
   double start_s_ = 0;
   std::optional<RunDir> dir_;
+  std::optional<Clock::time_point> restart_at_;  // the next round starts then (backoff)
+  bool private_files_ = true;                    // logging.mode: private (the agents apply it too)
   std::unique_ptr<Console> console_;
   std::unique_ptr<rendezvous::Coordinator> coordinator_;
   std::vector<std::unique_ptr<Session>> sessions_;
@@ -177,7 +173,7 @@ void SshLauncher::Impl::check_hosts(const std::vector<HostPlan>& plan, const std
   PreflightOptions po;
   po.remote_ptrain = program;
   po.timeout = opt_.preflight_timeout;
-  std::string self = opt_.local_binary.empty() ? self_executable() : opt_.local_binary;
+  std::string self = opt_.local_binary.empty() ? this_executable() : opt_.local_binary;
   CommandResult v = run_command({self, "--version"}, "", Millis(10000));
   po.expected_version = v.out;
   auto results = preflight(hosts, opt_.ssh, gpus, po);
@@ -315,6 +311,15 @@ void SshLauncher::Impl::stop_all(int sig, const std::string& reason) {
 }
 
 void SshLauncher::Impl::fail(Failure f) {
+  if (failure_ && !interrupt_sig_ && replaces_root_cause(failure_->exit_code, f.exit_code)) {
+    // The first failure was only its echo (a peer's "connection reset"): this one is the cause.
+    dir_->log(fmt::format("rank {} on {} {}: the root cause (rank {} only saw it)", f.rank, f.host,
+                          f.what, failure_->rank));
+    f.unix_us = failure_->unix_us;
+    f.mono_s = failure_->mono_s;
+    failure_ = std::move(f);
+    return;
+  }
   if (failure_ || interrupt_sig_) return;
   dir_->log(fmt::format("rank {} on {} {}: aborting the job", f.rank, f.host, f.what));
   std::string reason = fmt::format("rank {} on {} {}", f.rank, f.host, f.what);
@@ -329,7 +334,7 @@ void SshLauncher::Impl::write_rank_line(const rendezvous::LogLineView& l) {
   auto it = rank_log_fds_.find(l.rank);
   if (it == rank_log_fds_.end()) {
     std::string path = dir_->rank_log(l.rank);
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
     it = rank_log_fds_.emplace(l.rank, fd).first;
   }
   if (it->second < 0) return;
@@ -396,7 +401,10 @@ void SshLauncher::Impl::print_root_cause() {
 }
 
 bool SshLauncher::Impl::restart_if_due(std::optional<Clock::time_point>& rendezvous_check) {
-  if (!failure_ || interrupt_sig_ || no_restart_ || !restarts_.can_restart()) return false;
+  if (!failure_ || interrupt_sig_ || no_restart_ || !restarts_.can_restart()) {
+    restart_at_.reset();
+    return false;
+  }
   // Every agent of the failed round has ended (its workers with it): start the next round.
   handle_events();
   const Failure& f = *failure_;
@@ -408,8 +416,23 @@ bool SshLauncher::Impl::restart_if_due(std::optional<Clock::time_point>& rendezv
   rec.mono_s = f.mono_s;
   rec.last_step = console_->progress().step;
   rec.block = root_cause_block(f);
+  if (auto why_not = restarts_.refuse_restart(rec)) {
+    no_restart_ = true;
+    dir_->log("not restarting: " + *why_not);
+    console_->message("ptrain: not restarting: " + *why_not, true);
+    return false;
+  }
+  // Back off before the next round; the event loop keeps answering signals meanwhile.
+  if (!restart_at_) {
+    const double backoff = restarts_.backoff_s();
+    restart_at_ = Clock::now() + Millis(static_cast<int64_t>(backoff * 1000));
+    if (backoff > 0) dir_->log(fmt::format("next round in {:.0f} s (backoff)", backoff));
+  }
+  if (Clock::now() < *restart_at_) return true;
+  restart_at_.reset();
   restarts_.add_failure(std::move(rec));
   int round = restarts_.begin_next_round();
+  dir_->add_scalar("restarts", round, console_->progress().step);
   std::string why = fmt::format("rank {} on {} {}", f.rank, f.host, f.what);
   dir_->log(
       fmt::format("restart {}/{}: {}; starting rendezvous round {} ({:.3f} s after the "
@@ -451,6 +474,7 @@ void SshLauncher::Impl::write_summary(const JobResult& r) {
                spec_.launcher_only() ? 0 : spec_.train.steps, p, elapsed());
   s["restarts"] = restarts_.restarts_json();
   dir_->write_file("summary.json", dump_line(s) + "\n");
+  dir_->finish_mlflow(r.exit_code == 0);
 }
 
 void SshLauncher::Impl::start_agents(int round) {
@@ -479,6 +503,8 @@ void SshLauncher::Impl::start_agents(int round) {
     a.extra_env = spec_.env;
     setup.spec_yaml = agent_yaml_;
     setup.round = round;
+    setup.umask = private_files_ ? 077 : -1;
+    setup.restore_umask = spec_.launcher_only();
     setup.heartbeat_s = spec_.fault_tolerance.heartbeat_s;
     setup.coordinator_loss_s = 3 * spec_.fault_tolerance.heartbeat_s;
     setup.term_grace_s = spec_.fault_tolerance.term_grace_s;
@@ -509,7 +535,7 @@ JobResult SshLauncher::Impl::run() {
   auto plan = plan_hosts(opt_.hosts, spec_.nodes.procs_per_node, world_size_);
   exit_codes_.assign(static_cast<size_t>(world_size_), INT_MIN);
   restarts_ = RestartLog(spec_.fault_tolerance.max_restarts);
-  std::string self = opt_.local_binary.empty() ? self_executable() : opt_.local_binary;
+  std::string self = opt_.local_binary.empty() ? this_executable() : opt_.local_binary;
 
   // Preflight and shipping happen before anything else: a bad host stops the job here.
   std::string program = spec_.nodes.remote_ptrain.empty() ? self : spec_.nodes.remote_ptrain;
@@ -572,9 +598,16 @@ JobResult SshLauncher::Impl::run() {
   if (builtin) console_->set_total_steps(spec_.train.steps);
   std::error_code ec;
   std::string root = std::filesystem::absolute(spec_.logging.dir, ec).string();
+  private_files_ = spec_.logging.mode == "private";
+  apply_file_mode(spec_.logging.mode);
   dir_ = RunDir::create(root, spec_.name);
   std::string spec_yaml = opt_.spec_yaml.empty() ? spec::to_yaml(spec_) : opt_.spec_yaml;
   dir_->write_file("job.yaml", spec_yaml);
+  if (spec_.logging.tensorboard && !spec_.launcher_only()) dir_->enable_tensorboard();
+  if (!spec_.logging.mlflow.empty() && !spec_.launcher_only())
+    dir_->enable_mlflow(spec_.logging.mlflow, spec_.name,
+                        dir_->path().substr(dir_->path().find_last_of('/') + 1),
+                        flatten_json(spec::to_json(spec_)));
   std::string run_id = dir_->path().substr(dir_->path().find_last_of('/') + 1);
   dir_->log(fmt::format("job {}: {} worker(s) on {} host(s), run id {}", spec_.name, world_size_,
                         plan.size(), run_id));
@@ -651,7 +684,7 @@ JobResult SshLauncher::Impl::run() {
     }
     auto now = Clock::now();
     Millis wait(tty ? 250 : 1000);
-    for (const auto& t : {kill_at_, hangup_at_, force_at_, rendezvous_check})
+    for (const auto& t : {kill_at_, hangup_at_, force_at_, rendezvous_check, restart_at_})
       if (t) wait = std::min(wait, std::chrono::duration_cast<Millis>(*t - now) + Millis(1));
     wait = std::max(wait, Millis(0));
     int n = ::poll(fds.data(), fds.size(), static_cast<int>(wait.count()));

@@ -13,6 +13,7 @@
 #include "ptrain/nn/gemm_bf16.h"
 #include "ptrain/nn/init.h"
 #include "ptrain/nn/layers.h"
+#include "shared/vocab_parallel.h"
 
 namespace ptrain::nn {
 namespace {
@@ -73,10 +74,10 @@ class GptActivations : public Activations {
                  V = ld.Vl;
     size_t per_layer = N * (4 * D + 4 * Dl + 2 * Fl) + N * 4 + N * NHl;
     size_t total = N * D * (layers + 1) + per_layer * layers + N * D /*tmp*/;
-    if (cfg.has_head) total += N * D + 2 * N + N * V + 2 * N + 3 * N;
+    if (cfg.has_head) total += N * D + 2 * N + N * V;
     if (!cfg.has_embedding) total += N * D;
     buf_ = tensor::Tensor::zeros({static_cast<int64_t>(total)}, tensor::DType::kF32, cfg.device);
-    ids_ = tensor::Tensor::zeros({static_cast<int64_t>(5 * N)}, tensor::DType::kI32, cfg.device);
+    ids_ = tensor::Tensor::zeros({static_cast<int64_t>(2 * N)}, tensor::DType::kI32, cfg.device);
     float* cur = buf_.data<float>();
     auto take = [&cur](size_t n) {
       float* p = cur;
@@ -106,18 +107,11 @@ class GptActivations : public Activations {
       lnf_mean = take(N);
       lnf_rstd = take(N);
       logits = take(N * V);
-      ce_lse = take(N);
-      losses = take(N);
-      ce_tmp = take(2 * N);
-      ce_corr = take(N);
-      losses_host.resize(N);
+      xent = std::make_unique<VocabParallelXent>(cfg.device, int(N));
     }
     if (!cfg.has_embedding) dinput = take(N * D);
     tokens = ids_.data<int32_t>();
-    targets = tokens + N;
-    tokens_local = tokens + 2 * N;
-    targets_local = tokens + 3 * N;
-    targets_bw = tokens + 4 * N;
+    tokens_local = tokens + N;
     has_head = cfg.has_head;
     stride = N * D;
   }
@@ -134,20 +128,13 @@ class GptActivations : public Activations {
   std::vector<LayerActs> layer;
   float* tmp = nullptr;  // [N,D] projection output before the residual add
   float *lnf = nullptr, *lnf_mean = nullptr, *lnf_rstd = nullptr;
-  float* logits = nullptr;   // [N,Vl]
-  float* ce_lse = nullptr;   // [N] log-sum-exp over the whole vocabulary
-  float* losses = nullptr;   // [N]
-  float* ce_tmp = nullptr;   // [2N] tensor-group reductions of the vocab-parallel softmax
-  float* ce_corr = nullptr;  // [N] 1 where the target lives on another rank (see backward)
-  float* dinput = nullptr;   // [N,D]
+  float* logits = nullptr;                  // [N,Vl]
+  std::unique_ptr<VocabParallelXent> xent;  // the (vocab-parallel) loss of the head
+  float* dinput = nullptr;                  // [N,D]
   int32_t* tokens = nullptr;
-  int32_t* targets = nullptr;
   // Tensor parallel: tokens as rows of this rank's wte part (Vl = the zero row when another
-  // rank holds them), targets as its columns (-1 elsewhere), and the targets for backward.
+  // rank holds them).
   int32_t* tokens_local = nullptr;
-  int32_t* targets_local = nullptr;
-  int32_t* targets_bw = nullptr;
-  std::vector<float> losses_host;
   bool has_head = false;
   bool forward_done = false;
 
@@ -167,14 +154,12 @@ struct Gpt::Scratch {
 };
 
 // Tensor-parallel embedding buffers: this rank's wte part with a zero row appended, so that
-// tokens of other ranks embed to 0 ([Vl+1, D]), its gradient, and the constant 1.
+// tokens of other ranks embed to 0 ([Vl+1, D]), and its gradient.
 struct Gpt::TpBuffers {
   tensor::Tensor buf;
   float* wte_ext = nullptr;   // [Vl+1, D]
   float* dwte_ext = nullptr;  // [Vl+1, D]
-  float* one = nullptr;       // [1]
   std::vector<int32_t> ids_host;
-  std::vector<float> lse_host, loss_host, red_host;
 };
 
 void validate(const GptConfig& c) {
@@ -265,9 +250,6 @@ Gpt::Gpt(const GptConfig& config) : Model(config.device), cfg_(config) {
     tp_->buf = tensor::Tensor::zeros({int64_t(2 * ext + 1)}, tensor::DType::kF32, device_);
     tp_->wte_ext = tp_->buf.data<float>();
     tp_->dwte_ext = tp_->wte_ext + ext;
-    tp_->one = tp_->dwte_ext + ext;
-    const float one = 1.0f;
-    ops().copy_from_host(tp_->one, &one, sizeof(float));
   }
   if (cfg_.precision == "bf16")
     bf16_ = std::make_unique<Bf16Gemms>(ops(), param_data(), num_params());
@@ -365,56 +347,6 @@ void Gpt::embed_vocab_parallel(GptActivations& a, const int32_t* tokens, int B, 
   tp_comm_->allreduce_sum(a.resid, static_cast<size_t>(N) * ld.D);
 }
 
-// Vocab-parallel softmax cross-entropy over logits [N,Vl]: each rank's log-sum-exp is combined
-// over the group (max, then sum of exp) and the target logit comes from the rank holding it.
-double Gpt::crossentropy_vocab_parallel(GptActivations& a, const int32_t* targets, int N) {
-  const tensor::Ops& o = ops();
-  const LocalDims ld(cfg_);
-  auto& ids = tp_->ids_host;
-  ids.resize(N);
-  for (int i = 0; i < N; ++i) {
-    int local = targets[i] - ld.v0;
-    ids[i] = targets[i] >= 0 && local >= 0 && local < ld.Vl ? local : -1;
-  }
-  o.copy_from_host(a.targets_local, ids.data(), sizeof(int32_t) * N);
-  o.crossentropy_forward(a.losses, a.ce_lse, a.logits, a.targets_local, N, ld.Vl);
-  auto &lse = tp_->lse_host, &loss = tp_->loss_host, &red = tp_->red_host;
-  lse.resize(N);
-  loss.resize(N);
-  red.resize(2 * N);
-  o.copy_to_host(lse.data(), a.ce_lse, sizeof(float) * N);
-  o.copy_to_host(loss.data(), a.losses, sizeof(float) * N);
-  o.copy(a.ce_tmp, a.ce_lse, sizeof(float) * N);
-  tp_comm_->allreduce_max(a.ce_tmp, N);
-  o.copy_to_host(red.data(), a.ce_tmp, sizeof(float) * N);
-  for (int i = 0; i < N; ++i) {
-    float m = red[i];
-    red[i] = std::exp(lse[i] - m);
-    red[N + i] = ids[i] >= 0 ? lse[i] - loss[i] : 0.0f;  // the target logit, where it lives
-    lse[i] = m;
-  }
-  o.copy_from_host(a.ce_tmp, red.data(), sizeof(float) * 2 * N);
-  tp_comm_->allreduce_sum(a.ce_tmp, 2 * static_cast<size_t>(N));
-  o.copy_to_host(red.data(), a.ce_tmp, sizeof(float) * 2 * N);
-  double loss_sum = 0.0;
-  for (int i = 0; i < N; ++i) {
-    lse[i] = lse[i] + std::log(red[i]);
-    if (targets[i] >= 0) loss_sum += double(lse[i]) - double(red[N + i]);
-  }
-  o.copy_from_host(a.ce_lse, lse.data(), sizeof(float) * N);
-  // Backward: the rows whose target is on another rank run as if it were column 0 here, and
-  // that column's -1 is undone through ce_corr.
-  std::vector<float>& corr = loss;
-  for (int i = 0; i < N; ++i) {
-    bool elsewhere = targets[i] >= 0 && ids[i] < 0;
-    corr[i] = elsewhere ? 1.0f : 0.0f;
-    if (elsewhere) ids[i] = 0;
-  }
-  o.copy_from_host(a.targets_bw, ids.data(), sizeof(int32_t) * N);
-  o.copy_from_host(a.ce_corr, corr.data(), sizeof(float) * N);
-  return loss_sum;
-}
-
 std::vector<int64_t> Gpt::boundary_shape(int B, int T) const {
   return {B, T, cfg_.dim};
 }
@@ -483,17 +415,12 @@ double Gpt::forward(const Batch& batch, Activations& acts_base) {
                           "check the data set against model.vocab");
       }
     }
-    o.copy_from_host(a.targets, targets, sizeof(int32_t) * N);
     const float* last = a.resid + ND * num_local_layers_;
     o.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p(lnfw_), p(lnfb_), N, D);
     head_forward(a.logits, a.lnf, N, ld.Vl);
-    if (ld.t == 1) {
-      o.crossentropy_forward(a.losses, a.ce_lse, a.logits, a.targets, N, V);
-      o.copy_to_host(a.losses_host.data(), a.losses, sizeof(float) * N);
-      for (int i = 0; i < N; ++i) loss_sum += a.losses_host[i];
-    } else {
-      loss_sum = crossentropy_vocab_parallel(a, targets, N);
-    }
+    // Vocabulary-parallel under tensor parallelism (shared/vocab_parallel.h).
+    loss_sum = a.xent->forward(o, ld.t > 1 ? tp_comm_ : nullptr, a.logits, targets, N,
+                               VocabPart::of(V, ld.t, cfg_.tp_rank));
   }
   a.forward_done = true;
   return loss_sum;
@@ -511,13 +438,7 @@ void Gpt::backward(Activations& acts_base, float dloss_scale, const float* doutp
   Scratch& s = *scratch_;
 
   if (cfg_.has_head) {
-    if (ld.t == 1) {
-      o.crossentropy_backward(s.dlogits, a.logits, a.ce_lse, a.targets, dloss_scale, N, Vl);
-    } else {
-      o.crossentropy_backward(s.dlogits, a.logits, a.ce_lse, a.targets_bw, dloss_scale, N, Vl);
-      // dlogits[:,0] += dloss * ce_corr: a [N,1] x [1,1] GEMM writing column 0 (ldc = Vl).
-      o.gemm(false, false, N, 1, 1, dloss_scale, a.ce_corr, 1, tp_->one, 1, 1.0f, s.dlogits, Vl);
-    }
+    a.xent->backward(o, s.dlogits, a.logits, dloss_scale, N, Vl);
     head_backward(s.dsmall, s.dlogits, a.lnf, N, Vl);
     tp_allreduce(s.dsmall, ND);  // the head is column-parallel over the vocabulary
     o.fill(s.dres, 0.0f, ND);

@@ -78,7 +78,6 @@ class Gpt : public Model {
   void row_parallel_forward(float* out, const float* inp, const float* weight, const float* bias,
                             int N, int IC, int OC);
   void embed_vocab_parallel(GptActivations& a, const int32_t* tokens, int B, int T);
-  double crossentropy_vocab_parallel(GptActivations& a, const int32_t* targets, int N);
   // The GEMM layers in the configured precision (layers.h signatures).
   void fc_forward(float* out, const float* inp, const float* w, const float* b, int N, int IC,
                   int OC);

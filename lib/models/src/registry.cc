@@ -16,6 +16,7 @@ namespace ptrain::models {
 // Defined in each built-in family's folder.
 std::shared_ptr<const Family> make_gpt_family();
 std::shared_ptr<const Family> make_mlp_family();
+std::shared_ptr<const Family> make_bert_family();
 std::shared_ptr<const Family> make_resnet_family();
 
 namespace {
@@ -50,6 +51,7 @@ void register_builtin_families() {
   std::call_once(once, [] {
     register_family(make_gpt_family());
     register_family(make_mlp_family());
+    register_family(make_bert_family());
     register_family(make_resnet_family());
   });
 }

@@ -73,13 +73,18 @@ void for_each_run(const ParamInfo& p, int part, F&& f) {
   for (size_t d = p.split_dim + 1; d < p.full_shape.size(); ++d)
     inner *= static_cast<size_t>(p.full_shape[d]);
   const size_t full_dim = static_cast<size_t>(p.full_shape[p.split_dim]);
-  const size_t block = full_dim / p.split_blocks, chunk = block / p.split_parts;
-  const size_t local_dim = chunk * p.split_blocks;
+  const size_t local_dim = static_cast<size_t>(p.shape[p.split_dim]);
+  // A part holds `chunk` entries of each block. When the block does not divide evenly (a BERT
+  // vocabulary of 257 over 2 ranks) every part has ceil(block / parts) entries and the last
+  // ones are padding that no full tensor has: `n` are real.
+  const size_t block = full_dim / p.split_blocks, chunk = local_dim / p.split_blocks;
+  const size_t begin = std::min(block, size_t(part) * chunk), n = std::min(chunk, block - begin);
+  if (n == 0) return;
   for (size_t o = 0; o < outer; ++o)
     for (int b = 0; b < p.split_blocks; ++b) {
-      size_t full_at = (o * full_dim + b * block + part * chunk) * inner;
+      size_t full_at = (o * full_dim + b * block + begin) * inner;
       size_t shard_at = (o * local_dim + b * chunk) * inner;
-      f(full_at, shard_at, chunk * inner);
+      f(full_at, shard_at, n * inner);
     }
 }
 }  // namespace

@@ -120,6 +120,7 @@ Value tree(const JobSpec& s) {
     data.add("batch_size", Value::num(s.data.batch_size));
     data.add("shuffle", Value::boolean(s.data.shuffle));
     data.add("eval_fraction", Value::num(s.data.eval_fraction));
+    data.add("mask_prob", Value::num(s.data.mask_prob));  // masked-language-model data (bert)
     if (!s.data.normalize.mean.empty()) {
       Value& norm = data.add("normalize", Value::map());
       Value mean{Value::kList, {}, {}, {}}, stdv{Value::kList, {}, {}, {}};
@@ -179,6 +180,9 @@ Value tree(const JobSpec& s) {
   log.add("dir", Value::str(s.logging.dir));
   log.add("console", Value::str(s.logging.console));
   log.add("level", Value::str(s.logging.level));
+  log.add("mode", Value::str(s.logging.mode));
+  log.add("tensorboard", Value::boolean(s.logging.tensorboard));
+  log.add("mlflow", Value::str(s.logging.mlflow));
   return root;
 }
 

@@ -28,6 +28,33 @@ namespace {
 const std::vector<std::string> kTopKeys = {
     "name",  "command", "env",   "nodes",      "rendezvous",      "parallel",
     "model", "data",    "train", "checkpoint", "fault_tolerance", "logging"};
+// Variables every worker gets from ptrain itself (the torchrun set and ptrain's own); a spec's
+// env: may not override them.
+const std::vector<std::string> kReservedEnv = {"PTRAIN_COORDINATOR",
+                                               "PTRAIN_TOKEN",
+                                               "PTRAIN_RUN_DIR",
+                                               "PTRAIN_NODE",
+                                               "PTRAIN_RESTART",
+                                               "PTRAIN_SERVER_INDEX",
+                                               "RANK",
+                                               "LOCAL_RANK",
+                                               "WORLD_SIZE",
+                                               "LOCAL_WORLD_SIZE",
+                                               "GROUP_RANK",
+                                               "NODE_RANK",
+                                               "GROUP_WORLD_SIZE",
+                                               "ROLE_RANK",
+                                               "ROLE_WORLD_SIZE",
+                                               "MASTER_ADDR",
+                                               "MASTER_PORT",
+                                               "TORCHELASTIC_RUN_ID",
+                                               "TORCHELASTIC_RESTART_COUNT",
+                                               "TORCHELASTIC_MAX_RESTARTS"};
+// A run folder is <name>-<YYYYmmdd-HHMMSS>; file systems allow 255 bytes a name.
+constexpr size_t kMaxNameLength = 100;
+// The shortest timeout or interval a spec may set, in seconds.
+constexpr double kMinSeconds = 0.1;
+
 const std::vector<std::string> kAdamwKeys = {"type", "lr",           "betas",
                                              "eps",  "weight_decay", "grad_clip"};
 const std::vector<std::string> kSgdKeys = {"type",     "lr",           "momentum",
@@ -295,7 +322,7 @@ std::vector<double> read_number_list(Reader& r, const std::string& path, const Y
 
 void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& base_dir) {
   m.allow({"type", "path", "labels", "eval_path", "eval_labels", "batch_size", "shuffle",
-           "eval_fraction", "normalize", "augment"});
+           "eval_fraction", "normalize", "augment", "mask_prob"});
   std::vector<std::string> data_types;
   for (const auto& type : model_types())
     for (const auto& d : model_schema(type).data_types())
@@ -344,6 +371,14 @@ void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& b
   if (!data.eval_path.empty() && data.eval_fraction > 0)
     r.fail_at({m.path("eval_fraction")}, "both eval_path and eval_fraction name an eval split",
               "keep one: eval_path for a separate test split, eval_fraction to hold out data");
+  // --- masked-language-model data (model.type: bert) ---
+  if (m.has("mask_prob")) {
+    data.mask_prob = r.as_double(m.path("mask_prob"), m.get("mask_prob"), 0, 1);
+    if (data.mask_prob <= 0 || data.mask_prob >= 1)
+      r.fail(m.path("mask_prob"), m.get("mask_prob"), "must be inside (0, 1)",
+             "BERT masks 0.15 of the positions");
+  }
+  // --- end masked-language-model data ---
   if (data.type == "synthetic") {
     if (!data.path.empty())
       r.fail_at({m.path("path")}, "synthetic data takes no path",
@@ -435,16 +470,17 @@ void read_checkpoint(Reader& r, const MapView& m, CheckpointSpec& c, const std::
     c.resume = r.as_string(m.path("resume"), m.get("resume"));
     if (c.resume.empty())
       r.fail(m.path("resume"), m.get("resume"), "resume is empty",
-             "use auto, never, or the path of a checkpoint");
-    if (c.resume != "auto" && c.resume != "never") c.resume = resolve_path(base_dir, c.resume);
+             "use auto, never, force, or the path of a checkpoint");
+    if (c.resume != "auto" && c.resume != "never" && c.resume != "force")
+      c.resume = resolve_path(base_dir, c.resume);
   }
 }
 
 void read_fault_tolerance(Reader& r, const MapView& m, FaultToleranceSpec& f) {
   m.allow({"max_restarts", "heartbeat_s", "hang_timeout_s", "term_grace_s"});
   m.read("max_restarts", f.max_restarts, 0, 1000);
-  m.read("heartbeat_s", f.heartbeat_s, 0, 3600, /*lo_exclusive=*/true);
-  m.read("hang_timeout_s", f.hang_timeout_s, 0, 1e7, /*lo_exclusive=*/true);
+  m.read("heartbeat_s", f.heartbeat_s, kMinSeconds, 3600);
+  m.read("hang_timeout_s", f.hang_timeout_s, kMinSeconds, 1e7);
   m.read("term_grace_s", f.term_grace_s, 0, 3600);
   if (f.hang_timeout_s <= f.heartbeat_s)
     r.fail_at({"fault_tolerance.hang_timeout_s", "fault_tolerance.heartbeat_s"},
@@ -454,7 +490,7 @@ void read_fault_tolerance(Reader& r, const MapView& m, FaultToleranceSpec& f) {
 }
 
 void read_logging(Reader& r, const MapView& m, LoggingSpec& l, const std::string& base_dir) {
-  m.allow({"dir", "console", "level"});
+  m.allow({"dir", "console", "level", "mode", "tensorboard", "mlflow"});
   if (m.has("dir")) {
     l.dir = r.as_string(m.path("dir"), m.get("dir"));
     if (l.dir.empty())
@@ -463,6 +499,10 @@ void read_logging(Reader& r, const MapView& m, LoggingSpec& l, const std::string
   l.dir = resolve_path(base_dir, l.dir);
   m.read_enum("console", l.console, {"rank0", "all", "none"});
   m.read_enum("level", l.level, {"trace", "debug", "info", "warn", "error", "off"});
+  m.read_enum("mode", l.mode, {"private", "shared"});
+  m.read("tensorboard", l.tensorboard);
+  if (m.has("mlflow"))
+    l.mlflow = resolve_path(base_dir, r.as_string(m.path("mlflow"), m.get("mlflow")));
 }
 
 std::string workers_phrase(const std::vector<HostSlots>& hosts, int ppn, int world) {
@@ -609,6 +649,11 @@ JobSpec build(Reader& r, const YAML::Node& root, const std::string& base_dir) {
                                                  "VWXYZ0123456789._-") != std::string::npos)
     r.fail_at({"name"}, fmt::format("`{}` is not a usable job name", s.name),
               "use letters, digits, `.`, `_` and `-` (it names the run folder)");
+  if (s.name.size() > kMaxNameLength || s.name == "." || s.name == "..")
+    r.fail_at({"name"},
+              fmt::format("the job name is {} characters long; at most {} fit a run folder's name",
+                          s.name.size(), kMaxNameLength),
+              "use a shorter name (it names the run folder with a timestamp after it)");
   if (top.has("command")) {
     s.command = r.as_string_list("command", top.get("command"));
     if (s.command.empty() || s.command[0].empty())
@@ -626,6 +671,11 @@ JobSpec build(Reader& r, const YAML::Node& root, const std::string& base_dir) {
       if (!ok)
         r.fail(env.path(key), env.key_node(key), "not a valid environment variable name",
                "use letters, digits and _");
+      if (contains(kReservedEnv, key))
+        r.fail(env.path(key), env.key_node(key),
+               "ptrain sets this variable for every worker itself",
+               "remove it from env:; ptrain sets the torchrun variables (RANK, WORLD_SIZE, "
+               "MASTER_ADDR, ...) and its own PTRAIN_* ones");
       s.env[key] = r.as_string(env.path(key), env.get(key));
     }
   }
@@ -639,7 +689,7 @@ JobSpec build(Reader& r, const YAML::Node& root, const std::string& base_dir) {
     m.allow({"bind", "port", "timeout_s"});
     m.read("bind", s.rendezvous.bind);
     m.read("port", s.rendezvous.port, 0, 65535);
-    m.read("timeout_s", s.rendezvous.timeout_s, 0, 86400, /*lo_exclusive=*/true);
+    m.read("timeout_s", s.rendezvous.timeout_s, kMinSeconds, 86400);
   }
   read_parallel(r, section("parallel"), s.parallel);
   if (s.launcher_only()) {

@@ -11,6 +11,7 @@
 #include "input_guard.h"
 #include "ptrain/core/env.h"
 #include "ptrain/core/error.h"
+#include "ptrain/core/strings.h"
 
 namespace ptrain::spec::detail {
 
@@ -77,8 +78,8 @@ std::string Reader::where(const std::string& path, const YAML::Node& node) const
 void Reader::fail(const std::string& path, const YAML::Node& node, const std::string& what,
                   const std::string& hint) const {
   std::string at = where(path, node);
-  if (path.empty()) throw ConfigError(fmt::format("{}: {}", at, what), hint);
-  throw ConfigError(fmt::format("{}: {}: {}", at, path, what), hint);
+  if (path.empty()) throw ConfigError(printable(fmt::format("{}: {}", at, what)), printable(hint));
+  throw ConfigError(printable(fmt::format("{}: {}: {}", at, path, what)), printable(hint));
 }
 
 std::string Reader::where_any(std::initializer_list<std::string> paths) const {
@@ -99,11 +100,11 @@ std::string Reader::where_any(std::initializer_list<std::string> paths) const {
 
 void Reader::fail_at(std::initializer_list<std::string> paths, const std::string& what,
                      const std::string& hint) const {
-  throw ConfigError(fmt::format("{}: {}", where_any(paths), what), hint);
+  throw ConfigError(printable(fmt::format("{}: {}", where_any(paths), what)), printable(hint));
 }
 
 void Reader::warn_at(std::initializer_list<std::string> paths, const std::string& what) const {
-  spdlog::warn("{}: {}", where_any(paths), what);
+  spdlog::warn("{}", printable(fmt::format("{}: {}", where_any(paths), what)));
 }
 
 static const char* kind_name(const YAML::Node& node) {

@@ -1,6 +1,7 @@
 #include "ptrain/train/checkpointing.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <sys/stat.h>
 
 #include <cstring>
@@ -9,6 +10,7 @@
 #include "ptrain/data/safetensors.h"
 #include "ptrain/parallel/pipeline.h"
 #include "ptrain/parallel/tensor_parallel.h"
+#include "ptrain/spec/spec.h"
 
 namespace ptrain::train {
 
@@ -250,21 +252,38 @@ SavedState load_training_state(const data::CheckpointManifest& manifest, nn::Mod
   return saved;
 }
 
+void check_fingerprints(const spec::JobSpec& spec, const data::CheckpointManifest& point) {
+  if (spec.checkpoint.resume == "force") return;
+  std::vector<std::string> differ;
+  for (const auto& [part, print] : spec::fingerprints(spec)) {
+    auto it = point.metadata.find("fingerprint." + part);
+    if (it != point.metadata.end() && it->second != print) differ.push_back(part);
+  }
+  if (differ.empty()) return;
+  throw ConfigError(
+      fmt::format("checkpoint '{}' was written by a job with another {} section",
+                  point.manifest_path(), fmt::join(differ, " and ")),
+      "resume it with the spec that wrote it, give this job its own checkpoint.dir, or "
+      "--set checkpoint.resume=force to load it anyway");
+}
+
 std::optional<data::CheckpointManifest> find_resume_point(const std::string& resume,
                                                           const std::string& dir) {
   if (resume == "never") return std::nullopt;
-  if (resume == "auto") return data::find_latest_complete(dir);
+  if (resume == "auto" || resume == "force") return data::find_resume_checkpoint(dir);
+  const std::string path = data::manifest_for(resume);  // a .safetensors file names its manifest
   struct stat st {};
-  if (::stat(resume.c_str(), &st) != 0)
-    throw ConfigError(fmt::format("checkpoint.resume: '{}' does not exist", resume),
-                      "name a step-<n>.json manifest or a checkpoint folder, or use auto");
+  if (::stat(path.c_str(), &st) != 0)
+    throw ConfigError(fmt::format("checkpoint.resume: '{}' does not exist", path),
+                      "name a step-<n>.json manifest, one of its .safetensors files or a "
+                      "checkpoint folder, or use auto");
   if (S_ISDIR(st.st_mode)) {
-    auto found = data::find_latest_complete(resume);
+    auto found = data::find_resume_checkpoint(path);
     if (!found)
       throw ConfigError(fmt::format("checkpoint.resume: no complete checkpoint in '{}'", resume));
     return found;
   }
-  return data::validate_checkpoint(resume);
+  return data::validate_checkpoint(path);
 }
 
 }  // namespace ptrain::train

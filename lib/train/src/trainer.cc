@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -21,6 +22,7 @@
 #include "ptrain/parallel/scalar.h"
 #include "ptrain/parallel/tensor_parallel.h"
 #include "ptrain/parallel/zero1.h"
+#include "ptrain/spec/spec.h"
 #include "ptrain/train/async.h"
 #include "ptrain/train/checkpointing.h"
 #include "ptrain/train/metrics.h"
@@ -28,6 +30,12 @@
 
 namespace ptrain::train {
 namespace {
+
+std::string host_name() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0 || !buf[0]) return "localhost";
+  return buf;
+}
 
 using comm::DType;
 using comm::ReduceOp;
@@ -94,6 +102,7 @@ class Trainer {
   int micro_total_ = 1;  // grad_accum * microbatches
   std::string ckpt_dir_;
   FaultInjection faults_;  // test-only: PTRAIN_TEST_FAIL_AT_STEP (fault_injection.h)
+  std::unique_ptr<data::CheckpointLock> ckpt_lock_;  // rank 0: this job owns checkpoint.dir
   double peak_gflops_ = 0;
 };
 
@@ -299,6 +308,7 @@ void Trainer::save(int64_t step_done, double loss) {
   meta["mesh"] = fmt::format("{}x{}x{}", shape_.dp, shape_.tp, shape_.pp);
   meta["model"] = spec_.model.type;
   meta["config"] = models::family_of(spec_).checkpoint_config(spec_.model);
+  for (const auto& [part, print] : spec::fingerprints(spec_)) meta["fingerprint." + part] = print;
   auto fault = faults_.during_save(step_done, ckpt_dir_);
   auto manifest = save_training_state(ckpt_dir_, spec_.checkpoint.keep, step_done, model_state,
                                       optim_state, *optimizer_, meta);
@@ -309,8 +319,22 @@ TrainResult Trainer::run() {
   setup();
   TrainResult result;
   int64_t step = 0;
+  if (is_reporter() && !ckpt_dir_.empty()) {
+    // One job per checkpoint folder; then what interrupted saves left there goes.
+    ckpt_lock_ = std::make_unique<data::CheckpointLock>(
+        ckpt_dir_, fmt::format("pid {} on {}, run {}", ::getpid(), host_name(),
+                               ctx_.run_dir.empty() ? "-" : ctx_.run_dir));
+    if (ckpt_lock_->took_over())
+      log(
+          fmt::format("warning: taking over the checkpoint lock of a job that ended without "
+                      "releasing it ({})",
+                      ckpt_lock_->previous()));
+    for (const auto& name : data::sweep_incomplete(ckpt_dir_))
+      log(fmt::format("checkpoint: removed {}/{}, left by an interrupted save", ckpt_dir_, name));
+  }
   if (!ckpt_dir_.empty() || spec_.checkpoint.resume != "auto") {
     auto point = find_resume_point(spec_.checkpoint.resume, ckpt_dir_);
+    if (point) check_fingerprints(spec_, *point);
     if (point) {
       auto saved = load_training_state(*point, *model_, *optimizer_);
       step = saved.step;

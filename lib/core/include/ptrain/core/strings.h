@@ -11,4 +11,9 @@ namespace ptrain {
 // that the result is always valid JSON.
 std::string json_quote(std::string_view s);
 
+// `s` safe to print on one line of a terminal: control characters written as \n, \r, \t or
+// \xNN (ESC is \x1b), so a value can neither forge a second line nor reach the terminal; and
+// every run between backticks (an echoed value: "got `...`") cut to `max_quoted` characters.
+std::string printable(std::string_view s, size_t max_quoted = 200);
+
 }  // namespace ptrain

@@ -63,4 +63,36 @@ std::vector<int64_t> list_checkpoints(const std::string& dir);
 // bad file. nullopt when there is none (or `dir` does not exist).
 std::optional<CheckpointManifest> find_latest_complete(const std::string& dir);
 
+// For a resume: like find_latest_complete, but when `dir` holds checkpoints and none of them
+// validates, throws ConfigError naming each one and why — a job must not start over from step 0
+// and overwrite them.
+std::optional<CheckpointManifest> find_resume_checkpoint(const std::string& dir);
+
+// Removes what interrupted saves leave in `dir`: temp files (.step-<n>.*.tmp-<pid>) and
+// step-<n>.* files whose manifest was never written. Returns the names removed.
+std::vector<std::string> sweep_incomplete(const std::string& dir);
+
+// The manifest of a checkpoint named by any of its files (step-<n>.json, step-<n>.safetensors,
+// step-<n>.optim.safetensors); other names come back unchanged.
+std::string manifest_for(const std::string& path);
+
+// An exclusive claim on a checkpoint folder for one job (flock on <dir>/.ptrain-lock, held
+// until this object goes or the process dies). A second job gets ConfigError naming the
+// holder; the lock file of a job that ended without releasing it is taken over (`took_over`
+// says so, with the old holder in `previous`).
+class CheckpointLock {
+ public:
+  CheckpointLock(const std::string& dir, const std::string& holder);
+  ~CheckpointLock();
+  CheckpointLock(const CheckpointLock&) = delete;
+  CheckpointLock& operator=(const CheckpointLock&) = delete;
+  bool took_over() const { return took_over_; }
+  const std::string& previous() const { return previous_; }
+
+ private:
+  int fd_ = -1;
+  bool took_over_ = false;
+  std::string previous_;
+};
+
 }  // namespace ptrain::data

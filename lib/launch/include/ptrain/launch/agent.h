@@ -17,6 +17,8 @@
 
 namespace ptrain::launch {
 
+class GroupWatchdog;
+
 struct AgentOptions {
   std::string node = "localhost";  // host name shown in logs and errors
   int node_rank = 0;
@@ -42,6 +44,12 @@ struct AgentOptions {
   // ranks world_size + i, logging to server-<i>.log.
   int servers = 0;
   std::vector<std::string> server_argv;
+  // >= 0: the umask the workers' program runs with (a `command:` job gets the user's own back
+  // while ptrain's processes keep the private one; run_dir.h apply_file_mode).
+  int child_umask = -1;
+  // The ptrain executable, which the agent's process watchdog runs as `ptrain watchdog`; empty:
+  // the watchdog is a fork of this process (group_watchdog.h).
+  std::string watchdog_program;
 };
 
 // One output line of a worker.
@@ -98,6 +106,8 @@ class Agent {
   void read_pipe(Worker& w, bool is_stderr);
   void emit(Worker& w, bool is_stderr, std::string& pending, bool flush_partial);
   AgentOptions options_;
+  // Kills every worker's process group if this process dies (launch/src/group_watchdog.h).
+  std::unique_ptr<GroupWatchdog> watchdog_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<WorkerExit> spawn_failures_;
 };

@@ -37,7 +37,11 @@ struct ProcessOptions {
   bool pipe_input = false;        // true: stdin_fd() writes to the child's stdin (else /dev/null)
   bool new_process_group = true;  // setpgid(0, 0): signal_group() reaches its children too
   bool die_with_parent = true;    // PR_SET_PDEATHSIG(SIGKILL)
+  int umask = -1;                 // >= 0: the child's umask, set before exec
 };
+
+// This program's own path (/proc/self/exe): the ptrain binary that workers and agents run.
+std::string this_executable();
 
 // Thrown by ChildProcess::spawn when exec fails (the child never ran the program).
 // exit_code() follows the shell: 127 when the command is not found, 126 when not executable.

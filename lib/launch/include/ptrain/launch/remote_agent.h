@@ -23,6 +23,8 @@ struct RemoteAgentSetup {
   double coordinator_loss_s = 15;  // no answer for this long: the agent stops its workers
   double term_grace_s = 5;         // SIGTERM, then SIGKILL after this long
   int round = 0;                   // the rendezvous round (restart count) the workers start in
+  int umask = -1;                  // >= 0: the agent's umask (logging.mode: private)
+  bool restore_umask = false;      // `command:` programs run with the agent's umask from before
 };
 
 // The stdin stream the launcher sends: "key value" lines (values escaped), "end", then the spec.

@@ -26,6 +26,14 @@ struct FailureRecord {
   std::optional<int64_t> first_report_step;  // the step of that first report
 };
 
+// Whether a failure is only the echo of another one: a worker that exited with 4 (a peer or the
+// coordinator failed) or died of SIGPIPE (it wrote to a peer that was gone).
+bool is_consequence(int exit_code);
+// Whether `candidate`, noticed while the job is already stopping for a failure with exit code
+// `current`, is the real root cause: `current` was a consequence and `candidate` is neither a
+// consequence nor the SIGTERM/SIGKILL of the stop itself.
+bool replaces_root_cause(int current, int candidate);
+
 class RestartLog {
  public:
   explicit RestartLog(int max_restarts = 0) : max_restarts_(max_restarts) {}
@@ -34,6 +42,15 @@ class RestartLog {
   int restarts() const { return round_; }
   int max_restarts() const { return max_restarts_; }
   bool can_restart() const { return round_ < max_restarts_; }
+
+  // Why the failure `f` of the current round gets no restart even though restarts are left:
+  // exit code 2 (bad input: the next round would fail the same way), or the same failure as
+  // the previous round's (same rank, exit code and reason, not one step further). nullopt: do
+  // restart.
+  std::optional<std::string> refuse_restart(const FailureRecord& f) const;
+  // How long to wait before the next round: nothing before the first restart, then 1 s, 2 s,
+  // 4 s, ... up to 30 s, so a failing job does not spin through its restarts.
+  double backoff_s() const;
 
   // Records the failure that stopped the current round.
   void add_failure(FailureRecord f);
@@ -46,7 +63,8 @@ class RestartLog {
   const std::vector<FailureRecord>& failures() const { return failures_; }
   // The root-cause blocks of the earlier rounds, headed by a summary line, followed by the
   // heading of the current round; empty when no restart happened. The launchers print it
-  // before the current failure's block.
+  // before the current failure's block. Consecutive rounds that failed the same way (rank,
+  // exit code, reason) are one block with their count.
   std::string history_block() const;
   // [{"round": 1, "rank": 1, "reason": "...", "exit_code": 137, "time": "...", ...}, ...]:
   // one entry per restart (`round` is the round that was started).

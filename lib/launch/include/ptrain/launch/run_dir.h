@@ -2,8 +2,11 @@
 // with job.yaml, rank-<r>.log, launcher.log, metrics.jsonl and summary.json.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -25,8 +28,18 @@ class RunDir {
 
   // Replaces the file atomically (write to a temporary, then rename).
   void write_file(const std::string& name, const std::string& content) const;
-  // Appends one line to metrics.jsonl. Thread-safe.
+  // Appends one line to metrics.jsonl, and its numbers to the TensorBoard events when
+  // enable_tensorboard() was called. Thread-safe.
   void append_metrics(const std::string& json);
+  // logging.tensorboard: metrics go to <run>/tb/events.out.tfevents.* too (launch/tensorboard.h).
+  void enable_tensorboard();
+  // logging.mlflow: metrics go to an MLflow file store under `root` too (launch/mlflow.h).
+  void enable_mlflow(const std::string& root, const std::string& experiment,
+                     const std::string& run_name, const std::map<std::string, std::string>& params);
+  // Marks the MLflow run finished or failed (nothing without enable_mlflow).
+  void finish_mlflow(bool ok);
+  // One scalar event (e.g. "restarts"), when TensorBoard output is on. Thread-safe.
+  void add_scalar(const std::string& tag, double value, int64_t step);
   // Appends "<timestamp> <text>" to launcher.log. Thread-safe.
   void log(const std::string& text);
 
@@ -41,5 +54,14 @@ std::string format_log_line(int64_t unix_us, const std::string& text);
 
 // The newest run directory under root (by the time in its name, then by mtime); nullopt when none.
 std::optional<std::string> newest_run(const std::string& root);
+
+// logging.mode: private makes this process (and so every ptrain process it starts) create
+// folders 0700 and files 0600, whatever the user's umask; shared leaves the umask alone.
+// Returns the umask the user had, which `command:` programs get back.
+mode_t apply_file_mode(const std::string& mode);
+
+// This user's newest run: the folder the last RunDir::create recorded in
+// $XDG_CACHE_HOME/ptrain/last-run (default ~/.cache/ptrain/last-run), when it still exists.
+std::optional<std::string> last_run();
 
 }  // namespace ptrain::launch

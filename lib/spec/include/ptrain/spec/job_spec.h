@@ -136,6 +136,8 @@ struct DataSpec {
   int batch_size = 8;              // global, in samples (sequences for a GPT)
   bool shuffle = false;
   double eval_fraction = 0;
+  // --- masked-language-model data (model.type: bert) ---
+  double mask_prob = 0.15;  // share of the positions masked, in (0, 1)
   NormalizeSpec normalize;
   AugmentSpec augment;
 
@@ -184,7 +186,7 @@ struct CheckpointSpec {
   int every = 0;    // 0 = only at the end
   std::string dir;  // empty = RUN_DIR/checkpoints
   int keep = 2;
-  std::string resume = "auto";  // auto|never|PATH
+  std::string resume = "auto";  // auto|never|force (auto, even another job's)|PATH
 
   bool operator==(const CheckpointSpec&) const = default;
 };
@@ -202,6 +204,11 @@ struct LoggingSpec {
   std::string dir = "runs";       // resolved against the spec's folder
   std::string console = "rank0";  // rank0|all|none
   std::string level = "info";
+  // private: run folders 0700 and every file ptrain writes 0600 (job.yaml, logs, checkpoints);
+  // shared: the user's umask as it is.
+  std::string mode = "private";
+  bool tensorboard = true;  // RUN_DIR/tb/events.out.tfevents.* beside metrics.jsonl
+  std::string mlflow;       // an MLflow file store to log the run to ("" = none; resolved)
 
   bool operator==(const LoggingSpec&) const = default;
 };

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,12 @@ JobSpec load_string(const std::string& yaml, const std::string& display_name,
 std::string to_yaml(const JobSpec& spec);
 // The resolved spec as one JSON object (same keys as the YAML).
 std::string to_json(const JobSpec& spec);
+
+// Fingerprints of the parts of a spec a checkpoint depends on: "model" (the family and its
+// keys), "data" (the data set, batch and split) and "train" (seed, precision, optimizer,
+// schedule; not steps, log_every or eval_every). Independent of the mesh, so a checkpoint
+// resumes under any parallel layout. Stable across builds and machines (FNV-1a 64, hex).
+std::map<std::string, std::string> fingerprints(const JobSpec& spec);
 
 // The hosts of the job: read from nodes.hostfile when one is named (DeepSpeed/OpenMPI
 // `host slots=N` lines, `#` comments), else nodes.hosts. Throws ConfigError with the

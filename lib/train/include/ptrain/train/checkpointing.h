@@ -17,6 +17,7 @@
 #include "ptrain/data/safetensors.h"
 #include "ptrain/nn/model.h"
 #include "ptrain/optim/optimizer.h"
+#include "ptrain/spec/job_spec.h"
 
 namespace ptrain::train {
 
@@ -61,8 +62,13 @@ data::CheckpointManifest save_training_state(
 SavedState load_training_state(const data::CheckpointManifest& manifest, nn::Model& model,
                                optim::Optimizer& optimizer);
 
-// The checkpoint to resume from per checkpoint.resume: "never" → none, "auto" → the newest
-// complete one in `dir` (none when there is none), else a path (a manifest, or a folder).
+// The checkpoint to resume from per checkpoint.resume: "never" → none, "auto" or "force" → the
+// newest complete one in `dir` (none when `dir` holds none; ConfigError when it holds some and
+// none is usable), else a path (a manifest, one of its .safetensors files, or a folder).
+// Refuses (ConfigError) a checkpoint whose spec fingerprints (spec::fingerprints) differ from
+// this job's, unless checkpoint.resume is "force". Checkpoints without fingerprints pass.
+void check_fingerprints(const spec::JobSpec& spec, const data::CheckpointManifest& point);
+
 std::optional<data::CheckpointManifest> find_resume_point(const std::string& resume,
                                                           const std::string& dir);
 
