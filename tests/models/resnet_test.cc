@@ -2,6 +2,8 @@
 // synchronised BatchNorm making 2 workers equal 1 process (losses, weights, running stats),
 // bit-exact resume, init_from with and without num_batches_tracked, and every bad input of the
 // issue as one line naming the file or key with exit code 2.
+#include "resnet/resnet.h"
+
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -19,7 +21,6 @@
 #include "ptrain/spec/plan.h"
 #include "ptrain/spec/spec.h"
 #include "ptrain/train/setup.h"
-#include "resnet/resnet.h"
 #include "support/image_data.h"
 #include "support/ptrain_process.h"
 #include "support/rank_threads.h"
@@ -126,8 +127,8 @@ TEST(ResNet, NamesAndShapesAreTorchvisionsResNet18) {
 TEST(ResNet, FamilyCountsTheModelsParameters) {
   Data d;
   for (auto stem : {"cifar", "imagenet"}) {
-    JobSpec s = load(d, 1, {fmt::format("model.stem={}", stem), "model.widths=[4, 8]",
-                            "model.blocks=[2, 1]"});
+    JobSpec s = load(
+        d, 1, {fmt::format("model.stem={}", stem), "model.widths=[4, 8]", "model.blocks=[2, 1]"});
     auto model = models::make_model(s, tensor::Device::kCpu, 0, 0);
     EXPECT_EQ(family_of(s).parameters(s.model), int64_t(model->num_params())) << stem;
     auto plan = spec::make_plan(s);
@@ -314,14 +315,14 @@ TEST(ResNet, InitFromTakesTorchvisionStyleFilesAndNamesWhatIsWrong) {
   const std::string counts = "bn1.num_batches_tracked";
   // I64 counters load; files without them (older torchvision) load too.
   for (bool i64 : {true, false}) {
-    auto path = write_weights(d.dir.path() + "/w.safetensors", *trained,
-                              i64 ? std::vector<std::string>{} : std::vector<std::string>{counts},
-                              i64);
+    auto path =
+        write_weights(d.dir.path() + "/w.safetensors", *trained,
+                      i64 ? std::vector<std::string>{} : std::vector<std::string>{counts}, i64);
     auto m = models::make_model(s, tensor::Device::kCpu, 0, 0);
     m->init(1);
     train::load_weights(*m, path);
-    EXPECT_TRUE(std::equal(m->param_data(), m->param_data() + m->num_params(),
-                           trained->param_data()));
+    EXPECT_TRUE(
+        std::equal(m->param_data(), m->param_data() + m->num_params(), trained->param_data()));
     const int c = m->find_buffer(counts);
     EXPECT_EQ(m->buffer_data()[m->buffers()[size_t(c)].offset], i64 ? 7.0f : 0.0f);
     const int rv = m->find_buffer("layer1.0.bn1.running_var");
@@ -355,8 +356,9 @@ TEST(ResNet, InitFromTakesTorchvisionStyleFilesAndNamesWhatIsWrong) {
 // Debian's python3-torch installs for /usr/bin/python3, which another python3 on PATH may hide.
 std::string torchvision_python() {
   for (const char* py : {"/usr/bin/python3", "python3"})
-    if (std::system(fmt::format("{} -c 'import torch, torchvision, numpy' > /dev/null 2>&1", py)
-                        .c_str()) == 0)
+    if (std::system(
+            fmt::format("{} -c 'import torch, torchvision, numpy' > /dev/null 2>&1", py).c_str()) ==
+        0)
       return py;
   return "";
 }
@@ -388,8 +390,8 @@ TEST(TorchvisionInterop, StateDictsLoadBothWays) {
   const std::string py = std::string(PTRAIN_SOURCE_DIR) + "/tests/models/torchvision_interop.py";
   const std::string tv = dir.path() + "/tv.safetensors", in = dir.path() + "/in.bin",
                     tv_logits = dir.path() + "/tv_logits.bin";
-  ASSERT_EQ(std::system(fmt::format("{} {} export {} {} {}", python, py, tv, in, tv_logits).c_str()),
-            0);
+  ASSERT_EQ(
+      std::system(fmt::format("{} {} export {} {} {}", python, py, tv, in, tv_logits).c_str()), 0);
   // ResNet-18 with 10 classes on 32x32 CIFAR-10 images: torchvision's resnet18(num_classes=10).
   ptrain::testing::write_cifar(dir.path() + "/data_batch_1.bin", 8, 3);
   JobSpec s = spec::load_string(
@@ -415,8 +417,9 @@ TEST(TorchvisionInterop, StateDictsLoadBothWays) {
   // loads with strict=True and gives our logits.
   ptrain::testing::run_ranks(s);
   const std::string ckpt = latest_model(dir.path() + "/ckpt"), ck_logits = dir.path() + "/ck.bin";
-  ASSERT_EQ(std::system(fmt::format("{} {} import {} {} {}", python, py, ckpt, in, ck_logits).c_str()),
-            0);
+  ASSERT_EQ(
+      std::system(fmt::format("{} {} import {} {} {}", python, py, ckpt, in, ck_logits).c_str()),
+      0);
   JobSpec t = s;
   t.model.init_from = ckpt;
   auto m = train::make_model(t, tensor::Device::kCpu, 0, 0);
@@ -445,7 +448,8 @@ std::string load_error(const std::string& yaml, const std::string& base,
 TEST(ResNetBadInput, EachIsOneLineNamingTheFileOrKey) {
   Data d;
   const std::string base = d.dir.path(), text = spec_text(d, 1);
-  auto expect = [&](const std::vector<std::string>& overrides, const std::vector<std::string>& has) {
+  auto expect = [&](const std::vector<std::string>& overrides,
+                    const std::vector<std::string>& has) {
     std::string msg = load_error(text, base, overrides);
     for (const auto& h : has) EXPECT_NE(msg.find(h), std::string::npos) << msg << "\n want: " << h;
   };

@@ -143,10 +143,12 @@ TEST_P(Conv2dGrad, ForwardAndGradientsMatchTheReference) {
 
   std::vector<float> dx(x.size(), 7.0f), dw(w.size(), 0.25f);  // dx written, dw accumulated
   conv2d_backward(cpu_ops(), dx.data(), dw.data(), R.data(), x.data(), w.data(), s);
-  auto gx = fd_grad([&](const std::vector<double>& xx) { return dot(ref_conv(xx, to_double(w), s), R); },
-                    to_double(x));
-  auto gw = fd_grad([&](const std::vector<double>& ww) { return dot(ref_conv(to_double(x), ww, s), R); },
-                    to_double(w));
+  auto gx =
+      fd_grad([&](const std::vector<double>& xx) { return dot(ref_conv(xx, to_double(w), s), R); },
+              to_double(x));
+  auto gw =
+      fd_grad([&](const std::vector<double>& ww) { return dot(ref_conv(to_double(x), ww, s), R); },
+              to_double(w));
   for (auto& g : gw) g += 0.25;
   expect_close(dx, gx, 1e-4, 1e-3, "conv2d d input");
   expect_close(dw, gw, 1e-4, 1e-3, "conv2d d weight");
@@ -193,7 +195,8 @@ TEST_P(BatchNormGrad, TrainingModeMatchesTheReference) {
   for (auto& v : x) v += 0.5f;
   auto w = randn(size_t(C), 5), b = randn(size_t(C), 6);
   auto R = randn(x.size(), 7);
-  std::vector<float> mean(static_cast<size_t>(C)), var(static_cast<size_t>(C)), rstd(static_cast<size_t>(C)), y(x.size());
+  std::vector<float> mean(static_cast<size_t>(C)), var(static_cast<size_t>(C)),
+      rstd(static_cast<size_t>(C)), y(x.size());
   int64_t count = batchnorm_batch_stats(mean.data(), var.data(), x.data(), s, nullptr);
   EXPECT_EQ(count, int64_t(N) * HW);
   batchnorm_normalize(y.data(), rstd.data(), x.data(), mean.data(), var.data(), w.data(), b.data(),
@@ -204,9 +207,12 @@ TEST_P(BatchNormGrad, TrainingModeMatchesTheReference) {
   std::vector<float> dx(x.size()), dw(size_t(C), 1.0f), db(size_t(C), -1.0f);
   batchnorm_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), mean.data(), rstd.data(),
                      w.data(), s, true, count, nullptr);
-  auto gx = fd_grad([&](const std::vector<double>& v) { return dot(ref_bn(v, wd, bd, N, C, HW, true), R); }, xd);
-  auto gw = fd_grad([&](const std::vector<double>& v) { return dot(ref_bn(xd, v, bd, N, C, HW, true), R); }, wd);
-  auto gb = fd_grad([&](const std::vector<double>& v) { return dot(ref_bn(xd, wd, v, N, C, HW, true), R); }, bd);
+  auto gx = fd_grad(
+      [&](const std::vector<double>& v) { return dot(ref_bn(v, wd, bd, N, C, HW, true), R); }, xd);
+  auto gw = fd_grad(
+      [&](const std::vector<double>& v) { return dot(ref_bn(xd, v, bd, N, C, HW, true), R); }, wd);
+  auto gb = fd_grad(
+      [&](const std::vector<double>& v) { return dot(ref_bn(xd, wd, v, N, C, HW, true), R); }, bd);
   for (auto& g : gw) g += 1.0;
   for (auto& g : gb) g -= 1.0;
   expect_close(dx, gx, 2e-4, 2e-3, "bn d input");
@@ -251,14 +257,22 @@ TEST_P(BatchNormGrad, EvaluationModeUsesTheRunningStatistics) {
   batchnorm_normalize(y.data(), rstd.data(), x.data(), rm.data(), rv.data(), w.data(), b.data(), s);
   auto wd = to_double(w), bd = to_double(b), rmd = to_double(rm), rvd = to_double(rv);
   auto f = [&](const std::vector<double>& xx, const std::vector<double>& ww,
-               const std::vector<double>& bb) { return ref_bn(xx, ww, bb, N, C, HW, false, rmd, rvd); };
+               const std::vector<double>& bb) {
+    return ref_bn(xx, ww, bb, N, C, HW, false, rmd, rvd);
+  };
   expect_close(y, f(to_double(x), wd, bd), 1e-5, 1e-4, "bn eval forward");
   std::vector<float> dx(x.size()), dw(static_cast<size_t>(C)), db(static_cast<size_t>(C));
   batchnorm_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), rm.data(), rstd.data(),
                      w.data(), s, false, 0, nullptr);
-  expect_close(dx, fd_grad([&](const std::vector<double>& v) { return dot(f(v, wd, bd), R); }, to_double(x)), 1e-4, 1e-3, "bn eval d input");
-  expect_close(dw, fd_grad([&](const std::vector<double>& v) { return dot(f(to_double(x), v, bd), R); }, wd), 1e-4, 1e-3, "bn eval d weight");
-  expect_close(db, fd_grad([&](const std::vector<double>& v) { return dot(f(to_double(x), wd, v), R); }, bd), 1e-4, 1e-3, "bn eval d bias");
+  expect_close(
+      dx, fd_grad([&](const std::vector<double>& v) { return dot(f(v, wd, bd), R); }, to_double(x)),
+      1e-4, 1e-3, "bn eval d input");
+  expect_close(
+      dw, fd_grad([&](const std::vector<double>& v) { return dot(f(to_double(x), v, bd), R); }, wd),
+      1e-4, 1e-3, "bn eval d weight");
+  expect_close(
+      db, fd_grad([&](const std::vector<double>& v) { return dot(f(to_double(x), wd, v), R); }, bd),
+      1e-4, 1e-3, "bn eval d bias");
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, BatchNormGrad,
@@ -282,9 +296,11 @@ class ThreadGroup {
   void reduce(float* data, size_t count, bool max) {
     {
       std::lock_guard lock(mu_);
-      if (arrived_ == 0) acc_.assign(data, data + count);
+      if (arrived_ == 0)
+        acc_.assign(data, data + count);
       else
-        for (size_t i = 0; i < count; ++i) acc_[i] = max ? std::max(acc_[i], data[i]) : acc_[i] + data[i];
+        for (size_t i = 0; i < count; ++i)
+          acc_[i] = max ? std::max(acc_[i], data[i]) : acc_[i] + data[i];
       ++arrived_;
     }
     barrier_.arrive_and_wait();
@@ -323,37 +339,37 @@ TEST(SyncBatchNorm, TwoRanksEqualTheJoinedBatch) {
   std::vector<int64_t> counts(2);
   const std::vector<float> shift = {0.5f, -1.0f, 2.0f};  // both ranks' running mean
   for (bool one_pass : {false, true}) {
-  auto rank = [&](int r) {
-    ThreadGroup::Member m(group);
-    BatchNormShape half{N / 2, C, HW};
-    const size_t off = size_t(r) * (N / 2) * C * HW;
-    std::vector<float> var_r(C), rstd_r(C);
-    counts[r] = batchnorm_batch_stats(mean2.data() + r * C, var_r.data(), x.data() + off, half, &m,
-                                      one_pass ? shift.data() : nullptr);
-    batchnorm_normalize(y2.data() + off, rstd_r.data(), x.data() + off, mean2.data() + r * C,
-                        var_r.data(), w.data(), b.data(), half);
-    batchnorm_backward(dx2.data() + off, dw2.data() + r * C, db2.data() + r * C, dy.data() + off,
-                       x.data() + off, mean2.data() + r * C, rstd_r.data(), w.data(), half, true,
-                       counts[r], &m);
-  };
-  std::thread t0(rank, 0), t1(rank, 1);
-  t0.join();
-  t1.join();
-  EXPECT_EQ(counts[0], count);
-  EXPECT_EQ(counts[1], count);
-  for (int c = 0; c < C; ++c) {
-    EXPECT_NEAR(mean2[c], mean[c], 1e-6 * (1 + std::abs(mean[c])));
-    EXPECT_NEAR(mean2[C + c], mean[c], 1e-6 * (1 + std::abs(mean[c])));
-    // Weight gradients are each rank's share; the data-parallel sum is the whole.
-    EXPECT_NEAR(dw2[c] + dw2[C + c], dw[c], 1e-5 * (1 + std::abs(dw[c])));
-    EXPECT_NEAR(db2[c] + db2[C + c], db[c], 1e-5 * (1 + std::abs(db[c])));
-  }
-  for (size_t i = 0; i < x.size(); ++i) {
-    EXPECT_NEAR(y2[i], y[i], 1e-5 * (1 + std::abs(y[i]))) << i;
-    EXPECT_NEAR(dx2[i], dx[i], 1e-5 * (1 + std::abs(dx[i]))) << i;
-  }
-  std::fill(dw2.begin(), dw2.end(), 0.0f);
-  std::fill(db2.begin(), db2.end(), 0.0f);
+    auto rank = [&](int r) {
+      ThreadGroup::Member m(group);
+      BatchNormShape half{N / 2, C, HW};
+      const size_t off = size_t(r) * (N / 2) * C * HW;
+      std::vector<float> var_r(C), rstd_r(C);
+      counts[r] = batchnorm_batch_stats(mean2.data() + r * C, var_r.data(), x.data() + off, half,
+                                        &m, one_pass ? shift.data() : nullptr);
+      batchnorm_normalize(y2.data() + off, rstd_r.data(), x.data() + off, mean2.data() + r * C,
+                          var_r.data(), w.data(), b.data(), half);
+      batchnorm_backward(dx2.data() + off, dw2.data() + r * C, db2.data() + r * C, dy.data() + off,
+                         x.data() + off, mean2.data() + r * C, rstd_r.data(), w.data(), half, true,
+                         counts[r], &m);
+    };
+    std::thread t0(rank, 0), t1(rank, 1);
+    t0.join();
+    t1.join();
+    EXPECT_EQ(counts[0], count);
+    EXPECT_EQ(counts[1], count);
+    for (int c = 0; c < C; ++c) {
+      EXPECT_NEAR(mean2[c], mean[c], 1e-6 * (1 + std::abs(mean[c])));
+      EXPECT_NEAR(mean2[C + c], mean[c], 1e-6 * (1 + std::abs(mean[c])));
+      // Weight gradients are each rank's share; the data-parallel sum is the whole.
+      EXPECT_NEAR(dw2[c] + dw2[C + c], dw[c], 1e-5 * (1 + std::abs(dw[c])));
+      EXPECT_NEAR(db2[c] + db2[C + c], db[c], 1e-5 * (1 + std::abs(db[c])));
+    }
+    for (size_t i = 0; i < x.size(); ++i) {
+      EXPECT_NEAR(y2[i], y[i], 1e-5 * (1 + std::abs(y[i]))) << i;
+      EXPECT_NEAR(dx2[i], dx[i], 1e-5 * (1 + std::abs(dx[i]))) << i;
+    }
+    std::fill(dw2.begin(), dw2.end(), 0.0f);
+    std::fill(db2.begin(), db2.end(), 0.0f);
   }
 }
 
@@ -364,7 +380,8 @@ TEST_P(MaxPoolGrad, ForwardAndGradientMatchTheReference) {
   // Distinct values, so no window has a tie that finite differences could flip.
   std::vector<float> x(size_t(s.N) * s.C * s.H * s.W);
   auto noise = randn(x.size(), 30);
-  for (size_t i = 0; i < x.size(); ++i) x[i] = float((i * 7919) % x.size()) * 0.01f + noise[i] * 1e-3f;
+  for (size_t i = 0; i < x.size(); ++i)
+    x[i] = float((i * 7919) % x.size()) * 0.01f + noise[i] * 1e-3f;
   auto R = randn(size_t(s.out_numel()), 31);
   std::vector<float> y(size_t(s.out_numel()));
   std::vector<int32_t> idx(y.size());
@@ -372,7 +389,10 @@ TEST_P(MaxPoolGrad, ForwardAndGradientMatchTheReference) {
   expect_close(y, ref_maxpool(to_double(x), s), 0, 0, "maxpool forward");
   std::vector<float> dx(x.size(), 5.0f);
   maxpool2d_backward(dx.data(), R.data(), idx.data(), s);
-  expect_close(dx, fd_grad([&](const std::vector<double>& v) { return dot(ref_maxpool(v, s), R); }, to_double(x), 1e-4), 1e-5, 1e-4, "maxpool d input");
+  expect_close(dx,
+               fd_grad([&](const std::vector<double>& v) { return dot(ref_maxpool(v, s), R); },
+                       to_double(x), 1e-4),
+               1e-5, 1e-4, "maxpool d input");
 }
 
 PoolShape pool(int N, int C, int H, int W, int K, int stride, int pad) {
@@ -402,7 +422,9 @@ TEST(GlobalAvgPool, ForwardAndGradient) {
   };
   expect_close(y, ref(to_double(x)), 1e-6, 1e-5, "avgpool forward");
   global_avgpool_backward(dx.data(), R.data(), N, C, HW);
-  expect_close(dx, fd_grad([&](const std::vector<double>& v) { return dot(ref(v), R); }, to_double(x)), 1e-5, 1e-4, "avgpool d input");
+  expect_close(dx,
+               fd_grad([&](const std::vector<double>& v) { return dot(ref(v), R); }, to_double(x)),
+               1e-5, 1e-4, "avgpool d input");
 }
 
 TEST(Relu, ForwardAndGradientThroughTheOpTable) {
@@ -418,7 +440,9 @@ TEST(Relu, ForwardAndGradientThroughTheOpTable) {
   };
   expect_close(y, ref(to_double(x)), 0, 0, "relu forward");
   cpu_ops().relu_backward(dx.data(), x.data(), R.data(), 64);
-  expect_close(dx, fd_grad([&](const std::vector<double>& v) { return dot(ref(v), R); }, to_double(x)), 1e-6, 1e-5, "relu d input");
+  expect_close(dx,
+               fd_grad([&](const std::vector<double>& v) { return dot(ref(v), R); }, to_double(x)),
+               1e-6, 1e-5, "relu d input");
 }
 
 TEST(CrossEntropySmoothed, LossAndGradientMatchTheReference) {

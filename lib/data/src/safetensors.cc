@@ -323,7 +323,8 @@ void SafetensorsFile::read_f32(std::string_view name, float* out) const {
 
 void SafetensorsFile::read_as_f32(std::string_view name, float* out) const {
   const TensorInfo* t = find(name);
-  if (t == nullptr || (t->dtype != DType::kI64 && t->dtype != DType::kI32 && t->dtype != DType::kU8))
+  if (t == nullptr ||
+      (t->dtype != DType::kI64 && t->dtype != DType::kI32 && t->dtype != DType::kU8))
     return read_f32(name, out);
   const uint8_t* p = bytes(*t);
   const int64_t n = t->numel();

@@ -1,5 +1,7 @@
 // The `resnet` family: torchvision's ResNet with BasicBlocks (resnet/resnet.h) on IDX
 // (MNIST / Fashion-MNIST) or CIFAR-10 images; data parallelism, sync or async, fp32 on CPU.
+#include "ptrain/models/family.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -8,7 +10,6 @@
 
 #include "ptrain/core/error.h"
 #include "ptrain/data/images.h"
-#include "ptrain/models/family.h"
 #include "ptrain/nn/init.h"
 #include "resnet/resnet.h"
 
@@ -69,10 +70,11 @@ class ImageData : public DataSet {
       eval_ = load_images(s.data.type, s.data.eval_path, s.data.eval_labels);
       check_labels(eval_, s.data.type == "cifar" ? s.data.eval_path : s.data.eval_labels);
       if (eval_.C != train_.C || eval_.H != train_.H || eval_.W != train_.W)
-        throw ConfigError(fmt::format("eval images '{}' are {}x{}x{}, training images '{}' {}x{}x{}",
-                                      eval_.origin, eval_.C, eval_.H, eval_.W, train_.origin,
-                                      train_.C, train_.H, train_.W),
-                          "data.eval_path must be a split of the same data set");
+        throw ConfigError(
+            fmt::format("eval images '{}' are {}x{}x{}, training images '{}' {}x{}x{}",
+                        eval_.origin, eval_.C, eval_.H, eval_.W, train_.origin, train_.C, train_.H,
+                        train_.W),
+            "data.eval_path must be a split of the same data set");
       eval_count_ = eval_.count;
     } else if (s.data.eval_fraction > 0) {
       // The last floor(N * f) samples in file order are held out.
@@ -234,10 +236,10 @@ class ResNetFamily : public Family {
     try {
       h = train_header(s.data);
     } catch (const ConfigError& e) {
-      c.fail_at({"data.path"},
-                fmt::format("{} (model.in_channels and model.classes come from the data)",
-                            e.message()),
-                e.hint().empty() ? "set model.in_channels and model.classes" : e.hint());
+      c.fail_at(
+          {"data.path"},
+          fmt::format("{} (model.in_channels and model.classes come from the data)", e.message()),
+          e.hint().empty() ? "set model.in_channels and model.classes" : e.hint());
     }
     if (m.integer("in_channels") == 0) m.set("in_channels", int64_t(h.C));
     if (m.integer("classes") == 0) m.set("classes", int64_t(std::max(h.classes, 2)));
@@ -296,8 +298,8 @@ class ResNetFamily : public Family {
       c.fail_at({"model.in_channels"}, "in_channels 0 (from the data) could not be resolved",
                 "set model.in_channels");
     if (classes < 2)
-      c.fail_at({"model.classes"}, fmt::format("a classifier needs at least 2 classes, got {}",
-                                               classes),
+      c.fail_at({"model.classes"},
+                fmt::format("a classifier needs at least 2 classes, got {}", classes),
                 "set model.classes");
     if (!d.normalize.mean.empty() && int(d.normalize.mean.size()) != C)
       c.fail_at({"data.normalize.mean", "data.normalize"},
@@ -308,11 +310,11 @@ class ResNetFamily : public Family {
     try {
       h = train_header(d);
     } catch (const ConfigError& e) {
-      c.fail_at({d.type == "idx" && e.message().find(d.labels) != std::string::npos &&
-                         !d.labels.empty()
-                     ? "data.labels"
-                     : "data.path"},
-                e.message(), e.hint().empty() ? "check data.path" : e.hint());
+      c.fail_at(
+          {d.type == "idx" && e.message().find(d.labels) != std::string::npos && !d.labels.empty()
+               ? "data.labels"
+               : "data.path"},
+          e.message(), e.hint().empty() ? "check data.path" : e.hint());
     }
     if (h.C != C)
       c.fail_at({"model.in_channels"},
@@ -339,11 +341,11 @@ class ResNetFamily : public Family {
                               h.C, h.H, h.W),
                   "data.eval_path must be a split of the same data set");
       if (e.classes > classes)
-        c.fail_at({"data.eval_labels", "data.eval_path", "model.classes"},
-                  fmt::format("eval labels '{}' go up to {}, not below model.classes = {}",
-                              d.type == "idx" ? d.eval_labels : d.eval_path, e.classes - 1,
-                              classes),
-                  "raise model.classes");
+        c.fail_at(
+            {"data.eval_labels", "data.eval_path", "model.classes"},
+            fmt::format("eval labels '{}' go up to {}, not below model.classes = {}",
+                        d.type == "idx" ? d.eval_labels : d.eval_path, e.classes - 1, classes),
+            "raise model.classes");
     }
     try {
       nn::validate(config_of(s, h.H, h.W));
@@ -397,13 +399,14 @@ class ResNetFamily : public Family {
         C = widths[i];
       }
     f.buffers = 2 * bn + norms;  // running mean and var, and one counter per BatchNorm
-    try {  // activations kept for backward: ~5 maps per block, 3 for the stem
+    try {                        // activations kept for backward: ~5 maps per block, 3 for the stem
       data::ImageHeader h = train_header(s.data);
       auto sizes = nn::resnet_feature_sizes(config_of(s, h.H, h.W));
       const bool imagenet = s.model.text("stem") == "imagenet";
-      const int64_t stem_hw = imagenet ? int64_t((h.H + 1) / 2) * ((h.W + 1) / 2)
-                                       : int64_t(h.H) * h.W;
-      double per_image = double(widths[0]) * stem_hw * 2 + double(sizes[0].first) * sizes[0].second * widths[0];
+      const int64_t stem_hw =
+          imagenet ? int64_t((h.H + 1) / 2) * ((h.W + 1) / 2) : int64_t(h.H) * h.W;
+      double per_image =
+          double(widths[0]) * stem_hw * 2 + double(sizes[0].first) * sizes[0].second * widths[0];
       for (size_t i = 0; i < widths.size() && i < blocks.size(); ++i)
         per_image += 5.0 * double(blocks[i]) * widths[i] * sizes[i + 1].first * sizes[i + 1].second;
       f.activation_bytes = per_image * double(b) * double(elem) * double(in_flight);

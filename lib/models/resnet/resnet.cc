@@ -74,9 +74,9 @@ void validate(const ResNetConfig& c) {
                       "give one width and one block count per stage");
   for (size_t i = 0; i < c.widths.size(); ++i)
     if (c.widths[i] < 1 || c.blocks[i] < 1)
-      throw ConfigError(fmt::format("stage {} has width {} and {} blocks", i + 1, c.widths[i],
-                                    c.blocks[i]),
-                        "widths and blocks must be positive");
+      throw ConfigError(
+          fmt::format("stage {} has width {} and {} blocks", i + 1, c.widths[i], c.blocks[i]),
+          "widths and blocks must be positive");
   resnet_feature_sizes(c);
 }
 
@@ -319,8 +319,8 @@ double ResNet::forward(const Batch& batch, Activations& base) {
   global_avgpool_forward(a.feat.data(), cur, B, feat_, feat_hw_);
   linear_forward(o, a.logits.data(), a.feat.data(), w + params_[fc_weight_].offset,
                  w + params_[fc_bias_].offset, B, feat_, cfg_.classes);
-  crossentropy_smoothed_forward(a.losses.data(), a.lse.data(), a.logits.data(), a.targets.data(),
-                                B, cfg_.classes, cfg_.label_smoothing);
+  crossentropy_smoothed_forward(a.losses.data(), a.lse.data(), a.logits.data(), a.targets.data(), B,
+                                cfg_.classes, cfg_.label_smoothing);
   double sum = 0;
   for (int i = 0; i < B; ++i) sum += a.losses[size_t(i)];
   a.forward_done = true;
@@ -353,9 +353,8 @@ void ResNet::backward(Activations& base, float dloss_scale, const float* /*doutp
     grad_ready(size_t(n.weight));
   };
 
-  crossentropy_smoothed_backward(a.dlogits.data(), a.logits.data(), a.lse.data(),
-                                 a.targets.data(), B, cfg_.classes, cfg_.label_smoothing,
-                                 dloss_scale);
+  crossentropy_smoothed_backward(a.dlogits.data(), a.logits.data(), a.lse.data(), a.targets.data(),
+                                 B, cfg_.classes, cfg_.label_smoothing, dloss_scale);
   linear_backward(o, a.dfeat.data(), g + params_[fc_weight_].offset, g + params_[fc_bias_].offset,
                   a.dlogits.data(), a.feat.data(), w + params_[fc_weight_].offset, B, feat_,
                   cfg_.classes);

@@ -16,7 +16,7 @@ namespace ptrain::nn {
 struct ResNetConfig {
   int in_channels = 3;
   int classes = 10;
-  int height = 32, width = 32;           // input images
+  int height = 32, width = 32;                 // input images
   std::vector<int> widths{64, 128, 256, 512};  // channels of stage i (layer{i+1})
   std::vector<int> blocks{2, 2, 2, 2};         // BasicBlocks of stage i
   // imagenet: conv 7x7 stride 2 pad 3, BN, ReLU, max-pool 3x3 stride 2 pad 1.
@@ -82,7 +82,7 @@ class ResNet : public Model {
   ResNetConfig cfg_;
   Conv stem_;
   Norm stem_bn_;
-  PoolShape pool_;  // N = 1
+  PoolShape pool_;                         // N = 1
   int stem_numel_ = 0, pooled_numel_ = 0;  // per image
   std::vector<Block> blocks_;
   int fc_weight_ = -1, fc_bias_ = -1;

@@ -266,9 +266,8 @@ int64_t batchnorm_batch_stats(float* mean, float* var, const float* x, const Bat
   return count;
 }
 
-void batchnorm_normalize(float* y, float* rstd, const float* x, const float* mean,
-                         const float* var, const float* weight, const float* bias,
-                         const BatchNormShape& s) {
+void batchnorm_normalize(float* y, float* rstd, const float* x, const float* mean, const float* var,
+                         const float* weight, const float* bias, const BatchNormShape& s) {
   const int C = s.C;
   const int64_t HW = s.HW;
   for (int c = 0; c < C; ++c) rstd[c] = float(1.0 / std::sqrt(double(var[c]) + double(s.eps)));

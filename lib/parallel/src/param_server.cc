@@ -70,7 +70,8 @@ struct ParamServer::Impl final : proto::ParamServer::Service {
     if (req->grads().size() != size * sizeof(float))
       return {grpc::StatusCode::INVALID_ARGUMENT,
               fmt::format("{} gradient bytes for a shard of {} floats", req->grads().size(), size)};
-    if (!req->buffer_delta().empty() && req->buffer_delta().size() != buffers.size() * sizeof(float))
+    if (!req->buffer_delta().empty() &&
+        req->buffer_delta().size() != buffers.size() * sizeof(float))
       return {grpc::StatusCode::INVALID_ARGUMENT,
               fmt::format("{} buffer bytes for {} buffer floats", req->buffer_delta().size(),
                           buffers.size())};

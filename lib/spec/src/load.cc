@@ -313,7 +313,8 @@ void read_model(Reader& r, const MapView& m, ModelSpec& model, const std::string
 std::vector<double> read_number_list(Reader& r, const std::string& path, const YAML::Node& node,
                                      double lo, double hi, bool lo_exclusive) {
   if (!node.IsSequence() || node.size() == 0)
-    r.fail(path, node, "expected a list of numbers", "write e.g. `[0.2860]` or `[0.49, 0.48, 0.45]`");
+    r.fail(path, node, "expected a list of numbers",
+           "write e.g. `[0.2860]` or `[0.49, 0.48, 0.45]`");
   std::vector<double> out;
   for (size_t i = 0; i < node.size(); ++i)
     out.push_back(r.as_double(fmt::format("{}[{}]", path, i), node[i], lo, hi, lo_exclusive));
@@ -329,15 +330,17 @@ void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& b
       if (!contains(data_types, d)) data_types.push_back(d);
   m.read_enum("type", data.type, data_types);
   if (m.has("path")) data.path = resolve_path(base_dir, r.as_string(m.path("path"), m.get("path")));
-  for (auto [key, out] : {std::pair{"labels", &data.labels}, std::pair{"eval_path", &data.eval_path},
-                          std::pair{"eval_labels", &data.eval_labels}}) {
+  for (auto [key, out] :
+       {std::pair{"labels", &data.labels}, std::pair{"eval_path", &data.eval_path},
+        std::pair{"eval_labels", &data.eval_labels}}) {
     if (!m.has(key)) continue;
     *out = resolve_path(base_dir, r.as_string(m.path(key), m.get(key)));
     if (out->empty())
       r.fail(m.path(key), m.get(key), "the path is empty", "name a file, or remove the key");
     if (!path_exists(*out))
-      r.warn_at({m.path(key)},
-                fmt::format("`{}` does not exist here (fine if it exists where the job runs)", *out));
+      r.warn_at(
+          {m.path(key)},
+          fmt::format("`{}` does not exist here (fine if it exists where the job runs)", *out));
   }
   if (m.has("normalize")) {
     MapView nm(r, m.get("normalize"), m.path("normalize"));
@@ -394,8 +397,8 @@ void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& b
 }
 
 void read_train(Reader& r, const MapView& m, TrainSpec& t) {
-  m.allow({"steps", "seed", "precision", "grad_accum", "log_every", "eval_every",
-           "label_smoothing", "optimizer", "schedule"});
+  m.allow({"steps", "seed", "precision", "grad_accum", "log_every", "eval_every", "label_smoothing",
+           "optimizer", "schedule"});
   m.read("steps", t.steps, 0, int64_t{1} << 40);
   m.read("seed", t.seed);
   m.read_enum("precision", t.precision, {"fp32", "bf16"});

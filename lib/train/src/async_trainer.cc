@@ -133,9 +133,9 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
     int64_t seen = INT64_MAX;
     for (size_t i = 0; i < servers.size(); ++i) {
       const auto& sh = shards[i];
-      auto pr = servers[i]->pull(worker, std::max<int64_t>(0, step - s), pull_dst + sh.begin,
-                                 sh.size(), wait, i == 0 ? pulled_buffers.data() : nullptr,
-                                 i == 0 ? nbuf : 0);
+      auto pr =
+          servers[i]->pull(worker, std::max<int64_t>(0, step - s), pull_dst + sh.begin, sh.size(),
+                           wait, i == 0 ? pulled_buffers.data() : nullptr, i == 0 ? nbuf : 0);
       seen = std::min(seen, pr.min_clock);
     }
     if (staged) ops.copy_from_host(model->param_data(), host_params.data(), n * sizeof(float));
@@ -204,9 +204,8 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
       // after its update: pull them again, within the same staleness bound.
       for (size_t i = 0; i < servers.size(); ++i) {
         const auto& sh = shards[i];
-        servers[i]->pull(worker, std::max<int64_t>(0, step + 1 - s), pull_dst + sh.begin,
-                         sh.size(), wait, i == 0 ? pulled_buffers.data() : nullptr,
-                         i == 0 ? nbuf : 0, last);
+        servers[i]->pull(worker, std::max<int64_t>(0, step + 1 - s), pull_dst + sh.begin, sh.size(),
+                         wait, i == 0 ? pulled_buffers.data() : nullptr, i == 0 ? nbuf : 0, last);
       }
       if (staged) ops.copy_from_host(model->param_data(), host_params.data(), n * sizeof(float));
       if (nbuf > 0)

@@ -52,9 +52,8 @@ struct BatchNormShape {
 int64_t batchnorm_batch_stats(float* mean, float* var, const float* x, const BatchNormShape& s,
                               GroupComm* group, const float* shift = nullptr);
 // y = (x - mean) * rstd * weight + bias with rstd = 1/sqrt(var + eps); rstd [C] is written.
-void batchnorm_normalize(float* y, float* rstd, const float* x, const float* mean,
-                         const float* var, const float* weight, const float* bias,
-                         const BatchNormShape& s);
+void batchnorm_normalize(float* y, float* rstd, const float* x, const float* mean, const float* var,
+                         const float* weight, const float* bias, const BatchNormShape& s);
 // PyTorch's running-statistics update: r_mean = (1-m) r_mean + m mean, r_var = (1-m) r_var +
 // m var * count/(count-1) (the unbiased variance), num_batches_tracked += 1 (when non-null).
 void batchnorm_update_running(float* running_mean, float* running_var, float* num_batches,
@@ -66,8 +65,7 @@ void batchnorm_update_running(float* running_mean, float* running_var, float* nu
 // dweight/dbias accumulate this rank's sums (the data-parallel reducer adds the ranks').
 void batchnorm_backward(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
                         const float* mean, const float* rstd, const float* weight,
-                        const BatchNormShape& s, bool batch_stats, int64_t count,
-                        GroupComm* group);
+                        const BatchNormShape& s, bool batch_stats, int64_t count, GroupComm* group);
 
 // Max-pool with -inf padding (PyTorch MaxPool2d): out [N,C,OH,OW], argmax [N,C,OH,OW] the index
 // within the input plane of the first maximum.

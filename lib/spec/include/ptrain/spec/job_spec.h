@@ -174,7 +174,7 @@ struct TrainSpec {
   std::string precision = "fp32";  // fp32|bf16
   int grad_accum = 1;
   int log_every = 1;
-  int eval_every = 0;  // 0 = never
+  int eval_every = 0;          // 0 = never
   double label_smoothing = 0;  // classifiers' cross-entropy (PyTorch's label_smoothing)
   OptimizerSpec optimizer;
   LrScheduleSpec schedule;
