@@ -28,8 +28,9 @@ case "$cmd" in
   dp) ;;
   resnet) exec scripts/bench/resnet.sh "$BIN" "$@" ;;
   bert) exec scripts/bench-bert.sh "$@" ;;  # BERT masked-LM figures (scripts/bench-bert.sh)
+  dlrm) exec scripts/bench-dlrm.sh "$@" ;;  # DLRM samples/s, 1 and 2 workers, vs PyTorch
   *)
-    echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp|bert|resnet [args]" >&2
+    echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp|bert|dlrm|resnet [args]" >&2
     exit 2
     ;;
 esac

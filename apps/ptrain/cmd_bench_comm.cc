@@ -52,7 +52,8 @@ size_t parse_size(const std::string& text, const char* flag) {
 }
 
 void add_sweep_options(CLI::App& sub, BenchCommArgs& a) {
-  sub.add_option("--op", a.bench.op, "allreduce|allgather|reduce_scatter|broadcast|sendrecv")
+  sub.add_option("--op", a.bench.op,
+                 "allreduce|allgather|reduce_scatter|alltoall|broadcast|sendrecv")
       ->capture_default_str();
   sub.add_option("--min", a.min, "smallest size (bytes; K/M/G suffixes)")->capture_default_str();
   sub.add_option("--max", a.max, "largest size (doubling from --min)")->capture_default_str();

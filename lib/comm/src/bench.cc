@@ -40,7 +40,7 @@ struct Sized {
 
 Sized size_for(const std::string& op, size_t bytes, int n) {
   size_t count = std::max<size_t>(1, bytes / sizeof(float));
-  if (op == "allgather" || op == "reduce_scatter") {
+  if (op == "allgather" || op == "reduce_scatter" || op == "alltoall") {
     size_t per = std::max<size_t>(1, count / n);
     return {per * n, per};
   }
@@ -51,10 +51,11 @@ Sized size_for(const std::string& op, size_t bytes, int n) {
 
 double bus_factor(const std::string& op, int n) {
   if (op == "allreduce") return n > 1 ? 2.0 * (n - 1) / n : 0;
-  if (op == "allgather" || op == "reduce_scatter") return n > 1 ? double(n - 1) / n : 0;
+  if (op == "allgather" || op == "reduce_scatter" || op == "alltoall")
+    return n > 1 ? double(n - 1) / n : 0;
   if (op == "broadcast" || op == "sendrecv") return 1.0;
   throw ConfigError(fmt::format("bench comm: unknown op '{}'", op),
-                    "use allreduce, allgather, reduce_scatter, broadcast or sendrecv");
+                    "use allreduce, allgather, reduce_scatter, alltoall, broadcast or sendrecv");
 }
 
 std::vector<BenchRow> run_comm_bench(int rank, int world, std::shared_ptr<rendezvous::Store> store,
@@ -114,6 +115,11 @@ std::vector<BenchRow> run_comm_bench(int rank, int world, std::shared_ptr<rendez
       };
     } else if (o.op == "reduce_scatter") {
       run_ours = [&] { ours->reduce_scatter(a.data(), b.data(), sz.per, DType::kF32); };
+    } else if (o.op == "alltoall") {  // alltoallv with sz.per elements to every peer
+      run_ours = [&] {
+        std::vector<size_t> counts(world, sz.per);
+        ours->alltoallv(a.data(), counts, b.data(), counts, DType::kF32);
+      };
     } else if (o.op == "broadcast") {
       run_ours = [&] { ours->broadcast(a.data(), sz.count, DType::kF32, 0); };
       run_plain = [&] {
@@ -135,7 +141,7 @@ std::vector<BenchRow> run_comm_bench(int rank, int world, std::shared_ptr<rendez
     for (size_t i = 0; i < sz.count; ++i) a[i] = value(rank, i);
     run_ours();
     double err = 0;
-    for (size_t i = 0; i < sz.count && o.op != "reduce_scatter"; ++i) {
+    for (size_t i = 0; i < sz.count && o.op != "reduce_scatter" && o.op != "alltoall"; ++i) {
       double want = 0;
       if (o.op == "allreduce")
         for (int q = 0; q < world; ++q) want += value(q, i);
@@ -148,6 +154,10 @@ std::vector<BenchRow> run_comm_bench(int rank, int world, std::shared_ptr<rendez
       double got = o.op == "allreduce" || o.op == "broadcast" ? a[i] : b[i];
       err = std::max(err, std::fabs(got - want));
     }
+    if (o.op == "alltoall")  // chunk q came from rank q: its chunk for this rank
+      for (size_t i = 0; i < sz.count; ++i)
+        err = std::max(
+            err, std::fabs(double(b[i]) - value(int(i / sz.per), rank * sz.per + i % sz.per)));
     if (o.op == "reduce_scatter")
       for (size_t i = 0; i < sz.per; ++i) {
         double want = 0;

@@ -52,4 +52,9 @@ void Communicator::barrier() {
   barrier_async()->wait(options_.timeout);
 }
 
+void Communicator::alltoallv(const void* send, const std::vector<size_t>& send_counts, void* recv,
+                             const std::vector<size_t>& recv_counts, DType dtype) {
+  alltoallv_async(send, send_counts, recv, recv_counts, dtype)->wait(options_.timeout);
+}
+
 }  // namespace ptrain::comm

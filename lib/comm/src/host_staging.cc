@@ -127,6 +127,19 @@ class HostStagingCommunicator : public Communicator {
 
   std::unique_ptr<Work> barrier_async() override { return inner_->barrier_async(); }
 
+  std::unique_ptr<Work> alltoallv_async(const void* send, const std::vector<size_t>& send_counts,
+                                        void* recv, const std::vector<size_t>& recv_counts,
+                                        DType dtype) override {
+    size_t in_n = 0, out_n = 0;
+    for (size_t c : send_counts) in_n += c;
+    for (size_t c : recv_counts) out_n += c;
+    const size_t in_bytes = in_n * dtype_size(dtype), out_bytes = out_n * dtype_size(dtype);
+    auto in = stage_in(send, in_bytes);
+    auto out = std::make_unique<HostBuffer>(out_bytes);
+    auto work = inner_->alltoallv_async(in->data(), send_counts, out->data(), recv_counts, dtype);
+    return finish(std::move(work), std::move(in), std::move(out), recv, out_bytes);
+  }
+
  private:
   std::unique_ptr<HostBuffer> stage_in(const void* device_src, size_t bytes) {
     auto host = std::make_unique<HostBuffer>(bytes);

@@ -134,6 +134,8 @@ Value tree(const JobSpec& s) {
       aug.add("crop_padding", Value::num(s.data.augment.crop_padding));
       aug.add("hflip", Value::boolean(s.data.augment.hflip));
     }
+    // Record readers (criteo): written when not the default.
+    if (s.data.bad_lines != "error") data.add("bad_lines", Value::str(s.data.bad_lines));
 
     const TrainSpec& t = s.train;
     Value& train = root.add("train", Value::map());

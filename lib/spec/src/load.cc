@@ -323,7 +323,8 @@ std::vector<double> read_number_list(Reader& r, const std::string& path, const Y
 
 void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& base_dir) {
   m.allow({"type", "path", "labels", "eval_path", "eval_labels", "batch_size", "shuffle",
-           "eval_fraction", "normalize", "augment", "mask_prob"});
+           "eval_fraction", "normalize", "augment", "mask_prob", "bad_lines"});
+  m.read_enum("bad_lines", data.bad_lines, {"error", "skip"});  // record readers (criteo)
   std::vector<std::string> data_types;
   for (const auto& type : model_types())
     for (const auto& d : model_schema(type).data_types())
@@ -382,7 +383,8 @@ void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& b
              "BERT masks 0.15 of the positions");
   }
   // --- end masked-language-model data ---
-  if (data.type == "synthetic") {
+  // Generated data (`synthetic`, and a family's `synthetic-<name>` such as synthetic-criteo).
+  if (data.type.rfind("synthetic", 0) == 0) {
     if (!data.path.empty())
       r.fail_at({m.path("path")}, "synthetic data takes no path",
                 "remove data.path, or set data.type to tokens, text or csv");

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <gloo/allgather.h>
 #include <gloo/allreduce.h>
+#include <gloo/alltoallv.h>
 #include <gloo/barrier.h>
 #include <gloo/broadcast.h>
 #include <gloo/common/error.h>
@@ -33,8 +34,17 @@ constexpr uint64_t kP2pSlotPrefix = 0xA0ull << 56;
 constexpr uint64_t kReduceScatterSlotPrefix = 0xB0ull << 56;
 constexpr uint32_t kMaxP2pTag = (1u << 24) - 1;
 constexpr uint32_t kCheckTag = 0xC0FFEE;
+constexpr uint32_t kCountsTag = 0xC0FFEF;
+constexpr uint32_t kAlltoallvTag = 0xA11A11;
 
-enum class OpKind : uint32_t { kAllreduce = 1, kReduceScatter, kAllgather, kBroadcast, kBarrier };
+enum class OpKind : uint32_t {
+  kAllreduce = 1,
+  kReduceScatter,
+  kAllgather,
+  kBroadcast,
+  kBarrier,
+  kAlltoallv
+};
 
 const char* op_name(uint32_t kind) {
   switch (static_cast<OpKind>(kind)) {
@@ -48,6 +58,8 @@ const char* op_name(uint32_t kind) {
       return "broadcast";
     case OpKind::kBarrier:
       return "barrier";
+    case OpKind::kAlltoallv:
+      return "alltoallv";
   }
   return "unknown op";
 }
@@ -184,6 +196,31 @@ class GlooCore {
   }
 
   void reduce_scatter_ring(const float* send, float* recv, size_t chunk, ReduceOp op, uint64_t seq);
+
+  // alltoallv: every rank's send and recv counts are gathered, and rank i's send count to j
+  // must equal rank j's recv count from i; otherwise every rank fails naming the first pair.
+  void check_counts(const std::vector<size_t>& send_counts, const std::vector<size_t>& recv_counts,
+                    const std::string& what) {
+    const int n = group_.size;
+    std::vector<uint64_t> mine(2 * n), all(2 * size_t(n) * n);
+    for (int j = 0; j < n; ++j) mine[j] = send_counts[j], mine[n + j] = recv_counts[j];
+    gloo::AllgatherOptions o(ctx_);
+    o.setInput<uint64_t>(mine.data(), mine.size());
+    o.setOutput<uint64_t>(all.data(), all.size());
+    o.setTag(kCountsTag);
+    o.setTimeout(options_.timeout);
+    gloo::allgather(o);
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < n; ++j) {
+        const uint64_t sent = all[size_t(i) * 2 * n + j];
+        const uint64_t expected = all[size_t(j) * 2 * n + n + i];
+        if (sent != expected)
+          throw ConfigError(
+              fmt::format("{}: rank {} sends {} elements to rank {}, which expects {}", what, i,
+                          sent, j, expected),
+              "every rank's send count to a peer must equal that peer's recv count from it");
+      }
+  }
 
  private:
   void check(const OpMeta& mine, const std::string& what) {
@@ -341,6 +378,49 @@ class GlooCommunicator : public Communicator {
       gloo::BarrierOptions o(core_->ctx());
       o.setTimeout(options_.timeout);
       gloo::barrier(o);
+    });
+  }
+
+  std::unique_ptr<Work> alltoallv_async(const void* send, const std::vector<size_t>& send_counts,
+                                        void* recv, const std::vector<size_t>& recv_counts,
+                                        DType dtype) override {
+    auto what = describe(fmt::format("alltoallv({} peers x {})", size(), dtype_name(dtype)));
+    if (dtype != DType::kF32 && dtype != DType::kI32)
+      throw ConfigError(
+          fmt::format("{}: {} is not supported by the gloo backend", what, dtype_name(dtype)),
+          "use f32 or i32 buffers");
+    if (send_counts.size() != size_t(size()) || recv_counts.size() != size_t(size()))
+      throw ConfigError(fmt::format("{}: {} send and {} recv counts for a group of {}", what,
+                                    send_counts.size(), recv_counts.size(), size()));
+    // The consistency check compares the op and the group size; the counts are checked in the
+    // body against every peer's.
+    OpMeta meta{static_cast<uint32_t>(OpKind::kAlltoallv), static_cast<uint32_t>(dtype),
+                uint64_t(size())};
+    return submit(meta, what, [this, send, recv, send_counts, recv_counts, what] {
+      if (size() == 1) {
+        if (send_counts[0] != recv_counts[0])
+          throw ConfigError(fmt::format("{}: sends {} elements to itself but expects {}", what,
+                                        send_counts[0], recv_counts[0]));
+        if (send_counts[0] > 0 && recv != send)
+          std::memmove(recv, send, send_counts[0] * sizeof(float));
+        return;
+      }
+      if (options_.check_consistency) core_->check_counts(send_counts, recv_counts, what);
+      size_t in_n = 0, out_n = 0;
+      for (size_t c : send_counts) in_n += c;
+      for (size_t c : recv_counts) out_n += c;
+      // gloo refuses null buffers: point empty sides at a dummy element.
+      float dummy_in = 0, dummy_out = 0;
+      auto* in = in_n ? static_cast<float*>(const_cast<void*>(send)) : &dummy_in;
+      auto* out = out_n ? static_cast<float*>(recv) : &dummy_out;
+      std::vector<int64_t> sc(send_counts.begin(), send_counts.end());
+      std::vector<int64_t> rc(recv_counts.begin(), recv_counts.end());
+      gloo::AlltoallvOptions o(core_->ctx());
+      o.setInput<float>(in, sc);
+      o.setOutput<float>(out, rc);
+      o.setTag(kAlltoallvTag);
+      o.setTimeout(options_.timeout);
+      gloo::alltoallv(o);
     });
   }
 

@@ -285,6 +285,40 @@ class NcclCommunicator : public Communicator {
     });
   }
 
+  // Grouped ncclSend/ncclRecv, one pair per peer with a non-zero count (the copy to itself is a
+  // send/recv pair too, which NCCL allows). Counts are not cross-checked here: NCCL matches by
+  // size and a mismatch ends at the timeout.
+  std::unique_ptr<Work> alltoallv_async(const void* send, const std::vector<size_t>& send_counts,
+                                        void* recv, const std::vector<size_t>& recv_counts,
+                                        DType dtype) override {
+    auto what = describe(fmt::format("alltoallv({} peers x {})", size(), dtype_name(dtype)));
+    if (send_counts.size() != size_t(size()) || recv_counts.size() != size_t(size()))
+      throw ConfigError(fmt::format("{}: {} send and {} recv counts for a group of {}", what,
+                                    send_counts.size(), recv_counts.size(), size()));
+    const size_t elem = dtype_size(dtype);
+    return launch(what, [&]() -> ncclResult_t {
+      ncclResult_t r = ncclGroupStart();
+      if (r != ncclSuccess) return r;
+      size_t so = 0, ro = 0;
+      for (int p = 0; p < size(); ++p) {
+        if (send_counts[p] > 0) {
+          r = ncclSend(static_cast<const char*>(send) + so * elem, send_counts[p], nccl_type(dtype),
+                       p, core_->comm(), core_->stream());
+          if (r != ncclSuccess) break;
+        }
+        if (recv_counts[p] > 0) {
+          r = ncclRecv(static_cast<char*>(recv) + ro * elem, recv_counts[p], nccl_type(dtype), p,
+                       core_->comm(), core_->stream());
+          if (r != ncclSuccess) break;
+        }
+        so += send_counts[p];
+        ro += recv_counts[p];
+      }
+      ncclResult_t end = ncclGroupEnd();
+      return r != ncclSuccess ? r : end;
+    });
+  }
+
   std::unique_ptr<Work> barrier_async() override {
     auto what = describe("barrier");
     return launch(what, [&] {

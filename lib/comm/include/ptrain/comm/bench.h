@@ -12,7 +12,7 @@
 namespace ptrain::comm {
 
 struct BenchOptions {
-  std::string op = "allreduce";  // allreduce|allgather|reduce_scatter|broadcast|sendrecv
+  std::string op = "allreduce";  // allreduce|allgather|reduce_scatter|alltoall|broadcast|sendrecv
   size_t min_bytes = 1024;
   size_t max_bytes = 64u << 20;
   int iters = 20;        // timed ops per run

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "ptrain/core/dtype.h"
 #include "ptrain/core/time.h"
@@ -95,6 +96,14 @@ class Communicator {
   virtual std::unique_ptr<Work> recv_async(void* buf, size_t count, DType dtype, int src,
                                            uint32_t tag = 0) = 0;
   virtual std::unique_ptr<Work> barrier_async() = 0;
+  // All-to-all with per-peer counts: send is the concatenation over peers j of
+  // send_counts[j] elements for rank j; recv receives recv_counts[j] elements from each rank j,
+  // concatenated in rank order. send_counts[j] on rank i must equal recv_counts[i] on rank j
+  // (a mismatch fails every rank, naming the pair). Gloo carries 4-byte types (f32, i32).
+  virtual std::unique_ptr<Work> alltoallv_async(const void* send,
+                                                const std::vector<size_t>& send_counts, void* recv,
+                                                const std::vector<size_t>& recv_counts,
+                                                DType dtype) = 0;
 
   // --- blocking operations: the async call + wait(options().timeout) ---
   void allreduce(void* buf, size_t count, DType dtype, ReduceOp op = ReduceOp::kSum);
@@ -105,6 +114,8 @@ class Communicator {
   void send(const void* buf, size_t count, DType dtype, int dst, uint32_t tag = 0);
   void recv(void* buf, size_t count, DType dtype, int src, uint32_t tag = 0);
   void barrier();
+  void alltoallv(const void* send, const std::vector<size_t>& send_counts, void* recv,
+                 const std::vector<size_t>& recv_counts, DType dtype);
 
  protected:
   Communicator(GroupInfo group, CommOptions options)

@@ -138,6 +138,8 @@ struct DataSpec {
   double eval_fraction = 0;
   // --- masked-language-model data (model.type: bert) ---
   double mask_prob = 0.15;  // share of the positions masked, in (0, 1)
+  // --- record readers (criteo): a malformed line is an error or is skipped and counted ---
+  std::string bad_lines = "error";  // error|skip
   NormalizeSpec normalize;
   AugmentSpec augment;
 
