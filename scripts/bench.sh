@@ -7,6 +7,10 @@
 #                          and 2 sync ranks -> scaling efficiency, the allreduce time hidden behind
 #                          backward, ZeRO-1 optimizer memory per rank, async vs sync throughput
 #                          and loss after equal wall time.
+#   scripts/bench.sh resnet  images/s per worker of ptrain's ResNet against PyTorch (Debian's
+#                          python3-torch; the same ResNet, batch, SGD and threads) for the shipped
+#                          Fashion-MNIST model and ResNet-18 on 32x32 CIFAR-shaped images, and the
+#                          BatchNorm allreduce cost of batch_norm: sync against local (2 workers).
 # PTRAIN_BUILD_DIR picks the build (default build); STEPS (default 20) steps per dp run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,10 +26,11 @@ case "$cmd" in
   comm) exec "$BIN" bench comm --runs "$REPEATS" "$@" ;;
   step) exec "$BIN" bench step "$@" ;;
   dp) ;;
+  resnet) exec scripts/bench/resnet.sh "$BIN" "$@" ;;
   bert) exec scripts/bench-bert.sh "$@" ;;  # BERT masked-LM figures (scripts/bench-bert.sh)
   dlrm) exec scripts/bench-dlrm.sh "$@" ;;  # DLRM samples/s, 1 and 2 workers, vs PyTorch
   *)
-    echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp|bert|dlrm [args]" >&2
+    echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp|bert|dlrm|resnet [args]" >&2
     exit 2
     ;;
 esac

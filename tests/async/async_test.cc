@@ -3,6 +3,7 @@
 // the staleness bound holds with a slowed worker, and a dead server or worker stops the job.
 #include "ptrain/train/async.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
@@ -14,7 +15,11 @@
 #include <vector>
 
 #include "ptrain/core/error.h"
+#include "ptrain/parallel/param_server.h"
 #include "ptrain/rendezvous/memory_store.h"
+#include "ptrain/spec/spec.h"
+#include "support/image_data.h"
+#include "support/ptrain_process.h"
 #include "support/rank_threads.h"
 
 namespace ptrain {
@@ -206,6 +211,80 @@ TEST(AsyncDataParallel, MlpWithTwoWorkersLearns) {
   ASSERT_EQ(run.errors[1], "");
   const auto& h = run.workers[1].history;
   EXPECT_LT(h.back().loss, h.front().loss * 0.7);
+}
+
+// A small ResNet on 8x8 IDX images with local BatchNorm (its running statistics are buffers).
+spec::JobSpec resnet_spec(const std::string& dir, int workers, int steps) {
+  auto tr = testing::write_idx(dir, "train", 128, 8, 8, 4, 1);
+  auto te = testing::write_idx(dir, "test", 32, 8, 8, 4, 2);
+  auto s = spec::load_string(
+      fmt::format("nodes: {{device: cpu, threads_per_proc: 1, procs_per_node: {}}}\n"
+                  "model: {{type: resnet, stem: cifar, widths: [4, 8], blocks: [1, 1]}}\n"
+                  "data: {{type: idx, path: {}, labels: {}, eval_path: {}, eval_labels: {},\n"
+                  "        batch_size: 16}}\n"
+                  "train: {{steps: {}, eval_every: 5, optimizer: {{type: sgd, lr: 0.05}}}}\n"
+                  "checkpoint: {{resume: never}}\n",
+                  workers, tr.images, tr.labels, te.images, te.labels, steps),
+      dir + "/job.yaml");
+  s.parallel.data_mode = "async";
+  s.parallel.staleness = 0;
+  s.fault_tolerance.hang_timeout_s = 20;
+  return s;
+}
+
+// Buffers travel with the parameters: one async worker equals the sync run, evaluation (which
+// reads the BatchNorm running statistics it pulls back from the server) included.
+TEST(AsyncDataParallel, OneWorkerResNetEqualsSyncIncludingRunningStatistics) {
+  testing::TempDir dir;
+  auto spec = resnet_spec(dir.path(), 1, 10);
+  auto sync_spec = spec;
+  sync_spec.parallel.data_mode = "sync";
+  auto sync = testing::run_ranks(sync_spec);
+  auto run = run_async(spec);
+  ASSERT_EQ(run.errors[0], "");
+  expect_same_curve(run.workers[0].history, sync[0].result.history);
+  for (size_t i : {4u, 9u}) {
+    const auto& a = run.workers[0].history[i];
+    const auto& b = sync[0].result.history[i];
+    ASSERT_GE(b.eval_loss, 0);
+    EXPECT_NEAR(a.eval_loss, b.eval_loss, 1e-5 * b.eval_loss) << "step " << i + 1;
+    ASSERT_EQ(a.eval_metrics.size(), 1u);
+    EXPECT_EQ(a.eval_metrics[0], b.eval_metrics[0]);
+  }
+}
+
+TEST(AsyncDataParallel, ResNetWithTwoWorkersLearns) {
+  testing::TempDir dir;
+  auto spec = resnet_spec(dir.path(), 2, 20);
+  spec.parallel.data = 2;
+  spec.parallel.staleness = 1;
+  auto run = run_async(spec);
+  ASSERT_EQ(run.errors[0], "");
+  ASSERT_EQ(run.errors[1], "");
+  const auto& h = run.workers[0].history;
+  EXPECT_LT(h.back().loss, h.front().loss);
+  EXPECT_FALSE(h.back().eval_metrics.empty());
+}
+
+// The server keeps the buffers: every push adds its delta, every pull returns the sum.
+TEST(ParamServer, AddsEveryWorkersBufferDelta) {
+  optim::ParamLayout layout;
+  layout.add("w", 0, 4, false);
+  auto sgd = std::make_unique<optim::Sgd>(tensor::cpu_ops(), layout, optim::Shard::whole(layout));
+  parallel::ParamServerOptions po;
+  po.workers = 2;
+  parallel::ParamServer server(po, std::move(sgd), std::vector<float>(4, 1.0f), {1.0f, 2.0f});
+  server.start();
+  parallel::ParamClient client(0, server.address(), "");
+  std::vector<float> grads(4, 1.0f), params(4), buffers(2);
+  const float delta[2] = {0.5f, -1.0f};
+  client.push(0, 0, 0.5f, grads.data(), 4, false, delta, 2);
+  client.push(1, 0, 0.5f, grads.data(), 4, false, delta, 2);
+  client.pull(0, 1, params.data(), 4, Millis(2000), buffers.data(), 2);
+  EXPECT_EQ(buffers, (std::vector<float>{2.0f, 0.0f}));
+  EXPECT_EQ(params, (std::vector<float>(4, 0.0f)));  // two SGD steps of 0.5
+  const float wrong[3] = {0, 0, 0};
+  EXPECT_THROW(client.push(0, 1, 0.5f, grads.data(), 4, false, wrong, 3), RemoteError);
 }
 
 TEST(AsyncDataParallel, DeadServerStopsWorkersWithAnErrorNamingIt) {

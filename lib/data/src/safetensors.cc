@@ -321,4 +321,26 @@ void SafetensorsFile::read_f32(std::string_view name, float* out) const {
   }
 }
 
+void SafetensorsFile::read_as_f32(std::string_view name, float* out) const {
+  const TensorInfo* t = find(name);
+  if (t == nullptr ||
+      (t->dtype != DType::kI64 && t->dtype != DType::kI32 && t->dtype != DType::kU8))
+    return read_f32(name, out);
+  const uint8_t* p = bytes(*t);
+  const int64_t n = t->numel();
+  for (int64_t i = 0; i < n; ++i) {
+    if (t->dtype == DType::kI64) {
+      int64_t v;
+      std::memcpy(&v, p + 8 * i, 8);
+      out[i] = static_cast<float>(v);
+    } else if (t->dtype == DType::kI32) {
+      int32_t v;
+      std::memcpy(&v, p + 4 * i, 4);
+      out[i] = static_cast<float>(v);
+    } else {
+      out[i] = static_cast<float>(p[i]);
+    }
+  }
+}
+
 }  // namespace ptrain::data

@@ -135,6 +135,10 @@ std::optional<int64_t> Console::report(const std::string& json, double elapsed_s
     std::string extra;  // what the trainer's own step line had beyond the progress line
     if (progress_.lr) extra += fmt::format(" | lr {:.3e}", *progress_.lr);
     if (progress_.step_ms) extra += fmt::format(" | {:.1f} ms/step", *progress_.step_ms);
+    // Evaluation figures of the step (eval_loss and the family's, such as eval_accuracy).
+    for (const auto& [key, value] : fields.items())
+      if (key.rfind("eval_", 0) == 0 && value.is_number())
+        extra += fmt::format(" | {} {:.4f}", key, value.get<double>());
     fmt::print(out_, "{}{}\n", format_progress(progress_), extra);
     std::fflush(out_);
   }

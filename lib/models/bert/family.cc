@@ -174,6 +174,9 @@ class BertFamily : public Family {
   std::vector<std::string> data_types() const override { return {"tokens", "text", "synthetic"}; }
 
   void check(const JobSpec& s, const spec::SpecChecker& c) const override {
+    if (s.train.label_smoothing > 0)
+      c.fail_at({"train.label_smoothing"}, "the bert family's loss has no label smoothing",
+                "remove train.label_smoothing (the resnet family uses it)");
     const auto& p = s.parallel;
     const ModelSpec& m = s.model;
     const int64_t dim = m.integer("dim"), heads = m.integer("heads"), vocab = m.integer("vocab");

@@ -180,6 +180,9 @@ class DlrmFamily : public Family {
   std::vector<std::string> data_types() const override { return {"synthetic-criteo", "criteo"}; }
 
   void check(const JobSpec& s, const spec::SpecChecker& c) const override {
+    if (s.train.label_smoothing > 0)
+      c.fail_at({"train.label_smoothing"}, "the dlrm family's loss has no label smoothing",
+                "remove train.label_smoothing (the resnet family uses it)");
     const auto bottom = s.model.ints("bottom_mlp");
     if (bottom.empty() || bottom.back() != s.model.integer("embedding_dim"))
       c.fail_at({"model.bottom_mlp", "model.embedding_dim"},

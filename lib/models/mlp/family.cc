@@ -124,6 +124,9 @@ class MlpFamily : public Family {
   std::vector<std::string> data_types() const override { return {"csv", "synthetic"}; }
 
   void check(const JobSpec& s, const spec::SpecChecker& c) const override {
+    if (s.train.label_smoothing > 0)
+      c.fail_at({"train.label_smoothing"}, "the mlp family's loss has no label smoothing",
+                "remove train.label_smoothing (the resnet family uses it)");
     const auto hidden = s.model.ints("hidden");
     for (size_t i = 0; i < hidden.size(); ++i)
       if (hidden[i] % s.parallel.tensor != 0)

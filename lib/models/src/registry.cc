@@ -18,6 +18,7 @@ std::shared_ptr<const Family> make_gpt_family();
 std::shared_ptr<const Family> make_mlp_family();
 std::shared_ptr<const Family> make_bert_family();
 std::shared_ptr<const Family> make_dlrm_family();
+std::shared_ptr<const Family> make_resnet_family();
 
 namespace {
 
@@ -53,6 +54,7 @@ void register_builtin_families() {
     register_family(make_mlp_family());
     register_family(make_bert_family());
     register_family(make_dlrm_family());
+    register_family(make_resnet_family());
   });
 }
 

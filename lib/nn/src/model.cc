@@ -101,9 +101,10 @@ void copy_shard_to_full(const ParamInfo& p, int part, const float* shard, float*
   });
 }
 
-void Model::add_buffer(std::string name, std::vector<int64_t> shape) {
+void Model::add_buffer(std::string name, std::vector<int64_t> shape, bool optional) {
   PTRAIN_CHECK(!param_buf_.defined(), "add_buffer after allocate_params");
   BufferInfo b;
+  b.optional = optional;
   b.name = std::move(name);
   b.numel = static_cast<size_t>(tensor::shape_numel(shape));
   b.shape = std::move(shape);

@@ -35,6 +35,7 @@ struct ParamServer::Impl final : proto::ParamServer::Service {
   size_t begin = 0, size = 0;
   // Full-layout buffers: the optimizer indexes by absolute element; only the shard is used.
   std::vector<float> params, grads;
+  std::vector<float> buffers;  // the model's buffers (server 0 only)
 
   mutable std::mutex mu;
   std::condition_variable cv;
@@ -69,7 +70,20 @@ struct ParamServer::Impl final : proto::ParamServer::Service {
     if (req->grads().size() != size * sizeof(float))
       return {grpc::StatusCode::INVALID_ARGUMENT,
               fmt::format("{} gradient bytes for a shard of {} floats", req->grads().size(), size)};
+    if (!req->buffer_delta().empty() &&
+        req->buffer_delta().size() != buffers.size() * sizeof(float))
+      return {grpc::StatusCode::INVALID_ARGUMENT,
+              fmt::format("{} buffer bytes for {} buffer floats", req->buffer_delta().size(),
+                          buffers.size())};
     std::lock_guard lock(mu);
+    if (!req->buffer_delta().empty()) {
+      const char* d = req->buffer_delta().data();
+      for (size_t i = 0; i < buffers.size(); ++i) {
+        float v;
+        std::memcpy(&v, d + i * sizeof(float), sizeof(float));
+        buffers[i] += v;
+      }
+    }
     std::memcpy(grads.data() + begin, req->grads().data(), size * sizeof(float));
     optimizer->step(params.data(), grads.data(), req->lr());
     ++version;
@@ -100,8 +114,15 @@ struct ParamServer::Impl final : proto::ParamServer::Service {
     }
     resp->mutable_params()->assign(reinterpret_cast<const char*>(params.data() + begin),
                                    size * sizeof(float));
+    if (!buffers.empty())
+      resp->mutable_buffers()->assign(reinterpret_cast<const char*>(buffers.data()),
+                                      buffers.size() * sizeof(float));
     resp->set_version(version);
     resp->set_min_clock(min_clock());
+    if (req->last()) {
+      ++finished;
+      cv.notify_all();
+    }
     return grpc::Status::OK;
   }
 
@@ -112,9 +133,10 @@ struct ParamServer::Impl final : proto::ParamServer::Service {
 };
 
 ParamServer::ParamServer(ParamServerOptions options, std::unique_ptr<optim::Optimizer> optimizer,
-                         std::vector<float> init)
+                         std::vector<float> init, std::vector<float> buffers)
     : impl_(std::make_unique<Impl>()) {
   auto& s = *impl_;
+  s.buffers = std::move(buffers);
   PTRAIN_CHECK(options.workers >= 1, "workers {}", options.workers);
   s.begin = optimizer->shard().begin;
   s.size = optimizer->shard().size();
@@ -217,13 +239,16 @@ namespace {
 }  // namespace
 
 double ParamClient::push(int worker, int64_t step, float lr, const float* grads, size_t n,
-                         bool last) {
+                         bool last, const float* buffer_delta, size_t nbuf) {
   proto::PushRequest req;
   req.set_worker(worker);
   req.set_step(step);
   req.set_lr(lr);
   req.set_last(last);
   req.mutable_grads()->assign(reinterpret_cast<const char*>(grads), n * sizeof(float));
+  if (buffer_delta && nbuf > 0)
+    req.mutable_buffer_delta()->assign(reinterpret_cast<const char*>(buffer_delta),
+                                       nbuf * sizeof(float));
   proto::PushResponse resp;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + impl_->deadline);
@@ -233,11 +258,13 @@ double ParamClient::push(int worker, int64_t step, float lr, const float* grads,
   return resp.updates_per_s();
 }
 
-PullResult ParamClient::pull(int worker, int64_t min_clock, float* out, size_t n, Millis wait) {
+PullResult ParamClient::pull(int worker, int64_t min_clock, float* out, size_t n, Millis wait,
+                             float* buffers, size_t nbuf, bool last) {
   proto::PullRequest req;
   req.set_worker(worker);
   req.set_min_clock(min_clock);
   req.set_timeout_ms(wait.count());
+  req.set_last(last);
   proto::PullResponse resp;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + wait + impl_->deadline);
@@ -250,6 +277,14 @@ PullResult ParamClient::pull(int worker, int64_t min_clock, float* out, size_t n
                                   index_, address_, resp.params().size(), n * sizeof(float)),
                       "every worker and server must run the same job spec");
   std::memcpy(out, resp.params().data(), n * sizeof(float));
+  if (buffers && nbuf > 0) {
+    if (resp.buffers().size() != nbuf * sizeof(float))
+      throw RemoteError(fmt::format("parameter server {} at {} sent {} bytes of model buffers, "
+                                    "expected {}",
+                                    index_, address_, resp.buffers().size(), nbuf * sizeof(float)),
+                        "every worker and server must run the same job spec");
+    std::memcpy(buffers, resp.buffers().data(), nbuf * sizeof(float));
+  }
   return {resp.version(), resp.min_clock()};
 }
 

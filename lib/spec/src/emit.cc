@@ -114,10 +114,26 @@ Value tree(const JobSpec& s) {
     Value& data = root.add("data", Value::map());
     data.add("type", Value::str(s.data.type));
     if (!s.data.path.empty()) data.add("path", Value::str(s.data.path));
+    if (!s.data.labels.empty()) data.add("labels", Value::str(s.data.labels));
+    if (!s.data.eval_path.empty()) data.add("eval_path", Value::str(s.data.eval_path));
+    if (!s.data.eval_labels.empty()) data.add("eval_labels", Value::str(s.data.eval_labels));
     data.add("batch_size", Value::num(s.data.batch_size));
     data.add("shuffle", Value::boolean(s.data.shuffle));
     data.add("eval_fraction", Value::num(s.data.eval_fraction));
     data.add("mask_prob", Value::num(s.data.mask_prob));  // masked-language-model data (bert)
+    if (!s.data.normalize.mean.empty()) {
+      Value& norm = data.add("normalize", Value::map());
+      Value mean{Value::kList, {}, {}, {}}, stdv{Value::kList, {}, {}, {}};
+      for (double v : s.data.normalize.mean) mean.list.push_back(Value::num(v));
+      for (double v : s.data.normalize.std) stdv.list.push_back(Value::num(v));
+      norm.add("mean", mean);
+      norm.add("std", stdv);
+    }
+    if (s.data.augment.enabled()) {
+      Value& aug = data.add("augment", Value::map());
+      aug.add("crop_padding", Value::num(s.data.augment.crop_padding));
+      aug.add("hflip", Value::boolean(s.data.augment.hflip));
+    }
     // Record readers (criteo): written when not the default.
     if (s.data.bad_lines != "error") data.add("bad_lines", Value::str(s.data.bad_lines));
 
@@ -129,6 +145,7 @@ Value tree(const JobSpec& s) {
     train.add("grad_accum", Value::num(t.grad_accum));
     train.add("log_every", Value::num(t.log_every));
     train.add("eval_every", Value::num(t.eval_every));
+    if (t.label_smoothing > 0) train.add("label_smoothing", Value::num(t.label_smoothing));
     const OptimizerSpec& o = t.optimizer;
     Value& opt = train.add("optimizer", Value::map());
     opt.add("type", Value::str(o.type));

@@ -310,8 +310,20 @@ void read_model(Reader& r, const MapView& m, ModelSpec& model, const std::string
   }
 }
 
+std::vector<double> read_number_list(Reader& r, const std::string& path, const YAML::Node& node,
+                                     double lo, double hi, bool lo_exclusive) {
+  if (!node.IsSequence() || node.size() == 0)
+    r.fail(path, node, "expected a list of numbers",
+           "write e.g. `[0.2860]` or `[0.49, 0.48, 0.45]`");
+  std::vector<double> out;
+  for (size_t i = 0; i < node.size(); ++i)
+    out.push_back(r.as_double(fmt::format("{}[{}]", path, i), node[i], lo, hi, lo_exclusive));
+  return out;
+}
+
 void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& base_dir) {
-  m.allow({"type", "path", "batch_size", "shuffle", "eval_fraction", "mask_prob", "bad_lines"});
+  m.allow({"type", "path", "labels", "eval_path", "eval_labels", "batch_size", "shuffle",
+           "eval_fraction", "normalize", "augment", "mask_prob", "bad_lines"});
   m.read_enum("bad_lines", data.bad_lines, {"error", "skip"});  // record readers (criteo)
   std::vector<std::string> data_types;
   for (const auto& type : model_types())
@@ -319,6 +331,38 @@ void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& b
       if (!contains(data_types, d)) data_types.push_back(d);
   m.read_enum("type", data.type, data_types);
   if (m.has("path")) data.path = resolve_path(base_dir, r.as_string(m.path("path"), m.get("path")));
+  for (auto [key, out] :
+       {std::pair{"labels", &data.labels}, std::pair{"eval_path", &data.eval_path},
+        std::pair{"eval_labels", &data.eval_labels}}) {
+    if (!m.has(key)) continue;
+    *out = resolve_path(base_dir, r.as_string(m.path(key), m.get(key)));
+    if (out->empty())
+      r.fail(m.path(key), m.get(key), "the path is empty", "name a file, or remove the key");
+    if (!path_exists(*out))
+      r.warn_at(
+          {m.path(key)},
+          fmt::format("`{}` does not exist here (fine if it exists where the job runs)", *out));
+  }
+  if (m.has("normalize")) {
+    MapView nm(r, m.get("normalize"), m.path("normalize"));
+    nm.allow({"mean", "std"});
+    if (!nm.has("mean") || !nm.has("std"))
+      r.fail(m.path("normalize"), m.get("normalize"), "normalize needs both `mean` and `std`",
+             "write e.g. `normalize: {mean: [0.2860], std: [0.3530]}` (per channel, on pixel/255)");
+    data.normalize.mean = read_number_list(r, nm.path("mean"), nm.get("mean"), -1e6, 1e6, false);
+    data.normalize.std = read_number_list(r, nm.path("std"), nm.get("std"), 0, 1e6, true);
+    if (data.normalize.mean.size() != data.normalize.std.size())
+      r.fail(nm.path("std"), nm.get("std"),
+             fmt::format("{} std values for {} means", data.normalize.std.size(),
+                         data.normalize.mean.size()),
+             "give one mean and one std per image channel");
+  }
+  if (m.has("augment")) {
+    MapView am(r, m.get("augment"), m.path("augment"));
+    am.allow({"crop_padding", "hflip"});
+    am.read("crop_padding", data.augment.crop_padding, 0, 1024);
+    am.read("hflip", data.augment.hflip);
+  }
   m.read("batch_size", data.batch_size, 1, 1 << 24);
   m.read("shuffle", data.shuffle);
   if (m.has("eval_fraction")) {
@@ -328,6 +372,9 @@ void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& b
              "must be below 1 (it is the share of the data held out for evaluation)",
              "use e.g. 0.05, or 0 for no evaluation");
   }
+  if (!data.eval_path.empty() && data.eval_fraction > 0)
+    r.fail_at({m.path("eval_fraction")}, "both eval_path and eval_fraction name an eval split",
+              "keep one: eval_path for a separate test split, eval_fraction to hold out data");
   // --- masked-language-model data (model.type: bert) ---
   if (m.has("mask_prob")) {
     data.mask_prob = r.as_double(m.path("mask_prob"), m.get("mask_prob"), 0, 1);
@@ -352,14 +399,20 @@ void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& b
 }
 
 void read_train(Reader& r, const MapView& m, TrainSpec& t) {
-  m.allow({"steps", "seed", "precision", "grad_accum", "log_every", "eval_every", "optimizer",
-           "schedule"});
+  m.allow({"steps", "seed", "precision", "grad_accum", "log_every", "eval_every", "label_smoothing",
+           "optimizer", "schedule"});
   m.read("steps", t.steps, 0, int64_t{1} << 40);
   m.read("seed", t.seed);
   m.read_enum("precision", t.precision, {"fp32", "bf16"});
   m.read("grad_accum", t.grad_accum, 1, 1 << 16);
   m.read("log_every", t.log_every, 1, INT32_MAX);
   m.read("eval_every", t.eval_every, 0, INT32_MAX);
+  if (m.has("label_smoothing")) {
+    t.label_smoothing = r.as_double(m.path("label_smoothing"), m.get("label_smoothing"), 0, 1);
+    if (t.label_smoothing >= 1)
+      r.fail(m.path("label_smoothing"), m.get("label_smoothing"), "must be below 1",
+             "use e.g. 0.1, or 0 for plain cross-entropy");
+  }
   OptimizerSpec& o = t.optimizer;
   if (m.has("optimizer")) {
     MapView om(r, m.get("optimizer"), m.path("optimizer"));
@@ -536,6 +589,7 @@ void check_model(Reader& r, JobSpec& s) {
   const ModelSpec& m = s.model;
   const ModelSchema& schema = model_schema(m.type);
   ReaderChecker checker(r);
+  schema.resolve(s, checker);
   schema.check(s, checker);
   auto data_types = schema.data_types();
   if (!contains(data_types, s.data.type))
@@ -578,9 +632,9 @@ void check_model(Reader& r, JobSpec& s) {
                           "{} x {} x {} = {}",
                           s.data.batch_size, p.data, p.microbatches, s.train.grad_accum, per_step),
               fmt::format("use a multiple of {}", per_step));
-  if (s.train.eval_every > 0 && s.data.eval_fraction <= 0)
+  if (s.train.eval_every > 0 && !s.data.has_eval())
     r.fail_at({"train.eval_every"}, "evaluation needs held-out data, but eval_fraction is 0",
-              "set data.eval_fraction (e.g. 0.05) or train.eval_every: 0");
+              "set data.eval_fraction (e.g. 0.05), data.eval_path, or train.eval_every: 0");
   if (s.train.optimizer.type == "sgd" && p.zero == 1 && s.train.optimizer.momentum == 0)
     r.warn_at({"parallel.zero"}, "plain SGD keeps no optimizer state, so zero: 1 saves nothing");
 }

@@ -99,6 +99,10 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
   const bool staged = device != tensor::Device::kCpu;
   std::vector<float> host_params(staged ? n : 0), host_grads(staged ? n : 0);
   float* pull_dst = staged ? host_params.data() : model->param_data();
+  // The model's buffers (BatchNorm statistics) travel with the parameters through server 0:
+  // pulled with them, and this step's change pushed with the gradients.
+  const size_t nbuf = model->num_buffer_elems();
+  std::vector<float> pulled_buffers(nbuf), buffer_delta(nbuf);
   if (worker == 0)
     print_line(ctx,
                "warning: checkpoints are not written in data_mode: async yet (the optimizer "
@@ -129,11 +133,14 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
     int64_t seen = INT64_MAX;
     for (size_t i = 0; i < servers.size(); ++i) {
       const auto& sh = shards[i];
-      auto pr = servers[i]->pull(worker, std::max<int64_t>(0, step - s), pull_dst + sh.begin,
-                                 sh.size(), wait);
+      auto pr =
+          servers[i]->pull(worker, std::max<int64_t>(0, step - s), pull_dst + sh.begin, sh.size(),
+                           wait, i == 0 ? pulled_buffers.data() : nullptr, i == 0 ? nbuf : 0);
       seen = std::min(seen, pr.min_clock);
     }
     if (staged) ops.copy_from_host(model->param_data(), host_params.data(), n * sizeof(float));
+    if (nbuf > 0)
+      ops.copy_from_host(model->buffer_data(), pulled_buffers.data(), nbuf * sizeof(float));
     double t1 = mono_seconds();
     wait_s += t1 - t0;
     // Staleness: steps of the slowest worker missing from the parameters this step reads.
@@ -162,10 +169,19 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
       ops.copy_to_host(host_grads.data(), model->grad_data(), n * sizeof(float));
       push_src = host_grads.data();
     }
+    if (nbuf > 0) {
+      ops.copy_to_host(buffer_delta.data(), model->buffer_data(), nbuf * sizeof(float));
+      for (size_t j = 0; j < nbuf; ++j) buffer_delta[j] -= pulled_buffers[j];
+    }
+    const bool eval_now =
+        spec.train.eval_every > 0 && (step + 1) % spec.train.eval_every == 0 && batches.has_eval();
+    // The worker's last call leaves the servers: its last push, or the pull it evaluates after.
+    const bool last = step + 1 == total;
     for (size_t i = 0; i < servers.size(); ++i) {
       const auto& sh = shards[i];
       rate = servers[i]->push(worker, step, float(lr), push_src + sh.begin, sh.size(),
-                              step + 1 == total);
+                              last && !eval_now, i == 0 ? buffer_delta.data() : nullptr,
+                              i == 0 ? nbuf : 0);
     }
     double dt = mono_seconds() - t0;
     double loss = loss_sum / local_targets;  // mean over this worker's share
@@ -183,8 +199,17 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
     sm.grad_norm = grad_norm;
     sm.step_ms = dt * 1e3;
     sm.tokens_per_s = local_targets / dt;
-    if (spec.train.eval_every > 0 && (step + 1) % spec.train.eval_every == 0 &&
-        batches.has_eval()) {
+    if (eval_now) {
+      // Evaluate the parameters (and buffers) this step's push produced, as the sync loop does
+      // after its update: pull them again, within the same staleness bound.
+      for (size_t i = 0; i < servers.size(); ++i) {
+        const auto& sh = shards[i];
+        servers[i]->pull(worker, std::max<int64_t>(0, step + 1 - s), pull_dst + sh.begin, sh.size(),
+                         wait, i == 0 ? pulled_buffers.data() : nullptr, i == 0 ? nbuf : 0, last);
+      }
+      if (staged) ops.copy_from_host(model->param_data(), host_params.data(), n * sizeof(float));
+      if (nbuf > 0)
+        ops.copy_from_host(model->buffer_data(), pulled_buffers.data(), nbuf * sizeof(float));
       nn::EvalSums sums;  // this worker's share, like its eval loss
       sm.eval_loss =
           eval_loss_sum(*model, *acts, batches, nullptr, sums) / (eval_targets(batches) / dp);
@@ -230,6 +255,9 @@ int run_param_server(const spec::JobSpec& spec, const ServerContext& ctx) {
   const size_t total = layout.total();
   auto shard = optim::Shard::of_rank(layout.total(), ctx.index, par.servers);
   std::vector<float> init(model->param_data() + shard.begin, model->param_data() + shard.end);
+  std::vector<float> buffers;  // server 0 keeps the model's buffers
+  if (ctx.index == 0 && model->num_buffer_elems() > 0)
+    buffers.assign(model->buffer_data(), model->buffer_data() + model->num_buffer_elems());
   auto optimizer = make_optimizer(spec, ops, std::move(layout), shard);
   model.reset();
 
@@ -239,7 +267,7 @@ int run_param_server(const spec::JobSpec& spec, const ServerContext& ctx) {
   po.bind = ctx.bind;
   po.token = ctx.token;
   po.max_wait = seconds(spec.fault_tolerance.hang_timeout_s);
-  parallel::ParamServer server(po, std::move(optimizer), std::move(init));
+  parallel::ParamServer server(po, std::move(optimizer), std::move(init), std::move(buffers));
   server.start();
   std::string address = server.address();
   ctx.store->set(parallel::param_server_key(ctx.index),

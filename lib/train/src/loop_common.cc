@@ -22,11 +22,16 @@ const nn::Batch& RankBatches::fill(int64_t step, int micro, data::Split split) {
   return batch_.view();
 }
 
+int64_t RankBatches::eval_batches() const {
+  const int64_t n = set_->eval_batches();
+  return n > 0 ? n : kEvalBatches;
+}
+
 double eval_loss_sum(nn::Model& model, nn::Activations& acts, RankBatches& batches,
                      parallel::PipelineExecutor* pipeline, nn::EvalSums& sums) {
   model.set_training(false);
   double sum = 0;
-  for (int64_t e = 0; e < kEvalBatches; ++e) {
+  for (int64_t e = 0; e < batches.eval_batches(); ++e) {
     if (pipeline) {
       sum += pipeline->forward_only([&](int m) { return batches.fill(e, m, data::Split::kEval); },
                                     batches.micro_total(), &sums);
@@ -43,7 +48,8 @@ double eval_loss_sum(nn::Model& model, nn::Activations& acts, RankBatches& batch
 
 double eval_targets(const RankBatches& batches) {
   double n = 0;
-  for (int64_t e = 0; e < kEvalBatches; ++e) n += batches.global_targets(e, data::Split::kEval);
+  for (int64_t e = 0; e < batches.eval_batches(); ++e)
+    n += batches.global_targets(e, data::Split::kEval);
   return n;
 }
 

@@ -29,6 +29,8 @@ class RankBatches {
     return set_->global_targets(step, split);
   }
   bool has_eval() const { return set_->has_eval(); }
+  // Batches one evaluation reads (the data set's, else kEvalBatches).
+  int64_t eval_batches() const;
   int micro_total() const { return micro_total_; }
   int rows() const { return int(rows_); }  // samples per microbatch
   int seq() const { return seq_; }         // T (1 without a sequence axis)
@@ -42,10 +44,11 @@ class RankBatches {
   int seq_ = 1;
 };
 
-// Eval batches per evaluation, read in order from the eval split.
+// Eval batches per evaluation, read in order from the eval split, unless the data set says
+// how many cover its eval split (models::DataSet::eval_batches).
 inline constexpr int64_t kEvalBatches = 4;
 
-// The sum of this rank's per-target eval losses over kEvalBatches batches (forward only, the
+// The sum of this rank's per-target eval losses over eval_batches() batches (forward only, the
 // model in evaluation mode), through the pipeline when there is one, with the model's eval
 // sums added to `sums`; and the targets of the global eval batches it averages over.
 double eval_loss_sum(nn::Model& model, nn::Activations& acts, RankBatches& batches,

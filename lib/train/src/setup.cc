@@ -101,7 +101,7 @@ void load_weights(nn::Model& model, const std::string& path, bool allow_extra) {
   for (const auto& b : model.buffers()) {
     const auto* info = file.find(b.name);
     if (!info) {
-      problems.push_back(fmt::format("{} is missing", b.name));
+      if (!b.optional) problems.push_back(fmt::format("{} is missing", b.name));
       continue;
     }
     if (info->shape != b.shape) {
@@ -110,7 +110,7 @@ void load_weights(nn::Model& model, const std::string& path, bool allow_extra) {
       continue;
     }
     host.resize(b.numel);
-    file.read_f32(b.name, host.data());
+    file.read_as_f32(b.name, host.data());
     tensor::ops(model.device())
         .copy_from_host(model.buffer_data() + b.offset, host.data(), b.numel * sizeof(float));
   }

@@ -95,6 +95,7 @@ class Trainer {
   std::unique_ptr<parallel::TensorParallelComm> tp_comm_;  // tp > 1
   std::unique_ptr<parallel::TensorParallelComm> dp_comm_;  // dp > 1: the model's data group
   parallel::TensorParallelComm::Counters tp_step_;         // of the last training step
+  parallel::TensorParallelComm::Counters dp_step_;         // of the last training step
   parallel::PipelineStats pipe_stats_;                     // of the last training step
   std::unique_ptr<parallel::TraceRecorder> trace_;  // `ptrain run --trace` (PTRAIN_TRACE in env)
 
@@ -266,6 +267,9 @@ double Trainer::reduce_loss(double local_sum, double targets) {
 }
 
 double Trainer::evaluate(std::vector<std::pair<std::string, double>>& metrics) {
+  // Every data rank evaluates with rank 0's buffers (BatchNorm running statistics, which
+  // per-rank batch statistics let drift apart), the ones a checkpoint saves.
+  broadcast_buffers();
   nn::EvalSums sums;
   double sum = eval_loss_sum(*model_, *acts_, *batches_, pipeline_.get(), sums);
   double loss = reduce_loss(sum, eval_targets(*batches_));
@@ -356,6 +360,7 @@ TrainResult Trainer::run() {
     if (ctx_.on_step) ctx_.on_step(step);
     faults_.before_step(step);
     if (tp_comm_) tp_comm_->reset_counters();
+    if (dp_comm_) dp_comm_->reset_counters();
     double t0 = mono_seconds();
     double lr = schedule_->at(step);
     double local = forward_backward(step);
@@ -370,6 +375,7 @@ TrainResult Trainer::run() {
     double loss = reduce_loss(local, targets);
     double dt = mono_seconds() - t0;
     if (tp_comm_) tp_step_ = tp_comm_->counters();
+    if (dp_comm_) dp_step_ = dp_comm_->counters();
     if (!std::isfinite(loss) || !std::isfinite(grad_norm))
       throw Error(fmt::format("step {}: the loss is {} (grad norm {}); stopping without saving",
                               step + 1, loss, grad_norm),
@@ -406,6 +412,12 @@ TrainResult Trainer::run() {
         line.add("tp_comm_mb", double(tp_step_.bytes) / 1e6)
             .add("tp_comm_ms", tp_step_.seconds * 1e3)
             .add_int("tp_allreduces", int64_t(tp_step_.calls));
+      // Statistics the model sums over the data group inside forward/backward (synchronised
+      // BatchNorm): their cost beside the gradient allreduce.
+      if (dp_comm_ && dp_step_.calls > 0)
+        line.add("dp_stat_mb", double(dp_step_.bytes) / 1e6)
+            .add("dp_stat_ms", dp_step_.seconds * 1e3)
+            .add_int("dp_stat_allreduces", int64_t(dp_step_.calls));
       if (pipeline_)
         line.add("bubble", pipe_stats_.bubble()).add_int("peak_stash", pipe_stats_.peak_stash);
       if (ctx_.report) ctx_.report(line.json());

@@ -81,6 +81,9 @@ class SafetensorsFile {
   // Copies an F32 tensor into `out` (numel floats); ConfigError on a missing name or a dtype
   // other than F32 (BF16 is widened).
   void read_f32(std::string_view name, float* out) const;
+  // As read_f32, and integer tensors (I64, I32, U8) are converted too: for buffers that the
+  // ecosystem stores as integers (BatchNorm's num_batches_tracked is I64 in PyTorch).
+  void read_as_f32(std::string_view name, float* out) const;
   const std::string& origin() const { return origin_; }
 
  private:

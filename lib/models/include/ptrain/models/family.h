@@ -61,6 +61,10 @@ class DataSet {
   // The loss denominator: the targets in the whole global batch of `step` (tokens for a GPT,
   // samples for a classifier). The loss is the sum over targets divided by this.
   virtual double global_targets(int64_t step, data::Split split) const = 0;
+  // Eval batches one evaluation reads: a data set with a test split of known size returns
+  // enough to cover it once (its last batch padded with ignored targets, which
+  // global_targets leaves out); 0 = the loops' default (train/loop_common.h, kEvalBatches).
+  virtual int64_t eval_batches() const { return 0; }
 };
 
 // Where one rank's model sits in the mesh.

@@ -14,8 +14,8 @@ namespace ptrain::models {
 
 // Adds (or replaces) a family; its schema goes to the spec loader too.
 void register_family(std::shared_ptr<const Family> family);
-// Registers the families that ship with ptrain (gpt, mlp, bert). Idempotent; every program that
-// loads specs calls it first (the CLI's main, the test main).
+// Registers the families that ship with ptrain (gpt, mlp, bert, resnet). Idempotent; every
+// program that loads specs calls it first (the CLI's main, the test main).
 void register_builtin_families();
 
 // The family of `type`; throws ConfigError listing the registered ones.

@@ -51,6 +51,10 @@ struct BufferInfo {
   std::vector<int64_t> shape;
   size_t offset = 0;  // in elements, into buffer_data()
   size_t numel = 0;
+  // May be absent from a weights file (init_from), which then leaves the initial value: a
+  // counter that older checkpoints of the ecosystem lack (BatchNorm's num_batches_tracked).
+  // Checkpoints always hold it.
+  bool optional = false;
 };
 
 // Copies between a full tensor (p.full_shape) and part `part` of it (p.shape), on the host.
@@ -190,7 +194,7 @@ class Model {
   void add_split_param(std::string name, std::vector<int64_t> full_shape, int split_dim, int parts,
                        int rank, int blocks = 1);
   // A non-parameter state tensor (buffers()); zero until init() sets it.
-  void add_buffer(std::string name, std::vector<int64_t> shape);
+  void add_buffer(std::string name, std::vector<int64_t> shape, bool optional = false);
   // Allocates the flat buffers once every add_param / add_buffer call is done; dense
   // parameters are laid out before sharded ones.
   void allocate_params();

@@ -28,9 +28,11 @@ struct ParamServerOptions {
 class ParamServer {
  public:
   // `optimizer` covers shard [optimizer->shard().begin, end) of the flat layout; `init` holds the
-  // shard's initial parameters [shard.size()].
+  // shard's initial parameters [shard.size()]. `buffers`: the model's initial buffers (BatchNorm
+  // statistics), which one server (index 0) keeps: a push adds its buffer delta, a pull returns
+  // them, so every worker's statistics updates reach every other worker like its gradients.
   ParamServer(ParamServerOptions options, std::unique_ptr<optim::Optimizer> optimizer,
-              std::vector<float> init);
+              std::vector<float> init, std::vector<float> buffers = {});
   ~ParamServer();  // stops serving
   ParamServer(const ParamServer&) = delete;
   ParamServer& operator=(const ParamServer&) = delete;
@@ -66,10 +68,15 @@ class ParamClient {
   ParamClient(const ParamClient&) = delete;
   ParamClient& operator=(const ParamClient&) = delete;
 
-  // Sends grads [n] of step `step`; returns the server's update rate (updates/s).
-  double push(int worker, int64_t step, float lr, const float* grads, size_t n, bool last);
-  // Reads the shard's parameters into out [n] once every worker pushed >= min_clock steps.
-  PullResult pull(int worker, int64_t min_clock, float* out, size_t n, Millis wait);
+  // Sends grads [n] of step `step` (and to the buffers' server, buffer_delta [nbuf]); returns
+  // the server's update rate (updates/s).
+  double push(int worker, int64_t step, float lr, const float* grads, size_t n, bool last,
+              const float* buffer_delta = nullptr, size_t nbuf = 0);
+  // Reads the shard's parameters into out [n] once every worker pushed >= min_clock steps, and
+  // from the buffers' server the buffers into buffers [nbuf].
+  // `last`: the worker leaves after this pull (instead of after its last push).
+  PullResult pull(int worker, int64_t min_clock, float* out, size_t n, Millis wait,
+                  float* buffers = nullptr, size_t nbuf = 0, bool last = false);
 
   const std::string& address() const { return address_; }
   int index() const { return index_; }

@@ -111,9 +111,28 @@ struct ModelSpec {
   const ModelValue& value(const std::string& key) const;
 };
 
+// Image data: per-channel normalisation of pixel/255, and training-time augmentation.
+struct NormalizeSpec {
+  std::vector<double> mean;  // empty: no normalisation
+  std::vector<double> std;
+
+  bool operator==(const NormalizeSpec&) const = default;
+};
+
+struct AugmentSpec {
+  int crop_padding = 0;  // random crop of the image padded by this many zero pixels
+  bool hflip = false;    // random horizontal flip
+
+  bool enabled() const { return crop_padding > 0 || hflip; }
+  bool operator==(const AugmentSpec&) const = default;
+};
+
 struct DataSpec {
-  std::string type = "synthetic";  // tokens|text|synthetic|csv
+  std::string type = "synthetic";  // tokens|text|synthetic|csv|idx|cifar
   std::string path;                // resolved against the spec's folder
+  std::string labels;              // idx: the labels file of `path`
+  std::string eval_path;           // a separate eval (test) split; else eval_fraction
+  std::string eval_labels;         // idx: the labels of eval_path
   int batch_size = 8;              // global, in samples (sequences for a GPT)
   bool shuffle = false;
   double eval_fraction = 0;
@@ -121,6 +140,10 @@ struct DataSpec {
   double mask_prob = 0.15;  // share of the positions masked, in (0, 1)
   // --- record readers (criteo): a malformed line is an error or is skipped and counted ---
   std::string bad_lines = "error";  // error|skip
+  NormalizeSpec normalize;
+  AugmentSpec augment;
+
+  bool has_eval() const { return eval_fraction > 0 || !eval_path.empty(); }
 
   bool operator==(const DataSpec&) const = default;
 };
@@ -153,7 +176,8 @@ struct TrainSpec {
   std::string precision = "fp32";  // fp32|bf16
   int grad_accum = 1;
   int log_every = 1;
-  int eval_every = 0;  // 0 = never
+  int eval_every = 0;          // 0 = never
+  double label_smoothing = 0;  // classifiers' cross-entropy (PyTorch's label_smoothing)
   OptimizerSpec optimizer;
   LrScheduleSpec schedule;
 

@@ -60,6 +60,10 @@ class ModelSchema {
   virtual std::string summary() const = 0;                  // one line: what the family is
   virtual const std::vector<ModelKey>& keys() const = 0;    // without `type`, `init_from`
   virtual std::vector<std::string> data_types() const = 0;  // data.type values it reads
+  // Fills in keys whose default comes from elsewhere in the spec (an image model's channels
+  // and classes from its data set's header), before check(); the resolved values are the
+  // spec's from then on (job.yaml records them). Nothing by default.
+  virtual void resolve(JobSpec& /*spec*/, const SpecChecker& /*c*/) const {}
   // Cross-field checks (shape against the mesh, data, precision); the loader has applied
   // defaults and checked each key's own range first.
   virtual void check(const JobSpec& spec, const SpecChecker& c) const = 0;

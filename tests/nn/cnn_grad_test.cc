@@ -1,0 +1,474 @@
+// The CNN layers (nn/cnn.h) against naive double-precision references: forward values
+// directly, gradients by central finite differences of loss = sum(out * R) for a fixed random R.
+// Sync batch norm over two ranks (threads) equals batch norm over the joined batch.
+#include <gtest/gtest.h>
+
+#include <barrier>
+#include <cmath>
+#include <mutex>
+#include <thread>
+
+#include "grad_check.h"
+#include "ptrain/core/error.h"
+#include "ptrain/nn/cnn.h"
+#include "ptrain/tensor/ops.h"
+
+using namespace ptrain;
+using namespace ptrain::nn;
+using namespace ptrain::nn::testing;
+using tensor::cpu_ops;
+
+namespace {
+
+double dot(const std::vector<double>& a, const std::vector<float>& r) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * r[i];
+  return s;
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<double>& ref, double atol,
+                  double rtol, const std::string& what) {
+  expect_grad_close(got, ref, atol, rtol, what);
+}
+
+// --- references ---
+std::vector<double> ref_conv(const std::vector<double>& x, const std::vector<double>& w,
+                             const Conv2dShape& s) {
+  const int OH = s.OH(), OW = s.OW();
+  std::vector<double> y(size_t(s.out_numel()));
+  for (int n = 0; n < s.N; ++n)
+    for (int o = 0; o < s.OC; ++o)
+      for (int oh = 0; oh < OH; ++oh)
+        for (int ow = 0; ow < OW; ++ow) {
+          double acc = 0;
+          for (int c = 0; c < s.C; ++c)
+            for (int kh = 0; kh < s.KH; ++kh)
+              for (int kw = 0; kw < s.KW; ++kw) {
+                int ih = oh * s.stride - s.pad + kh, iw = ow * s.stride - s.pad + kw;
+                if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) continue;
+                acc += x[((size_t(n) * s.C + c) * s.H + ih) * s.W + iw] *
+                       w[((size_t(o) * s.C + c) * s.KH + kh) * s.KW + kw];
+              }
+          y[((size_t(n) * s.OC + o) * OH + oh) * OW + ow] = acc;
+        }
+  return y;
+}
+
+// Training-mode batch norm (batch statistics, biased variance) or evaluation mode (given
+// statistics).
+std::vector<double> ref_bn(const std::vector<double>& x, const std::vector<double>& w,
+                           const std::vector<double>& b, int N, int C, int HW, bool train,
+                           const std::vector<double>& rm = {}, const std::vector<double>& rv = {}) {
+  std::vector<double> y(x.size());
+  for (int c = 0; c < C; ++c) {
+    double m = 0, v = 0;
+    if (train) {
+      for (int n = 0; n < N; ++n)
+        for (int i = 0; i < HW; ++i) m += x[(size_t(n) * C + c) * HW + i];
+      m /= double(N) * HW;
+      for (int n = 0; n < N; ++n)
+        for (int i = 0; i < HW; ++i) {
+          double d = x[(size_t(n) * C + c) * HW + i] - m;
+          v += d * d;
+        }
+      v /= double(N) * HW;
+    } else {
+      m = rm[c];
+      v = rv[c];
+    }
+    double r = 1 / std::sqrt(v + 1e-5);
+    for (int n = 0; n < N; ++n)
+      for (int i = 0; i < HW; ++i) {
+        size_t k = (size_t(n) * C + c) * HW + i;
+        y[k] = (x[k] - m) * r * w[c] + b[c];
+      }
+  }
+  return y;
+}
+
+std::vector<double> ref_maxpool(const std::vector<double>& x, const PoolShape& s) {
+  const int OH = s.OH(), OW = s.OW();
+  std::vector<double> y(size_t(s.out_numel()));
+  for (int p = 0; p < s.N * s.C; ++p)
+    for (int oh = 0; oh < OH; ++oh)
+      for (int ow = 0; ow < OW; ++ow) {
+        double best = -INFINITY;
+        for (int kh = 0; kh < s.K; ++kh)
+          for (int kw = 0; kw < s.K; ++kw) {
+            int ih = oh * s.stride - s.pad + kh, iw = ow * s.stride - s.pad + kw;
+            if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) continue;
+            best = std::max(best, x[(size_t(p) * s.H + ih) * s.W + iw]);
+          }
+        y[(size_t(p) * OH + oh) * OW + ow] = best;
+      }
+  return y;
+}
+
+std::vector<double> ref_ce(const std::vector<double>& z, const std::vector<int32_t>& t, int N,
+                           int V, double e) {
+  std::vector<double> l(static_cast<size_t>(N));
+  for (int n = 0; n < N; ++n) {
+    if (t[size_t(n)] < 0) continue;
+    double mx = -INFINITY, se = 0;
+    for (int j = 0; j < V; ++j) mx = std::max(mx, z[size_t(n) * V + j]);
+    for (int j = 0; j < V; ++j) se += std::exp(z[size_t(n) * V + j] - mx);
+    double lse = mx + std::log(se), loss = 0;
+    for (int j = 0; j < V; ++j) {
+      double q = e / V + (j == t[size_t(n)] ? 1 - e : 0);
+      loss += q * (lse - z[size_t(n) * V + j]);
+    }
+    l[size_t(n)] = loss;
+  }
+  return l;
+}
+
+std::vector<float> conv_fwd(const std::vector<float>& x, const std::vector<float>& w,
+                            const Conv2dShape& s) {
+  std::vector<float> y(size_t(s.out_numel()));
+  conv2d_forward(cpu_ops(), y.data(), x.data(), w.data(), s);
+  return y;
+}
+
+// Shapes: odd sizes, strides 1-3, padding 0-3, 1x1 / 3x3 / 7x7 / non-square kernels, batches
+// that group into one GEMM and batches of one.
+class Conv2dGrad : public ::testing::TestWithParam<Conv2dShape> {};
+
+TEST_P(Conv2dGrad, ForwardAndGradientsMatchTheReference) {
+  const Conv2dShape s = GetParam();
+  auto x = randn(size_t(s.in_numel()), 1);
+  auto w = randn(size_t(s.weight_numel()), 2, 0.5f);
+  auto R = randn(size_t(s.out_numel()), 3);
+  auto y = conv_fwd(x, w, s);
+  expect_close(y, ref_conv(to_double(x), to_double(w), s), 1e-4, 1e-4, "conv2d forward");
+
+  std::vector<float> dx(x.size(), 7.0f), dw(w.size(), 0.25f);  // dx written, dw accumulated
+  conv2d_backward(cpu_ops(), dx.data(), dw.data(), R.data(), x.data(), w.data(), s);
+  auto gx =
+      fd_grad([&](const std::vector<double>& xx) { return dot(ref_conv(xx, to_double(w), s), R); },
+              to_double(x));
+  auto gw =
+      fd_grad([&](const std::vector<double>& ww) { return dot(ref_conv(to_double(x), ww, s), R); },
+              to_double(w));
+  for (auto& g : gw) g += 0.25;
+  expect_close(dx, gx, 1e-4, 1e-3, "conv2d d input");
+  expect_close(dw, gw, 1e-4, 1e-3, "conv2d d weight");
+
+  // Without an input gradient only the weight gradient is formed.
+  std::vector<float> dw2(w.size(), 0.0f);
+  conv2d_backward(cpu_ops(), nullptr, dw2.data(), R.data(), x.data(), w.data(), s);
+  for (size_t i = 0; i < dw2.size(); ++i) EXPECT_NEAR(dw2[i] + 0.25f, dw[i], 1e-4);
+}
+
+Conv2dShape conv(int N, int C, int H, int W, int OC, int KH, int KW, int stride, int pad) {
+  Conv2dShape s;
+  s.N = N, s.C = C, s.H = H, s.W = W, s.OC = OC, s.KH = KH, s.KW = KW, s.stride = stride,
+  s.pad = pad;
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, Conv2dGrad,
+                         ::testing::Values(conv(2, 3, 5, 6, 4, 3, 3, 1, 1),   // 3x3 same
+                                           conv(3, 2, 7, 7, 3, 3, 3, 2, 1),   // stride 2
+                                           conv(1, 2, 9, 8, 2, 7, 7, 2, 3),   // 7x7 stem
+                                           conv(2, 4, 4, 5, 3, 1, 1, 1, 0),   // pointwise
+                                           conv(2, 4, 6, 5, 3, 1, 1, 2, 0),   // downsample
+                                           conv(2, 1, 6, 7, 2, 2, 3, 3, 2),   // odd
+                                           conv(1, 3, 3, 3, 2, 3, 3, 1, 0)),  // 1x1 output
+                         [](const auto& info) { return "s" + std::to_string(info.index); });
+
+TEST(Conv2d, RefusesAnInputSmallerThanTheKernel) {
+  Conv2dShape s = conv(1, 1, 2, 2, 1, 3, 3, 1, 0);
+  std::vector<float> x(4), w(9), y(4);
+  EXPECT_THROW(conv2d_forward(cpu_ops(), y.data(), x.data(), w.data(), s), Error);
+}
+
+struct BnCase {
+  int N, C, HW;
+};
+
+class BatchNormGrad : public ::testing::TestWithParam<BnCase> {};
+
+TEST_P(BatchNormGrad, TrainingModeMatchesTheReference) {
+  const auto [N, C, HW] = GetParam();
+  BatchNormShape s{N, C, HW};
+  auto x = randn(size_t(N) * C * HW, 4, 2.0f);
+  for (auto& v : x) v += 0.5f;
+  auto w = randn(size_t(C), 5), b = randn(size_t(C), 6);
+  auto R = randn(x.size(), 7);
+  std::vector<float> mean(static_cast<size_t>(C)), var(static_cast<size_t>(C)),
+      rstd(static_cast<size_t>(C)), y(x.size());
+  int64_t count = batchnorm_batch_stats(mean.data(), var.data(), x.data(), s, nullptr);
+  EXPECT_EQ(count, int64_t(N) * HW);
+  batchnorm_normalize(y.data(), rstd.data(), x.data(), mean.data(), var.data(), w.data(), b.data(),
+                      s);
+  auto bd = to_double(b), wd = to_double(w), xd = to_double(x);
+  expect_close(y, ref_bn(xd, wd, bd, N, C, HW, true), 1e-5, 1e-4, "bn forward");
+
+  std::vector<float> dx(x.size()), dw(size_t(C), 1.0f), db(size_t(C), -1.0f);
+  batchnorm_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), mean.data(), rstd.data(),
+                     w.data(), s, true, count, nullptr);
+  auto gx = fd_grad(
+      [&](const std::vector<double>& v) { return dot(ref_bn(v, wd, bd, N, C, HW, true), R); }, xd);
+  auto gw = fd_grad(
+      [&](const std::vector<double>& v) { return dot(ref_bn(xd, v, bd, N, C, HW, true), R); }, wd);
+  auto gb = fd_grad(
+      [&](const std::vector<double>& v) { return dot(ref_bn(xd, wd, v, N, C, HW, true), R); }, bd);
+  for (auto& g : gw) g += 1.0;
+  for (auto& g : gb) g -= 1.0;
+  expect_close(dx, gx, 2e-4, 2e-3, "bn d input");
+  expect_close(dw, gw, 2e-4, 1e-3, "bn d weight");
+  expect_close(db, gb, 2e-4, 1e-3, "bn d bias");
+
+  // One pass about a shift (what synchronised batch norm sends) gives the same statistics.
+  std::vector<float> shift(static_cast<size_t>(C), 0.4f), mean1(static_cast<size_t>(C)),
+      var1(static_cast<size_t>(C));
+  EXPECT_EQ(batchnorm_batch_stats(mean1.data(), var1.data(), x.data(), s, nullptr, shift.data()),
+            count);
+  for (int c = 0; c < C; ++c) {
+    EXPECT_NEAR(mean1[c], mean[c], 1e-6 * (1 + std::abs(mean[c])));
+    EXPECT_NEAR(var1[c], var[c], 1e-5 * var[c]);
+  }
+
+  // Running statistics: momentum 0.1, the unbiased variance.
+  std::vector<float> rm(size_t(C), 0.5f), rv(size_t(C), 2.0f);
+  float nbt = 3;
+  batchnorm_update_running(rm.data(), rv.data(), &nbt, mean.data(), var.data(), count, s);
+  EXPECT_EQ(nbt, 4.0f);
+  for (int c = 0; c < C; ++c) {
+    double m = 0, v = 0, M = double(N) * HW;
+    for (int n = 0; n < N; ++n)
+      for (int i = 0; i < HW; ++i) m += xd[(size_t(n) * C + c) * HW + i];
+    m /= M;
+    for (int n = 0; n < N; ++n)
+      for (int i = 0; i < HW; ++i) v += std::pow(xd[(size_t(n) * C + c) * HW + i] - m, 2);
+    EXPECT_NEAR(rm[size_t(c)], 0.9 * 0.5 + 0.1 * m, 1e-5);
+    EXPECT_NEAR(rv[size_t(c)], 0.9 * 2.0 + 0.1 * v / (M - 1), 1e-4);
+  }
+}
+
+TEST_P(BatchNormGrad, EvaluationModeUsesTheRunningStatistics) {
+  const auto [N, C, HW] = GetParam();
+  BatchNormShape s{N, C, HW};
+  auto x = randn(size_t(N) * C * HW, 8);
+  auto w = randn(size_t(C), 9), b = randn(size_t(C), 10), R = randn(x.size(), 11);
+  std::vector<float> rm = randn(size_t(C), 12), rv(static_cast<size_t>(C));
+  for (int c = 0; c < C; ++c) rv[size_t(c)] = 0.5f + 0.25f * float(c);
+  std::vector<float> y(x.size()), rstd(static_cast<size_t>(C));
+  batchnorm_normalize(y.data(), rstd.data(), x.data(), rm.data(), rv.data(), w.data(), b.data(), s);
+  auto wd = to_double(w), bd = to_double(b), rmd = to_double(rm), rvd = to_double(rv);
+  auto f = [&](const std::vector<double>& xx, const std::vector<double>& ww,
+               const std::vector<double>& bb) {
+    return ref_bn(xx, ww, bb, N, C, HW, false, rmd, rvd);
+  };
+  expect_close(y, f(to_double(x), wd, bd), 1e-5, 1e-4, "bn eval forward");
+  std::vector<float> dx(x.size()), dw(static_cast<size_t>(C)), db(static_cast<size_t>(C));
+  batchnorm_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), rm.data(), rstd.data(),
+                     w.data(), s, false, 0, nullptr);
+  expect_close(
+      dx, fd_grad([&](const std::vector<double>& v) { return dot(f(v, wd, bd), R); }, to_double(x)),
+      1e-4, 1e-3, "bn eval d input");
+  expect_close(
+      dw, fd_grad([&](const std::vector<double>& v) { return dot(f(to_double(x), v, bd), R); }, wd),
+      1e-4, 1e-3, "bn eval d weight");
+  expect_close(
+      db, fd_grad([&](const std::vector<double>& v) { return dot(f(to_double(x), wd, v), R); }, bd),
+      1e-4, 1e-3, "bn eval d bias");
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, BatchNormGrad,
+                         ::testing::Values(BnCase{4, 3, 5}, BnCase{2, 2, 9}, BnCase{8, 1, 1}),
+                         [](const auto& info) { return "s" + std::to_string(info.index); });
+
+// Two ranks as threads: allreduce_sum adds every rank's buffer.
+class ThreadGroup {
+ public:
+  explicit ThreadGroup(int n) : n_(n), barrier_(n) {}
+  class Member : public GroupComm {
+   public:
+    Member(ThreadGroup& g) : g_(g) {}
+    void allreduce_sum(float* data, size_t count) override { g_.reduce(data, count, false); }
+    void allreduce_max(float* data, size_t count) override { g_.reduce(data, count, true); }
+    uint64_t calls = 0;
+
+   private:
+    ThreadGroup& g_;
+  };
+  void reduce(float* data, size_t count, bool max) {
+    {
+      std::lock_guard lock(mu_);
+      if (arrived_ == 0)
+        acc_.assign(data, data + count);
+      else
+        for (size_t i = 0; i < count; ++i)
+          acc_[i] = max ? std::max(acc_[i], data[i]) : acc_[i] + data[i];
+      ++arrived_;
+    }
+    barrier_.arrive_and_wait();
+    std::copy(acc_.begin(), acc_.begin() + long(count), data);
+    barrier_.arrive_and_wait();
+    {
+      std::lock_guard lock(mu_);
+      arrived_ = 0;
+    }
+    barrier_.arrive_and_wait();
+  }
+
+ private:
+  int n_;
+  std::barrier<> barrier_;
+  std::mutex mu_;
+  int arrived_ = 0;
+  std::vector<float> acc_;
+};
+
+TEST(SyncBatchNorm, TwoRanksEqualTheJoinedBatch) {
+  const int N = 6, C = 3, HW = 7;
+  auto x = randn(size_t(N) * C * HW, 20, 3.0f);
+  auto w = randn(size_t(C), 21), b = randn(size_t(C), 22), dy = randn(x.size(), 23);
+  // One process over the whole batch.
+  BatchNormShape all{N, C, HW};
+  std::vector<float> mean(C), var(C), rstd(C), y(x.size()), dx(x.size()), dw(C), db(C);
+  int64_t count = batchnorm_batch_stats(mean.data(), var.data(), x.data(), all, nullptr);
+  batchnorm_normalize(y.data(), rstd.data(), x.data(), mean.data(), var.data(), w.data(), b.data(),
+                      all);
+  batchnorm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), mean.data(), rstd.data(),
+                     w.data(), all, true, count, nullptr);
+  // Two ranks of three images each.
+  ThreadGroup group(2);
+  std::vector<float> y2(x.size()), dx2(x.size()), dw2(2 * C), db2(2 * C), mean2(2 * C);
+  std::vector<int64_t> counts(2);
+  const std::vector<float> shift = {0.5f, -1.0f, 2.0f};  // both ranks' running mean
+  for (bool one_pass : {false, true}) {
+    auto rank = [&](int r) {
+      ThreadGroup::Member m(group);
+      BatchNormShape half{N / 2, C, HW};
+      const size_t off = size_t(r) * (N / 2) * C * HW;
+      std::vector<float> var_r(C), rstd_r(C);
+      counts[r] = batchnorm_batch_stats(mean2.data() + r * C, var_r.data(), x.data() + off, half,
+                                        &m, one_pass ? shift.data() : nullptr);
+      batchnorm_normalize(y2.data() + off, rstd_r.data(), x.data() + off, mean2.data() + r * C,
+                          var_r.data(), w.data(), b.data(), half);
+      batchnorm_backward(dx2.data() + off, dw2.data() + r * C, db2.data() + r * C, dy.data() + off,
+                         x.data() + off, mean2.data() + r * C, rstd_r.data(), w.data(), half, true,
+                         counts[r], &m);
+    };
+    std::thread t0(rank, 0), t1(rank, 1);
+    t0.join();
+    t1.join();
+    EXPECT_EQ(counts[0], count);
+    EXPECT_EQ(counts[1], count);
+    for (int c = 0; c < C; ++c) {
+      EXPECT_NEAR(mean2[c], mean[c], 1e-6 * (1 + std::abs(mean[c])));
+      EXPECT_NEAR(mean2[C + c], mean[c], 1e-6 * (1 + std::abs(mean[c])));
+      // Weight gradients are each rank's share; the data-parallel sum is the whole.
+      EXPECT_NEAR(dw2[c] + dw2[C + c], dw[c], 1e-5 * (1 + std::abs(dw[c])));
+      EXPECT_NEAR(db2[c] + db2[C + c], db[c], 1e-5 * (1 + std::abs(db[c])));
+    }
+    for (size_t i = 0; i < x.size(); ++i) {
+      EXPECT_NEAR(y2[i], y[i], 1e-5 * (1 + std::abs(y[i]))) << i;
+      EXPECT_NEAR(dx2[i], dx[i], 1e-5 * (1 + std::abs(dx[i]))) << i;
+    }
+    std::fill(dw2.begin(), dw2.end(), 0.0f);
+    std::fill(db2.begin(), db2.end(), 0.0f);
+  }
+}
+
+class MaxPoolGrad : public ::testing::TestWithParam<PoolShape> {};
+
+TEST_P(MaxPoolGrad, ForwardAndGradientMatchTheReference) {
+  const PoolShape s = GetParam();
+  // Distinct values, so no window has a tie that finite differences could flip.
+  std::vector<float> x(size_t(s.N) * s.C * s.H * s.W);
+  auto noise = randn(x.size(), 30);
+  for (size_t i = 0; i < x.size(); ++i)
+    x[i] = float((i * 7919) % x.size()) * 0.01f + noise[i] * 1e-3f;
+  auto R = randn(size_t(s.out_numel()), 31);
+  std::vector<float> y(size_t(s.out_numel()));
+  std::vector<int32_t> idx(y.size());
+  maxpool2d_forward(y.data(), idx.data(), x.data(), s);
+  expect_close(y, ref_maxpool(to_double(x), s), 0, 0, "maxpool forward");
+  std::vector<float> dx(x.size(), 5.0f);
+  maxpool2d_backward(dx.data(), R.data(), idx.data(), s);
+  expect_close(dx,
+               fd_grad([&](const std::vector<double>& v) { return dot(ref_maxpool(v, s), R); },
+                       to_double(x), 1e-4),
+               1e-5, 1e-4, "maxpool d input");
+}
+
+PoolShape pool(int N, int C, int H, int W, int K, int stride, int pad) {
+  PoolShape s;
+  s.N = N, s.C = C, s.H = H, s.W = W, s.K = K, s.stride = stride, s.pad = pad;
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, MaxPoolGrad,
+                         ::testing::Values(pool(2, 3, 8, 8, 3, 2, 1),  // the ImageNet stem's
+                                           pool(1, 2, 7, 9, 3, 2, 1), pool(2, 1, 6, 6, 2, 2, 0),
+                                           pool(1, 2, 5, 5, 3, 1, 1)),
+                         [](const auto& info) { return "s" + std::to_string(info.index); });
+
+TEST(GlobalAvgPool, ForwardAndGradient) {
+  const int N = 3, C = 4, HW = 6;
+  auto x = randn(size_t(N) * C * HW, 40), R = randn(size_t(N) * C, 41);
+  std::vector<float> y(size_t(N) * C), dx(x.size(), 3.0f);
+  global_avgpool_forward(y.data(), x.data(), N, C, HW);
+  auto ref = [&](const std::vector<double>& v) {
+    std::vector<double> o(size_t(N) * C);
+    for (size_t p = 0; p < o.size(); ++p) {
+      for (int i = 0; i < HW; ++i) o[p] += v[p * HW + i];
+      o[p] /= HW;
+    }
+    return o;
+  };
+  expect_close(y, ref(to_double(x)), 1e-6, 1e-5, "avgpool forward");
+  global_avgpool_backward(dx.data(), R.data(), N, C, HW);
+  expect_close(dx,
+               fd_grad([&](const std::vector<double>& v) { return dot(ref(v), R); }, to_double(x)),
+               1e-5, 1e-4, "avgpool d input");
+}
+
+TEST(Relu, ForwardAndGradientThroughTheOpTable) {
+  auto x = randn(64, 50), R = randn(64, 51);
+  for (auto& v : x)
+    if (std::abs(v) < 1e-3f) v = 0.5f;  // away from the kink
+  std::vector<float> y(64), dx(64, 0.0f);
+  cpu_ops().relu_forward(y.data(), x.data(), 64);
+  auto ref = [](const std::vector<double>& v) {
+    std::vector<double> o(v.size());
+    for (size_t i = 0; i < v.size(); ++i) o[i] = std::max(0.0, v[i]);
+    return o;
+  };
+  expect_close(y, ref(to_double(x)), 0, 0, "relu forward");
+  cpu_ops().relu_backward(dx.data(), x.data(), R.data(), 64);
+  expect_close(dx,
+               fd_grad([&](const std::vector<double>& v) { return dot(ref(v), R); }, to_double(x)),
+               1e-6, 1e-5, "relu d input");
+}
+
+TEST(CrossEntropySmoothed, LossAndGradientMatchTheReference) {
+  const int N = 5, V = 7;
+  auto z = randn(size_t(N) * V, 60, 2.0f);
+  std::vector<int32_t> t = {3, 0, -1, 6, 2};  // row 2 is ignored
+  for (float e : {0.0f, 0.1f}) {
+    std::vector<float> loss(N), lse(N), dz(z.size());
+    crossentropy_smoothed_forward(loss.data(), lse.data(), z.data(), t.data(), N, V, e);
+    expect_close(loss, ref_ce(to_double(z), t, N, V, e), 1e-5, 1e-5, "ce forward");
+    crossentropy_smoothed_backward(dz.data(), z.data(), lse.data(), t.data(), N, V, e, 0.5f);
+    auto g = fd_grad(
+        [&](const std::vector<double>& v) {
+          double s = 0;
+          for (double l : ref_ce(v, t, N, V, e)) s += 0.5 * l;
+          return s;
+        },
+        to_double(z));
+    expect_close(dz, g, 1e-5, 1e-4, "ce d logits");
+    // With e = 0 it is the op table's cross-entropy.
+    if (e == 0) {
+      std::vector<float> l2(N), lse2(N);
+      cpu_ops().crossentropy_forward(l2.data(), lse2.data(), z.data(), t.data(), N, V);
+      for (int n = 0; n < N; ++n) EXPECT_NEAR(l2[n], loss[n], 1e-5);
+    }
+  }
+}
+
+}  // namespace
