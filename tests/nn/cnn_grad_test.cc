@@ -1,6 +1,7 @@
 // The CNN layers (nn/cnn.h) against naive double-precision references: forward values
 // directly, gradients by central finite differences of loss = sum(out * R) for a fixed random R.
 // Sync batch norm over two ranks (threads) equals batch norm over the joined batch.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <barrier>
@@ -174,7 +175,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Conv2dGrad,
                                            conv(2, 4, 6, 5, 3, 1, 1, 2, 0),   // downsample
                                            conv(2, 1, 6, 7, 2, 2, 3, 3, 2),   // odd
                                            conv(1, 3, 3, 3, 2, 3, 3, 1, 0)),  // 1x1 output
-                         [](const auto& info) { return "s" + std::to_string(info.index); });
+                         [](const auto& info) { return fmt::format("s{}", info.index); });
 
 TEST(Conv2d, RefusesAnInputSmallerThanTheKernel) {
   Conv2dShape s = conv(1, 1, 2, 2, 1, 3, 3, 1, 0);
@@ -277,7 +278,7 @@ TEST_P(BatchNormGrad, EvaluationModeUsesTheRunningStatistics) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, BatchNormGrad,
                          ::testing::Values(BnCase{4, 3, 5}, BnCase{2, 2, 9}, BnCase{8, 1, 1}),
-                         [](const auto& info) { return "s" + std::to_string(info.index); });
+                         [](const auto& info) { return fmt::format("s{}", info.index); });
 
 // Two ranks as threads: allreduce_sum adds every rank's buffer.
 class ThreadGroup {
@@ -405,7 +406,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MaxPoolGrad,
                          ::testing::Values(pool(2, 3, 8, 8, 3, 2, 1),  // the ImageNet stem's
                                            pool(1, 2, 7, 9, 3, 2, 1), pool(2, 1, 6, 6, 2, 2, 0),
                                            pool(1, 2, 5, 5, 3, 1, 1)),
-                         [](const auto& info) { return "s" + std::to_string(info.index); });
+                         [](const auto& info) { return fmt::format("s{}", info.index); });
 
 TEST(GlobalAvgPool, ForwardAndGradient) {
   const int N = 3, C = 4, HW = 6;
