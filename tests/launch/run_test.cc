@@ -327,9 +327,11 @@ TEST_F(RunTest, APeersEchoIsNotBlamedForTheFailureThatCausedIt) {
   // Rank 1 exits at once with 4 ("a peer failed", as a worker whose peer reset its connection
   // does); rank 0, the real failure, exits with 1 a moment later (it ignores the stop signal, as
   // a worker already on its way out does). Rank 0 is the root cause and its code is the job's.
-  Ptrain p({"run", spec(kTwoCommand +
-                        "command: [sh, -c, 'if [ $RANK = 1 ]; then exit 4; fi; trap \"\" TERM; "
-                        "sleep 0.5; echo disk full >&2; exit 1']\n")});
+  // Rank 1 waits until rank 0 ignores SIGTERM, so the order does not depend on scheduling.
+  const std::string flag = tmp_.path() + "/trapped";
+  Ptrain p({"run", spec(kTwoCommand + "command: [sh, -c, 'if [ $RANK = 1 ]; then while [ ! -e " +
+                        flag + " ]; do sleep 0.02; done; exit 4; fi; trap \"\" TERM; touch " +
+                        flag + "; sleep 0.5; echo disk full >&2; exit 1']\n")});
   EXPECT_EQ(p.finish(Millis(30000)), 1) << p.err;
   EXPECT_TRUE(contains(p.err, "job failed: rank 0 on ")) << p.err;
   EXPECT_TRUE(contains(p.err, "exited with exit code 1")) << p.err;
