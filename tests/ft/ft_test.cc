@@ -325,8 +325,10 @@ TEST_F(FaultToleranceTest, ACheckpointFolderServesOneJobAtATimeAndOnlyItsOwnSpec
                                     "--set", "checkpoint.every=0"});
   ASSERT_TRUE(a.wait_for([&] { return contains(a.out, "step 2/"); }, Millis(60000)))
       << a.out << a.err;
-  Result b = run_ptrain({"run", spec(kDataParallel, "b.yaml"), "--set", "checkpoint.dir=" + shared,
-                         "--set", "logging.dir=" + tmp_.path() + "/runs-b"});
+  // One process: only rank 0 takes the lock, and a peer's echo must not race its exit code.
+  Result b =
+      run_ptrain({"run", spec("", "b.yaml"), "--set", "nodes.procs_per_node=1", "--set",
+                  "checkpoint.dir=" + shared, "--set", "logging.dir=" + tmp_.path() + "/runs-b"});
   EXPECT_EQ(b.code, 2) << b.out << b.err;
   EXPECT_TRUE(contains(b.err, "checkpoint.dir '" + shared + "' is in use by another job (pid "))
       << b.err;
