@@ -94,8 +94,7 @@ std::string tensor_parallel_missing() {
 
 TEST(Pipeline, ThreeDMeshTwoByTwoByTwoMatchesOneProcessAlsoWithZeroOne) {
   if (auto why = tensor_parallel_missing(); !why.empty())
-    GTEST_SKIP() << "tensor parallelism (parallel.tensor > 1) does not train in this build: "
-                 << why;
+    FAIL() << "tensor parallelism (parallel.tensor > 1) does not train in this build: " << why;
   auto spec = pipeline_spec(2, "1f1b", 2);
   spec.parallel.data = 2;
   spec.parallel.tensor = 2;
