@@ -32,6 +32,7 @@ int serve() {
   std::string run_dir = required("PTRAIN_RUN_DIR");
   int index = int(env_int("PTRAIN_SERVER_INDEX", -1));
   int rank = int(env_int("RANK", -1));
+  const int round = int(env_int("PTRAIN_RESTART", 0));  // the rendezvous round (restarts)
   spec::JobSpec spec = spec::load_file(run_dir + "/job.yaml");
   if (index < 0 || index >= spec.parallel.servers || rank != spec.world_size() + index)
     throw ConfigError(
@@ -45,6 +46,7 @@ int serve() {
   req.role = "server";
   req.node = env_or("PTRAIN_NODE", "localhost");
   req.pid = ::getpid();
+  req.round = round;
   req.timeout = rdzv + Millis(10000);
   client.join(req);
   std::atomic<bool> aborted{false};
@@ -59,13 +61,15 @@ int serve() {
   double last_beat = mono_seconds();
   train::ServerContext sc;
   sc.index = index;
+  sc.round = round;
+  sc.run_dir = run_dir;
   sc.store = client.store();
   sc.token = token;
   sc.stop_requested = [&] {
     if (mono_seconds() - last_beat >= every) {
       last_beat = mono_seconds();
       try {
-        if (client.heartbeat(rank, 0).abort) aborted = true;
+        if (client.heartbeat(rank, 0, round).abort) aborted = true;
       } catch (const Error& e) {
         std::fprintf(stderr, "ptrain param-server: warning: heartbeat failed: %s\n", e.what());
       }

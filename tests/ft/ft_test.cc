@@ -368,3 +368,89 @@ TEST_F(FaultToleranceTest, ACheckpointFolderServesOneJobAtATimeAndOnlyItsOwnSpec
   for (const auto& e : fs::directory_iterator(tmp_.path() + "/runs-f"))
     EXPECT_TRUE(contains(read_file(e.path().string() + "/rank-0.log"), "at step 12"));
 }
+
+namespace {
+
+// data_mode: async: the parameter servers hold the state and write the checkpoints (every
+// checkpoint.every server updates; two workers push once per step each, so 8 updates = 4 steps).
+const char* kAsync =
+    "parallel: {data: 2, data_mode: async, servers: 1, staleness: 0}\n"
+    "checkpoint: {every: 8, keep: 2}\n";
+
+// The job above as an async job (its checkpoint section replaced by kAsync's), written to `path`.
+std::string async_spec(const std::string& path, const std::string& runs) {
+  const std::string sync_checkpoint = "checkpoint: {every: 4, keep: 2}\n";
+  std::string yaml = job_yaml(runs, kAsync);
+  yaml.erase(yaml.find(sync_checkpoint), sync_checkpoint.size());
+  // A pull waits up to hang_timeout_s for the slowest worker: room for a loaded machine.
+  yaml.replace(yaml.find("hang_timeout_s: 2,"), 18, "hang_timeout_s: 20,");
+  std::ofstream(path) << yaml;
+  return path;
+}
+
+// The loss of the metrics line at `step`: its `nth` occurrence (a restarted round repeats steps).
+double loss_at(const std::vector<std::pair<int, std::string>>& curve, int step, int nth = 1) {
+  for (const auto& [s, loss] : curve)
+    if (s == step && --nth == 0) return std::stod(loss);
+  ADD_FAILURE() << "no metrics line " << nth << " for step " << step;
+  return NAN;
+}
+
+}  // namespace
+
+TEST_F(FaultToleranceTest, AsyncKilledWorkerRestartsFromTheServersCheckpoint) {
+  std::string path = async_spec(tmp_.path() + "/async.yaml", runs());
+  Result r =
+      run_ptrain({"run", path, "--set", "train.steps=20"}, {"PTRAIN_TEST_FAIL_AT_STEP=1:10"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  std::string dir = run_dir();
+  EXPECT_TRUE(contains(read_file(dir + "/launcher.log"), "restart 1/1"));
+  // Round 1's server 0 resumed the newest checkpoint written before the kill (step 8: 16
+  // updates; worker 1 never pushed step 11, so no checkpoint of step 10 or later could exist).
+  std::string server_log = read_file(dir + "/server-0.log");
+  EXPECT_TRUE(contains(server_log, "step-8.safetensors at step 8")) << server_log;
+  EXPECT_TRUE(contains(read_file(dir + "/rank-0.log"), "at step 8"));
+  auto curve = losses(dir);
+  const double initial = loss_at(curve, 1), before = loss_at(curve, 9),
+               after = loss_at(curve, 9, 2);  // step 9 again, in round 1
+  std::printf("async restart: loss step 1 %.4f, step 9 before the kill %.4f, after resume %.4f\n",
+              initial, before, after);
+  EXPECT_LT(std::abs(after - before), 0.5 * (initial - before));
+  EXPECT_EQ(curve.back().first, 20);
+  EXPECT_LT(loss_at(curve, 20), before);
+  EXPECT_TRUE(fs::exists(dir + "/checkpoints/step-20.safetensors"));
+}
+
+TEST_F(FaultToleranceTest, AsyncResumeContinuesWithAnotherServerCount) {
+  std::string path = async_spec(tmp_.path() + "/async.yaml", runs());
+  Result first = run_ptrain({"run", path, "--set", "train.steps=8"});
+  ASSERT_EQ(first.code, 0) << first.out << first.err;
+  std::string dir = run_dir();
+  Result again = run_ptrain(
+      {"run", "--resume", dir, "--set", "train.steps=12", "--set", "parallel.servers=2"});
+  ASSERT_EQ(again.code, 0) << again.out << again.err;
+  EXPECT_TRUE(contains(read_file(dir + "/server-1.log"), "step-8.safetensors at step 8"));
+  auto curve = losses(dir);
+  std::vector<int> steps;
+  for (const auto& [step, loss] : curve) steps.push_back(step);
+  EXPECT_EQ(steps, (std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}));
+  const double initial = loss_at(curve, 1), before = loss_at(curve, 8), after = loss_at(curve, 9);
+  std::printf("async resume: loss step 1 %.4f, step 8 %.4f, step 9 after resume %.4f\n", initial,
+              before, after);
+  EXPECT_LT(std::abs(after - before), 0.5 * (initial - before));
+  EXPECT_TRUE(fs::exists(dir + "/checkpoints/step-12.safetensors"));
+}
+
+TEST_F(FaultToleranceTest, AsyncJobRefusesTheCheckpointOfAnotherModel) {
+  std::string shared = tmp_.path() + "/shared";
+  Result sync = run_ptrain({"run", spec(kDataParallel), "--set", "checkpoint.dir=" + shared,
+                            "--set", "train.steps=4", "--set", "model.dim=64"});
+  ASSERT_EQ(sync.code, 0) << sync.out << sync.err;
+  std::string path = async_spec(tmp_.path() + "/async.yaml", tmp_.path() + "/runs-b");
+  Result r = run_ptrain({"run", path, "--set", "checkpoint.dir=" + shared});
+  EXPECT_EQ(r.code, 2) << r.out << r.err;
+  EXPECT_TRUE(
+      contains(r.out + r.err, "step-4.json' was written by a job with another model section"))
+      << r.out << r.err;
+  EXPECT_EQ(count(r.out + r.err, "restart"), 0u) << r.out << r.err;
+}

@@ -25,8 +25,9 @@ std::string error_text(const grpc::Status& st) {
 
 }  // namespace
 
-std::string param_server_key(int index) {
-  return fmt::format("ptrain/ps/{}/address", index);
+std::string param_server_key(int index, int round) {
+  return round == 0 ? fmt::format("ptrain/ps/{}/address", index)
+                    : fmt::format("ptrain/ps/r{}/{}/address", round, index);
 }
 
 struct ParamServer::Impl final : proto::ParamServer::Service {
@@ -41,13 +42,28 @@ struct ParamServer::Impl final : proto::ParamServer::Service {
   std::condition_variable cv;
   std::vector<int64_t> clock;  // pushed steps per worker
   int finished = 0;
+  int snapshots_running = 0;  // on_snapshot calls in progress
   int64_t version = 0;
+  int64_t start_version = 0;  // the version when serving began (the rate counts from it)
   double start_s = 0;
   bool stopping = false;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
 
   int64_t min_clock() const { return *std::min_element(clock.begin(), clock.end()); }
+
+  ShardSnapshot snapshot_locked() const {
+    ShardSnapshot snap;
+    snap.index = opt.index;
+    snap.version = version;
+    snap.optimizer_steps = optimizer->steps();
+    snap.begin = begin;
+    snap.params.assign(params.begin() + long(begin), params.begin() + long(begin + size));
+    for (const auto& st : optimizer->state())
+      snap.state.emplace_back(st.name, std::vector<float>(st.data, st.data + st.size));
+    snap.buffers = buffers;
+    return snap;
+  }
 
   grpc::Status check(grpc::ServerContext* ctx, int worker) const {
     if (!opt.token.empty()) {
@@ -75,7 +91,7 @@ struct ParamServer::Impl final : proto::ParamServer::Service {
       return {grpc::StatusCode::INVALID_ARGUMENT,
               fmt::format("{} buffer bytes for {} buffer floats", req->buffer_delta().size(),
                           buffers.size())};
-    std::lock_guard lock(mu);
+    std::unique_lock lock(mu);
     if (!req->buffer_delta().empty()) {
       const char* d = req->buffer_delta().data();
       for (size_t i = 0; i < buffers.size(); ++i) {
@@ -93,6 +109,44 @@ struct ParamServer::Impl final : proto::ParamServer::Service {
     resp->set_version(version);
     resp->set_updates_per_s(rate_locked());
     cv.notify_all();
+    if (opt.snapshot_every > 0 && opt.on_snapshot && version % opt.snapshot_every == 0) {
+      // Counted while it runs, so that wait_done() does not report the end before it is over.
+      ShardSnapshot snap = snapshot_locked();
+      ++snapshots_running;
+      lock.unlock();
+      opt.on_snapshot(std::move(snap));
+      lock.lock();
+      --snapshots_running;
+      cv.notify_all();
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status SaveShard(grpc::ServerContext* ctx, const proto::ShardPiece* req,
+                         proto::ShardPieceResponse*) override {
+    if (auto st = check(ctx, 0); !st.ok()) return st;
+    if (!opt.on_piece)
+      return {grpc::StatusCode::FAILED_PRECONDITION,
+              fmt::format("parameter server {} does not collect checkpoints", opt.index)};
+    if (req->data().size() % sizeof(float) != 0 || req->pieces() < 1)
+      return {grpc::StatusCode::INVALID_ARGUMENT, "a malformed checkpoint piece"};
+    ShardSnapshot piece;
+    piece.index = req->server();
+    piece.version = req->version();
+    piece.optimizer_steps = req->optimizer_steps();
+    piece.begin = size_t(req->begin());
+    piece.pieces = req->pieces();
+    std::vector<float> data(req->data().size() / sizeof(float));
+    std::memcpy(data.data(), req->data().data(), req->data().size());
+    if (req->name() == "params")
+      piece.params = std::move(data);
+    else
+      piece.state.emplace_back(req->name(), std::move(data));
+    try {
+      opt.on_piece(std::move(piece));
+    } catch (const std::exception& e) {
+      return {grpc::StatusCode::INTERNAL, e.what()};
+    }
     return grpc::Status::OK;
   }
 
@@ -128,7 +182,7 @@ struct ParamServer::Impl final : proto::ParamServer::Service {
 
   double rate_locked() const {
     double dt = mono_seconds() - start_s;
-    return dt > 0 ? double(version) / dt : 0;
+    return dt > 0 ? double(version - start_version) / dt : 0;
   }
 };
 
@@ -144,7 +198,8 @@ ParamServer::ParamServer(ParamServerOptions options, std::unique_ptr<optim::Opti
   s.params.assign(optimizer->shard().end, 0.0f);
   s.grads.assign(optimizer->shard().end, 0.0f);
   std::copy(init.begin(), init.end(), s.params.begin() + long(s.begin));
-  s.clock.assign(size_t(options.workers), 0);
+  s.clock.assign(size_t(options.workers), options.start_clock);
+  s.version = options.start_version;
   s.opt = std::move(options);
   s.optimizer = std::move(optimizer);
 }
@@ -167,6 +222,7 @@ void ParamServer::start() {
     throw IoError(fmt::format("parameter server {} cannot listen on {}", s.opt.index, s.opt.bind),
                   "check parallel.servers and that the address is local");
   s.start_s = mono_seconds();
+  s.start_version = s.version;
 }
 
 std::string ParamServer::address() const {
@@ -176,8 +232,8 @@ std::string ParamServer::address() const {
 bool ParamServer::wait_done(Millis timeout) {
   auto& s = *impl_;
   std::unique_lock lock(s.mu);
-  return s.cv.wait_for(lock, timeout, [&] { return s.finished >= s.opt.workers || s.stopping; }) &&
-         s.finished >= s.opt.workers;
+  auto done = [&] { return s.finished >= s.opt.workers && s.snapshots_running == 0; };
+  return s.cv.wait_for(lock, timeout, [&] { return done() || s.stopping; }) && done();
 }
 
 void ParamServer::shutdown() {
@@ -197,6 +253,11 @@ void ParamServer::shutdown() {
 int64_t ParamServer::version() const {
   std::lock_guard lock(impl_->mu);
   return impl_->version;
+}
+
+ShardSnapshot ParamServer::snapshot() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->snapshot_locked();
 }
 
 double ParamServer::updates_per_s() const {
@@ -286,6 +347,29 @@ PullResult ParamClient::pull(int worker, int64_t min_clock, float* out, size_t n
     std::memcpy(buffers, resp.buffers().data(), nbuf * sizeof(float));
   }
   return {resp.version(), resp.min_clock()};
+}
+
+void ParamClient::send_snapshot(const ShardSnapshot& snap) {
+  const int pieces = 1 + int(snap.state.size());
+  auto send = [&](const std::string& name, const std::vector<float>& data) {
+    proto::ShardPiece req;
+    req.set_version(snap.version);
+    req.set_server(snap.index);
+    req.set_pieces(pieces);
+    req.set_name(name);
+    req.set_begin(int64_t(snap.begin));
+    req.set_optimizer_steps(snap.optimizer_steps);
+    req.mutable_data()->assign(reinterpret_cast<const char*>(data.data()),
+                               data.size() * sizeof(float));
+    proto::ShardPieceResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + impl_->deadline);
+    ctx.AddMetadata(rendezvous::kTokenMetadataKey, impl_->token);
+    auto st = impl_->stub->SaveShard(&ctx, req, &resp);
+    if (!st.ok()) fail(index_, address_, "SaveShard", st);
+  };
+  send("params", snap.params);
+  for (const auto& [name, data] : snap.state) send(name, data);
 }
 
 }  // namespace ptrain::parallel

@@ -4,12 +4,17 @@
 // push the gradients (scaled by 1/global tokens, as in sync mode) to the server shards, which
 // each apply one optimizer update per push. No collective between workers.
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <mutex>
+#include <optional>
 #include <thread>
 
+#include "async_checkpoint.h"
+#include "fault_injection.h"
 #include "loop_common.h"
 #include "ptrain/core/env.h"
 #include "ptrain/core/error.h"
@@ -17,7 +22,9 @@
 #include "ptrain/models/registry.h"
 #include "ptrain/optim/clip.h"
 #include "ptrain/parallel/param_server.h"
+#include "ptrain/spec/spec.h"
 #include "ptrain/train/async.h"
+#include "ptrain/train/checkpointing.h"
 #include "ptrain/train/metrics.h"
 #include "ptrain/train/setup.h"
 
@@ -40,6 +47,24 @@ Millis slow_delay(int rank) {
 
 Millis seconds(double s) {
   return Millis(static_cast<int64_t>(s * 1000));
+}
+
+std::string host_name() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0 || !buf[0]) return "localhost";
+  return buf;
+}
+
+// A store value as text; TimeoutError naming `what` when it does not appear in time.
+std::string store_text(rendezvous::Store& store, const std::string& key, Millis timeout,
+                       const std::string& what) {
+  try {
+    auto bytes = store.get(key, timeout);
+    return std::string(bytes.begin(), bytes.end());
+  } catch (const TimeoutError&) {
+    throw TimeoutError(fmt::format("{} did not arrive within {} ms", what, timeout.count()),
+                       "see server-0.log in the run folder");
+  }
 }
 
 void print_line(const TrainContext& ctx, const std::string& line) {
@@ -80,10 +105,13 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
   std::vector<std::unique_ptr<parallel::ParamClient>> servers;
   std::vector<optim::Shard> shards;
   const Millis rdzv = seconds(spec.rendezvous.timeout_s);
+  // Where training continues: server 0's decision (the step of the checkpoint it resumed).
+  const AsyncResume resume = decode_resume(store_text(
+      *ctx.store, async_resume_key(ctx.restart), rdzv, "parameter server 0's resume decision"));
   for (int i = 0; i < par.servers; ++i) {
     std::string address;
     try {
-      auto bytes = ctx.store->get(parallel::param_server_key(i), rdzv);
+      auto bytes = ctx.store->get(parallel::param_server_key(i, ctx.restart), rdzv);
       address.assign(bytes.begin(), bytes.end());
     } catch (const TimeoutError&) {
       throw TimeoutError(fmt::format("parameter server {} did not start within "
@@ -103,10 +131,9 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
   // pulled with them, and this step's change pushed with the gradients.
   const size_t nbuf = model->num_buffer_elems();
   std::vector<float> pulled_buffers(nbuf), buffer_delta(nbuf);
-  if (worker == 0)
-    print_line(ctx,
-               "warning: checkpoints are not written in data_mode: async yet (the optimizer "
-               "state lives on the parameter servers)");
+  if (worker == 0 && !resume.manifest.empty())
+    print_line(ctx, fmt::format("resumed from {} at step {}", resume.manifest, resume.step));
+  const FaultInjection faults = FaultInjection::from_env(ctx.rank, ctx.restart);
   const Millis slow = slow_delay(worker);
   auto schedule = make_schedule(spec);
   const int64_t total = spec.train.steps;
@@ -122,12 +149,23 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
   double stale_sum = 0, rate = 0;
   int64_t stale_max = 0, stale_count = 0;
   double wait_s = 0;
-  for (int64_t step = 0; step < total; ++step) {
+  result.first_step = resume.step;
+  result.steps_done = resume.step;
+  if (resume.step >= total) {
+    // Nothing left to run (a finished run resumed): leave the servers all the same.
+    for (size_t i = 0; i < servers.size(); ++i) {
+      const auto& sh = shards[i];
+      servers[i]->pull(worker, 0, pull_dst + sh.begin, sh.size(), wait,
+                       i == 0 ? pulled_buffers.data() : nullptr, i == 0 ? nbuf : 0, true);
+    }
+  }
+  for (int64_t step = resume.step; step < total; ++step) {
     if (ctx.stop_requested && ctx.stop_requested()) {
       print_line(ctx, fmt::format("stopping at step {}: the job was aborted", step));
       break;
     }
     if (ctx.on_step) ctx.on_step(step);
+    faults.before_step(step);
     double t0 = mono_seconds();
     // Pull: every shard, once the slowest worker has pushed step - s.
     int64_t seen = INT64_MAX;
@@ -249,46 +287,170 @@ int run_param_server(const spec::JobSpec& spec, const ServerContext& ctx) {
   PTRAIN_CHECK(ctx.store != nullptr, "a parameter server needs the job's store");
   tensor::set_cpu_threads(1);
   const tensor::Ops& ops = tensor::ops(tensor::Device::kCpu);
-  // The same initial parameters as every worker's model (same spec, same seed).
-  auto model = make_model(spec, tensor::Device::kCpu, 0, 0);
-  auto layout = make_layout(*model);
-  const size_t total = layout.total();
-  auto shard = optim::Shard::of_rank(layout.total(), ctx.index, par.servers);
-  std::vector<float> init(model->param_data() + shard.begin, model->param_data() + shard.end);
-  std::vector<float> buffers;  // server 0 keeps the model's buffers
-  if (ctx.index == 0 && model->num_buffer_elems() > 0)
-    buffers.assign(model->buffer_data(), model->buffer_data() + model->num_buffer_elems());
-  auto optimizer = make_optimizer(spec, ops, std::move(layout), shard);
-  model.reset();
-
-  parallel::ParamServerOptions po;
-  po.index = ctx.index;
-  po.workers = par.data;
-  po.bind = ctx.bind;
-  po.token = ctx.token;
-  po.max_wait = seconds(spec.fault_tolerance.hang_timeout_s);
-  parallel::ParamServer server(po, std::move(optimizer), std::move(init), std::move(buffers));
-  server.start();
-  std::string address = server.address();
-  ctx.store->set(parallel::param_server_key(ctx.index),
-                 rendezvous::Bytes(address.begin(), address.end()));
   auto log = [&](const std::string& line) {
     if (ctx.log)
       ctx.log(line);
     else
       std::printf("%s\n", line.c_str()), std::fflush(stdout);
   };
+  const int workers = par.data;
+  const Millis rdzv = seconds(spec.rendezvous.timeout_s);
+  const std::string dir = checkpoint_dir_of(spec, ctx.run_dir);
+  const FaultInjection faults = FaultInjection::from_env(spec.world_size() + ctx.index, ctx.round);
+  // The same initial parameters as every worker's model (same spec, same seed).
+  auto model = make_model(spec, tensor::Device::kCpu, 0, 0);
+  auto layout = make_layout(*model);
+  const size_t total = layout.total();
+  auto shard = optim::Shard::of_rank(layout.total(), ctx.index, par.servers);
+  auto optimizer = make_optimizer(spec, ops, std::move(layout), shard);
+
+  // Server 0 decides where training continues (checkpoint.resume); the other servers and the
+  // workers read its decision from the store, so that all of them start from the same one.
+  std::unique_ptr<data::CheckpointLock> lock;
+  AsyncResume resume;
+  std::optional<data::CheckpointManifest> point;
+  if (ctx.index == 0) {
+    if (!dir.empty()) {
+      lock = std::make_unique<data::CheckpointLock>(
+          dir, fmt::format("parameter server 0, pid {} on {}, run {}", ::getpid(), host_name(),
+                           ctx.run_dir.empty() ? "-" : ctx.run_dir));
+      if (lock->took_over())
+        log(
+            fmt::format("warning: taking over the checkpoint lock of a job that ended without "
+                        "releasing it ({})",
+                        lock->previous()));
+      for (const auto& name : data::sweep_incomplete(dir))
+        log(fmt::format("checkpoint: removed {}/{}, left by an interrupted save", dir, name));
+    }
+    if (!dir.empty() || spec.checkpoint.resume != "auto")
+      point = find_resume_point(spec.checkpoint.resume, dir);
+    if (point) check_fingerprints(spec, *point);
+  } else {
+    resume = decode_resume(store_text(*ctx.store, async_resume_key(ctx.round), rdzv,
+                                      "parameter server 0's resume decision"));
+    if (!resume.manifest.empty()) point = data::validate_checkpoint(resume.manifest);
+  }
+  if (point) {
+    auto saved = load_training_state(*point, *model, *optimizer);
+    resume = {saved.step, point->manifest_path()};
+    log(fmt::format("parameter server {}: resumed from {} at step {}", ctx.index,
+                    point->model_path(), saved.step));
+  }
+  if (ctx.index == 0) ctx.store->set(async_resume_key(ctx.round), encode_resume(resume));
+  std::vector<float> init(model->param_data() + shard.begin, model->param_data() + shard.end);
+  std::vector<float> buffers;  // server 0 keeps the model's buffers
+  if (ctx.index == 0 && model->num_buffer_elems() > 0)
+    buffers.assign(model->buffer_data(), model->buffer_data() + model->num_buffer_elems());
+
+  // Checkpoints: server 0 writes; the others send it their snapshots.
+  const bool checkpoints = !dir.empty();
+  const int64_t every = spec.checkpoint.every;
+  std::unique_ptr<AsyncCheckpointWriter> writer;
+  if (checkpoints && ctx.index == 0) {
+    AsyncCheckpointWriter::Options wo;
+    wo.dir = dir;
+    wo.keep = spec.checkpoint.keep;
+    wo.servers = par.servers;
+    wo.workers = workers;
+    wo.last_step = resume.step;
+    wo.optimizer = optimizer->name();
+    wo.faults = &faults;
+    wo.log = log;
+    auto& meta = wo.metadata;
+    meta["seed"] = std::to_string(spec.train.seed);
+    meta["mesh"] = fmt::format("{}x1x1", workers);
+    meta["data_mode"] = "async";
+    meta["servers"] = std::to_string(par.servers);
+    meta["model"] = spec.model.type;
+    meta["config"] = models::family_of(spec).checkpoint_config(spec.model);
+    for (const auto& [part, print] : spec::fingerprints(spec)) meta["fingerprint." + part] = print;
+    writer = std::make_unique<AsyncCheckpointWriter>(std::move(wo), std::move(model));
+  }
+  model.reset();
+  std::mutex failure_mu;
+  std::string failure;  // a snapshot that could not be handed on
+  std::unique_ptr<parallel::ParamClient> to_server0;
+  auto hand_on = [&](parallel::ShardSnapshot snap) {
+    try {
+      if (writer) {
+        writer->add(std::move(snap));
+        return;
+      }
+      if (!to_server0) {
+        auto address = store_text(*ctx.store, parallel::param_server_key(0, ctx.round), rdzv,
+                                  "parameter server 0's address");
+        to_server0 = std::make_unique<parallel::ParamClient>(0, address, ctx.token);
+      }
+      to_server0->send_snapshot(snap);
+    } catch (const std::exception& e) {
+      std::lock_guard g(failure_mu);
+      if (failure.empty())
+        failure = fmt::format("the checkpoint snapshot of {} updates: {}", snap.version, e.what());
+    }
+  };
+  auto check_failure = [&] {
+    std::lock_guard g(failure_mu);
+    if (!failure.empty())
+      throw RemoteError(fmt::format("parameter server {}: {}", ctx.index, failure),
+                        "see server-0.log in the run folder");
+    if (writer && !writer->error().empty())
+      throw IoError(fmt::format("parameter server 0: {}", writer->error()),
+                    "check the checkpoint folder and its disk");
+  };
+
+  parallel::ParamServerOptions po;
+  po.index = ctx.index;
+  po.workers = workers;
+  po.bind = ctx.bind;
+  po.token = ctx.token;
+  po.max_wait = seconds(spec.fault_tolerance.hang_timeout_s);
+  po.start_version = resume.step * workers;
+  po.start_clock = resume.step;
+  if (checkpoints && every > 0) {
+    po.snapshot_every = every;
+    po.on_snapshot = hand_on;
+  }
+  if (writer) po.on_piece = [&](parallel::ShardSnapshot piece) { writer->add(std::move(piece)); };
+  parallel::ParamServer server(po, std::move(optimizer), std::move(init), std::move(buffers));
+  server.start();
+  std::string address = server.address();
+  ctx.store->set(parallel::param_server_key(ctx.index, ctx.round),
+                 rendezvous::Bytes(address.begin(), address.end()));
   log(fmt::format("parameter server {}: elements [{}, {}) of {}, serving {} worker(s) on {}",
-                  ctx.index, shard.begin, shard.end, total, par.data, address));
+                  ctx.index, shard.begin, shard.end, total, workers, address));
   double t0 = mono_seconds();
   while (!server.wait_done(Millis(100))) {
     if (ctx.stop_requested && ctx.stop_requested()) {
       log(fmt::format("parameter server {}: stopping, the job was aborted", ctx.index));
       return 1;
     }
+    check_failure();
   }
+  check_failure();
   log(fmt::format("parameter server {}: done, {} updates in {:.1f} s ({:.1f} updates/s)", ctx.index,
-                  server.version(), mono_seconds() - t0, server.updates_per_s()));
+                  server.version() - po.start_version, mono_seconds() - t0,
+                  server.updates_per_s()));
+  if (checkpoints) {
+    // The final state, unless the last push took that snapshot already.
+    auto snap = server.snapshot();
+    const int64_t version = snap.version;
+    if (version > po.start_version && !(every > 0 && version % every == 0))
+      hand_on(std::move(snap));
+    check_failure();
+    if (writer) {
+      if (!writer->wait_written(version, po.max_wait, ctx.stop_requested)) {
+        log(fmt::format("parameter server {}: stopping, the job was aborted", ctx.index));
+        return 1;
+      }
+      check_failure();
+      auto secs = writer->save_seconds();
+      if (!secs.empty()) {
+        std::sort(secs.begin(), secs.end());
+        log(fmt::format("checkpoint: {} save(s), median {:.3f} s, max {:.3f} s", secs.size(),
+                        secs[secs.size() / 2], secs.back()));
+      }
+    }
+  }
   return 0;
 }
 

@@ -185,6 +185,14 @@ data::CheckpointManifest save_training_state(
     const std::string& dir, int keep, int64_t step, const FullState& model,
     const std::vector<std::pair<std::string, FullState>>& optim, const optim::Optimizer& optimizer,
     std::map<std::string, std::string> metadata) {
+  return save_training_state(dir, keep, step, model, optim, optimizer.name(), optimizer.steps(),
+                             std::move(metadata));
+}
+
+data::CheckpointManifest save_training_state(
+    const std::string& dir, int keep, int64_t step, const FullState& model,
+    const std::vector<std::pair<std::string, FullState>>& optim, const std::string& optimizer_name,
+    int64_t optimizer_steps, std::map<std::string, std::string> metadata) {
   data::CheckpointData ckpt;
   ckpt.step = step;
   ckpt.model = refs(model, "");
@@ -193,8 +201,8 @@ data::CheckpointManifest save_training_state(
     ckpt.optim.insert(ckpt.optim.end(), r.begin(), r.end());
   }
   metadata["step"] = std::to_string(step);
-  metadata["optimizer"] = optimizer.name();
-  metadata["optimizer_steps"] = std::to_string(optimizer.steps());
+  metadata["optimizer"] = optimizer_name;
+  metadata["optimizer_steps"] = std::to_string(optimizer_steps);
   ckpt.metadata = std::move(metadata);
   data::CheckpointOptions opts;
   opts.keep = keep;

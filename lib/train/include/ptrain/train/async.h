@@ -18,7 +18,9 @@ namespace ptrain::train {
 TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ctx);
 
 struct ServerContext {
-  int index = 0;  // server shard, [0, parallel.servers)
+  int index = 0;        // server shard, [0, parallel.servers)
+  int round = 0;        // the rendezvous (restart) round
+  std::string run_dir;  // checkpoints go to checkpoint.dir, else RUN_DIR/checkpoints
   std::shared_ptr<rendezvous::Store> store;
   std::string token;
   std::string bind = "127.0.0.1";
@@ -26,9 +28,11 @@ struct ServerContext {
   std::function<void(const std::string& line)> log;
 };
 
-// Serves shard `index` of the parameters (initialised like the workers' model, from train.seed)
-// and its optimizer state until every worker sent its last push. Returns 0 then, 1 when stopped
-// by an abort.
+// Serves shard `index` of the parameters (initialised like the workers' model, from train.seed,
+// or from the checkpoint server 0 chose per checkpoint.resume) and its optimizer state until
+// every worker sent its last push. Checkpoints: every checkpoint.every server updates and at the
+// end, server 0 writes the servers' joined state. Returns 0 then, 1 when stopped by an abort.
+// Throws ConfigError for a checkpoint of another job (exit 2).
 int run_param_server(const spec::JobSpec& spec, const ServerContext& ctx);
 
 }  // namespace ptrain::train

@@ -56,6 +56,12 @@ data::CheckpointManifest save_training_state(
     const std::string& dir, int keep, int64_t step, const FullState& model,
     const std::vector<std::pair<std::string, FullState>>& optim, const optim::Optimizer& optimizer,
     std::map<std::string, std::string> metadata);
+// The same, naming the optimizer and its update count directly (the parameter servers' state,
+// which no single optimizer object holds).
+data::CheckpointManifest save_training_state(
+    const std::string& dir, int keep, int64_t step, const FullState& model,
+    const std::vector<std::pair<std::string, FullState>>& optim, const std::string& optimizer_name,
+    int64_t optimizer_steps, std::map<std::string, std::string> metadata);
 
 // Restores this rank's parameters and its shard of the optimizer state. Every rank reads the
 // files itself.
