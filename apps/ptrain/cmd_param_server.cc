@@ -18,6 +18,16 @@
 namespace ptrain::cli {
 namespace {
 
+// SIGTERM/SIGINT (the launcher stopping the job): once serving, the server stops at its next
+// poll, so that server 0 finishes the checkpoint it is writing; before that it just ends.
+volatile std::sig_atomic_t g_terminate = 0;
+volatile std::sig_atomic_t g_serving = 0;
+
+extern "C" void on_terminate(int sig) {
+  if (!g_serving) ::_exit(128 + sig);
+  g_terminate = 1;
+}
+
 std::string required(const char* name) {
   auto v = env_get(name);
   if (!v || v->empty())
@@ -66,6 +76,8 @@ int serve() {
   sc.store = client.store();
   sc.token = token;
   sc.stop_requested = [&] {
+    g_serving = 1;  // polled only from the serving loop on
+    if (g_terminate) return true;
     if (mono_seconds() - last_beat >= every) {
       last_beat = mono_seconds();
       try {
@@ -90,6 +102,11 @@ int serve() {
 Action setup_param_server(CLI::App& /*sub*/) {
   return [] {
     ::signal(SIGPIPE, SIG_IGN);  // a worker that died is its failure, not this server's
+    struct sigaction sa {};
+    sa.sa_handler = on_terminate;
+    ::sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGTERM, &sa, nullptr);
+    ::sigaction(SIGINT, &sa, nullptr);
     return serve();
   };
 }

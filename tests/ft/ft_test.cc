@@ -415,7 +415,9 @@ TEST_F(FaultToleranceTest, AsyncKilledWorkerRestartsFromTheServersCheckpoint) {
                after = loss_at(curve, 9, 2);  // step 9 again, in round 1
   std::printf("async restart: loss step 1 %.4f, step 9 before the kill %.4f, after resume %.4f\n",
               initial, before, after);
-  EXPECT_LT(std::abs(after - before), 0.5 * (initial - before));
+  // Where it was, not back at the initial weights (one batch's loss varies by ~0.1).
+  EXPECT_LT(after, before + 0.5 * (initial - before));
+  EXPECT_LT(std::abs(after - before), 0.15);
   EXPECT_EQ(curve.back().first, 20);
   EXPECT_LT(loss_at(curve, 20), before);
   EXPECT_TRUE(fs::exists(dir + "/checkpoints/step-20.safetensors"));
@@ -437,7 +439,8 @@ TEST_F(FaultToleranceTest, AsyncResumeContinuesWithAnotherServerCount) {
   const double initial = loss_at(curve, 1), before = loss_at(curve, 8), after = loss_at(curve, 9);
   std::printf("async resume: loss step 1 %.4f, step 8 %.4f, step 9 after resume %.4f\n", initial,
               before, after);
-  EXPECT_LT(std::abs(after - before), 0.5 * (initial - before));
+  EXPECT_LT(after, before + 0.5 * (initial - before));
+  EXPECT_LT(std::abs(after - before), 0.2);
   EXPECT_TRUE(fs::exists(dir + "/checkpoints/step-12.safetensors"));
 }
 
@@ -452,5 +455,5 @@ TEST_F(FaultToleranceTest, AsyncJobRefusesTheCheckpointOfAnotherModel) {
   EXPECT_TRUE(
       contains(r.out + r.err, "step-4.json' was written by a job with another model section"))
       << r.out << r.err;
-  EXPECT_EQ(count(r.out + r.err, "restart"), 0u) << r.out << r.err;
+  EXPECT_FALSE(contains(r.out + r.err, "restarting every worker")) << r.out << r.err;
 }

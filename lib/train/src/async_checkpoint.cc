@@ -53,7 +53,6 @@ AsyncCheckpointWriter::~AsyncCheckpointWriter() {
   {
     std::lock_guard lock(mu_);
     stopping_ = true;
-    queue_.clear();
   }
   cv_.notify_all();
   thread_.join();
@@ -149,7 +148,7 @@ void AsyncCheckpointWriter::write_loop() {
   std::unique_lock lock(mu_);
   while (true) {
     cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-    if (stopping_) return;
+    if (queue_.empty()) return;  // stopping, with every complete checkpoint written
     auto [version, p] = std::move(queue_.front());
     queue_.pop_front();
     writing_ = version;

@@ -59,7 +59,8 @@ class AsyncCheckpointWriter {
   };
   // `model`: a host copy of the model (names, shapes, layout), used only by the writing thread.
   AsyncCheckpointWriter(Options options, std::unique_ptr<nn::Model> model);
-  ~AsyncCheckpointWriter();  // finishes the write in progress, drops the rest
+  // Writes the complete checkpoints still queued (at most two), drops incomplete ones.
+  ~AsyncCheckpointWriter();
   AsyncCheckpointWriter(const AsyncCheckpointWriter&) = delete;
   AsyncCheckpointWriter& operator=(const AsyncCheckpointWriter&) = delete;
 
