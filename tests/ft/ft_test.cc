@@ -457,3 +457,17 @@ TEST_F(FaultToleranceTest, AsyncJobRefusesTheCheckpointOfAnotherModel) {
       << r.out << r.err;
   EXPECT_FALSE(contains(r.out + r.err, "restarting every worker")) << r.out << r.err;
 }
+
+TEST_F(FaultToleranceTest, AsyncServerKilledDuringACheckpointSaveLeavesThePreviousOneUsable) {
+  // Parameter server 0 (rank 2, the writer) dies as step-8's first temporary file appears.
+  std::string path = async_spec(tmp_.path() + "/async.yaml", runs());
+  Result r = run_ptrain({"run", path}, {"PTRAIN_TEST_FAIL_AT_STEP=2:8:0:save"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  std::string dir = run_dir();
+  std::string log = read_file(dir + "/server-0.log");
+  EXPECT_TRUE(contains(log, "step-8.safetensors.tmp")) << log;  // swept by round 1
+  EXPECT_TRUE(contains(log, "step-4.safetensors at step 4")) << log;
+  EXPECT_TRUE(contains(read_file(dir + "/launcher.log"), "restart 1/1"));
+  EXPECT_TRUE(fs::exists(dir + "/checkpoints/step-12.safetensors"));
+  EXPECT_EQ(losses(dir).back().first, 12);
+}
