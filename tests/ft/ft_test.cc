@@ -423,7 +423,7 @@ TEST_F(FaultToleranceTest, AsyncKilledWorkerRestartsFromTheServersCheckpoint) {
   EXPECT_TRUE(fs::exists(dir + "/checkpoints/step-20.safetensors"));
 }
 
-TEST_F(FaultToleranceTest, AsyncResumeContinuesWithAnotherServerCount) {
+TEST_F(FaultToleranceTest, AsyncResumeContinuesWithAnotherServerCountThenSynchronously) {
   std::string path = async_spec(tmp_.path() + "/async.yaml", runs());
   Result first = run_ptrain({"run", path, "--set", "train.steps=8"});
   ASSERT_EQ(first.code, 0) << first.out << first.err;
@@ -442,6 +442,15 @@ TEST_F(FaultToleranceTest, AsyncResumeContinuesWithAnotherServerCount) {
   EXPECT_LT(after, before + 0.5 * (initial - before));
   EXPECT_LT(std::abs(after - before), 0.2);
   EXPECT_TRUE(fs::exists(dir + "/checkpoints/step-12.safetensors"));
+  // The same run goes on synchronously from the servers' checkpoint.
+  Result sync = run_ptrain(
+      {"run", "--resume", dir, "--set", "train.steps=14", "--set", "parallel.data_mode=sync"});
+  ASSERT_EQ(sync.code, 0) << sync.out << sync.err;
+  EXPECT_TRUE(contains(read_file(dir + "/rank-0.log"), "step-12.safetensors at step 12"));
+  curve = losses(dir);
+  ASSERT_EQ(curve.size(), 14u);
+  EXPECT_EQ(curve.back().first, 14);
+  EXPECT_LT(std::abs(loss_at(curve, 13) - loss_at(curve, 12)), 0.2);
 }
 
 TEST_F(FaultToleranceTest, AsyncJobRefusesTheCheckpointOfAnotherModel) {
