@@ -16,6 +16,8 @@
 #include "ptrain/core/error.h"
 #include "ptrain/data/checkpoint.h"
 #include "ptrain/data/safetensors.h"
+#include "ptrain/optim/optimizer.h"
+#include "ptrain/parallel/param_server.h"
 #include "ptrain/rendezvous/memory_store.h"
 #include "ptrain/train/async.h"
 #include "ptrain/train/checkpointing.h"
@@ -138,6 +140,58 @@ std::vector<float> tensor_of(const data::SafetensorsFile& f, const std::string& 
   std::vector<float> out(static_cast<size_t>(n));
   f.read_f32(name, out.data());
   return out;
+}
+
+TEST(ParamServer, SnapshotsEveryNthUpdateAndGoesOnFromAResumedVersionAndClock) {
+  // Shard [2, 6) of 6 elements, SGD with momentum (one state buffer), resumed at step 5 of 2
+  // workers: version 10, both clocks 5.
+  optim::ParamLayout layout;
+  layout.add("w", 0, 6, false);
+  optim::SgdOptions so;
+  so.momentum = 0.5f;
+  auto sgd = std::make_unique<optim::Sgd>(tensor::cpu_ops(), layout, optim::Shard{2, 6}, so);
+  std::vector<parallel::ShardSnapshot> seen;
+  std::vector<parallel::ShardSnapshot> pieces;
+  parallel::ParamServerOptions po;
+  po.index = 1;
+  po.workers = 2;
+  po.start_version = 10;
+  po.start_clock = 5;
+  po.snapshot_every = 4;
+  po.on_snapshot = [&](parallel::ShardSnapshot s) { seen.push_back(std::move(s)); };
+  po.on_piece = [&](parallel::ShardSnapshot s) { pieces.push_back(std::move(s)); };
+  parallel::ParamServer server(po, std::move(sgd), std::vector<float>(4, 1.0f));
+  server.start();
+  parallel::ParamClient client(1, server.address(), "");
+  std::vector<float> grads(4, 1.0f), params(4);
+  // A pull for step 5 - 0 needs no push: the clocks start at 5.
+  auto pr = client.pull(0, 5, params.data(), 4, Millis(2000));
+  EXPECT_EQ(pr.version, 10);
+  EXPECT_EQ(pr.min_clock, 5);
+  client.push(0, 5, 0.5f, grads.data(), 4, false);  // version 11
+  client.push(1, 5, 0.5f, grads.data(), 4, false);  // 12: a snapshot
+  EXPECT_EQ(server.version(), 12);
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].version, 12);
+  EXPECT_EQ(seen[0].index, 1);
+  EXPECT_EQ(seen[0].begin, 2u);
+  // Momentum SGD from 1: buffer 1 then 1.5; parameters 1 - 0.5 = 0.5, then 0.5 - 0.75 = -0.25.
+  EXPECT_EQ(seen[0].params, (std::vector<float>(4, -0.25f)));
+  ASSERT_EQ(seen[0].state.size(), 1u);
+  EXPECT_EQ(seen[0].state[0].second, (std::vector<float>(4, 1.5f)));
+  EXPECT_EQ(seen[0].optimizer_steps, 2);
+  // What another server sends: one piece per buffer, each with the piece count.
+  client.send_snapshot(seen[0]);
+  ASSERT_EQ(pieces.size(), 2u);
+  EXPECT_EQ(pieces[0].params, seen[0].params);
+  EXPECT_EQ(pieces[1].state, seen[0].state);
+  for (const auto& p : pieces) {
+    EXPECT_EQ(p.pieces, 2);
+    EXPECT_EQ(p.version, 12);
+    EXPECT_EQ(p.begin, 2u);
+  }
+  // Without the last pushes the server is not done.
+  EXPECT_FALSE(server.wait_done(Millis(10)));
 }
 
 TEST(AsyncCheckpoint, ServersWriteOneSyncLayoutFileThatASyncJobContinuesExactly) {
