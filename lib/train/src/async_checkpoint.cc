@@ -196,7 +196,7 @@ void AsyncCheckpointWriter::write(int64_t version, Pending& p) {
   std::unique_ptr<FaultInjection::SaveWatch> watch;
   if (opt_.faults) watch = opt_.faults->during_save(step, opt_.dir);
   auto manifest = save_training_state(opt_.dir, opt_.keep, step, model_state, optim_state,
-                                      opt_.optimizer, p.optimizer_steps, meta);
+                                      opt_.optimizer.c_str(), p.optimizer_steps, meta);
   if (opt_.log)
     opt_.log(fmt::format("checkpoint: saved step {} ({} server updates) to {}", step, version,
                          manifest.model_path()));

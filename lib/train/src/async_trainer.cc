@@ -369,6 +369,7 @@ int run_param_server(const spec::JobSpec& spec, const ServerContext& ctx) {
   model.reset();
   std::mutex failure_mu;
   std::string failure;  // a snapshot that could not be handed on
+  std::mutex send_mu;   // pushes of several RPC threads may each take a snapshot
   std::unique_ptr<parallel::ParamClient> to_server0;
   auto hand_on = [&](parallel::ShardSnapshot snap) {
     try {
@@ -376,6 +377,7 @@ int run_param_server(const spec::JobSpec& spec, const ServerContext& ctx) {
         writer->add(std::move(snap));
         return;
       }
+      std::lock_guard g(send_mu);
       if (!to_server0) {
         auto address = store_text(*ctx.store, parallel::param_server_key(0, ctx.round), rdzv,
                                   "parameter server 0's address");

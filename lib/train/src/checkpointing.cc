@@ -191,7 +191,7 @@ data::CheckpointManifest save_training_state(
 
 data::CheckpointManifest save_training_state(
     const std::string& dir, int keep, int64_t step, const FullState& model,
-    const std::vector<std::pair<std::string, FullState>>& optim, const std::string& optimizer_name,
+    const std::vector<std::pair<std::string, FullState>>& optim, const char* optimizer_name,
     int64_t optimizer_steps, std::map<std::string, std::string> metadata) {
   data::CheckpointData ckpt;
   ckpt.step = step;
