@@ -3,7 +3,8 @@
 // makes global rank RANK, in restart round ROUND (default 0, the first start), fail after STEP
 // completed steps. HOW is `kill` (default: SIGKILL itself before step STEP+1), `stop` (SIGSTOP
 // itself there: a hang) or `save` (SIGKILL itself while writing the checkpoint of step STEP, as
-// soon as its first temporary file appears; RANK must be the writing rank 0). Unset: no effect.
+// soon as its first temporary file appears; RANK must be the writing rank: 0, or in
+// data_mode: async parameter server 0, whose rank is the world size). Unset: no effect.
 #pragma once
 
 #include <cstdint>
