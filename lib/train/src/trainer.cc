@@ -333,6 +333,9 @@ TrainResult Trainer::run() {
       log(fmt::format("checkpoint: removed {}/{}, left by an interrupted save", ckpt_dir_, name));
   }
   if (!ckpt_dir_.empty() || spec_.checkpoint.resume != "auto") {
+    // Every rank looks only once rank 0 holds the folder and has swept it: a peer that refuses
+    // the checkpoint first must not stop rank 0 before the sweep.
+    if (ctx_.mesh && shape_.world() > 1) ctx_.mesh->world().barrier();
     auto point = find_resume_point(spec_.checkpoint.resume, ckpt_dir_);
     if (point) check_fingerprints(spec_, *point);
     if (point) {
