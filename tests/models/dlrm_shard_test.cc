@@ -142,6 +142,25 @@ TEST(DlrmSharded, SparseSgdEqualsDenseSgd) {
   expect_same_tensors(tensors_of(dense.checkpoint.dir), tensors_of(sparse.checkpoint.dir), 1e-6);
 }
 
+TEST(DlrmSharded, ZeroOneShardsTheDenseStateBesideRowShardedTables) {
+  // AdamW on the MLPs with ZeRO-1 over 2 workers, row-wise Adagrad on the row-split tables,
+  // against one process.
+  auto setup = [](JobSpec s) {
+    s.train.optimizer.type = "adamw";
+    s.train.optimizer.lr = 0.01;
+    s.train.optimizer.weight_decay = 0.1;
+    s.train.optimizer.embeddings.type = "adagrad";
+    s.train.optimizer.embeddings.lr = 0.1;
+    return s;
+  };
+  JobSpec one = setup(job("row", 1, fresh_dir("zero_one")));
+  JobSpec two = setup(job("row", 2, fresh_dir("zero_two")));
+  two.parallel.zero = 1;
+  expect_same_curves(ptrain::testing::run_ranks(one)[0].result.history,
+                     ptrain::testing::run_ranks(two)[0].result.history);
+  expect_same_tensors(tensors_of(one.checkpoint.dir), tensors_of(two.checkpoint.dir), 1e-4);
+}
+
 TEST(DlrmSharded, EmbeddingLrDefaultsToTheJobsAndCanDiffer) {
   JobSpec a = job("row", 1), b = job("row", 1);
   b.train.optimizer.embeddings.lr = 0.05;
@@ -303,7 +322,9 @@ TEST(DlrmShardSpec, ReplicatedTablesTooBigForAWorkerGetTheTableOrRowHint) {
 TEST(DlrmShardSpec, ValidateShowsWhichWorkerHoldsWhichTablesAndItsMemory) {
   JobSpec s = job("table", 2);
   auto notes = spec::make_plan(s).notes;
-  ASSERT_EQ(notes.size(), 3u);
+  ASSERT_EQ(notes.size(), 4u);
+  EXPECT_NE(notes[3].find("the planted model's AUC on the eval samples: 0."), std::string::npos)
+      << notes[3];
   EXPECT_NE(notes[0].find("embeddings table: 3 tables over 2"), std::string::npos) << notes[0];
   // 50 -> dp 0; 40, 30 -> dp 1; 8 bytes (value + gradient) per element.
   EXPECT_NE(notes[1].find("dp   0  50 rows, 1.6 KiB  tables 0"), std::string::npos) << notes[1];

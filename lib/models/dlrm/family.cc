@@ -76,9 +76,27 @@ class SyntheticCriteo : public DataSet {
       y[i] = sample(first + i, x + i * dense_, s + i * int64_t(rows_.size()));
   }
   double global_targets(int64_t, data::Split) const override { return double(batch_); }
+  // An evaluation reads kEvalBatches global batches from the start of the eval samples.
+  int64_t eval_batches() const override { return kEvalBatches; }
+  static constexpr int64_t kEvalBatches = 4;
 
-  // Writes sample g's features and returns its label.
-  float sample(int64_t g, float* x, int32_t* s) const {
+  // ROC AUC of the planted logit on the samples one evaluation reads: the best any model can
+  // reach there.
+  double planted_eval_auc() const {
+    const int64_t n = kEvalBatches * batch_;
+    std::vector<float> x(static_cast<size_t>(dense_)), logits(static_cast<size_t>(n)),
+        labels(static_cast<size_t>(n));
+    std::vector<int32_t> sp(rows_.size());
+    for (int64_t i = 0; i < n; ++i) {
+      double logit = 0;
+      labels[size_t(i)] = sample((int64_t{1} << 40) + i, x.data(), sp.data(), &logit);
+      logits[size_t(i)] = float(logit);
+    }
+    return nn::dlrm::roc_auc(logits.data(), labels.data(), size_t(n));
+  }
+
+  // Writes sample g's features and returns its label (and the planted logit when asked).
+  float sample(int64_t g, float* x, int32_t* s, double* planted = nullptr) const {
     const uint64_t u = uint64_t(g);
     double logit = -1.0;
     for (int j = 0; j < dense_; ++j) {
@@ -93,6 +111,7 @@ class SyntheticCriteo : public DataSet {
       s[k] = int32_t(idx);
       logit += 0.6 * nn::normal01(key_ + 4 + k, uint64_t(idx));
     }
+    if (planted) *planted = logit;
     const double p = 1.0 / (1.0 + std::exp(-logit));
     return nn::uniform01(key_ + 5, u) < p ? 1.f : 0.f;
   }
@@ -303,6 +322,9 @@ class DlrmFamily : public Family {
     double max_rows = 0;
     for (int64_t r : rows) max_rows = std::max(max_rows, double(r));
     const double limit = worker_memory_limit(s);
+    if (s.data.type == "synthetic-criteo" && s.data.eval_fraction > 0)
+      out.push_back(fmt::format("eval       the planted model's AUC on the eval samples: {:.4f}",
+                                SyntheticCriteo(s).planted_eval_auc()));
     if (place == nn::dlrm::Placement::kReplicated && dp > 1 && per[0] > limit / 4)
       out.push_back(
           "hint       the tables take over a quarter of a worker's memory: "
@@ -331,6 +353,19 @@ class DlrmFamily : public Family {
     const auto cfg = config_of(s.model);
     spec::StageFigures f;
     f.parameters = parameters(s.model);
+    const auto place = nn::dlrm::parse_placement(s.parallel.embeddings);
+    if (place != nn::dlrm::Placement::kReplicated) {
+      // This worker's share of the tables: the fullest data rank's rows.
+      int64_t all = 0, most = 0;
+      for (int64_t r : cfg.tables) all += r;
+      const auto splits = nn::dlrm::place_tables(cfg.tables, place, s.parallel.data);
+      for (int r = 0; r < s.parallel.data; ++r) {
+        int64_t held = 0;
+        for (const auto& sp : splits) held += sp[size_t(r) + 1] - sp[size_t(r)];
+        most = std::max(most, held);
+      }
+      f.parameters -= (all - most) * cfg.dim;
+    }
     int64_t outs = 0;
     for (int w : cfg.bottom) outs += 2 * w;
     for (int w : cfg.top) outs += 2 * w;
