@@ -169,6 +169,9 @@ class CriteoFile : public DataSet {
     }
   }
   double global_targets(int64_t, data::Split) const override { return double(batch_); }
+  // An evaluation covers the eval split's whole global batches (at least one; a last partial
+  // batch of fewer than batch_size lines is left out).
+  int64_t eval_batches() const override { return std::max<int64_t>(1, eval_ / batch_); }
 
  private:
   int64_t batch_;
