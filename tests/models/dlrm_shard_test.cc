@@ -286,6 +286,14 @@ TEST(DlrmShardSpec, EmbeddingsKeyTakesReplicatedTableOrRow) {
   EXPECT_EQ(s.parallel.embeddings, "row");
   EXPECT_EQ(s.train.optimizer.embeddings.type, "adagrad");
   EXPECT_EQ(spec::load_string(spec::to_yaml(s), "back.yaml"), s);
+  // Without an lr of its own (the job's), as the workers read it back from job.yaml.
+  JobSpec t = spec::load_string(std::string(kModel) +
+                                    "parallel: {embeddings: table}\n"
+                                    "train: {optimizer: {type: sgd, lr: 0.5, "
+                                    "embeddings: {type: adagrad}}}\n",
+                                "ok.yaml");
+  EXPECT_EQ(t.train.optimizer.embeddings.lr, 0.0);
+  EXPECT_EQ(spec::load_string(spec::to_yaml(t), "back.yaml"), t);
 }
 
 TEST(DlrmShardSpec, EmbeddingOptimizerNeedsShardedTablesAndAKnownType) {

@@ -164,7 +164,7 @@ Value tree(const JobSpec& s) {
     if (o.embeddings != EmbeddingOptimizerSpec{}) {
       Value& emb = opt.add("embeddings", Value::map());
       emb.add("type", Value::str(o.embeddings.type));
-      emb.add("lr", Value::num(o.embeddings.lr));
+      if (o.embeddings.lr > 0) emb.add("lr", Value::num(o.embeddings.lr));  // 0: the job's
       emb.add("eps", Value::num(o.embeddings.eps));
     }
     Value& sched = train.add("schedule", Value::map());
