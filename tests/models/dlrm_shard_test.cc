@@ -131,6 +131,18 @@ TEST(DlrmSharded, TwoWorkersWithTableOrRowEqualOneProcessOver20StepsTablesInclud
   }
 }
 
+TEST(DlrmSharded, AWorkerThatOwnsNoTableStillTrainsTheDenseParts) {
+  // 3 tables on 4 workers: dp 3 holds no rows, yet joins every all-to-all and checkpoint.
+  JobSpec one = job("replicated", 1, fresh_dir("none_one"));
+  JobSpec four = job("table", 4, fresh_dir("none_four"));
+  one.data.batch_size = four.data.batch_size = 24;
+  one.train.steps = four.train.steps = 8;
+  one.train.eval_every = four.train.eval_every = 8;
+  expect_same_curves(ptrain::testing::run_ranks(one)[0].result.history,
+                     ptrain::testing::run_ranks(four)[0].result.history);
+  expect_same_tensors(tensors_of(one.checkpoint.dir), tensors_of(four.checkpoint.dir), 1e-5);
+}
+
 TEST(DlrmSharded, SparseSgdEqualsDenseSgd) {
   // One process: sharded tables updated row by row where looked up, against replicated
   // tables updated densely by the job's SGD.
