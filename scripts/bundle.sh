@@ -202,8 +202,10 @@ mkdir -p "$OUT/share/ptrain/configs"
 cp "$ROOT"/configs/*.yaml "$OUT/share/ptrain/configs/" 2>/dev/null || true
 
 # --- size check and archive ---
-size_mib=$(du -sm "$OUT" | cut -f1)
-((size_mib < MAX_MIB)) || die "$OUT is ${size_mib} MiB, over the ${MAX_MIB} MiB limit"
+# In KiB: `du -sm` rounds up, so a 59.2 MiB bundle would read as 60 and fail a 60 MiB limit.
+size_kib=$(du -sk "$OUT" | cut -f1)
+size_mib=$(((size_kib + 1023) / 1024))
+((size_kib < MAX_MIB * 1024)) || die "$OUT is ${size_kib} KiB, over the ${MAX_MIB} MiB limit"
 tar -C "$DIST_DIR" -czf "$OUT.tar.gz" "$NAME"
 echo "bundle: $OUT (${size_mib} MiB; CUDA libraries looked up at run time: ${CUDA_LIBS:-none})"
 echo "bundle: $OUT.tar.gz"

@@ -114,5 +114,20 @@ TEST(Criteo, BadLinesKeyAcceptsSkipAndErrorOnly) {
   }
 }
 
+TEST(Criteo, AnEvaluationCoversTheEvalSplitsWholeBatches) {
+  const std::string path = ::testing::TempDir() + "/criteo_eval.tsv";
+  {
+    std::ofstream f(path);
+    for (int i = 0; i < 100; ++i) f << line(i % 2 ? "0" : "1");
+  }
+  auto s = spec::load_string(
+      "model: {type: dlrm, table_rows: 100, embedding_dim: 4, bottom_mlp: [4], top_mlp: [1]}\n"
+      "data: {type: criteo, path: " +
+          path + ", batch_size: 8, eval_fraction: 0.3}\n",
+      "job.yaml");
+  auto data = family_of(s).make_data(s);
+  EXPECT_EQ(data->eval_batches(), 3);  // 30 eval lines: 3 whole batches of 8
+}
+
 }  // namespace
 }  // namespace ptrain::models::criteo

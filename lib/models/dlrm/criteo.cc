@@ -4,11 +4,10 @@
 #include <fmt/format.h>
 
 #include <cmath>
-#include <fstream>
-#include <sstream>
 #include <string_view>
 
 #include "ptrain/core/error.h"
+#include "ptrain/data/images.h"
 
 namespace ptrain::models::criteo {
 namespace {
@@ -98,11 +97,8 @@ Samples parse(const std::string& text, const std::string& origin,
 }
 
 Samples load(const std::string& path, const std::vector<int64_t>& table_rows, bool skip_bad) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(fmt::format("cannot read criteo data '{}'", path), "check data.path");
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  return parse(bytes.str(), path, table_rows, skip_bad);
+  // zlib reads plain files as they are, so `.gz` (or any gzip stream) and plain TSV both work.
+  return parse(data::read_maybe_gzip(path), path, table_rows, skip_bad);
 }
 
 }  // namespace ptrain::models::criteo

@@ -1,5 +1,5 @@
 // The Criteo display-advertising TSV layout (label, 13 integer features, 26 hex categorical
-// features; tab-separated; fields may be empty), read into memory as DLRM inputs.
+// features; tab-separated; fields may be empty; plain or .gz), read into memory as DLRM inputs.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +26,7 @@ struct Samples {
 // ConfigError "origin:line: ..." unless `skip_bad`, which counts and drops it.
 Samples parse(const std::string& text, const std::string& origin,
               const std::vector<int64_t>& table_rows, bool skip_bad);
-// Reads and parses a plain TSV file (IoError when it cannot be read).
+// Reads and parses a TSV file, plain or gzip-compressed (`.gz`); an error names the file.
 Samples load(const std::string& path, const std::vector<int64_t>& table_rows, bool skip_bad);
 
 }  // namespace ptrain::models::criteo

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "dlrm/dlrm_ops.h"
@@ -14,7 +15,6 @@
 #include "ptrain/nn/layers.h"
 
 namespace ptrain::nn {
-namespace {
 
 class DlrmActivations : public Activations {
  public:
@@ -48,10 +48,13 @@ class DlrmActivations : public Activations {
   std::vector<float> z;                               // [B, D + (K+1)K/2]
   std::vector<float> targets, losses;                 // [B]
   bool forward_done = false;
+  dlrm::Routing routing;  // sharded tables: this microbatch's lookups
 
  private:
   int B_, K_;
 };
+
+namespace {
 
 void relu(float* out, const float* in, size_t n) {
   for (size_t i = 0; i < n; ++i) out[i] = in[i] > 0 ? in[i] : 0.f;
@@ -86,7 +89,17 @@ Dlrm::Dlrm(const DlrmConfig& config) : Model(tensor::Device::kCpu), cfg_(config)
   for (int w : cfg_.top) top_dims_.push_back(w);
   // DLRM's state_dict order: emb_l, bot_l, top_l (Sequential indices 0, 2, ... skip the ReLUs).
   table_first_ = params_.size();
+  if (sharded()) {
+    PTRAIN_CHECK(cfg_.dp_rank >= 0 && cfg_.dp_rank < cfg_.dp_size, "data rank {} of {}",
+                 cfg_.dp_rank, cfg_.dp_size);
+    splits_ = dlrm::place_tables(cfg_.tables, cfg_.placement, cfg_.dp_size);
+  }
   for (int k = 0; k < K; ++k) {
+    if (sharded()) {
+      add_sharded_param(fmt::format("emb_l.{}.weight", k), {cfg_.tables[k], D}, splits_[k],
+                        cfg_.dp_rank);
+      continue;
+    }
     add_param(fmt::format("emb_l.{}.weight", k), {cfg_.tables[k], D});
     params_.back().decay = false;  // weight decay never touches embeddings
   }
@@ -110,8 +123,11 @@ void Dlrm::init(uint64_t seed) {
     host.resize(p.numel);
     const uint64_t key = param_key(seed, p.name);
     if (i >= table_first_ && i < bottom_first_) {
-      const float b = float(std::sqrt(1.0 / double(p.shape[0])));
-      fill_uniform(host.data(), host.size(), key, -b, b);
+      // Element j of this rank's rows is element row_begin * D + j of the full table.
+      const float b = float(std::sqrt(1.0 / double(p.full_shape[0])));
+      const uint64_t first = uint64_t(p.row_begin) * uint64_t(cfg_.dim);
+      for (size_t j = 0; j < host.size(); ++j)
+        host[j] = static_cast<float>(-b + (b - -b) * uniform01(key, first + j));
     } else if (p.shape.size() == 2) {
       const double sd = std::sqrt(2.0 / double(p.shape[0] + p.shape[1]));
       for (size_t j = 0; j < host.size(); ++j) host[j] = float(sd * normal01(key, j));
@@ -155,7 +171,8 @@ double Dlrm::forward(const Batch& batch, Activations& acts_base) {
   // v [B,F,D]: the bottom output, then each table's lookup.
   for (int b = 0; b < B; ++b)
     std::copy(in + size_t(b) * D, in + size_t(b + 1) * D, &a.v[size_t(b) * F * D]);
-  for (int k = 0; k < K; ++k) {
+  if (sharded()) sharded_lookup(a);
+  for (int k = 0; k < K && !sharded(); ++k) {
     const ParamInfo& t = params_[table_param(k)];
     for (int b = 0; b < B; ++b) a.idx[b] = a.sparse[size_t(b) * K + k];
     dlrm::embedding_lookup(a.emb.data(), param_data() + t.offset, a.idx.data(), B, t.shape[0], D);
@@ -204,7 +221,8 @@ void Dlrm::backward(Activations& acts_base, float dloss_scale, const float*) {
   // dout = d z; the interaction's gradient splits into the bottom output's and the lookups'.
   std::vector<float> dv(size_t(B) * F * D);
   dlrm::dot_interaction_backward(dv.data(), dout.data(), a.v.data(), B, F, D);
-  for (int k = 0; k < K; ++k) {
+  if (sharded()) sharded_backward(a, dv.data());
+  for (int k = 0; k < K && !sharded(); ++k) {
     const ParamInfo& t = params_[table_param(k)];
     for (int b = 0; b < B; ++b) {
       a.idx[b] = a.sparse[size_t(b) * K + k];
@@ -231,6 +249,59 @@ void Dlrm::backward(Activations& acts_base, float dloss_scale, const float*) {
   }
 }
 
+void Dlrm::sharded_lookup(DlrmActivations& a) {
+  const int B = a.batch(), K = int(cfg_.tables.size()), D = cfg_.dim, F = K + 1;
+  dlrm::Routing& r = a.routing;
+  GroupComm* comm = cfg_.dp_size > 1 ? dp_comm_ : nullptr;
+  PTRAIN_CHECK(cfg_.dp_size == 1 || comm, "sharded tables over {} ranks need the data group",
+               cfg_.dp_size);
+  dlrm::route_lookups(comm, cfg_.dp_size, a.sparse.data(), B, K, splits_, r);
+  // Serve the lookups this rank owns, in the order they came, then send the vectors back.
+  const size_t served = r.serve_count();
+  r.served.resize(served * D);
+  for (size_t i = 0; i < served; ++i) {
+    const ParamInfo& t = params_[table_param(size_t(r.recv_keys[2 * i]))];
+    const int64_t local = r.recv_keys[2 * i + 1] - t.row_begin;
+    PTRAIN_CHECK(local >= 0 && local < t.shape[0], "row {} of {} is not on data rank {}",
+                 r.recv_keys[2 * i + 1], t.name, cfg_.dp_rank);
+    std::memcpy(&r.served[i * D], param_data() + t.offset + size_t(local) * D, sizeof(float) * D);
+  }
+  r.returned.resize(r.sent() * D);
+  std::vector<size_t> sc(r.recv_counts), rc(r.send_counts);
+  for (auto& c : sc) c *= size_t(D);
+  for (auto& c : rc) c *= size_t(D);
+  dlrm::exchange(comm, r.served.data(), sc, r.returned.data(), rc, tensor::DType::kF32);
+  for (size_t i = 0; i < r.sent(); ++i) {
+    const size_t b = size_t(r.slots[i]) / size_t(K), k = size_t(r.slots[i]) % size_t(K);
+    std::memcpy(&a.v[(b * F + k + 1) * D], &r.returned[i * D], sizeof(float) * D);
+  }
+}
+
+void Dlrm::sharded_backward(DlrmActivations& a, const float* dv) {
+  const int K = int(cfg_.tables.size()), D = cfg_.dim, F = K + 1;
+  dlrm::Routing& r = a.routing;
+  GroupComm* comm = cfg_.dp_size > 1 ? dp_comm_ : nullptr;
+  // The vectors' gradients go to their owners in the order the lookups went.
+  for (size_t i = 0; i < r.sent(); ++i) {
+    const size_t b = size_t(r.slots[i]) / size_t(K), k = size_t(r.slots[i]) % size_t(K);
+    std::memcpy(&r.returned[i * D], &dv[(b * F + k + 1) * D], sizeof(float) * D);
+  }
+  std::vector<size_t> sc(r.send_counts), rc(r.recv_counts);
+  for (auto& c : sc) c *= size_t(D);
+  for (auto& c : rc) c *= size_t(D);
+  dlrm::exchange(comm, r.returned.data(), sc, r.served.data(), rc, tensor::DType::kF32);
+  std::vector<std::vector<int64_t>> rows(static_cast<size_t>(K));
+  for (size_t i = 0; i < r.serve_count(); ++i) {
+    const size_t k = size_t(r.recv_keys[2 * i]);
+    const ParamInfo& t = params_[table_param(k)];
+    const int64_t local = r.recv_keys[2 * i + 1] - t.row_begin;
+    float* g = grad_data() + t.offset + size_t(local) * D;
+    for (int d = 0; d < D; ++d) g[d] += r.served[i * D + d];
+    rows[k].push_back(local);
+  }
+  for (int k = 0; k < K; ++k) mark_touched(table_param(size_t(k)), rows[k].data(), rows[k].size());
+}
+
 double Dlrm::train_flops(int B, int) const {
   double macs = 0;
   for (size_t i = 0; i + 1 < bot_dims_.size(); ++i) macs += double(bot_dims_[i]) * bot_dims_[i + 1];
@@ -240,15 +311,11 @@ double Dlrm::train_flops(int B, int) const {
   return 6.0 * B * macs;
 }
 
-void Dlrm::eval_sums(const Activations& acts_base, EvalSums& sums) const {
+void Dlrm::eval_scores(const Activations& acts_base, EvalScores& out) const {
   const auto& a = dynamic_cast<const DlrmActivations&>(acts_base);
   const float* logits = a.top_pre.back().data();
-  for (int b = 0; b < a.batch(); ++b) {
-    const double s = 1.0 / (1.0 + std::exp(-double(logits[b])));
-    const int bin = std::clamp(int(s * kAucBins), 0, kAucBins - 1);
-    const bool pos = a.targets[b] > 0.5f;
-    sums[fmt::format("{}.{}", pos ? "auc_pos" : "auc_neg", bin)] += 1;
-  }
+  out.scores.insert(out.scores.end(), logits, logits + a.batch());
+  out.labels.insert(out.labels.end(), a.targets.begin(), a.targets.begin() + a.batch());
 }
 
 }  // namespace ptrain::nn

@@ -1,8 +1,10 @@
 // DLRM host kernels (dlrm_ops.h).
 #include "dlrm/dlrm_ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "ptrain/core/error.h"
 
@@ -92,6 +94,24 @@ void bce_with_logits_backward(T* dx, const T* x, const float* y, T scale, int B)
   template void dot_interaction_backward<T>(T*, const T*, const T*, int, int, int);     \
   template double bce_with_logits_forward<T>(T*, const T*, const float*, int);          \
   template void bce_with_logits_backward<T>(T*, const T*, const float*, T, int);
+double roc_auc(const float* scores, const float* labels, size_t n) {
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return scores[a] < scores[b]; });
+  double pos = 0, rank_sum = 0;
+  for (size_t i = 0; i < n;) {
+    size_t j = i;
+    while (j < n && scores[order[j]] == scores[order[i]]) ++j;
+    const double avg_rank = 0.5 * double(i + 1 + j);  // ranks i+1 .. j
+    for (size_t t = i; t < j; ++t)
+      if (labels[order[t]] > 0.5f) pos += 1, rank_sum += avg_rank;
+    i = j;
+  }
+  const double neg = double(n) - pos;
+  if (pos == 0 || neg == 0) return 0.5;
+  return (rank_sum - pos * (pos + 1) / 2) / (pos * neg);
+}
+
 PTRAIN_DLRM_OPS(float)
 PTRAIN_DLRM_OPS(double)
 #undef PTRAIN_DLRM_OPS

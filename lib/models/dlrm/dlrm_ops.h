@@ -36,4 +36,9 @@ double bce_with_logits_forward(T* loss, const T* x, const float* y, int B);
 template <class T>
 void bce_with_logits_backward(T* dx, const T* x, const float* y, T scale, int B);
 
+// Exact ROC AUC of scores [n] against labels [n] (0/1): the Mann-Whitney statistic, ties
+// given their average rank (a tied positive/negative pair counts half). 0.5 without both
+// classes.
+double roc_auc(const float* scores, const float* labels, size_t n);
+
 }  // namespace ptrain::nn::dlrm

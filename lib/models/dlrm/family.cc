@@ -3,6 +3,8 @@
 #include "ptrain/models/family.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +14,7 @@
 #include "dlrm/dlrm_ops.h"
 #include "ptrain/core/error.h"
 #include "ptrain/nn/init.h"
+#include "ptrain/spec/plan.h"
 
 namespace ptrain::models {
 namespace {
@@ -73,9 +76,27 @@ class SyntheticCriteo : public DataSet {
       y[i] = sample(first + i, x + i * dense_, s + i * int64_t(rows_.size()));
   }
   double global_targets(int64_t, data::Split) const override { return double(batch_); }
+  // An evaluation reads kEvalBatches global batches from the start of the eval samples.
+  int64_t eval_batches() const override { return kEvalBatches; }
+  static constexpr int64_t kEvalBatches = 4;
 
-  // Writes sample g's features and returns its label.
-  float sample(int64_t g, float* x, int32_t* s) const {
+  // ROC AUC of the planted logit on the samples one evaluation reads: the best any model can
+  // reach there.
+  double planted_eval_auc() const {
+    const int64_t n = kEvalBatches * batch_;
+    std::vector<float> x(static_cast<size_t>(dense_)), logits(static_cast<size_t>(n)),
+        labels(static_cast<size_t>(n));
+    std::vector<int32_t> sp(rows_.size());
+    for (int64_t i = 0; i < n; ++i) {
+      double logit = 0;
+      labels[size_t(i)] = sample((int64_t{1} << 40) + i, x.data(), sp.data(), &logit);
+      logits[size_t(i)] = float(logit);
+    }
+    return nn::dlrm::roc_auc(logits.data(), labels.data(), size_t(n));
+  }
+
+  // Writes sample g's features and returns its label (and the planted logit when asked).
+  float sample(int64_t g, float* x, int32_t* s, double* planted = nullptr) const {
     const uint64_t u = uint64_t(g);
     double logit = -1.0;
     for (int j = 0; j < dense_; ++j) {
@@ -90,6 +111,7 @@ class SyntheticCriteo : public DataSet {
       s[k] = int32_t(idx);
       logit += 0.6 * nn::normal01(key_ + 4 + k, uint64_t(idx));
     }
+    if (planted) *planted = logit;
     const double p = 1.0 / (1.0 + std::exp(-logit));
     return nn::uniform01(key_ + 5, u) < p ? 1.f : 0.f;
   }
@@ -147,12 +169,47 @@ class CriteoFile : public DataSet {
     }
   }
   double global_targets(int64_t, data::Split) const override { return double(batch_); }
+  // An evaluation covers the eval split's whole global batches (at least one; a last partial
+  // batch of fewer than batch_size lines is left out).
+  int64_t eval_batches() const override { return std::max<int64_t>(1, eval_ / batch_); }
 
  private:
   int64_t batch_;
   criteo::Samples samples_;
   int64_t train_ = 0, eval_ = 0;
 };
+
+// Bytes each data-parallel worker holds for the tables: parameters and gradients (4 bytes
+// each per element), Adagrad's accumulator per row, under parallel.embeddings.
+std::vector<double> table_bytes_per_worker(const JobSpec& s) {
+  const auto rows = table_rows(s.model);
+  const double D = double(s.model.integer("embedding_dim"));
+  const int dp = std::max(1, s.parallel.data);
+  const auto place = nn::dlrm::parse_placement(s.parallel.embeddings);
+  const bool adagrad =
+      place != nn::dlrm::Placement::kReplicated && s.train.optimizer.embeddings.type == "adagrad";
+  // The dense optimizer's state per element under replicated (adamw 2, sgd momentum 1).
+  const auto& o = s.train.optimizer;
+  const double dense_state = o.type == "adamw" ? 2 : (o.momentum > 0 ? 1 : 0);
+  std::vector<double> per(size_t(dp), 0.0);
+  if (place == nn::dlrm::Placement::kReplicated) {
+    for (int64_t r : rows) per.assign(size_t(dp), per[0] + double(r) * D * 4 * (2 + dense_state));
+    return per;
+  }
+  const auto splits = nn::dlrm::place_tables(rows, place, dp);
+  for (size_t k = 0; k < rows.size(); ++k)
+    for (int r = 0; r < dp; ++r) {
+      const double n = double(splits[k][size_t(r) + 1] - splits[k][size_t(r)]);
+      per[size_t(r)] += n * D * 8 + (adagrad ? n * 4 : 0);
+    }
+  return per;
+}
+
+// What one worker may use: this host's physical memory over the workers it runs.
+double worker_memory_limit(const JobSpec& s) {
+  const double ram = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
+  return ram / std::max(1, s.nodes.procs_per_node);
+}
 
 class DlrmFamily : public Family {
  public:
@@ -167,7 +224,7 @@ class DlrmFamily : public Family {
         ModelKey::integer("sparse", 26, 1, 1024, "categorical features (K equal tables)"),
         ModelKey::integer("table_rows", 1000, 1, int64_t{1} << 31,
                           "rows of each table when `tables` is not given"),
-        ModelKey::int_list("tables", {}, 1, int64_t{1} << 31,
+        ModelKey::int_list("tables", {}, 1, INT32_MAX,
                            "rows of each table, one per categorical feature (overrides sparse)"),
         ModelKey::integer("embedding_dim", 16, 1, 4096, "width of every embedding"),
         ModelKey::int_list("bottom_mlp", {64, 16}, 1, 1 << 20,
@@ -210,20 +267,79 @@ class DlrmFamily : public Family {
     if (s.parallel.data_mode == "async")
       c.fail_at({"parallel.data_mode"}, "the dlrm family trains synchronously only",
                 "set parallel.data_mode: sync");
-    // Every table is replicated: refuse what cannot fit in one worker's memory (16 GiB).
-    double bytes = 0;
-    for (int64_t r : table_rows(s.model)) bytes += double(r) * s.model.integer("embedding_dim") * 4;
-    if (bytes * 2 > 16.0 * (1ull << 30))
-      c.fail_at({"model.tables", "model.table_rows"},
-                fmt::format("the embedding tables and their gradients take {:.1f} GiB per worker",
-                            bytes * 2 / (1ull << 30)),
-                "use fewer or smaller tables (every worker holds every table)");
+    // The tables of the fullest worker (with gradients and optimizer state) must fit in its
+    // share of this host's memory.
+    const auto per = table_bytes_per_worker(s);
+    const double most = *std::max_element(per.begin(), per.end());
+    const double limit = worker_memory_limit(s);
+    const bool replicated = s.parallel.embeddings == "replicated";
+    if (most > limit)
+      c.fail_at({"model.table_rows", "model.tables", "parallel.embeddings"},
+                fmt::format("the embedding tables take {:.1f} GiB on the fullest worker "
+                            "(parameters, gradients, optimizer state) under parallel.embeddings: "
+                            "{}, more than the {:.1f} GiB a worker has ({} per host)",
+                            most / (1ull << 30), s.parallel.embeddings, limit / (1ull << 30),
+                            s.nodes.procs_per_node),
+                replicated ? "set parallel.embeddings: table or row to split the tables over the "
+                             "data-parallel workers, or use fewer or smaller tables"
+                           : "use more data-parallel workers (parallel.embeddings: row splits "
+                             "one big table), or fewer or smaller tables");
+    if (s.parallel.embeddings != "replicated" && s.parallel.pipeline > 1)
+      c.fail_at({"parallel.embeddings", "parallel.pipeline"},
+                "sharded embedding tables need parallel.pipeline: 1", "set parallel.pipeline: 1");
+  }
+
+  std::vector<std::string> plan_notes(const JobSpec& s) const override {
+    std::vector<std::string> out;
+    const auto rows = table_rows(s.model);
+    const int dp = s.parallel.data;
+    const auto per = table_bytes_per_worker(s);
+    const auto place = nn::dlrm::parse_placement(s.parallel.embeddings);
+    if (place == nn::dlrm::Placement::kReplicated) {
+      out.push_back(
+          fmt::format("embeddings replicated: all {} tables on every worker, {} each "
+                      "(parameters, gradients, optimizer state)",
+                      rows.size(), spec::format_bytes(int64_t(per[0]))));
+    } else {
+      const auto splits = nn::dlrm::place_tables(rows, place, dp);
+      out.push_back(fmt::format("embeddings {}: {} tables over {} data-parallel worker{}",
+                                s.parallel.embeddings, rows.size(), dp, dp == 1 ? "" : "s"));
+      for (int r = 0; r < dp; ++r) {
+        std::vector<std::string> held;
+        int64_t n = 0;
+        for (size_t k = 0; k < rows.size(); ++k) {
+          const int64_t lo = splits[k][size_t(r)], hi = splits[k][size_t(r) + 1];
+          if (hi <= lo) continue;
+          n += hi - lo;
+          held.push_back(place == nn::dlrm::Placement::kTable
+                             ? fmt::format("{}", k)
+                             : fmt::format("{}[{}:{}]", k, lo, hi));
+        }
+        std::string list = fmt::format("{}", fmt::join(held, " "));
+        if (list.size() > 100) list = list.substr(0, 97) + "...";
+        out.push_back(fmt::format("  dp {:>3}  {} rows, {}  tables {}", r, n,
+                                  spec::format_bytes(int64_t(per[size_t(r)])),
+                                  held.empty() ? "-" : list));
+      }
+    }
+    double max_rows = 0;
+    for (int64_t r : rows) max_rows = std::max(max_rows, double(r));
+    const double limit = worker_memory_limit(s);
+    if (s.data.type == "synthetic-criteo" && s.data.eval_fraction > 0)
+      out.push_back(fmt::format("eval       the planted model's AUC on the eval samples: {:.4f}",
+                                SyntheticCriteo(s).planted_eval_auc()));
+    if (place == nn::dlrm::Placement::kReplicated && dp > 1 && per[0] > limit / 4)
+      out.push_back(
+          "hint       the tables take over a quarter of a worker's memory: "
+          "parallel.embeddings: table (or row) holds each row on one worker only");
+    return out;
   }
 
   int pipeline_layers(const ModelSpec&) const override { return 1; }
   std::string layers_key() const override { return "model.top_mlp"; }
   std::string layer_word() const override { return "models"; }
   bool supports_pipeline() const override { return false; }
+  bool supports_sharded_embeddings() const override { return true; }
 
   int64_t parameters(const ModelSpec& m) const override {
     const auto cfg = config_of(m);
@@ -240,6 +356,19 @@ class DlrmFamily : public Family {
     const auto cfg = config_of(s.model);
     spec::StageFigures f;
     f.parameters = parameters(s.model);
+    const auto place = nn::dlrm::parse_placement(s.parallel.embeddings);
+    if (place != nn::dlrm::Placement::kReplicated) {
+      // This worker's share of the tables: the fullest data rank's rows.
+      int64_t all = 0, most = 0;
+      for (int64_t r : cfg.tables) all += r;
+      const auto splits = nn::dlrm::place_tables(cfg.tables, place, s.parallel.data);
+      for (int r = 0; r < s.parallel.data; ++r) {
+        int64_t held = 0;
+        for (const auto& sp : splits) held += sp[size_t(r) + 1] - sp[size_t(r)];
+        most = std::max(most, held);
+      }
+      f.parameters -= (all - most) * cfg.dim;
+    }
     int64_t outs = 0;
     for (int w : cfg.bottom) outs += 2 * w;
     for (int w : cfg.top) outs += 2 * w;
@@ -258,31 +387,18 @@ class DlrmFamily : public Family {
     if (s.data.type == "criteo") return std::make_unique<CriteoFile>(s);
     return std::make_unique<SyntheticCriteo>(s);
   }
-  std::unique_ptr<nn::Model> make_model(const JobSpec& s, const ModelPlace&) const override {
-    return std::make_unique<nn::Dlrm>(config_of(s.model));
+  std::unique_ptr<nn::Model> make_model(const JobSpec& s, const ModelPlace& place) const override {
+    nn::DlrmConfig c = config_of(s.model);
+    c.placement = nn::dlrm::parse_placement(s.parallel.embeddings);
+    c.dp_rank = place.dp_rank;
+    c.dp_size = place.dp_size;
+    return std::make_unique<nn::Dlrm>(c);
   }
 
-  std::vector<std::string> eval_sum_names() const override {
-    std::vector<std::string> names;
-    for (int i = 0; i < nn::kAucBins; ++i) {
-      names.push_back(fmt::format("auc_pos.{}", i));
-      names.push_back(fmt::format("auc_neg.{}", i));
-    }
-    return names;
-  }
-  // ROC AUC from the score histogram: P(score of a positive > score of a negative), ties
-  // (the same bin) counted half. Exact up to the bin width of 1/kAucBins in sigmoid(logit).
-  std::vector<std::pair<std::string, double>> eval_metrics(const nn::EvalSums& s) const override {
-    double neg_below = 0, pos_total = 0, neg_total = 0, area = 0;
-    for (int i = 0; i < nn::kAucBins; ++i) {
-      const double p = s.at(fmt::format("auc_pos.{}", i)), n = s.at(fmt::format("auc_neg.{}", i));
-      area += p * (neg_below + 0.5 * n);
-      neg_below += n;
-      pos_total += p;
-      neg_total += n;
-    }
-    const double auc = pos_total > 0 && neg_total > 0 ? area / (pos_total * neg_total) : 0.5;
-    return {{"eval_auc", auc}};
+  // Exact ROC AUC over every eval sample of every data rank (ties as average ranks).
+  std::vector<std::pair<std::string, double>> eval_score_metrics(
+      const nn::EvalScores& s) const override {
+    return {{"eval_auc", nn::dlrm::roc_auc(s.scores.data(), s.labels.data(), s.scores.size())}};
   }
 };
 

@@ -90,8 +90,10 @@ std::vector<std::pair<int, int>> stage_ranges(const spec::JobSpec& spec) {
 }
 
 std::unique_ptr<nn::Model> make_model(const spec::JobSpec& spec, tensor::Device device, int stage,
-                                      int tp_rank) {
+                                      int tp_rank, int dp_rank) {
   ModelPlace place;
+  place.dp_rank = dp_rank;
+  place.dp_size = spec.parallel.data;
   place.device = device;
   place.stage = stage;
   place.stages = spec.parallel.pipeline;

@@ -55,6 +55,49 @@ void Model::add_split_param(std::string name, std::vector<int64_t> full_shape, i
   }
 }
 
+void Model::add_sharded_param(std::string name, std::vector<int64_t> full_shape,
+                              std::vector<int64_t> row_splits, int rank) {
+  PTRAIN_CHECK(!full_shape.empty() && rank >= 0 && size_t(rank) + 1 < row_splits.size(),
+               "sharded parameter {}: rank {} of {} row ranges", name, rank, row_splits.size() - 1);
+  PTRAIN_CHECK(row_splits.front() == 0 && row_splits.back() == full_shape[0],
+               "sharded parameter {}: row ranges do not cover its {} rows", name, full_shape[0]);
+  std::vector<int64_t> local = full_shape;
+  local[0] = row_splits[size_t(rank) + 1] - row_splits[size_t(rank)];
+  add_param(std::move(name), local);
+  ParamInfo& p = params_.back();
+  p.full_shape = std::move(full_shape);
+  p.sync = ParamInfo::Sync::kSharded;
+  p.decay = false;
+  p.row_begin = row_splits[size_t(rank)];
+  p.row_splits = std::move(row_splits);
+}
+
+void Model::mark_touched(size_t index, const int64_t* rows, size_t n) {
+  if (touched_.size() < params_.size()) {
+    touched_.resize(params_.size());
+    touched_sorted_.resize(params_.size(), true);
+  }
+  touched_[index].insert(touched_[index].end(), rows, rows + n);
+  touched_sorted_[index] = false;
+}
+
+const std::vector<int64_t>& Model::touched_rows(size_t index) const {
+  static const std::vector<int64_t> kNone;
+  if (index >= touched_.size()) return kNone;
+  if (!touched_sorted_[index]) {
+    auto& v = touched_[index];
+    std::sort(v.begin(), v.end());
+    v.erase(std::unique(v.begin(), v.end()), v.end());
+    touched_sorted_[index] = true;
+  }
+  return touched_[index];
+}
+
+void GroupComm::alltoallv(const void*, const std::vector<size_t>&, void*,
+                          const std::vector<size_t>&, tensor::DType) {
+  throw Error("this group communicator has no all-to-all");
+}
+
 size_t ParamInfo::full_numel() const {
   return static_cast<size_t>(tensor::shape_numel(full_shape.empty() ? shape : full_shape));
 }
@@ -64,6 +107,12 @@ namespace {
 // the dimensions before split_dim and every block, `chunk` elements of the part.
 template <class F>
 void for_each_run(const ParamInfo& p, int part, F&& f) {
+  if (p.is_row_sharded()) {  // this rank's rows [row_begin, row_begin + shape[0])
+    size_t inner = 1;
+    for (size_t d = 1; d < p.full_shape.size(); ++d) inner *= size_t(p.full_shape[d]);
+    if (p.numel > 0) f(size_t(p.row_begin) * inner, size_t{0}, p.numel);
+    return;
+  }
   if (!p.is_split()) {
     f(size_t{0}, size_t{0}, p.numel);
     return;
@@ -180,6 +229,8 @@ tensor::Tensor Model::grad(size_t index) const {
 
 void Model::zero_grad() {
   grad_buf_.zero();
+  for (auto& t : touched_) t.clear();
+  touched_sorted_.assign(touched_.size(), true);
 }
 
 }  // namespace ptrain::nn

@@ -25,6 +25,17 @@ void TensorParallelComm::allreduce_max(float* data, size_t count) {
   run(data, count, comm::ReduceOp::kMax);
 }
 
+void TensorParallelComm::alltoallv(const void* send, const std::vector<size_t>& send_counts,
+                                   void* recv, const std::vector<size_t>& recv_counts,
+                                   tensor::DType dtype) {
+  double t0 = mono_seconds();
+  group_.alltoallv(send, send_counts, recv, recv_counts, dtype);
+  counters_.a2a_seconds += mono_seconds() - t0;
+  counters_.a2a_calls += 1;
+  for (size_t j = 0; j < send_counts.size(); ++j)
+    if (int(j) != group_.rank()) counters_.a2a_bytes += send_counts[j] * 4;
+}
+
 double tensor_parallel_sum_squares(const tensor::Ops& ops, const nn::Model& model,
                                    const float* grads, size_t begin, size_t end, int tp_rank) {
   double sum = 0;

@@ -8,12 +8,8 @@ using comm::DType;
 using comm::ReduceOp;
 
 Zero1::Zero1(nn::Model& model, comm::Communicator& dp) : model_(model), dp_(dp) {
-  const size_t n = model.num_params();
-  if (model.dense_numel() != n)
-    throw ConfigError(
-        "parallel.zero: 1 shards dense parameters only, and this model has "
-        "sharded ones",
-        "set parallel.zero: 0");
+  // Dense parameters only (they come first); sharded ones stay with their owners.
+  const size_t n = model.dense_numel();
   const int world = dp.size();
   shard_ = optim::Shard::of_rank(n, dp.rank(), world);
   chunk_ = (n + size_t(world) - 1) / size_t(world);
@@ -25,7 +21,7 @@ Zero1::Zero1(nn::Model& model, comm::Communicator& dp) : model_(model), dp_(dp) 
 
 void Zero1::reduce_scatter_grads() {
   const auto& ops = tensor::ops(model_.device());
-  ops.copy(send_.data<float>(), model_.grad_data(), model_.num_params() * sizeof(float));
+  ops.copy(send_.data<float>(), model_.grad_data(), model_.dense_numel() * sizeof(float));
   dp_.reduce_scatter(send_.data<float>(), recv_.data<float>(), chunk_, DType::kF32, ReduceOp::kSum);
   ops.copy(model_.grad_data() + shard_.begin, recv_.data<float>(), shard_.size() * sizeof(float));
 }
@@ -33,7 +29,7 @@ void Zero1::reduce_scatter_grads() {
 void Zero1::allgather_params() {
   const auto& ops = tensor::ops(model_.device());
   ops.copy(model_.param_data(), allgather_state(model_.param_data() + shard_.begin),
-           model_.num_params() * sizeof(float));
+           model_.dense_numel() * sizeof(float));
 }
 
 const float* Zero1::allgather_state(const float* shard_data) {

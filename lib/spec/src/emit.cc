@@ -99,6 +99,7 @@ Value tree(const JobSpec& s) {
   par.add("microbatches", Value::num(p.microbatches));
   par.add("stages", Value::ints(p.stages));
   par.add("comm", Value::str(p.comm));
+  if (p.embeddings != "replicated") par.add("embeddings", Value::str(p.embeddings));
 
   if (!s.launcher_only()) {
     const ModelSpec& m = s.model;
@@ -160,6 +161,12 @@ Value tree(const JobSpec& s) {
     }
     opt.add("weight_decay", Value::num(o.weight_decay));
     opt.add("grad_clip", Value::num(o.grad_clip));
+    if (o.embeddings != EmbeddingOptimizerSpec{}) {
+      Value& emb = opt.add("embeddings", Value::map());
+      emb.add("type", Value::str(o.embeddings.type));
+      if (o.embeddings.lr > 0) emb.add("lr", Value::num(o.embeddings.lr));  // 0: the job's
+      emb.add("eps", Value::num(o.embeddings.eps));
+    }
     Value& sched = train.add("schedule", Value::map());
     sched.add("warmup", Value::num(t.schedule.warmup));
     sched.add("decay", Value::str(t.schedule.decay));

@@ -209,7 +209,7 @@ void read_nodes(Reader& r, const MapView& m, NodesSpec& nodes, const std::string
 
 void read_parallel(Reader& r, const MapView& m, ParallelSpec& p) {
   m.allow({"data", "tensor", "pipeline", "data_mode", "staleness", "servers", "zero", "bucket_mb",
-           "schedule", "microbatches", "stages", "comm"});
+           "schedule", "microbatches", "stages", "comm", "embeddings"});
   p.data_auto = true;
   if (m.has("data")) {
     const YAML::Node& v = m.get("data");
@@ -237,6 +237,7 @@ void read_parallel(Reader& r, const MapView& m, ParallelSpec& p) {
   m.read("microbatches", p.microbatches, 1, 1 << 16);
   if (m.has("stages")) p.stages = r.as_int_list(m.path("stages"), m.get("stages"), 1, 1 << 20);
   m.read_enum("comm", p.comm, {"auto", "gloo", "nccl"});
+  m.read_enum("embeddings", p.embeddings, {"replicated", "table", "row"});
 }
 
 // The `model:` section: `type` picks the family, whose schema (spec/model_schema.h) names the
@@ -416,11 +417,11 @@ void read_train(Reader& r, const MapView& m, TrainSpec& t) {
   OptimizerSpec& o = t.optimizer;
   if (m.has("optimizer")) {
     MapView om(r, m.get("optimizer"), m.path("optimizer"));
-    om.allow(merged(kAdamwKeys, kSgdKeys));
+    om.allow(merged(merged(kAdamwKeys, kSgdKeys), {"embeddings"}));
     om.read_enum("type", o.type, {"adamw", "sgd"});
     const auto& own = o.type == "adamw" ? kAdamwKeys : kSgdKeys;
     for (const auto& key : om.keys())
-      if (!contains(own, key))
+      if (!contains(own, key) && key != "embeddings")
         r.fail(om.path(key), om.key_node(key),
                fmt::format("`{}` does not apply to the {} optimizer", key, o.type),
                fmt::format("remove it, or set optimizer.type to {}",
@@ -447,6 +448,13 @@ void read_train(Reader& r, const MapView& m, TrainSpec& t) {
     if (o.nesterov && o.momentum <= 0)
       r.fail_at({om.path("nesterov")}, "nesterov needs momentum > 0", "set optimizer.momentum");
     om.read("grad_clip", o.grad_clip, 0, 1e12);
+    if (om.has("embeddings")) {
+      MapView em(r, om.get("embeddings"), om.path("embeddings"));
+      em.allow({"type", "lr", "eps"});
+      em.read_enum("type", o.embeddings.type, {"sgd", "adagrad"});
+      em.read("lr", o.embeddings.lr, 0, 10, /*lo_exclusive=*/true);
+      em.read("eps", o.embeddings.eps, 0, 1, /*lo_exclusive=*/true);
+    }
   }
   if (m.has("schedule")) {
     MapView sm(r, m.get("schedule"), m.path("schedule"));
@@ -597,6 +605,14 @@ void check_model(Reader& r, JobSpec& s) {
               fmt::format("{} models read {} data, not {}", m.type, fmt::join(data_types, ", "),
                           s.data.type),
               fmt::format("use data.type: {}", fmt::join(data_types, ", ")));
+  if (p.embeddings != "replicated" && !schema.supports_sharded_embeddings())
+    r.fail_at({"parallel.embeddings", "model.type"},
+              fmt::format("model.type {} has no embedding tables to shard", m.type),
+              "remove parallel.embeddings (it applies to the dlrm family)");
+  if (s.train.optimizer.embeddings != EmbeddingOptimizerSpec{} && p.embeddings == "replicated")
+    r.fail_at({"train.optimizer.embeddings", "parallel.embeddings"},
+              "train.optimizer.embeddings applies to sharded tables only",
+              "set parallel.embeddings: table or row (replicated tables use the job's optimizer)");
   if (p.pipeline > 1 && !schema.supports_pipeline())
     r.fail_at({"parallel.pipeline", "model.type"},
               fmt::format("model.type {} cannot be split into pipeline stages", m.type),

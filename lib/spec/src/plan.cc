@@ -108,6 +108,7 @@ Plan make_plan(const JobSpec& s) {
 
   plan.stage_layers = stage_layers(s);
   plan.parameters = schema.parameters(m);
+  plan.notes = schema.plan_notes(s);
   plan.tokens_per_step = int64_t{s.data.batch_size} * schema.targets_per_sample(m);
 
   const int elem = t.precision == "bf16" ? 2 : 4;
@@ -200,6 +201,7 @@ std::string format_plan(const Plan& plan) {
                   plan.microbatches, plan.micro_batch));
   line(fmt::format("step       {} {} per step, {} steps", with_commas(plan.tokens_per_step),
                    plan.target_word, with_commas(plan.steps)));
+  for (const auto& n : plan.notes) line(n);
   return out;
 }
 

@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "ptrain/core/error.h"
@@ -127,8 +128,44 @@ FullState gather_model_state(const nn::Model& model, comm::ProcessMesh* mesh) {
   return gather_full(model, model.param_data(), mesh, with_buffers);
 }
 
+std::vector<float> gather_rows(comm::ProcessMesh* mesh, const std::vector<int64_t>& splits,
+                               size_t inner, const float* local) {
+  const int ranks = int(splits.size()) - 1;
+  const int me = mesh ? mesh->coords().dp : 0;
+  const size_t mine = size_t(splits[size_t(me) + 1] - splits[size_t(me)]) * inner;
+  if (!mesh || mesh->shape().dp == 1) {
+    PTRAIN_CHECK(ranks == 1 || mine == size_t(splits.back()) * inner,
+                 "rows split over {} ranks without a data group", ranks);
+    return std::vector<float>(local, local + mine);
+  }
+  auto& dp = mesh->dp();
+  PTRAIN_CHECK(dp.size() == ranks, "rows split over {} ranks, the data group has {}", ranks,
+               dp.size());
+  std::vector<size_t> send(size_t(ranks), 0), recv(size_t(ranks), 0);
+  send[0] = mine;
+  if (me == 0)
+    for (int r = 0; r < ranks; ++r)
+      recv[size_t(r)] = size_t(splits[size_t(r) + 1] - splits[size_t(r)]) * inner;
+  std::vector<float> full(me == 0 ? size_t(splits.back()) * inner : 0);
+  float dummy = 0;
+  dp.alltoallv(mine ? local : &dummy, send, full.empty() ? &dummy : full.data(), recv,
+               comm::DType::kF32);
+  return full;
+}
+
 FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMesh* mesh,
-                      const std::function<FullState(FullState)>& add) {
+                      const std::function<FullState(FullState)>& add, bool sharded) {
+  // Sharded parameters: every data rank's rows onto data rank 0, before the others return.
+  std::map<std::string, std::vector<float>> joined;
+  if (sharded)
+    for (const auto& p : model.params()) {
+      if (p.sync != nn::ParamInfo::Sync::kSharded) continue;
+      std::vector<float> local(p.numel);
+      tensor::ops(model.device())
+          .copy_to_host(local.data(), flat + p.offset, p.numel * sizeof(float));
+      joined[p.name] =
+          gather_rows(mesh, p.row_splits, p.full_numel() / size_t(p.full_shape[0]), local.data());
+    }
   // Tensor parallelism (tp > 1) joins split parameters here; pipeline parallelism (pp > 1)
   // merges the stages onto pipeline rank 0. With neither, the local tensors are the full ones.
   if (mesh) {
@@ -142,12 +179,17 @@ FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMe
       return out;
     }
   }
-  std::vector<float> host(model.num_params());
+  std::vector<float> host(sharded ? model.num_params() : model.dense_numel());
   tensor::ops(model.device()).copy_to_host(host.data(), flat, host.size() * sizeof(float));
   FullState out;
-  for (const auto& p : model.params())
+  for (const auto& p : model.params()) {
+    if (p.sync == nn::ParamInfo::Sync::kSharded) {
+      if (sharded) out.push_back({p.name, p.full_shape, std::move(joined[p.name])});
+      continue;
+    }
     out.push_back({p.name, p.shape,
                    std::vector<float>(host.begin() + p.offset, host.begin() + p.offset + p.numel)});
+  }
   if (add) out = add(std::move(out));
   if (mesh && mesh->shape().pp > 1) return merge_pipeline_stages(model, std::move(out), *mesh);
   return out;
@@ -165,7 +207,7 @@ void read_local(const data::SafetensorsFile& file, const std::string& file_name,
                     info ? fmt::format(" (it has [{}])", fmt::join(info->shape, ",")) : ""),
         "resume with the model the checkpoint was trained with");
   out.resize(p.numel);
-  if (!p.is_split()) {
+  if (!p.is_split() && !p.is_row_sharded()) {
     file.read_f32(file_name, out.data());
     return;
   }
@@ -210,7 +252,7 @@ data::CheckpointManifest save_training_state(
 }
 
 SavedState load_training_state(const data::CheckpointManifest& manifest, nn::Model& model,
-                               optim::Optimizer& optimizer) {
+                               optim::Optimizer& optimizer, optim::RowSparseOptimizer* sparse) {
   auto it = manifest.metadata.find("optimizer");
   if (it != manifest.metadata.end() && it->second != optimizer.name())
     throw ConfigError(fmt::format("checkpoint '{}' holds {} state but the job uses {}",
@@ -249,6 +291,20 @@ SavedState load_training_state(const data::CheckpointManifest& manifest, nn::Mod
         ops.copy_from_host(s.data + (lo - shard.begin), host.data() + (lo - p.offset),
                            (hi - lo) * sizeof(float));
       }
+    }
+  }
+  if (sparse && sparse->has_state()) {
+    // Row-wise accumulators [rows] of each sharded table, this rank's rows.
+    auto ofile = data::SafetensorsFile::open(manifest.optim_path());
+    size_t t = 0;
+    for (const auto& p : model.params()) {
+      if (p.sync != nn::ParamInfo::Sync::kSharded) continue;
+      nn::ParamInfo rows = p;  // the same row split of a [rows] tensor
+      rows.shape = {p.shape[0]};
+      rows.full_shape = {p.full_shape[0]};
+      rows.numel = size_t(p.shape[0]);
+      read_local(ofile, p.name + ".sum", rows, host);
+      std::copy(host.begin(), host.end(), sparse->accumulator(t++));
     }
   }
   SavedState saved;

@@ -28,7 +28,8 @@ int64_t RankBatches::eval_batches() const {
 }
 
 double eval_loss_sum(nn::Model& model, nn::Activations& acts, RankBatches& batches,
-                     parallel::PipelineExecutor* pipeline, nn::EvalSums& sums) {
+                     parallel::PipelineExecutor* pipeline, nn::EvalSums& sums,
+                     nn::EvalScores* scores) {
   model.set_training(false);
   double sum = 0;
   for (int64_t e = 0; e < batches.eval_batches(); ++e) {
@@ -40,6 +41,7 @@ double eval_loss_sum(nn::Model& model, nn::Activations& acts, RankBatches& batch
     for (int m = 0; m < batches.micro_total(); ++m) {
       sum += model.forward(batches.fill(e, m, data::Split::kEval), acts);
       model.eval_sums(acts, sums);
+      if (scores) model.eval_scores(acts, *scores);
     }
   }
   model.set_training(true);

@@ -51,8 +51,10 @@ inline constexpr int64_t kEvalBatches = 4;
 // The sum of this rank's per-target eval losses over eval_batches() batches (forward only, the
 // model in evaluation mode), through the pipeline when there is one, with the model's eval
 // sums added to `sums`; and the targets of the global eval batches it averages over.
+// Without a pipeline, the model's per-sample scores are appended to `scores` when given.
 double eval_loss_sum(nn::Model& model, nn::Activations& acts, RankBatches& batches,
-                     parallel::PipelineExecutor* pipeline, nn::EvalSums& sums);
+                     parallel::PipelineExecutor* pipeline, nn::EvalSums& sums,
+                     nn::EvalScores* scores = nullptr);
 double eval_targets(const RankBatches& batches);
 
 // The fields every loop reports first: step, loss, lr, grad norm, throughput, FLOP rate,

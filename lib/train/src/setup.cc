@@ -32,8 +32,8 @@ int resolve_threads(const spec::JobSpec& spec) {
 }
 
 std::unique_ptr<nn::Model> make_model(const spec::JobSpec& spec, tensor::Device device, int stage,
-                                      int tp_rank) {
-  auto model = models::make_model(spec, device, stage, tp_rank);
+                                      int tp_rank, int dp_rank) {
+  auto model = models::make_model(spec, device, stage, tp_rank, dp_rank);
   model->init(spec.train.seed);
   if (!spec.model.init_from.empty()) load_weights(*model, spec.model.init_from);
   return model;
@@ -41,7 +41,9 @@ std::unique_ptr<nn::Model> make_model(const spec::JobSpec& spec, tensor::Device 
 
 optim::ParamLayout make_layout(const nn::Model& model) {
   optim::ParamLayout layout;
-  for (const auto& p : model.params()) layout.add(p.name, p.offset, p.numel, p.decay);
+  // Sharded parameters (embedding tables with their owners) have their own sparse optimizer.
+  for (const auto& p : model.params())
+    if (p.sync == nn::ParamInfo::Sync::kDense) layout.add(p.name, p.offset, p.numel, p.decay);
   return layout;
 }
 
@@ -91,7 +93,7 @@ void load_weights(nn::Model& model, const std::string& path, bool allow_extra) {
     }
     host.resize(p.full_numel());
     file.read_f32(p.name, host.data());
-    if (p.is_split()) {  // this tensor-parallel rank's part
+    if (p.is_split() || p.is_row_sharded()) {  // this rank's part (tensor shard, rows)
       std::vector<float> part(p.numel);
       nn::copy_shard_from_full(p, p.split_rank, host.data(), part.data());
       host.swap(part);

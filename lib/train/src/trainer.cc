@@ -17,6 +17,7 @@
 #include "ptrain/core/time.h"
 #include "ptrain/models/registry.h"
 #include "ptrain/optim/clip.h"
+#include "ptrain/optim/sparse.h"
 #include "ptrain/parallel/data_parallel.h"
 #include "ptrain/parallel/pipeline.h"
 #include "ptrain/parallel/scalar.h"
@@ -86,6 +87,10 @@ class Trainer {
   std::unique_ptr<RankBatches> batches_;
   std::unique_ptr<nn::Model> model_;
   std::unique_ptr<optim::Optimizer> optimizer_;
+  // Sharded parameters (embedding tables with their owners): updated sparsely, only the rows
+  // a step looked up; table t is params()[sharded_[t]].
+  std::unique_ptr<optim::RowSparseOptimizer> sparse_;
+  std::vector<size_t> sharded_;
   std::unique_ptr<optim::LrSchedule> schedule_;
   std::unique_ptr<parallel::DataParallelReducer> reducer_;
   std::unique_ptr<parallel::Zero1> zero_;  // parallel.zero: 1 with dp > 1
@@ -125,7 +130,7 @@ void Trainer::setup() {
 
   scalars_ = std::make_unique<parallel::ScalarReducer>(device_);
   batches_ = std::make_unique<RankBatches>(spec_, coords_.dp, shape_.dp);
-  model_ = make_model(spec_, device_, coords_.pp, coords_.tp);
+  model_ = make_model(spec_, device_, coords_.pp, coords_.tp, coords_.dp);
   if (shape_.tp > 1) {
     tp_comm_ = std::make_unique<parallel::TensorParallelComm>(ctx_.mesh->tp());
     model_->set_tensor_parallel_comm(tp_comm_.get());
@@ -146,6 +151,18 @@ void Trainer::setup() {
     shard = zero_->shard();
   }
   optimizer_ = make_optimizer(spec_, *ops_, std::move(layout), shard);
+  for (size_t i = 0; i < model_->params().size(); ++i)
+    if (model_->params()[i].sync == nn::ParamInfo::Sync::kSharded) sharded_.push_back(i);
+  if (!sharded_.empty()) {
+    optim::RowSparseOptions so;
+    so.type = spec_.train.optimizer.embeddings.type;
+    so.eps = float(spec_.train.optimizer.embeddings.eps);
+    sparse_ = std::make_unique<optim::RowSparseOptimizer>(so);
+    for (size_t i : sharded_) {
+      const auto& p = model_->params()[i];
+      sparse_->add_table(p.shape[0], int64_t(p.full_numel() / size_t(p.full_shape[0])));
+    }
+  }
   schedule_ = std::make_unique<optim::LrSchedule>(make_schedule(spec_));
   if (shape_.dp > 1 && !zero_) {
     parallel::ReducerOptions ro;
@@ -250,15 +267,35 @@ void Trainer::reduce_and_step(double lr, double* grad_norm) {
   if (pipeline_)
     parallel::sum_tied_grads(*model_, ctx_.mesh->pp(), ctx_.mesh->pp().options().timeout);
   if (zero_) zero_->reduce_scatter_grads();
+  // Sharded parameters' squares live with their owners: added to the data group's sum once.
   const optim::Shard shard = optimizer_->shard();
+  const optim::Shard owned{model_->dense_numel(), model_->num_params()};
   double sumsq = sum_over(comm::GroupKind::kTp, local_sum_squares(shard));
-  if (zero_) sumsq = sum_over(comm::GroupKind::kDp, sumsq);
+  const double owned_sq = sparse_ ? optim::grad_sum_squares(*ops_, model_->grad_data(), owned) : 0;
+  if (zero_)
+    sumsq = sum_over(comm::GroupKind::kDp, sumsq + owned_sq);
+  else if (sparse_)
+    sumsq += sum_over(comm::GroupKind::kDp, owned_sq);
   *grad_norm = std::sqrt(sum_over(comm::GroupKind::kPp, sumsq));
-  if (spec_.train.optimizer.grad_clip > 0)
+  if (spec_.train.optimizer.grad_clip > 0) {
     optim::clip_grads(*ops_, model_->grad_data(), shard, *grad_norm,
                       spec_.train.optimizer.grad_clip);
+    if (sparse_)
+      optim::clip_grads(*ops_, model_->grad_data(), owned, *grad_norm,
+                        spec_.train.optimizer.grad_clip);
+  }
   optimizer_->step(model_->param_data(), model_->grad_data(), float(lr));
   if (zero_) zero_->allgather_params();
+  if (sparse_) {
+    // The embeddings' lr follows the job's schedule: lr_emb * lr / optimizer.lr.
+    const auto& o = spec_.train.optimizer;
+    const double emb_lr = (o.embeddings.lr > 0 ? o.embeddings.lr : o.lr) * lr / o.lr;
+    for (size_t t = 0; t < sharded_.size(); ++t) {
+      const auto& p = model_->params()[sharded_[t]];
+      sparse_->step(t, model_->param_data() + p.offset, model_->grad_data() + p.offset,
+                    model_->touched_rows(sharded_[t]), float(emb_lr));
+    }
+  }
 }
 
 double Trainer::reduce_loss(double local_sum, double targets) {
@@ -271,7 +308,8 @@ double Trainer::evaluate(std::vector<std::pair<std::string, double>>& metrics) {
   // per-rank batch statistics let drift apart), the ones a checkpoint saves.
   broadcast_buffers();
   nn::EvalSums sums;
-  double sum = eval_loss_sum(*model_, *acts_, *batches_, pipeline_.get(), sums);
+  nn::EvalScores scores;
+  double sum = eval_loss_sum(*model_, *acts_, *batches_, pipeline_.get(), sums, &scores);
   double loss = reduce_loss(sum, eval_targets(*batches_));
   // The sums live on the last stage: summed over the data group and the stages (the others add
   // zeros) under the names the family declares, so every rank runs the same collectives.
@@ -282,6 +320,22 @@ double Trainer::evaluate(std::vector<std::pair<std::string, double>>& metrics) {
     global[name] = sum_over(comm::GroupKind::kPp, sum_over(comm::GroupKind::kDp, v));
   }
   metrics = family.eval_metrics(global);
+  if (!pipeline_) {
+    // Per-sample scores: every data rank evaluated as many samples; joined in rank order.
+    const size_t n = scores.scores.size();
+    PTRAIN_CHECK(scores.labels.size() == n, "{} eval scores but {} labels", n,
+                 scores.labels.size());
+    if (shape_.dp > 1 && n > 0) {
+      nn::EvalScores all;
+      all.scores.resize(n * size_t(shape_.dp));
+      all.labels.resize(n * size_t(shape_.dp));
+      ctx_.mesh->dp().allgather(scores.scores.data(), all.scores.data(), n, DType::kF32);
+      ctx_.mesh->dp().allgather(scores.labels.data(), all.labels.data(), n, DType::kF32);
+      scores = std::move(all);
+    }
+    if (n > 0)
+      for (auto& m : family.eval_score_metrics(scores)) metrics.push_back(std::move(m));
+  }
   return loss;
 }
 
@@ -290,7 +344,17 @@ std::vector<std::pair<std::string, FullState>> Trainer::gather_optimizer_state()
   for (auto& s : optimizer_->state()) {
     // ZeRO-1: join the data-parallel shards into a full flat buffer first.
     const float* flat = zero_ ? zero_->allgather_state(s.data) : s.data;
-    out.emplace_back(s.name, gather_full(*model_, flat, ctx_.mesh));
+    out.emplace_back(s.name, gather_full(*model_, flat, ctx_.mesh, {}, sharded_.empty()));
+  }
+  if (sparse_ && sparse_->has_state()) {
+    // Row-wise accumulators of the sharded tables, joined like the tables: "<param>.sum".
+    FullState sums;
+    for (size_t t = 0; t < sharded_.size(); ++t) {
+      const auto& p = model_->params()[sharded_[t]];
+      auto full = gather_rows(ctx_.mesh, p.row_splits, 1, sparse_->accumulator(t));
+      if (!full.empty() || p.full_shape[0] == 0) sums.push_back({p.name, {p.full_shape[0]}, full});
+    }
+    if (ctx_.rank == 0) out.emplace_back("sum", std::move(sums));
   }
   return out;
 }
@@ -339,7 +403,7 @@ TrainResult Trainer::run() {
     auto point = find_resume_point(spec_.checkpoint.resume, ckpt_dir_);
     if (point) check_fingerprints(spec_, *point);
     if (point) {
-      auto saved = load_training_state(*point, *model_, *optimizer_);
+      auto saved = load_training_state(*point, *model_, *optimizer_, sparse_.get());
       step = saved.step;
       log(fmt::format("resumed from {} at step {}", point->model_path(), step));
     }
@@ -402,6 +466,7 @@ TrainResult Trainer::run() {
     if (is_reporter() && (step % log_every == 0 || step == total)) {
       double optimizer_bytes = 0;  // this rank's optimizer state (its ZeRO-1 shard)
       for (const auto& st : optimizer_->state()) optimizer_bytes += double(st.size) * sizeof(float);
+      if (sparse_) optimizer_bytes += double(sparse_->state_bytes());
       MetricsLine line = step_metrics(sm, total, sm.tokens_per_s, flops_per_step / dt / 1e9,
                                       peak_gflops_, optimizer_bytes / (1 << 20));
       if (reducer_) {
@@ -423,6 +488,10 @@ TrainResult Trainer::run() {
             .add_int("dp_stat_allreduces", int64_t(dp_step_.calls));
       if (pipeline_)
         line.add("bubble", pipe_stats_.bubble()).add_int("peak_stash", pipe_stats_.peak_stash);
+      // All-to-alls the model ran over the data group (sharded embedding tables).
+      if (dp_comm_ && dp_step_.a2a_calls > 0)
+        line.add("a2a_mb", double(dp_step_.a2a_bytes) / 1e6)
+            .add("a2a_ms", dp_step_.a2a_seconds * 1e3);
       if (ctx_.report) ctx_.report(line.json());
       log(fmt::format("{} | {:.0f} tok/s{}", progress_prefix(sm, total), sm.tokens_per_s,
                       eval_suffix(sm)));

@@ -73,6 +73,7 @@ struct ModelPlace {
   int stage = 0, stages = 1;          // pipeline stage of this rank
   std::pair<int, int> layers{0, -1};  // pipeline layers [begin, end) of the stage (-1: all)
   int tp_rank = 0, tp_size = 1;       // tensor-parallel shard
+  int dp_rank = 0, dp_size = 1;       // data-parallel rank (models with sharded parameters)
 };
 
 class Family : public spec::ModelSchema {
@@ -92,6 +93,12 @@ class Family : public spec::ModelSchema {
   // {"eval_accuracy", 0.91}. Reported beside eval_loss.
   virtual std::vector<std::pair<std::string, double>> eval_metrics(
       const nn::EvalSums& /*sums*/) const {
+    return {};
+  }
+  // Metrics from the per-sample eval scores of the whole eval split (nn::Model::eval_scores,
+  // gathered over the data group): {"eval_auc", 0.78}.
+  virtual std::vector<std::pair<std::string, double>> eval_score_metrics(
+      const nn::EvalScores& /*scores*/) const {
     return {};
   }
   // What a checkpoint records about the model (its __metadata__ "config"): by default every

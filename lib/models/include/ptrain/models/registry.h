@@ -31,6 +31,6 @@ std::vector<std::pair<int, int>> stage_ranges(const spec::JobSpec& spec);
 
 // The model of one rank: built by its family for (device, pipeline stage, tensor shard).
 std::unique_ptr<nn::Model> make_model(const spec::JobSpec& spec, tensor::Device device, int stage,
-                                      int tp_rank);
+                                      int tp_rank, int dp_rank = 0);
 
 }  // namespace ptrain::models

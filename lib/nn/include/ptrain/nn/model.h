@@ -35,12 +35,21 @@ struct ParamInfo {
   // buffers (Model::dense_numel()).
   enum class Sync { kDense, kSharded };
   Sync sync = Sync::kDense;
+  // kSharded: data rank r holds rows [row_splits[r], row_splits[r+1]) of the full tensor
+  // (full_shape; every rank knows every rank's range); this rank's are [row_begin, row_begin +
+  // shape[0]). A table owned by another rank has 0 rows here. Empty for dense parameters.
+  std::vector<int64_t> row_splits;
+  int64_t row_begin = 0;
   // Pipeline parallelism: a parameter held by two stages (the GPT's wte on the first and last
   // stage) whose gradients the stages sum; `tied_copy` marks the copy that is not saved and
   // counts nowhere in the gradient norm.
   bool tied = false;
   bool tied_copy = false;
   bool is_split() const { return split_dim >= 0 && split_parts > 1; }
+  // A sharded parameter holding fewer rows than the full tensor.
+  bool is_row_sharded() const {
+    return sync == Sync::kSharded && !full_shape.empty() && shape[0] != full_shape[0];
+  }
   size_t full_numel() const;
 };
 
@@ -57,7 +66,8 @@ struct BufferInfo {
   bool optional = false;
 };
 
-// Copies between a full tensor (p.full_shape) and part `part` of it (p.shape), on the host.
+// Copies between a full tensor (p.full_shape) and part `part` of it (p.shape), on the host. A
+// row-sharded parameter's part is always this rank's rows (`part` is ignored).
 void copy_shard_from_full(const ParamInfo& p, int part, const float* full, float* shard);
 void copy_shard_to_full(const ParamInfo& p, int part, const float* shard, float* full);
 
@@ -113,6 +123,15 @@ class GroupComm {
   virtual ~GroupComm() = default;
   virtual void allreduce_sum(float* data, size_t count) = 0;
   virtual void allreduce_max(float* data, size_t count) = 0;
+  // This rank and the group size (for models that route work between the ranks).
+  virtual int rank() const { return 0; }
+  virtual int size() const { return 1; }
+  // All-to-all with per-peer counts of 4-byte elements (f32 or i32), as
+  // comm::Communicator::alltoallv: send is the concatenation over peers j of send_counts[j]
+  // elements, recv receives recv_counts[j] from each rank j in rank order. Sharded embedding
+  // tables route lookups and their gradients with it.
+  virtual void alltoallv(const void* send, const std::vector<size_t>& send_counts, void* recv,
+                         const std::vector<size_t>& recv_counts, tensor::DType dtype);
 };
 using TensorParallelComm = GroupComm;
 
@@ -120,6 +139,12 @@ using TensorParallelComm = GroupComm;
 // trainer adds them over the data group, then the family turns them into metrics):
 // {"correct": 812, "count": 1000}.
 using EvalSums = std::map<std::string, double>;
+// Per-sample eval scores and 0/1 labels, for figures that need every sample (exact ROC AUC):
+// the trainer gathers them over the data group.
+struct EvalScores {
+  std::vector<float> scores;
+  std::vector<float> labels;
+};
 
 class Model {
  public:
@@ -152,6 +177,9 @@ class Model {
   tensor::Tensor grad(size_t index) const;
 
   void zero_grad();
+  // Sharded parameter `index`: the local rows (sorted, unique) whose gradients the backward
+  // calls since the last zero_grad() wrote; the sparse optimizer updates only these.
+  const std::vector<int64_t>& touched_rows(size_t index) const;
   // Deterministic initial weights from (seed, parameter name, element index) only, so every
   // rank and pipeline stage holding a parameter gets the same values (see init.h).
   virtual void init(uint64_t seed) = 0;
@@ -179,6 +207,8 @@ class Model {
   // After a forward in evaluation mode on the stage with the head: adds this microbatch's
   // figures to `sums` (nothing by default).
   virtual void eval_sums(const Activations& /*acts*/, EvalSums& /*sums*/) const {}
+  // Likewise, appends this microbatch's per-sample scores and labels (nothing by default).
+  virtual void eval_scores(const Activations& /*acts*/, EvalScores& /*out*/) const {}
 
   void set_grad_ready_hook(GradReadyHook hook) { grad_ready_ = std::move(hook); }
   void set_tensor_parallel_comm(GroupComm* comm) { tp_comm_ = comm; }
@@ -193,6 +223,12 @@ class Model {
   // `blocks` blocks) into `parts`, of which this rank holds part `rank`.
   void add_split_param(std::string name, std::vector<int64_t> full_shape, int split_dim, int parts,
                        int rank, int blocks = 1);
+  // A sharded parameter (never allreduced, no weight decay): `full_shape` [rows, ...] of which
+  // data rank r holds rows [row_splits[r], row_splits[r+1]); this is data rank `rank`.
+  void add_sharded_param(std::string name, std::vector<int64_t> full_shape,
+                         std::vector<int64_t> row_splits, int rank);
+  // Records that the current backward wrote gradients to these local rows of parameter `index`.
+  void mark_touched(size_t index, const int64_t* rows, size_t n);
   // A non-parameter state tensor (buffers()); zero until init() sets it.
   void add_buffer(std::string name, std::vector<int64_t> shape, bool optional = false);
   // Allocates the flat buffers once every add_param / add_buffer call is done; dense
@@ -216,6 +252,9 @@ class Model {
   GradReadyHook grad_ready_;
   GroupComm* tp_comm_ = nullptr;
   GroupComm* dp_comm_ = nullptr;
+  // touched_rows(): per parameter index, appended by mark_touched, made unique on read.
+  mutable std::vector<std::vector<int64_t>> touched_;
+  mutable std::vector<bool> touched_sorted_;
 };
 
 }  // namespace ptrain::nn

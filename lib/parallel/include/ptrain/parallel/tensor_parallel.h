@@ -20,11 +20,18 @@ class TensorParallelComm : public nn::TensorParallelComm {
   explicit TensorParallelComm(comm::Communicator& group) : group_(group) {}
   void allreduce_sum(float* data, size_t count) override;
   void allreduce_max(float* data, size_t count) override;
+  int rank() const override { return group_.rank(); }
+  int size() const override { return group_.size(); }
+  void alltoallv(const void* send, const std::vector<size_t>& send_counts, void* recv,
+                 const std::vector<size_t>& recv_counts, tensor::DType dtype) override;
 
   struct Counters {
     uint64_t calls = 0;
     uint64_t bytes = 0;  // payload bytes handed to allreduce
     double seconds = 0;  // time inside the allreduces
+    uint64_t a2a_calls = 0;
+    uint64_t a2a_bytes = 0;  // bytes this rank sent to the other ranks in all-to-alls
+    double a2a_seconds = 0;  // time inside the all-to-alls
   };
   const Counters& counters() const { return counters_; }
   void reset_counters() { counters_ = {}; }

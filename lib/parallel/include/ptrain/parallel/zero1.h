@@ -14,8 +14,9 @@ namespace ptrain::parallel {
 
 class Zero1 {
  public:
-  // `dp` is the data-parallel group; the model must outlive this object. Throws ConfigError
-  // when the model has sharded parameters (only dense state is sharded by ZeRO-1 here).
+  // `dp` is the data-parallel group; the model must outlive this object. Only the dense
+  // parameters (the first dense_numel() elements) are sharded; sharded ones stay with their
+  // owners and their sparse optimizer.
   Zero1(nn::Model& model, comm::Communicator& dp);
 
   // This rank's part of the flat parameter buffer.

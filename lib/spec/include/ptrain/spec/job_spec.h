@@ -65,6 +65,10 @@ struct ParallelSpec {
   int microbatches = 1;
   std::vector<int> stages;    // layer counts per pipeline stage; empty = balanced
   std::string comm = "auto";  // auto|gloo|nccl
+  // Embedding tables (families with sharded parameters, dlrm): every worker holds every table
+  // (replicated), each table lives on one data rank (table), or every table's rows are split
+  // across the data group (row).
+  std::string embeddings = "replicated";  // replicated|table|row
 
   bool operator==(const ParallelSpec&) const = default;
 };
@@ -148,6 +152,16 @@ struct DataSpec {
   bool operator==(const DataSpec&) const = default;
 };
 
+// train.optimizer.embeddings: the sparse optimizer of sharded embedding tables (rows updated only
+// where looked up). lr 0 = the job's lr; the LR schedule scales it the same way.
+struct EmbeddingOptimizerSpec {
+  std::string type = "sgd";  // sgd|adagrad (row-wise, TorchRec's default)
+  double lr = 0.0;
+  double eps = 1e-8;  // adagrad
+
+  bool operator==(const EmbeddingOptimizerSpec&) const = default;
+};
+
 struct OptimizerSpec {
   std::string type = "adamw";  // adamw|sgd
   double lr = 3e-4;
@@ -158,6 +172,7 @@ struct OptimizerSpec {
   double momentum = 0.0;
   bool nesterov = false;
   double grad_clip = 0.0;  // 0 = off
+  EmbeddingOptimizerSpec embeddings;
 
   bool operator==(const OptimizerSpec&) const = default;
 };

@@ -75,6 +75,10 @@ class ModelSchema {
   virtual std::string layers_key() const = 0;  // "model.layers"
   virtual std::string layer_word() const = 0;  // "blocks"
   virtual bool supports_pipeline() const { return true; }
+  // Whether parallel.embeddings: table|row applies (the model has sharded embedding tables).
+  virtual bool supports_sharded_embeddings() const { return false; }
+  // Extra lines for `ptrain validate` (where sharded tables live, memory per worker).
+  virtual std::vector<std::string> plan_notes(const JobSpec& /*spec*/) const { return {}; }
   // Layers per stage when parallel.stages is not given; the default splits evenly by count.
   virtual std::vector<int> default_stages(const JobSpec& spec) const;
 

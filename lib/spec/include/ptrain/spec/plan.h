@@ -64,6 +64,7 @@ struct Plan {
   int grad_accum = 1;
   int64_t tokens_per_step = 0;  // targets per step: global_batch x the family's per sample
   int64_t steps = 0;
+  std::vector<std::string> notes;  // the family's own lines (ModelSchema::plan_notes)
 };
 
 // Rank r's coordinates: tp = r % T, dp = (r / T) % D, pp = r / (T * D).

@@ -17,6 +17,7 @@
 #include "ptrain/data/safetensors.h"
 #include "ptrain/nn/model.h"
 #include "ptrain/optim/optimizer.h"
+#include "ptrain/optim/sparse.h"
 #include "ptrain/spec/job_spec.h"
 
 namespace ptrain::train {
@@ -35,8 +36,15 @@ using FullState = std::vector<FullTensor>;  // in model parameter order
 // elsewhere. Tensor-parallel shards are joined along their split dimension; pipeline stages
 // are merged (a stage's duplicate of a tied tensor is left out). `mesh` may be null.
 // `add`, when given, extends each writing rank's local tensors before stages are merged.
+// Sharded parameters (row ranges over the data group, nn::ParamInfo::row_splits) are joined
+// onto data rank 0 first; `sharded` false leaves them out (a dense optimizer's state, whose
+// buffer then only covers the first dense_numel() elements).
 FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMesh* mesh,
-                      const std::function<FullState(FullState)>& add = {});
+                      const std::function<FullState(FullState)>& add = {}, bool sharded = true);
+// Collective over the data group: the full [rows, inner] tensor from every data rank's rows
+// [splits[r], splits[r+1]) (`local` on the host), returned on data rank 0 (empty elsewhere).
+std::vector<float> gather_rows(comm::ProcessMesh* mesh, const std::vector<int64_t>& splits,
+                               size_t inner, const float* local);
 // The model's parameters and buffers (BatchNorm statistics), gathered like gather_full.
 FullState gather_model_state(const nn::Model& model, comm::ProcessMesh* mesh);
 
@@ -65,8 +73,11 @@ data::CheckpointManifest save_training_state(
 
 // Restores this rank's parameters and its shard of the optimizer state. Every rank reads the
 // files itself.
+// `sparse`, when given, is the sharded tables' optimizer: its accumulators are read from
+// "<param>.sum" [rows] (this rank's rows).
 SavedState load_training_state(const data::CheckpointManifest& manifest, nn::Model& model,
-                               optim::Optimizer& optimizer);
+                               optim::Optimizer& optimizer,
+                               optim::RowSparseOptimizer* sparse = nullptr);
 
 // The checkpoint to resume from per checkpoint.resume: "never" → none, "auto" or "force" → the
 // newest complete one in `dir` (none when `dir` holds none; ConfigError when it holds some and

@@ -22,7 +22,7 @@ int resolve_threads(const spec::JobSpec& spec);
 // The model (pipeline stage `stage` when pipeline > 1; tensor shard `tp_rank`), initialised
 // from train.seed, or from model.init_from when set.
 std::unique_ptr<nn::Model> make_model(const spec::JobSpec& spec, tensor::Device device, int stage,
-                                      int tp_rank);
+                                      int tp_rank, int dp_rank = 0);
 
 optim::ParamLayout make_layout(const nn::Model& model);
 std::unique_ptr<optim::Optimizer> make_optimizer(const spec::JobSpec& spec, const tensor::Ops& ops,
