@@ -61,6 +61,8 @@ int serve() {
   sc.index = index;
   sc.store = client.store();
   sc.token = token;
+  // `ptrain launch`: an address of this host that the other hosts reach (its agent sets it).
+  sc.bind = env_or("PTRAIN_SERVER_BIND", "127.0.0.1");
   sc.stop_requested = [&] {
     if (mono_seconds() - last_beat >= every) {
       last_beat = mono_seconds();

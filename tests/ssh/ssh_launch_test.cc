@@ -10,11 +10,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 
@@ -476,4 +478,91 @@ TEST_F(SshLaunchTest, KilledWorkerRestartsEveryHostAndTheLossCurveEqualsTheUnint
   EXPECT_FALSE(contains(summary, R"("round": 2)")) << summary;
   std::string launcher = read_file(dir + "/launcher.log");
   EXPECT_TRUE(contains(launcher, "restart 1/1: rank 1 on 127.0.0.3 was killed")) << launcher;
+}
+
+// ---- The same behaviour as `ptrain run` (one supervision engine; tests/launch/run_test.cc) ----
+
+TEST_F(SshLaunchTest, MasterPortIsOneCheckedFreePortOnTheFirstHost) {
+  // The old fixed guess (29500) is taken on the first host: every rank still gets one port,
+  // the same everywhere, free on 127.0.0.2 when the agent chose it.
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(29500);
+  ::inet_pton(AF_INET, "127.0.0.2", &sa.sin_addr);
+  const bool held =
+      ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0 && ::listen(fd, 1) == 0;
+  Ptrain p(launch(spec("command: [sh, -c, 'echo master=$MASTER_ADDR:$MASTER_PORT']\n")));
+  int code = p.finish();
+  ::close(fd);
+  ASSERT_EQ(code, 0) << p.out << p.err;
+  std::regex re(R"(master=([0-9.]+):(\d+))");
+  std::set<std::string> seen;
+  for (std::sregex_iterator it(p.out.begin(), p.out.end(), re), end; it != end; ++it)
+    seen.insert((*it)[1].str() + ":" + (*it)[2].str());
+  ASSERT_EQ(seen.size(), 1u) << p.out;
+  const std::string got = *seen.begin();
+  EXPECT_EQ(got.substr(0, got.find(':')), "127.0.0.2") << got;
+  if (held) EXPECT_NE(got, "127.0.0.2:29500") << "MASTER_PORT is a port that was taken";
+  EXPECT_EQ(std::count(p.out.begin(), p.out.end(), '\n') >= 4, true) << p.out;
+}
+
+TEST_F(SshLaunchTest, ARankThatNeverJoinsIsNamedWithItsHost) {
+  Ptrain p(
+      launch(spec("rendezvous: {timeout_s: 1}\ncommand: [sh, -c, 'if [ $RANK = 3 ]; then exec "
+                  "sleep 60; fi; exec \"$0\" worker', " +
+                  std::string(PTRAIN_BINARY) + "]\n")));
+  EXPECT_EQ(p.finish(), kExitTimeout) << p.err;
+  EXPECT_TRUE(contains(p.err, "rendezvous incomplete: rank(s) 3 on 127.0.0.3 never joined"))
+      << p.err;
+}
+
+TEST_F(SshLaunchTest, LeavingRanksAreLoggedAsWithRun) {
+  Ptrain p(launch(spec("parallel: {data: 4}\ntrain: {steps: 0}\n")));
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  std::string log = read_file(run_dir() + "/launcher.log");
+  for (int r = 0; r < 4; ++r)
+    EXPECT_TRUE(contains(log, fmt::format("rank {} left with exit code 0", r))) << log;
+  EXPECT_TRUE(
+      contains(read_file(run_dir() + "/summary.json"), R"("hosts": ["127.0.0.2", "127.0.0.3"])"));
+}
+
+TEST_F(SshLaunchTest, ACoordinatorThatCannotStartStillWritesSummaryJson) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  socklen_t len = sizeof sa;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  const int port = ntohs(sa.sin_port);
+  Ptrain p(launch(spec(fmt::format("rendezvous: {{bind: 127.0.0.1, port: {}}}\n", port) +
+                       "parallel: {data: 4}\ntrain: {steps: 0}\n")));
+  int code = p.finish();
+  ::close(fd);
+  EXPECT_NE(code, 0);
+  EXPECT_TRUE(contains(p.err, fmt::format("127.0.0.1:{}", port))) << p.err;
+  std::string summary = read_file(run_dir() + "/summary.json");
+  EXPECT_TRUE(contains(summary, R"("status": "failed")")) << summary;
+  EXPECT_TRUE(contains(summary, "cannot start the coordinator")) << summary;
+}
+
+TEST_F(SshLaunchTest, ResumeContinuesAFinishedRunWithMoreSteps) {
+  std::string s = spec(kGpt + "train: {steps: 4, log_every: 1}\ncheckpoint: {every: 2}\n");
+  Ptrain first(launch(s));
+  ASSERT_EQ(first.finish(), 0) << first.out << first.err;
+  const std::string dir = run_dir();
+  Ptrain again(
+      {"launch", "--resume", dir, "--set", "train.steps=6", "--ssh-config", farm->ssh_config});
+  ASSERT_EQ(again.finish(), 0) << again.out << again.err;
+  EXPECT_TRUE(contains(read_file(dir + "/launcher.log"), "resuming this run")) << dir;
+  EXPECT_TRUE(contains(read_file(dir + "/summary.json"), R"("steps": 6)"))
+      << read_file(dir + "/summary.json");
+  // Rank 2 (on the second host) continued from the checkpoint of step 4, not from scratch.
+  std::string log2 = read_file(dir + "/rank-2.log");
+  EXPECT_TRUE(contains(log2, "step-4.safetensors at step 4")) << log2;
+  int dirs = 0;
+  for (const auto& e : fs::directory_iterator(tmp_ + "/runs")) dirs += e.is_directory();
+  EXPECT_EQ(dirs, 1);
 }
