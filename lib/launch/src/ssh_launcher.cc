@@ -79,6 +79,10 @@ JobResult SshLauncher::Impl::run() {
   auto plan = plan_hosts(opt_.hosts, spec_.nodes.procs_per_node, world_size);
   std::string self = opt_.local_binary.empty() ? this_executable() : opt_.local_binary;
 
+  // data_mode: async: the parameter servers, placed on hosts before anything starts.
+  const int servers = builtin && spec_.parallel.data_mode == "async" ? spec_.parallel.servers : 0;
+  const std::vector<size_t> server_host = place_servers(plan, servers, {});
+
   // Preflight and shipping happen before anything else: a bad host stops the job here.
   std::string program = spec_.nodes.remote_ptrain.empty() ? self : spec_.nodes.remote_ptrain;
   if (spec_.nodes.ship_binary) {
@@ -101,10 +105,6 @@ JobResult SshLauncher::Impl::run() {
     program = "~/.cache/ptrain/" + payload.sha256 + "/" + payload.run_path;
   }
   check_hosts(plan, program);
-
-  // data_mode: async: the parameter servers, placed on hosts before anything starts.
-  const int servers = builtin && spec_.parallel.data_mode == "async" ? spec_.parallel.servers : 0;
-  const std::vector<size_t> server_host = place_servers(plan, servers, {});
 
   std::string first_target = ssh_target_hostname(opt_.ssh, plan.front().host);
   std::string bind =
@@ -163,8 +163,7 @@ JobResult SshLauncher::Impl::run() {
                               plan.size(), dir.path()));
 
   std::string agent_yaml = spec_yaml;
-  if (builtin && (spec_.fault_tolerance.max_restarts > 0 || !opt_.resume_dir.empty()) &&
-      spec_.checkpoint.dir.empty()) {
+  if (builtin && spec_.fault_tolerance.max_restarts > 0 && spec_.checkpoint.dir.empty()) {
     // A restarted round resumes from rank 0's checkpoints, but each agent gives its workers its
     // own host folder as RUN_DIR: every rank is pointed at <run>/hosts/<rank 0's host>/checkpoints.
     // Every rank reads the checkpoint itself, so across machines that folder must be on a shared
