@@ -204,8 +204,8 @@ TEST(PlaceServers, RejectsUnknownHostsAndMoreServersThanAHostRunsRanks) {
     place_servers(plan, 1, {"c"});
     FAIL() << "no error";
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("server_hosts names host `c`, which is not a host of "
-                                         "this job (a, b)"),
+    EXPECT_NE(std::string(e.what()).find("parameter server host `c` is not a host of this job "
+                                         "(a, b)"),
               std::string::npos)
         << e.what();
   }

@@ -212,9 +212,8 @@ std::vector<size_t> place_servers(const std::vector<HostPlan>& plan, int servers
     while (i < plan.size() && plan[i].host != h) ++i;
     if (i == plan.size())
       throw ConfigError(
-          fmt::format("parallel.server_hosts names host `{}`, which is not a host of this job ({})",
-                      h, names),
-          "name hosts of --hosts / nodes.hosts, or leave server_hosts empty for round-robin");
+          fmt::format("parameter server host `{}` is not a host of this job ({})", h, names),
+          "name hosts of --hosts / nodes.hosts");
     named.push_back(i);
   }
   std::vector<int> count(plan.size(), 0);
@@ -229,8 +228,8 @@ std::vector<size_t> place_servers(const std::vector<HostPlan>& plan, int servers
       throw ConfigError(
           fmt::format("parallel.servers: {} parameter server(s) on host {}, which runs {} rank(s)",
                       count[i], plan[i].host, plan[i].procs),
-          "a host runs at most one server per rank: spread them with parallel.server_hosts, or "
-          "use fewer servers");
+          "a host runs at most one server per rank: use fewer parallel.servers, or give that host "
+          "more ranks");
   return out;
 }
 

@@ -82,6 +82,14 @@ JobResult SshLauncher::Impl::run() {
   // data_mode: async: the parameter servers, placed on hosts before anything starts.
   const int servers = builtin && spec_.parallel.data_mode == "async" ? spec_.parallel.servers : 0;
   const std::vector<size_t> server_host = place_servers(plan, servers, {});
+  // The address the servers of each host listen on: the host as ssh reaches it, so the workers
+  // of every other host can connect.
+  std::vector<std::string> server_bind(plan.size());
+  for (int k = 0; k < servers; ++k) {
+    const size_t h = server_host[static_cast<size_t>(k)];
+    if (server_bind[h].empty())
+      server_bind[h] = resolve_ipv4(ssh_target_hostname(opt_.ssh, plan[h].host));
+  }
 
   // Preflight and shipping happen before anything else: a bad host stops the job here.
   std::string program = spec_.nodes.remote_ptrain.empty() ? self : spec_.nodes.remote_ptrain;
@@ -182,12 +190,6 @@ JobResult SshLauncher::Impl::run() {
   go.world_size = world_size;
   for (int k = 0; k < servers; ++k)
     go.servers_of_host[static_cast<int>(server_host[static_cast<size_t>(k)])].push_back(k);
-  // The address the servers of each host listen on: the host as ssh reaches it, so the workers
-  // of every other host can connect.
-  std::vector<std::string> server_bind(plan.size());
-  for (const auto& [host, list] : go.servers_of_host)
-    server_bind[static_cast<size_t>(host)] =
-        resolve_ipv4(ssh_target_hostname(opt_.ssh, plan[static_cast<size_t>(host)].host));
   go.setup = [&](size_t i, int round) {
     const HostPlan& p = plan[i];
     for (int r = p.first_rank; r < p.first_rank + p.procs; ++r) coordinator->expect(r, p.host);

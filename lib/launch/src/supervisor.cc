@@ -214,9 +214,10 @@ void Supervisor::interrupt(int sig) {
   }
   interrupt_sig_ = sig;
   dir_.log(fmt::format("received {}: stopping every worker", signal_name(sig)));
-  console_.message(
-      fmt::format("ptrain: {} received, stopping {} worker(s)", signal_name(sig), group_.running()),
-      true);
+  const std::string what = group_.multi_host()
+                               ? fmt::format("the workers on {} host(s)", group_.running())
+                               : fmt::format("{} worker(s)", group_.running());
+  console_.message(fmt::format("ptrain: {} received, stopping {}", signal_name(sig), what), true);
   stop_group(sig, fmt::format("the launcher received {}", signal_name(sig)));
 }
 

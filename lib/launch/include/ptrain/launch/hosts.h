@@ -46,8 +46,8 @@ std::vector<HostPlan> plan_hosts(const std::vector<spec::HostSlots>& hosts, int 
 namespace ptrain::launch {
 
 // Where the parameter servers of an async job run: server i on `server_hosts[i % size]`, or on
-// host i % hosts when that list is empty. Throws ConfigError naming parallel.server_hosts for
-// a host that is not in `plan`, and for a host given more servers than it runs ranks.
+// host i % hosts when that list is empty (as `ptrain launch` places them). Throws ConfigError
+// for a named host that is not in `plan`, and for a host given more servers than it runs ranks.
 std::vector<size_t> place_servers(const std::vector<HostPlan>& plan, int servers,
                                   const std::vector<std::string>& server_hosts);
 
