@@ -619,6 +619,10 @@ TEST_F(SshLaunchTest, AsyncJobPlacesOneServerPerHostAndTrains) {
     EXPECT_TRUE(contains(read_file(fmt::format("{}/server-{}.log", dir, i)), "done,"))
         << "server " << i;
   EXPECT_TRUE(fs::exists(dir + "/hosts/127.0.0.3/server-1.log"));
+  // Each server listens on its host's address (PTRAIN_SERVER_BIND), not on loopback 127.0.0.1.
+  EXPECT_TRUE(contains(read_file(dir + "/server-0.log"), "worker(s) on 127.0.0.2:"));
+  EXPECT_TRUE(contains(read_file(dir + "/server-1.log"), "worker(s) on 127.0.0.3:"))
+      << read_file(dir + "/server-1.log");
   std::string metrics = read_file(dir + "/metrics.jsonl");
   EXPECT_TRUE(contains(metrics, "\"step\": 12")) << metrics;
   EXPECT_TRUE(contains(metrics, "\"server_updates_per_s\"")) << metrics;
