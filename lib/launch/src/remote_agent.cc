@@ -99,7 +99,7 @@ std::string encode_agent_setup(const RemoteAgentSetup& s) {
   m.set_threads_per_proc(a.threads_per_proc);
   m.set_cuda(a.cuda);
   for (const auto& arg : a.argv) m.add_argv(arg);
-  for (const auto& [k, v] : a.extra_env) (*m.mutable_env())[k] = v;
+  for (const auto& [k, v] : a.extra_env) m.add_env(k + "=" + v);
   m.set_heartbeat_s(s.heartbeat_s);
   m.set_coordinator_loss_s(s.coordinator_loss_s);
   m.set_term_grace_s(s.term_grace_s);
@@ -169,7 +169,10 @@ RemoteAgentSetup read_agent_setup(int fd, Millis timeout) {
   a.threads_per_proc = m.threads_per_proc();
   a.cuda = m.cuda();
   a.argv.assign(m.argv().begin(), m.argv().end());
-  for (const auto& [k, v] : m.env()) a.extra_env[k] = v;
+  for (const auto& kv : m.env()) {
+    const size_t eq = kv.find('=');
+    a.extra_env[kv.substr(0, eq)] = eq == std::string::npos ? "" : kv.substr(eq + 1);
+  }
   s.heartbeat_s = m.heartbeat_s();
   s.coordinator_loss_s = m.coordinator_loss_s();
   s.term_grace_s = m.term_grace_s();
