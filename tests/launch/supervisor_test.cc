@@ -376,6 +376,45 @@ TEST_F(SupervisorTest, AHungRankIsAFailureWithTheTimeoutExitCodeAndRestarts) {
       << summary();
 }
 
+TEST_F(SupervisorTest, AKillThatAPeersEchoReportedFirstIsTheRootCause) {
+  // Rank 0 sees its peer (a parameter server) vanish and exits 4 before the server's own
+  // SIGKILL death is reported: the SIGKILL, which the supervisor did not send, is the cause.
+  FakeGroup g(waiter_, 3, {"a", "b"});
+  g.on_start = [&](int) {
+    waiter_.after(Millis(1000), [&g] {
+      g.exit(0, kExitRemote);
+      return 0;
+    });
+    waiter_.after(Millis(1050), [&g] {
+      g.exit(2, 0, SIGKILL);
+      return 0;
+    });
+  };
+  SupervisorOptions o;
+  o.world_size = 2;
+  o.servers = 1;
+  JobResult r = run(g, o);
+  EXPECT_EQ(r.exit_code, 137);
+  EXPECT_NE(console().find("job failed: parameter server 0 (rank 2) on host b"), std::string::npos)
+      << console();
+}
+
+TEST_F(SupervisorTest, OurOwnSigkillNeverReplacesTheRootCause) {
+  FakeGroup g(waiter_, 2, {"a"});
+  g.ignores_term = {1};
+  g.on_start = [&](int) {
+    waiter_.after(Millis(1000), [&g] {
+      g.exit(0, kExitRemote);
+      return 0;
+    });
+  };
+  SupervisorOptions o;
+  o.world_size = 2;
+  JobResult r = run(g, o);
+  EXPECT_EQ(g.first(SIGKILL), Millis(6000));
+  EXPECT_EQ(r.exit_code, kExitRemote);  // rank 1's SIGKILL was the stop's, not a cause
+}
+
 TEST_F(SupervisorTest, RanksThatIgnoreSigtermAreKilledWhenTheGraceEnds) {
   FakeGroup g(waiter_, 2, {"a"});
   g.ignores_term = {0};

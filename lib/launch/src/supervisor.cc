@@ -183,7 +183,12 @@ void Supervisor::stop_group(int sig, const std::string& reason) {
 }
 
 void Supervisor::fail(Failure f) {
-  if (failure_ && !interrupt_sig_ && replaces_root_cause(failure_->exit_code, f.exit_code)) {
+  // A SIGKILL before the supervisor sent one is not the stop's own (the OOM killer, a user):
+  // it can be the cause that a peer's echo only reported first.
+  const bool foreign_kill = f.exit_code == 128 + SIGKILL && !sent_kill_ && failure_ &&
+                            is_consequence(failure_->exit_code);
+  if (failure_ && !interrupt_sig_ &&
+      (replaces_root_cause(failure_->exit_code, f.exit_code) || foreign_kill)) {
     // The first failure was only its echo (a peer's "connection reset"): this one is the cause.
     dir_.log(fmt::format("{} on {} {}: the root cause (rank {} only saw it)", rank_name(f.rank),
                          f.host, f.what, failure_->rank));
@@ -209,6 +214,7 @@ void Supervisor::interrupt(int sig) {
     dir_.log(fmt::format("{} again: killing every worker", signal_name(sig)));
     no_restart_ = true;
     restart_at_.reset();
+    sent_kill_ = true;
     group_.signal(SIGKILL);
     return;
   }
@@ -388,6 +394,7 @@ bool Supervisor::restart_if_due() {
   grace_.reset();
   force_at_.reset();
   force_stage_ = 0;
+  sent_kill_ = false;
   rdzv_.begin_round(round);
   start_round(round);
   return true;
@@ -398,6 +405,7 @@ void Supervisor::on_timers() {
   if (grace_.due(now)) {
     dir_.log(fmt::format("{} worker(s) still running after term_grace_s={}: SIGKILL",
                          group_.running(), opt_.term_grace_s));
+    sent_kill_ = true;
     group_.signal(SIGKILL);
     force_at_ = now + kForceStopInterval;
   }

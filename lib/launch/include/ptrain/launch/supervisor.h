@@ -262,6 +262,7 @@ class Supervisor {
   GraceTimer grace_;
   std::optional<Clock::time_point> force_at_;
   int force_stage_ = 0;
+  bool sent_kill_ = false;  // this round's workers got SIGKILL from us
   std::optional<Clock::time_point> rendezvous_check_;
   std::optional<Clock::time_point> restart_at_;
   RestartLog restarts_;
