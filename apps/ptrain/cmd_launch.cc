@@ -1,7 +1,10 @@
 // `ptrain launch job.yaml [--hosts a:4,b:4 | --hostfile FILE | --slurm] [--ssh-config FILE]`:
 // runs a job across SSH hosts (an agent per host, the coordinator here) and exits with its status.
+// `ptrain launch --resume RUN_DIR [--hosts ...]` continues a run that ended in the same folder
+// (its job.yaml plus the overrides; the hosts from the flags, else the ones it ran on).
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -21,11 +24,14 @@ struct LaunchArgs {
   std::string hosts, hostfile, ssh_config;
   bool slurm = false;
   bool dry_run = false;
+  std::string resume_dir;
 };
 
 Action setup_launch(CLI::App& sub) {
   auto args = std::make_shared<LaunchArgs>();
-  sub.add_option("spec", args->spec_path, "Job spec (YAML)")->required();
+  sub.add_option("spec", args->spec_path, "Job spec (YAML)");
+  sub.add_option("--resume", args->resume_dir,
+                 "Continue the run in RUN_DIR (its job.yaml, its checkpoints)");
   sub.add_option("--set", args->overrides, "Override a spec key: --set train.steps=10")
       ->allow_extra_args(false);
   auto* hosts = sub.add_option("--hosts", args->hosts, "Hosts and slots: a:4,b:4");
@@ -38,6 +44,18 @@ Action setup_launch(CLI::App& sub) {
   sub.add_option("--ssh-config", args->ssh_config, "ssh_config file for every ssh call (-F)");
   sub.add_flag("--dry-run", args->dry_run, "Validate and print the plan and hosts only");
   return [args] {
+    if (!args->resume_dir.empty()) {
+      if (!args->spec_path.empty())
+        throw ConfigError("give either a job spec or --resume RUN_DIR, not both",
+                          "--resume reuses RUN_DIR/job.yaml; change it with --set key=value");
+      args->spec_path = args->resume_dir + "/job.yaml";
+      if (!std::filesystem::is_regular_file(args->spec_path))
+        throw ConfigError(fmt::format("--resume {}: no job.yaml there", args->resume_dir),
+                          "name a run folder written by `ptrain launch` (runs/<name>-<time>/)");
+    } else if (args->spec_path.empty()) {
+      throw ConfigError("no job spec given",
+                        "ptrain launch job.yaml --hosts ..., or ptrain launch --resume RUN_DIR");
+    }
     // The hosts replace nodes.hosts before the spec is validated, so that the mesh is checked
     // against them.
     std::vector<spec::HostSlots> host_list;
@@ -84,6 +102,11 @@ Action setup_launch(CLI::App& sub) {
     options.hosts = host_list;
     options.ssh = launch::SshOptions::from_spec(spec.nodes.ssh, args->ssh_config);
     options.spec_yaml = spec::to_yaml(spec);
+    options.resume_dir = args->resume_dir;
+    if (!args->resume_dir.empty() && spec.checkpoint.resume == "never")
+      fmt::print(stderr,
+                 "ptrain: warning: checkpoint.resume is never: the run starts again from step 0 "
+                 "(use --set checkpoint.resume=auto to continue from its checkpoints)\n");
     launch::SshLauncher launcher(std::move(spec), options);
     return launcher.run().exit_code;
   };

@@ -75,6 +75,8 @@ int serve() {
   sc.run_dir = run_dir;
   sc.store = client.store();
   sc.token = token;
+  // `ptrain launch`: an address of this host that the other hosts reach (its agent sets it).
+  sc.bind = env_or("PTRAIN_SERVER_BIND", "127.0.0.1");
   sc.stop_requested = [&] {
     g_serving = 1;  // polled only from the serving loop on
     if (g_terminate) return true;

@@ -339,3 +339,32 @@ TEST_F(RunTest, APeersEchoIsNotBlamedForTheFailureThatCausedIt) {
       contains(read_file(run_dir() + "/launcher.log"), "the root cause (rank 1 only saw it)"))
       << read_file(run_dir() + "/launcher.log");
 }
+
+// ---- The same behaviour as `ptrain launch` (one supervision engine; tests/ssh) ----
+
+TEST_F(RunTest, LeavingRanksAreLoggedAsWithLaunch) {
+  Ptrain p({"run", spec(kTwoBuiltin)});
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  std::string log = read_file(run_dir() + "/launcher.log");
+  for (int r = 0; r < 2; ++r)
+    EXPECT_TRUE(contains(log, fmt::format("rank {} left with exit code 0", r))) << log;
+}
+
+TEST_F(RunTest, ACoordinatorThatCannotStartStillWritesSummaryJson) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa {};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  socklen_t len = sizeof sa;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  const int port = ntohs(sa.sin_port);
+  Ptrain p({"run", spec(kTwoBuiltin + fmt::format("rendezvous: {{port: {}}}\n", port))});
+  int code = p.finish(Millis(30000));
+  ::close(fd);
+  EXPECT_NE(code, 0);
+  std::string summary = read_file(run_dir() + "/summary.json");
+  EXPECT_TRUE(contains(summary, R"("status": "failed")")) << summary;
+  EXPECT_TRUE(contains(summary, "cannot start the coordinator")) << summary;
+}

@@ -189,3 +189,90 @@ TEST(Ssh, QuotesForTheRemoteShellAndBuildsBatchModeArgv) {
 TEST(Ssh, RouteToLoopbackIsALoopbackAddress) {
   EXPECT_EQ(route_source_address("127.0.0.2").rfind("127.", 0), 0u);
 }
+
+TEST(PlaceServers, RoundRobinOverTheHostsOrAsNamed) {
+  std::vector<HostPlan> plan = plan_hosts({{"a", 2}, {"b", 2}}, 2, 4);
+  EXPECT_EQ(place_servers(plan, 3, {}), (std::vector<size_t>{0, 1, 0}));
+  EXPECT_EQ(place_servers(plan, 2, {"b"}), (std::vector<size_t>{1, 1}));
+  EXPECT_EQ(place_servers(plan, 2, {"b", "a"}), (std::vector<size_t>{1, 0}));
+  EXPECT_TRUE(place_servers(plan, 0, {"a"}).empty());
+}
+
+TEST(PlaceServers, RejectsUnknownHostsAndMoreServersThanAHostRunsRanks) {
+  std::vector<HostPlan> plan = plan_hosts({{"a", 1}, {"b", 1}}, 1, 2);
+  try {
+    place_servers(plan, 1, {"c"});
+    FAIL() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("parameter server host `c` is not a host of this job "
+                                         "(a, b)"),
+              std::string::npos)
+        << e.what();
+  }
+  try {
+    place_servers(plan, 2, {"a"});
+    FAIL() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("2 parameter server(s) on host a, which runs 1 rank(s)"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(AgentSetup, CarriesEveryFieldIncludingTheServers) {
+  RemoteAgentSetup s;
+  s.agent.token = "t";
+  s.agent.coordinator = "10.0.0.1:1";
+  s.agent.node = "b";
+  s.agent.node_rank = 1;
+  s.agent.num_nodes = 2;
+  s.agent.run_dir = "/r";
+  s.agent.run_id = "id";
+  s.agent.argv = {"ptrain", "worker"};
+  s.agent.master_addr = "a";
+  s.agent.master_port = 1234;
+  s.agent.max_restarts = 3;
+  s.agent.threads_per_proc = 2;
+  s.agent.cuda = true;
+  s.agent.server_indices = {1, 3};
+  s.agent.server_argv = {"ptrain", "param-server"};
+  s.agent.server_bind = "10.0.0.2";
+  s.coordinator_loss_s = 7.5;
+  s.term_grace_s = 1.25;
+  s.round = 4;
+  s.umask = 077;
+  s.restore_umask = true;
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  std::string data = encode_agent_setup(s) + "signal 15\n";
+  ASSERT_EQ(::write(fds[1], data.data(), data.size()), static_cast<ssize_t>(data.size()));
+  RemoteAgentSetup got = read_agent_setup(fds[0], Millis(1000));
+  ::close(fds[0]);
+  ::close(fds[1]);
+  EXPECT_EQ(got.agent.node_rank, 1);
+  EXPECT_EQ(got.agent.num_nodes, 2);
+  EXPECT_EQ(got.agent.run_id, "id");
+  EXPECT_EQ(got.agent.master_addr, "a");
+  EXPECT_EQ(got.agent.master_port, 1234);
+  EXPECT_EQ(got.agent.max_restarts, 3);
+  EXPECT_EQ(got.agent.threads_per_proc, 2);
+  EXPECT_TRUE(got.agent.cuda);
+  EXPECT_EQ(got.agent.server_indices, (std::vector<int>{1, 3}));
+  EXPECT_EQ(got.agent.server_argv, s.agent.server_argv);
+  EXPECT_EQ(got.agent.server_bind, "10.0.0.2");
+  EXPECT_DOUBLE_EQ(got.coordinator_loss_s, 7.5);
+  EXPECT_DOUBLE_EQ(got.term_grace_s, 1.25);
+  EXPECT_EQ(got.round, 4);
+  EXPECT_EQ(got.umask, 077);
+  EXPECT_TRUE(got.restore_umask);
+}
+
+TEST(AgentSetup, RefusesAStreamThatIsNotASetupMessage) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  std::string data = "token abc\nend\n";
+  ASSERT_EQ(::write(fds[1], data.data(), data.size()), static_cast<ssize_t>(data.size()));
+  EXPECT_THROW(read_agent_setup(fds[0], Millis(1000)), ConfigError);
+  ::close(fds[0]);
+  ::close(fds[1]);
+}

@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 
@@ -476,4 +477,186 @@ TEST_F(SshLaunchTest, KilledWorkerRestartsEveryHostAndTheLossCurveEqualsTheUnint
   EXPECT_FALSE(contains(summary, R"("round": 2)")) << summary;
   std::string launcher = read_file(dir + "/launcher.log");
   EXPECT_TRUE(contains(launcher, "restart 1/1: rank 1 on 127.0.0.3 was killed")) << launcher;
+}
+
+// ---- The same behaviour as `ptrain run` (one supervision engine; tests/launch/run_test.cc) ----
+
+TEST_F(SshLaunchTest, MasterPortIsOneCheckedFreePortOnTheFirstHost) {
+  // The old fixed guess (29500) is taken on the first host: every rank still gets one port,
+  // the same everywhere, free on 127.0.0.2 when the agent chose it.
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(29500);
+  ::inet_pton(AF_INET, "127.0.0.2", &sa.sin_addr);
+  const bool held =
+      ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0 && ::listen(fd, 1) == 0;
+  Ptrain p(launch(spec("command: [sh, -c, 'echo master=$MASTER_ADDR:$MASTER_PORT']\n")));
+  int code = p.finish();
+  ::close(fd);
+  ASSERT_EQ(code, 0) << p.out << p.err;
+  std::regex re(R"(master=([0-9.]+):(\d+))");
+  std::set<std::string> seen;
+  for (std::sregex_iterator it(p.out.begin(), p.out.end(), re), end; it != end; ++it)
+    seen.insert((*it)[1].str() + ":" + (*it)[2].str());
+  ASSERT_EQ(seen.size(), 1u) << p.out;
+  const std::string got = *seen.begin();
+  EXPECT_EQ(got.substr(0, got.find(':')), "127.0.0.2") << got;
+  if (held) {
+    EXPECT_NE(got, "127.0.0.2:29500") << "MASTER_PORT is a port that was taken";
+  }
+}
+
+TEST_F(SshLaunchTest, ARankThatNeverJoinsIsNamedWithItsHost) {
+  Ptrain p(
+      launch(spec("rendezvous: {timeout_s: 1}\ncommand: [sh, -c, 'if [ $RANK = 3 ]; then exec "
+                  "sleep 60; fi; exec \"$0\" worker', " +
+                  std::string(PTRAIN_BINARY) + "]\n")));
+  EXPECT_EQ(p.finish(), kExitTimeout) << p.err;
+  EXPECT_TRUE(contains(p.err, "rendezvous incomplete: rank(s) 3 on 127.0.0.3 never joined"))
+      << p.err;
+}
+
+TEST_F(SshLaunchTest, LeavingRanksAreLoggedAsWithRun) {
+  Ptrain p(launch(spec("parallel: {data: 4}\ntrain: {steps: 0}\n")));
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  std::string log = read_file(run_dir() + "/launcher.log");
+  for (int r = 0; r < 4; ++r)
+    EXPECT_TRUE(contains(log, fmt::format("rank {} left with exit code 0", r))) << log;
+  EXPECT_TRUE(
+      contains(read_file(run_dir() + "/summary.json"), R"("hosts": ["127.0.0.2", "127.0.0.3"])"));
+}
+
+TEST_F(SshLaunchTest, ACoordinatorThatCannotStartStillWritesSummaryJson) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  socklen_t len = sizeof sa;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  const int port = ntohs(sa.sin_port);
+  Ptrain p(launch(spec(fmt::format("rendezvous: {{bind: 127.0.0.1, port: {}}}\n", port) +
+                       "parallel: {data: 4}\ntrain: {steps: 0}\n")));
+  int code = p.finish();
+  ::close(fd);
+  EXPECT_NE(code, 0);
+  EXPECT_TRUE(contains(p.err, fmt::format("127.0.0.1:{}", port))) << p.err;
+  std::string summary = read_file(run_dir() + "/summary.json");
+  EXPECT_TRUE(contains(summary, R"("status": "failed")")) << summary;
+  EXPECT_TRUE(contains(summary, "cannot start the coordinator")) << summary;
+}
+
+TEST_F(SshLaunchTest, ResumeContinuesAFinishedRunWithMoreSteps) {
+  std::string s = spec(kGpt + "train: {steps: 4, log_every: 1}\ncheckpoint: {every: 2}\n");
+  Ptrain first(launch(s));
+  ASSERT_EQ(first.finish(), 0) << first.out << first.err;
+  const std::string dir = run_dir();
+  Ptrain again(
+      {"launch", "--resume", dir, "--set", "train.steps=6", "--ssh-config", farm->ssh_config});
+  ASSERT_EQ(again.finish(), 0) << again.out << again.err;
+  EXPECT_TRUE(contains(read_file(dir + "/launcher.log"), "resuming this run")) << dir;
+  EXPECT_TRUE(contains(read_file(dir + "/summary.json"), R"("steps": 6)"))
+      << read_file(dir + "/summary.json");
+  // Rank 0 continued from the checkpoint of step 4, and so did every host: steps 1..4 were
+  // reported once (by the first run), 5 and 6 by the second.
+  std::string log0 = read_file(dir + "/rank-0.log");
+  EXPECT_TRUE(contains(log0, "step-4.safetensors at step 4")) << log0;
+  std::string metrics = read_file(dir + "/metrics.jsonl");
+  std::map<int, int> seen;
+  std::regex re(R"("step": (\d+))");
+  for (std::sregex_iterator it(metrics.begin(), metrics.end(), re), end; it != end; ++it)
+    ++seen[std::stoi((*it)[1].str())];
+  for (int step = 1; step <= 6; ++step) EXPECT_EQ(seen[step], 1) << "step " << step << metrics;
+  int dirs = 0;
+  for (const auto& e : fs::directory_iterator(tmp_ + "/runs")) dirs += e.is_directory();
+  EXPECT_EQ(dirs, 1);
+}
+
+// ---- Asynchronous data parallelism across hosts: parameter servers on the hosts ----
+
+const std::string kAsync =
+    "parallel: {data: 2, data_mode: async, servers: 2, staleness: 2}\nmodel: {type: gpt, "
+    "layers: 1, heads: 2, dim: 32, seq_len: 16, vocab: 64}\ndata: {type: synthetic, batch_size: "
+    "8}\nfault_tolerance: {hang_timeout_s: 20, term_grace_s: 2}\n";
+
+// A spec with `procs` processes per host.
+std::string spec_procs(const std::string& tmp, int procs, const std::string& body) {
+  std::string path = tmp + "/job.yaml";
+  std::ofstream(path) << "name: t\nlogging: {dir: " << tmp
+                      << "/runs, console: all}\nnodes: {procs_per_node: " << procs
+                      << ", device: cpu, threads_per_proc: 1}\n"
+                      << body;
+  return path;
+}
+
+TEST_F(SshLaunchTest, AsyncJobPlacesOneServerPerHostAndTrains) {
+  auto start = Clock::now();
+  Ptrain p(launch(spec_procs(tmp_, 1, kAsync + "train: {steps: 12, log_every: 1}\n"),
+                  "127.0.0.2:1,127.0.0.3:1"));
+  ASSERT_TRUE(p.wait_for([&] { return contains(p.out, "step 1/"); })) << p.out << p.err;
+  double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  std::printf(
+      "[ figure ] ptrain launch, async, 2 hosts x 1 proc + 2 servers over loopback ssh: first "
+      "step after %.0f ms\n",
+      ms);
+  RecordProperty("async_first_step_ms", static_cast<int>(ms));
+  const std::string dir = run_dir();
+  std::string log = read_file(dir + "/launcher.log");
+  EXPECT_TRUE(contains(log,
+                       "parameter server 0 (rank 2) placed on 127.0.0.2, listening on "
+                       "127.0.0.2"))
+      << log;
+  EXPECT_TRUE(contains(log,
+                       "parameter server 1 (rank 3) placed on 127.0.0.3, listening on "
+                       "127.0.0.3"))
+      << log;
+  EXPECT_TRUE(contains(log, "parameter server 1 (rank 3) started on 127.0.0.3: pid ")) << log;
+  // The servers' logs were streamed here like the ranks' (and stay on their hosts too).
+  for (int i = 0; i < 2; ++i)
+    EXPECT_TRUE(contains(read_file(fmt::format("{}/server-{}.log", dir, i)), "done,"))
+        << "server " << i;
+  EXPECT_TRUE(fs::exists(dir + "/hosts/127.0.0.3/server-1.log"));
+  // Each server listens on its host's address (PTRAIN_SERVER_BIND), not on loopback 127.0.0.1.
+  EXPECT_TRUE(contains(read_file(dir + "/server-0.log"), "worker(s) on 127.0.0.2:"));
+  EXPECT_TRUE(contains(read_file(dir + "/server-1.log"), "worker(s) on 127.0.0.3:"))
+      << read_file(dir + "/server-1.log");
+  std::string metrics = read_file(dir + "/metrics.jsonl");
+  EXPECT_TRUE(contains(metrics, "\"step\": 12")) << metrics;
+  EXPECT_TRUE(contains(metrics, "\"server_updates_per_s\"")) << metrics;
+}
+
+TEST_F(SshLaunchTest, ADeadParameterServerOnAHostFailsTheJobNamingIt) {
+  Ptrain p(launch(spec_procs(tmp_, 1, kAsync + "train: {steps: 100000, log_every: 1}\n"),
+                  "127.0.0.2:1,127.0.0.3:1"));
+  ASSERT_TRUE(p.wait_for([&] { return contains(p.out, "step"); })) << p.out << p.err;
+  pid_t victim = -1;
+  ASSERT_TRUE(p.wait_for([&] {
+    std::string log = read_file(run_dir() + "/launcher.log");
+    const std::string tag = "parameter server 1 (rank 3) started on 127.0.0.3: pid ";
+    auto at = log.find(tag);
+    if (at != std::string::npos) victim = std::atoi(log.c_str() + at + tag.size());
+    return victim > 0;
+  }));
+  ::kill(victim, SIGKILL);
+  EXPECT_EQ(p.finish(), 137) << p.err;
+  EXPECT_TRUE(contains(p.err, fmt::format("job failed: parameter server 1 (rank 3) on host "
+                                          "127.0.0.3 (pid {}) was killed",
+                                          victim)))
+      << p.err;
+}
+
+TEST_F(SshLaunchTest, MoreServersThanAHostRunsRanksIsRefusedBeforeAnythingStarts) {
+  // Round-robin puts servers 1 and 3 on 127.0.0.3, which runs one rank.
+  Ptrain p(launch(spec_procs(tmp_, 3,
+                             "parallel: {data: 4, data_mode: async, servers: 4}\nmodel: {type: "
+                             "gpt, layers: 1, heads: 2, dim: 32, seq_len: 16, vocab: 64}\n"
+                             "data: {type: synthetic, batch_size: 8}\ntrain: {steps: 2}\n"),
+                  "127.0.0.2:3,127.0.0.3:1"));
+  EXPECT_EQ(p.finish(), 2) << p.err;
+  EXPECT_TRUE(contains(p.err, "2 parameter server(s) on host 127.0.0.3, which runs 1 rank(s)"))
+      << p.err;
+  EXPECT_FALSE(fs::exists(tmp_ + "/runs"));
 }

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <thread>
@@ -45,16 +46,27 @@ std::string Agent::log_path(int rank) const {
   return options_.run_dir + "/" + fmt::format("rank-{}.log", rank);
 }
 
+std::vector<int> Agent::server_list() const {
+  if (!options_.server_indices.empty()) return options_.server_indices;
+  std::vector<int> out;
+  if (options_.node_rank == 0)
+    for (int i = 0; i < options_.servers; ++i) out.push_back(i);
+  return out;
+}
+
 std::vector<std::string> Agent::server_env(int index, int round) const {
   std::vector<std::string> env = worker_env(0, round);
+  const auto list = server_list();
+  const auto pos = std::find(list.begin(), list.end(), index) - list.begin();
   for (auto& kv : env) {
     std::string key = kv.substr(0, kv.find('='));
     if (key == "RANK" || key == "ROLE_RANK")
-      kv = key + "=" + std::to_string(options_.world_size + index);
-    if (key == "LOCAL_RANK") kv = key + "=" + std::to_string(options_.local_world_size + index);
+      kv = fmt::format("{}={}", key, options_.world_size + index);
+    if (key == "LOCAL_RANK") kv = fmt::format("{}={}", key, options_.local_world_size + pos);
     if (key == "OMP_NUM_THREADS") kv = key + "=1";
   }
-  env.push_back("PTRAIN_SERVER_INDEX=" + std::to_string(index));
+  env.push_back(fmt::format("PTRAIN_SERVER_INDEX={}", index));
+  if (!options_.server_bind.empty()) env.push_back("PTRAIN_SERVER_BIND=" + options_.server_bind);
   return env;
 }
 
@@ -120,9 +132,13 @@ std::vector<std::string> Agent::worker_env(int local_rank, int round) const {
 void Agent::spawn_all(int round) {
   workers_.clear();
   spawn_failures_.clear();
-  const int servers = options_.node_rank == 0 ? options_.servers : 0;
-  for (int local = 0; local < options_.local_world_size + servers; ++local) {
-    const int server = local - options_.local_world_size;  // >= 0: a parameter server
+  const std::vector<int> servers = server_list();
+  const int total = options_.local_world_size + static_cast<int>(servers.size());
+  for (int local = 0; local < total; ++local) {
+    // >= 0: a parameter server (its global index)
+    const int server = local < options_.local_world_size
+                           ? -1
+                           : servers[static_cast<size_t>(local - options_.local_world_size)];
     auto w = std::make_unique<Worker>();
     w->local_rank = local;
     w->rank = server >= 0 ? options_.world_size + server : options_.first_rank + local;

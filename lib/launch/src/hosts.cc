@@ -197,3 +197,40 @@ std::vector<HostPlan> plan_hosts(const std::vector<spec::HostSlots>& hosts, int 
 }
 
 }  // namespace ptrain::launch
+
+namespace ptrain::launch {
+
+std::vector<size_t> place_servers(const std::vector<HostPlan>& plan, int servers,
+                                  const std::vector<std::string>& server_hosts) {
+  std::vector<size_t> out;
+  if (servers <= 0 || plan.empty()) return out;
+  std::string names;
+  for (const auto& p : plan) names += fmt::format("{}{}", names.empty() ? "" : ", ", p.host);
+  std::vector<size_t> named;
+  for (const auto& h : server_hosts) {
+    size_t i = 0;
+    while (i < plan.size() && plan[i].host != h) ++i;
+    if (i == plan.size())
+      throw ConfigError(
+          fmt::format("parameter server host `{}` is not a host of this job ({})", h, names),
+          "name hosts of --hosts / nodes.hosts");
+    named.push_back(i);
+  }
+  std::vector<int> count(plan.size(), 0);
+  for (int s = 0; s < servers; ++s) {
+    size_t host = named.empty() ? static_cast<size_t>(s) % plan.size()
+                                : named[static_cast<size_t>(s) % named.size()];
+    out.push_back(host);
+    ++count[host];
+  }
+  for (size_t i = 0; i < plan.size(); ++i)
+    if (count[i] > plan[i].procs)
+      throw ConfigError(
+          fmt::format("parallel.servers: {} parameter server(s) on host {}, which runs {} rank(s)",
+                      count[i], plan[i].host, plan[i].procs),
+          "a host runs at most one server per rank: use fewer parallel.servers, or give that host "
+          "more ranks");
+  return out;
+}
+
+}  // namespace ptrain::launch

@@ -2,7 +2,6 @@
 
 #include <poll.h>
 #include <signal.h>
-#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,7 +12,11 @@
 #include <map>
 #include <sstream>
 
+#include "agent_setup.pb.h"
 #include "ptrain/core/error.h"
+#include "ptrain/launch/launcher.h"
+#include "ptrain/launch/local_group.h"
+#include "ptrain/launch/supervisor.h"
 #include "ptrain/rendezvous/client.h"
 
 namespace ptrain::launch {
@@ -72,37 +75,44 @@ std::string agent_dir(const std::string& run_dir, const std::string& node) {
   return run_dir + "/hosts/" + node;
 }
 
+namespace {
+constexpr const char* kSetupHeader = "ptrain-agent-setup";
+constexpr size_t kMaxSetupBytes = 64u << 20;
+}  // namespace
+
 std::string encode_agent_setup(const RemoteAgentSetup& s) {
   const AgentOptions& a = s.agent;
-  std::string out;
-  auto put = [&](const std::string& k, const std::string& v) { out += k + " " + escape(v) + "\n"; };
-  put("token", a.token);
-  put("coordinator", a.coordinator);
-  put("node", a.node);
-  put("node_rank", std::to_string(a.node_rank));
-  put("num_nodes", std::to_string(a.num_nodes));
-  put("first_rank", std::to_string(a.first_rank));
-  put("local_world_size", std::to_string(a.local_world_size));
-  put("world_size", std::to_string(a.world_size));
-  put("run_dir", a.run_dir);
-  put("run_id", a.run_id);
-  put("master_addr", a.master_addr);
-  put("master_port", std::to_string(a.master_port));
-  put("max_restarts", std::to_string(a.max_restarts));
-  put("threads_per_proc", std::to_string(a.threads_per_proc));
-  put("cuda", a.cuda ? "1" : "0");
-  put("heartbeat_ms", std::to_string(static_cast<int64_t>(s.heartbeat_s * 1000)));
-  put("coordinator_loss_ms", std::to_string(static_cast<int64_t>(s.coordinator_loss_s * 1000)));
-  put("term_grace_ms", std::to_string(static_cast<int64_t>(s.term_grace_s * 1000)));
-  put("round", std::to_string(s.round));
-  put("umask", std::to_string(s.umask));
-  put("restore_umask", s.restore_umask ? "1" : "0");
-  for (const auto& arg : a.argv) put("argv", arg);
-  for (const auto& [k, v] : a.extra_env) put("env", k + "=" + v);
-  put("spec_bytes", std::to_string(s.spec_yaml.size()));
-  out += "end\n";
-  out += s.spec_yaml;
-  return out;
+  proto::AgentSetup m;
+  m.set_token(a.token);
+  m.set_coordinator(a.coordinator);
+  m.set_node(a.node);
+  m.set_node_rank(a.node_rank);
+  m.set_num_nodes(a.num_nodes);
+  m.set_first_rank(a.first_rank);
+  m.set_local_world_size(a.local_world_size);
+  m.set_world_size(a.world_size);
+  m.set_run_dir(a.run_dir);
+  m.set_run_id(a.run_id);
+  m.set_master_addr(a.master_addr);
+  m.set_master_port(a.master_port);
+  m.set_max_restarts(a.max_restarts);
+  m.set_threads_per_proc(a.threads_per_proc);
+  m.set_cuda(a.cuda);
+  for (const auto& arg : a.argv) m.add_argv(arg);
+  for (const auto& [k, v] : a.extra_env) m.add_env(k + "=" + v);
+  m.set_heartbeat_s(s.heartbeat_s);
+  m.set_coordinator_loss_s(s.coordinator_loss_s);
+  m.set_term_grace_s(s.term_grace_s);
+  m.set_round(s.round);
+  m.set_umask(s.umask);
+  m.set_restore_umask(s.restore_umask);
+  m.set_spec_yaml(s.spec_yaml);
+  for (int i : a.server_indices) m.add_server_indices(i);
+  for (const auto& arg : a.server_argv) m.add_server_argv(arg);
+  m.set_server_bind(a.server_bind);
+  std::string bytes;
+  PTRAIN_CHECK(m.SerializeToString(&bytes), "cannot serialize the agent setup");
+  return fmt::format("{} {}\n", kSetupHeader, bytes.size()) + bytes;
 }
 
 RemoteAgentSetup read_agent_setup(int fd, Millis timeout) {
@@ -116,83 +126,63 @@ RemoteAgentSetup read_agent_setup(int fd, Millis timeout) {
           fmt::format("agent: no setup on stdin within {} s", timeout.count() / 1000),
           "`ptrain agent` is started by `ptrain launch`, not by hand");
     char chunk[65536];
-    ssize_t got = ::read(fd, chunk, sizeof chunk);
+    // Read no further than the setup: what follows (commands) is the main loop's.
+    size_t want = sizeof chunk;
+    ssize_t got = ::read(fd, chunk, want);
     if (got < 0 && errno == EINTR) return;
     if (got <= 0) throw ConfigError("agent: stdin ended before the setup was complete");
     buf.append(chunk, static_cast<size_t>(got));
   };
+  size_t nl;
+  while ((nl = buf.find('\n')) == std::string::npos) {
+    if (buf.size() > 256) break;
+    read_more();
+  }
+  std::string header = nl == std::string::npos ? buf : buf.substr(0, nl);
+  std::string prefix = std::string(kSetupHeader) + " ";
+  size_t bytes = 0;
+  if (header.rfind(prefix, 0) == 0)
+    bytes = static_cast<size_t>(to_int("size", header.substr(prefix.size())));
+  if (header.rfind(prefix, 0) != 0 || bytes > kMaxSetupBytes)
+    throw ConfigError("agent: stdin does not start with a setup message",
+                      "the launcher and the agent must be the same ptrain version");
+  while (buf.size() - (nl + 1) < bytes) read_more();
+  proto::AgentSetup m;
+  if (!m.ParseFromArray(buf.data() + nl + 1, static_cast<int>(bytes)))
+    throw ConfigError("agent: the setup message does not parse",
+                      "the launcher and the agent must be the same ptrain version");
   RemoteAgentSetup s;
   AgentOptions& a = s.agent;
-  size_t spec_bytes = 0;
-  size_t pos = 0;
-  while (true) {
-    size_t nl = buf.find('\n', pos);
-    if (nl == std::string::npos) {
-      if (buf.size() > (1u << 20)) throw ConfigError("agent: setup header too long");
-      read_more();
-      continue;
-    }
-    std::string line = buf.substr(pos, nl - pos);
-    pos = nl + 1;
-    if (line == "end") break;
-    size_t sp = line.find(' ');
-    std::string k = line.substr(0, sp);
-    std::string v = sp == std::string::npos ? "" : unescape(line.substr(sp + 1));
-    if (k == "token")
-      a.token = v;
-    else if (k == "coordinator")
-      a.coordinator = v;
-    else if (k == "node")
-      a.node = v;
-    else if (k == "node_rank")
-      a.node_rank = to_int(k, v);
-    else if (k == "num_nodes")
-      a.num_nodes = to_int(k, v);
-    else if (k == "first_rank")
-      a.first_rank = to_int(k, v);
-    else if (k == "local_world_size")
-      a.local_world_size = to_int(k, v);
-    else if (k == "world_size")
-      a.world_size = to_int(k, v);
-    else if (k == "run_dir")
-      a.run_dir = v;
-    else if (k == "run_id")
-      a.run_id = v;
-    else if (k == "master_addr")
-      a.master_addr = v;
-    else if (k == "master_port")
-      a.master_port = to_int(k, v);
-    else if (k == "max_restarts")
-      a.max_restarts = to_int(k, v);
-    else if (k == "threads_per_proc")
-      a.threads_per_proc = to_int(k, v);
-    else if (k == "cuda")
-      a.cuda = v == "1";
-    else if (k == "heartbeat_ms")
-      s.heartbeat_s = to_int(k, v) / 1000.0;
-    else if (k == "coordinator_loss_ms")
-      s.coordinator_loss_s = to_int(k, v) / 1000.0;
-    else if (k == "term_grace_ms")
-      s.term_grace_s = to_int(k, v) / 1000.0;
-    else if (k == "round")
-      s.round = to_int(k, v);
-    else if (k == "umask")
-      s.umask = to_int(k, v);
-    else if (k == "restore_umask")
-      s.restore_umask = v == "1";
-    else if (k == "argv")
-      a.argv.push_back(v);
-    else if (k == "env") {
-      size_t eq = v.find('=');
-      a.extra_env[v.substr(0, eq)] = eq == std::string::npos ? "" : v.substr(eq + 1);
-    } else if (k == "spec_bytes")
-      spec_bytes = static_cast<size_t>(to_int(k, v));
-    else
-      throw ConfigError(fmt::format("agent: unknown setup key `{}`", k),
-                        "the launcher and the agent must be the same ptrain version");
+  a.token = m.token();
+  a.coordinator = m.coordinator();
+  a.node = m.node();
+  a.node_rank = m.node_rank();
+  a.num_nodes = m.num_nodes();
+  a.first_rank = m.first_rank();
+  a.local_world_size = m.local_world_size();
+  a.world_size = m.world_size();
+  a.run_dir = m.run_dir();
+  a.run_id = m.run_id();
+  a.master_addr = m.master_addr();
+  a.master_port = m.master_port();
+  a.max_restarts = m.max_restarts();
+  a.threads_per_proc = m.threads_per_proc();
+  a.cuda = m.cuda();
+  a.argv.assign(m.argv().begin(), m.argv().end());
+  for (const auto& kv : m.env()) {
+    const size_t eq = kv.find('=');
+    a.extra_env[kv.substr(0, eq)] = eq == std::string::npos ? "" : kv.substr(eq + 1);
   }
-  while (buf.size() - pos < spec_bytes) read_more();
-  s.spec_yaml = buf.substr(pos, spec_bytes);
+  s.heartbeat_s = m.heartbeat_s();
+  s.coordinator_loss_s = m.coordinator_loss_s();
+  s.term_grace_s = m.term_grace_s();
+  s.round = m.round();
+  s.umask = m.umask();
+  s.restore_umask = m.restore_umask();
+  s.spec_yaml = m.spec_yaml();
+  a.server_indices.assign(m.server_indices().begin(), m.server_indices().end());
+  a.server_argv.assign(m.server_argv().begin(), m.server_argv().end());
+  a.server_bind = m.server_bind();
   if (a.token.empty() || a.coordinator.empty() || a.argv.empty() || a.run_dir.empty())
     throw ConfigError("agent: the setup lacks the token, coordinator, run folder or program");
   // Whatever followed the setup already (a signal command) is not expected this early: the
@@ -234,16 +224,7 @@ AgentMessage parse_agent_message(const std::string& line) {
 }
 
 int remote_agent_main(int in_fd, int out_fd) {
-  ::signal(SIGPIPE, SIG_IGN);
-  sigset_t set;
-  sigemptyset(&set);
-  for (int sig : {SIGCHLD, SIGINT, SIGTERM, SIGHUP}) sigaddset(&set, sig);
-  PTRAIN_CHECK(::pthread_sigmask(SIG_BLOCK, &set, nullptr) == 0);
-  int sfd = PTRAIN_SYSCALL(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
-  struct FdGuard {
-    int fd;
-    ~FdGuard() { ::close(fd); }
-  } sfd_guard{sfd};
+  PollWaiter waiter;  // the signals, as the launchers read them
 
   RemoteAgentSetup s = read_agent_setup(in_fd, kDefaultAgentSetupTimeout);
   if (s.umask >= 0) {  // logging.mode: private
@@ -266,20 +247,27 @@ int remote_agent_main(int in_fd, int out_fd) {
   }
   s.agent.run_dir = dir;
   // A shipped binary is named relative to the home folder.
-  std::string& program = s.agent.argv[0];
-  if (program.rfind("~/", 0) == 0 && std::getenv("HOME"))
-    program = std::string(std::getenv("HOME")) + program.substr(1);
+  for (auto* argv : {&s.agent.argv, &s.agent.server_argv}) {
+    if (argv->empty()) continue;
+    std::string& program = argv->front();
+    if (program.rfind("~/", 0) == 0 && std::getenv("HOME"))
+      program = std::string(std::getenv("HOME")) + program.substr(1);
+  }
 
   Millis hb_interval(std::max<int64_t>(100, static_cast<int64_t>(s.heartbeat_s * 1000)));
   Millis loss(static_cast<int64_t>(s.coordinator_loss_s * 1000));
   rendezvous::CoordinatorClient client(s.agent.coordinator, s.agent.token, Millis(10000),
                                        hb_interval);
   auto store = client.store();
+  // MASTER_PORT: the agent of the rank-0 host finds a free port there and publishes it; every
+  // other agent waits for it, so all ranks get the same checked port.
+  s.agent.master_port =
+      agree_master_port(*store, s.agent.node_rank, s.agent.master_addr, s.round, Millis(30000));
 
   s.agent.watchdog_program = this_executable();
-  Agent agent(s.agent);
+  LocalWorkerGroup group(s.agent);
   std::vector<rendezvous::LogLineView> pending;
-  agent.on_line = [&](const WorkerLine& l) {
+  group.agent().on_line = [&](const WorkerLine& l) {
     pending.push_back({node, l.rank, l.time_us, l.is_stderr, l.text});
   };
   bool coordinator_ok = true;
@@ -292,49 +280,42 @@ int remote_agent_main(int in_fd, int out_fd) {
     }
     pending.clear();
   };
+  // The agent reports; the launcher's supervisor decides.
+  auto report = [&] {
+    for (const auto& e : group.poll()) {
+      if (e.kind == GroupEvent::Kind::Started) write_all(out_fd, format_started(e.rank, e.pid));
+      if (e.kind == GroupEvent::Kind::Exited)
+        write_all(out_fd, format_exit({e.rank, e.pid, e.status, e.text}));
+    }
+  };
 
-  agent.spawn_all(s.round);
-  for (int r = s.agent.first_rank; r < s.agent.first_rank + s.agent.local_world_size; ++r)
-    if (agent.pid_of(r) > 0) write_all(out_fd, format_started(r, agent.pid_of(r)));
-
+  group.start(s.round);
   auto last_ok = Clock::now();
   auto next_hb = Clock::now() + hb_interval;
   auto last_flush = Clock::now();
-  std::optional<Clock::time_point> kill_at;
+  GraceTimer grace(Millis(static_cast<int64_t>(s.term_grace_s * 1000)));
   bool stopping = false;
   std::string in_buf;
   bool stdin_open = true;
   auto stop = [&](const std::string& why) {
-    if (!stopping) say(fmt::format("{}: stopping {} worker(s)", why, agent.running()));
+    if (!stopping) say(fmt::format("{}: stopping {} worker(s)", why, group.running()));
     stopping = true;
-    agent.signal_all(SIGTERM);
-    agent.signal_all(SIGCONT);
-    if (!kill_at) kill_at = Clock::now() + Millis(static_cast<int64_t>(s.term_grace_s * 1000));
-  };
-  auto report = [&](const std::vector<WorkerExit>& exits) {
-    for (const auto& e : exits) write_all(out_fd, format_exit(e));
+    group.signal(SIGTERM);
+    grace.arm(Clock::now());
   };
 
-  report(agent.reap());
-  while (agent.running() > 0) {
-    std::vector<pollfd> fds{{sfd, POLLIN, 0}};
-    if (stdin_open) fds.push_back({in_fd, POLLIN, 0});
-    size_t first_worker_fd = fds.size();
-    agent.add_poll_fds(fds);
+  report();
+  while (group.running() > 0) {
+    std::vector<pollfd> extra;
+    if (stdin_open) extra.push_back({in_fd, POLLIN, 0});
     auto now = Clock::now();
     Millis wait = std::chrono::duration_cast<Millis>(next_hb - now);
     if (!pending.empty()) wait = std::min(wait, Millis(100));
-    if (kill_at) wait = std::min(wait, std::chrono::duration_cast<Millis>(*kill_at - now));
-    wait = std::clamp(wait, Millis(0), Millis(1000));
-    int n = ::poll(fds.data(), fds.size(), static_cast<int>(wait.count()) + 1);
-    if (n < 0 && errno != EINTR) PTRAIN_SYSCALL(n);
-    if (n > 0 && (fds[0].revents & POLLIN)) {
-      signalfd_siginfo si;
-      while (::read(sfd, &si, sizeof si) == sizeof si)
-        if (si.ssi_signo != SIGCHLD)
-          stop("received " + signal_name(static_cast<int>(si.ssi_signo)));
-    }
-    if (n > 0 && stdin_open && fds[1].revents) {
+    if (grace.deadline())
+      wait = std::min(wait, std::chrono::duration_cast<Millis>(*grace.deadline() - now));
+    wait = std::clamp(wait, Millis(0), Millis(1000)) + Millis(1);
+    for (int sig : waiter.wait(group, wait, extra)) stop("received " + signal_name(sig));
+    if (stdin_open && !extra.empty() && extra[0].revents) {
       char chunk[4096];
       ssize_t got = ::read(in_fd, chunk, sizeof chunk);
       if (got > 0) {
@@ -345,10 +326,8 @@ int remote_agent_main(int in_fd, int out_fd) {
           in_buf.erase(0, nl + 1);
           int sig = 0;
           if (std::sscanf(cmd.c_str(), "signal %d", &sig) == 1 && sig > 0 && sig < NSIG) {
-            agent.signal_all(sig);
-            agent.signal_all(SIGCONT);
-            if (sig != SIGKILL && !kill_at)
-              kill_at = Clock::now() + Millis(static_cast<int64_t>(s.term_grace_s * 1000));
+            group.signal(sig);
+            if (sig != SIGKILL) grace.arm(Clock::now());
             stopping = true;
           }
         }
@@ -357,11 +336,7 @@ int remote_agent_main(int in_fd, int out_fd) {
         stop("the ssh session ended (stdin closed)");
       }
     }
-    if (n > 0) {
-      std::vector<pollfd> worker_fds(fds.begin() + static_cast<long>(first_worker_fd), fds.end());
-      agent.handle_ready(worker_fds);
-    }
-    report(agent.reap());
+    report();
     now = Clock::now();
     if (pending.size() >= 256 || now - last_flush >= Millis(100)) {
       flush_logs();
@@ -380,16 +355,33 @@ int remote_agent_main(int in_fd, int out_fd) {
                            e.what()));
       }
     }
-    if (kill_at && Clock::now() >= *kill_at) {
-      agent.signal_all(SIGKILL);
-      kill_at.reset();
-    }
+    if (grace.due(Clock::now())) group.signal(SIGKILL);
   }
-  agent.drain(Millis(1000));
-  report(agent.reap());
+  group.drain(Millis(1000));
+  report();
   flush_logs();
   write_all(out_fd, "done\n");
   return 0;
+}
+
+int agree_master_port(rendezvous::Store& store, int node_rank, const std::string& master_addr,
+                      int round, Millis timeout) {
+  const std::string key = fmt::format("ptrain/master_port/round-{}", round);
+  if (node_rank == 0) {
+    int port = free_tcp_port(master_addr);
+    store.set(key, std::to_string(port));
+    return port;
+  }
+  std::string value;
+  try {
+    value = store.get(key, timeout);
+  } catch (const TimeoutError&) {
+    throw TimeoutError(
+        fmt::format("agent: the rank-0 host published no MASTER_PORT within {} s",
+                    timeout.count() / 1000),
+        "check that the agent on the first host started (its lines in launcher.log)");
+  }
+  return std::stoi(value);
 }
 
 }  // namespace ptrain::launch

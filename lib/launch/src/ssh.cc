@@ -199,6 +199,22 @@ std::string route_source_address(const std::string& hostname) {
                 "set rendezvous.bind to the address the hosts can reach");
 }
 
+std::string resolve_ipv4(const std::string& hostname) {
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  int rc = ::getaddrinfo(hostname.c_str(), nullptr, &hints, &res);
+  if (rc != 0 || !res)
+    throw IoError(fmt::format("cannot resolve host `{}` to an IPv4 address: {}", hostname,
+                              rc ? ::gai_strerror(rc) : "no address"),
+                  "check the host name in --hosts / nodes.hosts");
+  std::unique_ptr<addrinfo, void (*)(addrinfo*)> guard(res, ::freeaddrinfo);
+  char buf[INET_ADDRSTRLEN] = {};
+  ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr, buf, sizeof buf);
+  return buf;
+}
+
 std::string remote_program_word(const std::string& path) {
   if (path.rfind("~/", 0) != 0) return shell_quote(path);
   std::string word = "\"$HOME\"/";

@@ -44,6 +44,10 @@ struct AgentOptions {
   // ranks world_size + i, logging to server-<i>.log.
   int servers = 0;
   std::vector<std::string> server_argv;
+  // The servers this agent starts when not `servers` on node 0 (`ptrain launch` places them on
+  // hosts): their global indices.
+  std::vector<int> server_indices;
+  std::string server_bind;  // PTRAIN_SERVER_BIND: the address they listen on (empty: loopback)
   // >= 0: the umask the workers' program runs with (a `command:` job gets the user's own back
   // while ptrain's processes keep the private one; run_dir.h apply_file_mode).
   int child_umask = -1;
@@ -81,6 +85,8 @@ class Agent {
   std::vector<std::string> worker_env(int local_rank, int round) const;
   // The environment of parameter server `index` (RANK = world_size + index, PTRAIN_SERVER_INDEX).
   std::vector<std::string> server_env(int index, int round) const;
+  // The global indices of the servers this agent starts.
+  std::vector<int> server_list() const;
 
   // Descriptors to poll (worker pipes), and the handler for the ones that are readable.
   void add_poll_fds(std::vector<struct pollfd>& fds) const;

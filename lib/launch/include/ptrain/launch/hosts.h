@@ -42,3 +42,13 @@ std::vector<HostPlan> plan_hosts(const std::vector<spec::HostSlots>& hosts, int 
                                  int world_size);
 
 }  // namespace ptrain::launch
+
+namespace ptrain::launch {
+
+// Where the parameter servers of an async job run: server i on `server_hosts[i % size]`, or on
+// host i % hosts when that list is empty (as `ptrain launch` places them). Throws ConfigError
+// for a named host that is not in `plan`, and for a host given more servers than it runs ranks.
+std::vector<size_t> place_servers(const std::vector<HostPlan>& plan, int servers,
+                                  const std::vector<std::string>& server_hosts);
+
+}  // namespace ptrain::launch

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -25,6 +26,11 @@ struct JobResult {
   std::string status;  // "succeeded", "failed", "interrupted"
   std::string run_dir;
 };
+
+// A port nobody listens on now on `addr`, for a PyTorch program's own store (MASTER_PORT): the
+// program binds it later, as with torchrun (ptrain's coordinator binds port 0 instead). Throws
+// IoError when none can be bound.
+int free_tcp_port(const std::string& addr);
 
 class Launcher {
  public:

@@ -10,6 +10,7 @@
 
 #include "ptrain/core/time.h"
 #include "ptrain/launch/agent.h"
+#include "ptrain/rendezvous/store.h"
 
 namespace ptrain::launch {
 
@@ -49,6 +50,11 @@ struct AgentMessage {
 std::string format_started(int rank, pid_t pid);
 std::string format_exit(const WorkerExit& e);
 AgentMessage parse_agent_message(const std::string& line);
+
+// MASTER_PORT of round `round`, the same on every host: node 0 picks a free port on
+// `master_addr` (its own address) and publishes it in the store; the others wait up to `timeout`.
+int agree_master_port(rendezvous::Store& store, int node_rank, const std::string& master_addr,
+                      int round, Millis timeout);
 
 // The whole life of `ptrain agent`: reads the setup from in_fd, spawns the host's workers, streams
 // their lines to the coordinator, reports their exits on out_fd, forwards signals, and kills the

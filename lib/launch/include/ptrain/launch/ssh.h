@@ -54,6 +54,9 @@ std::string ssh_target_hostname(const SshOptions& o, const std::string& host);
 // The local address the kernel uses to reach `hostname` (a UDP socket is connected, never
 // sent on, and read back with getsockname). Throws IoError when the name does not resolve.
 std::string route_source_address(const std::string& hostname);
+// The first IPv4 address of `hostname` (itself when it is one): what a service on that host
+// binds so that other hosts reach it. Throws IoError when the name does not resolve.
+std::string resolve_ipv4(const std::string& hostname);
 
 struct PreflightOptions {
   std::string remote_ptrain;     // the program on every host

@@ -23,6 +23,7 @@ struct SshLaunchOptions {
   std::FILE* out = stdout;
   int tty = -1;  // as LauncherOptions::tty
   Millis preflight_timeout = kDefaultPreflightTimeout;
+  std::string resume_dir;  // non-empty: continue this run folder instead of creating one
 };
 
 class SshLauncher {

@@ -1,0 +1,67 @@
+// The worker group of `ptrain launch`: one ssh session per host running `ptrain agent`, behind
+// the WorkerGroup interface (supervisor.h). The agents report their workers' starts and exits
+// over the session; the workers' lines reach the coordinator, which hands them to
+// on_streamed_line for the local copy of each rank log.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ptrain/launch/hosts.h"
+#include "ptrain/launch/remote_agent.h"
+#include "ptrain/launch/ssh.h"
+#include "ptrain/launch/supervisor.h"
+
+namespace ptrain::launch {
+
+struct SshGroupOptions {
+  std::vector<HostPlan> plan;
+  SshOptions ssh;
+  std::string program;  // ptrain on the hosts
+  std::string log_level = "info";
+  std::string run_dir;  // the launcher's run folder (local copies of the rank logs)
+  int world_size = 1;
+  // host index → the hosts' parameter servers (global server indices), for host_of().
+  std::map<int, std::vector<int>> servers_of_host;
+  // The setup of host `i`'s agent for round `round` (the coordinator's expect() is done there).
+  std::function<RemoteAgentSetup(size_t i, int round)> setup;
+};
+
+class SshWorkerGroup : public WorkerGroup {
+ public:
+  explicit SshWorkerGroup(SshGroupOptions options);
+  ~SshWorkerGroup() override;
+
+  void start(int round) override;
+  void signal(int sig) override;
+  void force_stop(int stage) override;
+  void add_poll_fds(std::vector<struct pollfd>& fds) const override;
+  void handle_ready(const std::vector<struct pollfd>& fds) override;
+  std::vector<GroupEvent> poll() override;
+  int running() const override;
+  std::string host_of(int rank) const override;
+  pid_t pid_of(int rank) const override;
+  std::vector<std::string> hosts() const override;
+  std::string log_path(int rank) const override;
+  std::string log_note(int rank) const override;
+  void on_streamed_line(const rendezvous::LogLineView& line) override;
+  bool multi_host() const override { return true; }
+
+ private:
+  struct Session;
+  void send(Session& s, const std::string& data);
+  void flush_input(Session& s);
+  void read_session(Session& s, bool is_err);
+  void on_agent_line(Session& s, const std::string& line);
+  void on_session_end(Session& s);
+  SshGroupOptions opt_;
+  std::vector<std::unique_ptr<Session>> sessions_;
+  std::vector<GroupEvent> pending_;
+  std::map<int, int> log_fds_;
+};
+
+}  // namespace ptrain::launch
