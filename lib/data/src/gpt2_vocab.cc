@@ -7,16 +7,19 @@
 #error "PTRAIN_GPT2_DIR must name the folder of encoder.json and vocab.bpe"
 #endif
 
-__asm__(".pushsection .rodata\n"
-        ".balign 16\n"
-        "ptrain_gpt2_encoder_json_begin:\n"
-        ".incbin \"" PTRAIN_GPT2_DIR "/encoder.json\"\n"
-        "ptrain_gpt2_encoder_json_end:\n"
-        ".balign 16\n"
-        "ptrain_gpt2_vocab_bpe_begin:\n"
-        ".incbin \"" PTRAIN_GPT2_DIR "/vocab.bpe\"\n"
-        "ptrain_gpt2_vocab_bpe_end:\n"
-        ".popsection\n");
+__asm__(
+    ".pushsection .rodata\n"
+    ".balign 16\n"
+    "ptrain_gpt2_encoder_json_begin:\n"
+    ".incbin \"" PTRAIN_GPT2_DIR
+    "/encoder.json\"\n"
+    "ptrain_gpt2_encoder_json_end:\n"
+    ".balign 16\n"
+    "ptrain_gpt2_vocab_bpe_begin:\n"
+    ".incbin \"" PTRAIN_GPT2_DIR
+    "/vocab.bpe\"\n"
+    "ptrain_gpt2_vocab_bpe_end:\n"
+    ".popsection\n");
 
 extern "C" {
 extern const char ptrain_gpt2_encoder_json_begin[], ptrain_gpt2_encoder_json_end[];

@@ -159,9 +159,10 @@ class Gpt2Tokenizer final : public Tokenizer {
     std::string s;
     for (size_t i = 0; i < n; ++i) {
       if (ids[i] < 0 || ids[i] >= vocab_size())
-        throw ConfigError(fmt::format("token {} at position {} is outside the GPT-2 vocabulary "
-                                      "(0..{})",
-                                      ids[i], i, vocab_size() - 1));
+        throw ConfigError(
+            fmt::format("token {} at position {} is outside the GPT-2 vocabulary "
+                        "(0..{})",
+                        ids[i], i, vocab_size() - 1));
       s += tokens_[static_cast<size_t>(ids[i])];
     }
     return s;
@@ -189,9 +190,8 @@ class Gpt2Tokenizer final : public Tokenizer {
     for (auto it = j.begin(); it != j.end(); ++it) {
       const std::string& key = it.key();
       if (!it->is_number_integer())
-        throw ConfigError(
-            fmt::format("GPT-2 vocabulary '{}': the id of token \"{}\" is not an integer", file,
-                        key));
+        throw ConfigError(fmt::format(
+            "GPT-2 vocabulary '{}': the id of token \"{}\" is not an integer", file, key));
       int64_t id = it->get<int64_t>();
       if (id < 0 || id >= static_cast<int64_t>(j.size()) || seen[size_t(id)])
         throw ConfigError(
@@ -203,9 +203,10 @@ class Gpt2Tokenizer final : public Tokenizer {
         int32_t cp = next_code_point(key, i);
         auto b = cp < 0 ? u2b.end() : u2b.find(char32_t(cp));
         if (b == u2b.end())
-          throw ConfigError(fmt::format("GPT-2 vocabulary '{}': token \"{}\" (id {}) has a "
-                                        "character outside GPT-2's byte alphabet",
-                                        file, key, id));
+          throw ConfigError(
+              fmt::format("GPT-2 vocabulary '{}': token \"{}\" (id {}) has a "
+                          "character outside GPT-2's byte alphabet",
+                          file, key, id));
         bytes.push_back(static_cast<char>(b->second));
       }
       if (bytes.empty())
@@ -268,9 +269,10 @@ class Gpt2Tokenizer final : public Tokenizer {
       int32_t cp = next_code_point(s, i);
       auto it = cp < 0 ? u2b.end() : u2b.find(char32_t(cp));
       if (it == u2b.end())
-        throw ConfigError(fmt::format("GPT-2 merges '{}' line {}: \"{}\" has a character outside "
-                                      "GPT-2's byte alphabet",
-                                      file, line, s));
+        throw ConfigError(
+            fmt::format("GPT-2 merges '{}' line {}: \"{}\" has a character outside "
+                        "GPT-2's byte alphabet",
+                        file, line, s));
       bytes.push_back(static_cast<char>(it->second));
     }
     auto it = ids_.find(bytes);
@@ -306,8 +308,8 @@ class Gpt2Tokenizer final : public Tokenizer {
       if (left < 0 || right < 0) return;
       auto m = merges_.find(pair_key(syms_[size_t(left)].id, syms_[size_t(right)].id));
       if (m == merges_.end()) return;
-      heap_.push_back({m->second.rank, left, syms_[size_t(left)].id, syms_[size_t(right)].id,
-                       m->second.id});
+      heap_.push_back(
+          {m->second.rank, left, syms_[size_t(left)].id, syms_[size_t(right)].id, m->second.id});
       std::push_heap(heap_.begin(), heap_.end(), std::greater<>());
     };
     for (int i = 0; i + 1 < n; ++i) push(i);
@@ -347,10 +349,10 @@ class Gpt2Tokenizer final : public Tokenizer {
   };
   static constexpr size_t kMaxCache = 1 << 20;
 
-  std::vector<std::string> tokens_;                 // id -> bytes
-  std::unordered_map<std::string, int32_t> ids_;    // bytes -> id
-  std::unordered_map<uint64_t, Merge> merges_;      // (left id, right id) -> rank, merged id
-  std::array<int32_t, 256> byte_id_{};              // byte -> its single-byte token
+  std::vector<std::string> tokens_;               // id -> bytes
+  std::unordered_map<std::string, int32_t> ids_;  // bytes -> id
+  std::unordered_map<uint64_t, Merge> merges_;    // (left id, right id) -> rank, merged id
+  std::array<int32_t, 256> byte_id_{};            // byte -> its single-byte token
   std::unordered_map<std::string, std::vector<int32_t>> cache_;  // piece -> ids
   std::vector<Sym> syms_;
   std::vector<Candidate> heap_;
