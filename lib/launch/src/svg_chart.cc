@@ -175,10 +175,12 @@ std::string render_chart(const Chart& c) {
           o += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n",
                            px(s.x[i]), py(s.y[i]), color);
     o += fmt::format(
-        "<g class=\"legend\"><line x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{}\" y2=\"{}\" stroke=\"{}\" "
+        "<g class=\"legend\"><rect x=\"{:.1f}\" y=\"{}\" width=\"148\" height=\"14\" "
+        "fill=\"#fff\" fill-opacity=\"0.85\"/><line x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{}\" "
+        "y2=\"{}\" stroke=\"{}\" "
         "stroke-width=\"2\"/><text x=\"{:.1f}\" y=\"{}\">{}</text></g>\n",
-        left + pw - 150 + 0.0, left + pw - 134, top + 12 + 14 * k, top + 12 + 14 * k, color,
-        left + pw - 130, top + 16 + 14 * k, html_escape(s.name));
+        left + pw - 152, top + 5 + 14 * k, left + pw - 150, left + pw - 134, top + 12 + 14 * k,
+        top + 12 + 14 * k, color, left + pw - 130, top + 16 + 14 * k, html_escape(s.name));
   }
   o += "</svg>\n";
   return o;
