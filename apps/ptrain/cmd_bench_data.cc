@@ -73,10 +73,11 @@ int bench_tokenizer(const TokenizerArgs& a) {
   }
   fmt::print(
       "tokenizer {}: {:.2f} MB of text, {} tokens ({:.2f} bytes/token), one thread: "
-      "median {:.2f} MB/s over {} passes (min {:.2f}, max {:.2f})\n",
+      "median {:.2f} MB/s over {} passes (min {:.2f}, max {:.2f}); per CPU second {:.2f} "
+      "MB/s\n",
       a.tokenizer, double(text.size()) / 1e6, tokens, double(text.size()) / double(tokens),
       median(mbps), a.repeats, *std::min_element(mbps.begin(), mbps.end()),
-      *std::max_element(mbps.begin(), mbps.end()));
+      *std::max_element(mbps.begin(), mbps.end()), median(cpu_mbps));
   return 0;
 }
 
@@ -113,9 +114,10 @@ int bench_events(const EventsArgs& a) {
   fs::remove_all(dir);
   fmt::print(
       "event writer: {} logged steps of 14 scalars, {:.0f} bytes per step: median {:.2f} "
-      "us per logged step over {} runs (min {:.2f}, max {:.2f})\n",
+      "us per logged step over {} runs (min {:.2f}, max {:.2f}); CPU {:.2f} us\n",
       a.steps, double(bytes) / a.steps, median(us), a.repeats,
-      *std::min_element(us.begin(), us.end()), *std::max_element(us.begin(), us.end()));
+      *std::min_element(us.begin(), us.end()), *std::max_element(us.begin(), us.end()),
+      median(cpu_us));
   return 0;
 }
 

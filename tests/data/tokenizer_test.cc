@@ -97,6 +97,18 @@ TEST(Gpt2Tokenizer, LoadsFromFiles) {
   EXPECT_EQ(t->encode("Hello, world!"), (std::vector<int32_t>{15496, 11, 995, 0}));
 }
 
+TEST(Gpt2Tokenizer, TheBuiltInVocabularyIsTheVendoredOne) {
+  // The built-in tokenizer derives its encoder from the merges; it must equal encoder.json.
+  auto files = load_gpt2_tokenizer(kVocabDir + "/encoder.json", kVocabDir + "/vocab.bpe");
+  ASSERT_EQ(files->vocab_size(), gpt2().vocab_size());
+  for (int32_t id = 0; id < files->vocab_size(); ++id)
+    ASSERT_EQ(files->decode({id}), gpt2().decode({id})) << "id " << id;
+  auto all = cases();
+  const auto& whole = all.back();
+  EXPECT_EQ(files->encode(whole["text"].get<std::string>()),
+            whole["ids"].get<std::vector<int32_t>>());
+}
+
 TEST(Gpt2Tokenizer, AMissingVocabularyFileIsNamed) {
   TempDir dir;
   EXPECT_THROW_MSG(load_gpt2_tokenizer(dir.file("encoder.json"), kVocabDir + "/vocab.bpe"),
