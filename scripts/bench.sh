@@ -29,6 +29,7 @@ case "$cmd" in
   resnet) exec scripts/bench/resnet.sh "$BIN" "$@" ;;
   bert) exec scripts/bench-bert.sh "$@" ;;  # BERT masked-LM figures (scripts/bench-bert.sh)
   dlrm) exec scripts/bench-dlrm.sh "$@" ;;  # DLRM samples/s, 1 and 2 workers, vs PyTorch
+  tokenizer) exec scripts/bench/tokenizer.sh "$BIN" "$@" ;;  # GPT-2 BPE MB/s vs the reference; event writer us/step
   *)
     echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp|bert|dlrm|resnet [args]" >&2
     exit 2

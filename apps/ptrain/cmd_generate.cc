@@ -1,7 +1,9 @@
 // `ptrain generate CHECKPOINT --prompt TEXT --tokens N [--temperature T] [--top-k K] [--seed S]`:
-// loads a byte-level GPT from a checkpoint (a step-N.safetensors file, or a run or checkpoint
-// folder: its newest one) and prints the prompt followed by N sampled bytes. The model's shape
-// comes from the file's __metadata__ "config" (written by the trainer) or from flags.
+// loads a GPT from a checkpoint (a step-N.safetensors file, or a run or checkpoint folder: its
+// newest one) and prints the prompt followed by N sampled tokens, decoded with the checkpoint's
+// tokenizer (__metadata__ "tokenizer": bytes or gpt2; --tokenizer overrides; a 256-id model
+// without one is byte-level). The model's shape comes from the file's __metadata__ "config"
+// (written by the trainer) or from flags.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 #include "ptrain/core/error.h"
 #include "ptrain/data/json.h"
 #include "ptrain/data/safetensors.h"
+#include "ptrain/data/tokenizer.h"
 #include "ptrain/tensor/tensor.h"
 #include "ptrain/train/setup.h"
 
@@ -32,6 +35,7 @@ struct GenerateArgs {
   int top_k = 0;  // 0 = the whole vocabulary
   uint64_t seed = 1;
   std::string device = "cpu";
+  std::string tokenizer;  // "" = the checkpoint's
   // Model shape when the file has no config metadata (0 = from the file).
   int layers = 0, heads = 0, dim = 0, seq_len = 0, vocab = 0;
 };
@@ -117,21 +121,35 @@ int generate(const GenerateArgs& a) {
   cfg.dim = config_int(cfgp, "dim", a.dim);
   cfg.seq_len = config_int(cfgp, "seq_len", a.seq_len);
   cfg.vocab = config_int(cfgp, "vocab", a.vocab);
-  if (cfg.vocab < 256)
-    throw ConfigError(fmt::format("the model's vocabulary has {} entries; generate needs a "
-                                  "byte-level model (256)",
-                                  cfg.vocab),
-                      "train on data.type: text");
+  std::string tok_name = a.tokenizer;
+  if (tok_name.empty()) {
+    auto t = meta.find("tokenizer");
+    if (t != meta.end()) {
+      tok_name = t->second;
+    } else if (cfg.vocab == 256) {
+      tok_name = "bytes";
+    } else {
+      throw ConfigError(fmt::format("the checkpoint '{}' does not name its tokenizer", path),
+                        "pass --tokenizer bytes|gpt2 (set data.tokenizer when training on token "
+                        "files)");
+    }
+  }
+  auto tokenizer = data::make_tokenizer(tok_name);
+  const int tok_vocab = tokenizer->vocab_size();
+  if (cfg.vocab < tok_vocab)
+    throw ConfigError(fmt::format("the model's vocabulary has {} entries, fewer than the {} "
+                                  "tokenizer's {}",
+                                  cfg.vocab, tok_name, tok_vocab),
+                      "pass the tokenizer the model was trained with (--tokenizer)");
   cfg.device = train::resolve_device(a.device);
   nn::Gpt model(cfg);
   train::load_weights(model, path);
   const tensor::Ops& o = tensor::ops(cfg.device);
 
-  std::vector<int32_t> ids;
-  for (unsigned char c : a.prompt) ids.push_back(c);
-  if (ids.empty()) ids.push_back('\n');
+  std::vector<int32_t> ids = tokenizer->encode(a.prompt);
+  if (ids.empty()) ids = tokenizer->encode("\n");
   std::mt19937_64 rng(a.seed);
-  std::string out = a.prompt;
+  std::vector<int32_t> generated;
   std::vector<float> row(cfg.vocab);
   std::unique_ptr<nn::Activations> acts;
   for (int n = 0; n < a.tokens; ++n) {
@@ -146,10 +164,15 @@ int generate(const GenerateArgs& a) {
     model.forward(b, *acts);
     o.copy_to_host(row.data(), model.logits(*acts) + size_t(T - 1) * cfg.vocab,
                    row.size() * sizeof(float));
+    // Padding ids past the tokenizer's vocabulary (50304 for GPT-2's 50257) are never sampled.
+    row.resize(size_t(tok_vocab));
     int next = sample(row, a.temperature, a.top_k, rng);
+    row.resize(size_t(cfg.vocab));
     ids.push_back(next);
-    out.push_back(static_cast<char>(next & 0xff));
+    generated.push_back(next);
   }
+  // Decoded at once: a multi-byte character may span tokens.
+  std::string out = a.prompt + tokenizer->decode(generated);
   std::fwrite(out.data(), 1, out.size(), stdout);
   std::fputc('\n', stdout);
   std::fflush(stdout);
@@ -157,14 +180,15 @@ int generate(const GenerateArgs& a) {
 }
 
 PTRAIN_COMMAND(
-    {"generate", "Sample text from a byte-level GPT checkpoint", false, 60,
-     [](CLI::App& sub) -> Action {
+    {"generate", "Sample text from a GPT checkpoint", false, 60, [](CLI::App& sub) -> Action {
        auto a = std::make_shared<GenerateArgs>();
        sub.add_option("checkpoint", a->checkpoint,
                       "step-N.safetensors, or a run/checkpoints folder (newest)")
            ->required();
        sub.add_option("--prompt", a->prompt, "text to continue")->capture_default_str();
-       sub.add_option("--tokens", a->tokens, "bytes to generate")->capture_default_str();
+       sub.add_option("--tokens", a->tokens, "tokens to generate")->capture_default_str();
+       sub.add_option("--tokenizer", a->tokenizer,
+                      "bytes|gpt2 (default: the checkpoint's; byte-level for a 256-id model)");
        sub.add_option("--temperature", a->temperature, "0 = greedy")->capture_default_str();
        sub.add_option("--top-k", a->top_k, "sample among the k likeliest (0 = all)")
            ->capture_default_str();

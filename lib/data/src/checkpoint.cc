@@ -213,8 +213,10 @@ CheckpointManifest save_checkpoint(const std::string& dir, const CheckpointData&
   model.set_metadata("step", std::to_string(data.step));
   optim.set_metadata("step", std::to_string(data.step));
   // The model's shape travels inside its file too, so the file alone can be loaded (generate).
-  if (auto it = data.metadata.find("config"); it != data.metadata.end())
-    model.set_metadata("config", it->second);
+  // So is its tokenizer: `ptrain generate` decodes with it.
+  for (const char* key : {"config", "tokenizer"})
+    if (auto it = data.metadata.find(key); it != data.metadata.end())
+      model.set_metadata(key, it->second);
 
   std::error_code ec;
   fs::create_directories(dir, ec);

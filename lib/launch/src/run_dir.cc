@@ -15,6 +15,7 @@
 #include "ptrain/core/error.h"
 #include "ptrain/core/time.h"
 #include "ptrain/launch/mlflow.h"
+#include "ptrain/launch/report.h"
 #include "ptrain/launch/tensorboard.h"
 
 namespace ptrain::launch {
@@ -147,6 +148,17 @@ void RunDir::write_file(const std::string& name, const std::string& content) con
   }
   if (::rename(tmp.c_str(), target.c_str()) != 0)
     throw IoError(fmt::format("cannot write {}: {}", target, std::strerror(errno)));
+  // summary.json is a run's last word (both launchers write it at the end): the report goes
+  // beside it. It never fails the run; why it was not written goes to launcher.log.
+  if (name == "summary.json") {
+    try {
+      write_report(path_);
+    } catch (const std::exception& e) {
+      const auto* err = dynamic_cast<const Error*>(&e);
+      const_cast<RunDir*>(this)->log("report.html not written: " +
+                                     (err ? err->message() : std::string(e.what())));
+    }
+  }
 }
 
 void RunDir::append_metrics(const std::string& json) {

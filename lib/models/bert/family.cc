@@ -202,6 +202,9 @@ class BertFamily : public Family {
       c.fail_at({"model.mask_token"},
                 fmt::format("mask_token {} is not below vocab {}", mask, vocab),
                 "the mask token is an id of the vocabulary; -1 picks vocab - 1");
+    if (s.data.type == "text" && s.data.tokenizer == "gpt2")
+      c.fail_at({"data.tokenizer"}, "the bert family reads text as bytes, not gpt2 tokens",
+                "remove data.tokenizer, or prepare token files with ptrain data prepare");
     const int mask_token = mask_token_of(m);
     if (s.data.type == "text" && mask_token < 256)
       c.fail_at(

@@ -10,6 +10,7 @@
 #include "gpt/gpt.h"
 #include "ptrain/core/error.h"
 #include "ptrain/data/token_stream.h"
+#include "ptrain/data/tokenizer.h"
 
 namespace ptrain::models {
 namespace {
@@ -89,12 +90,15 @@ class TokenData : public DataSet {
     const auto& type = spec.data.type;
     if (type == "tokens") {
       stream_ = data::open_token_file(spec.data.path, vocab);
+      if (!spec.data.eval_path.empty())
+        eval_stream_ = data::open_token_file(spec.data.eval_path, vocab);
     } else if (type == "text") {
-      if (vocab < 256)
-        throw ConfigError(
-            fmt::format("model.vocab is {} but data.type text needs 256 (bytes)", vocab),
-            "set model.vocab: 256");
-      stream_ = data::open_text_file(spec.data.path);
+      const std::string tok = spec.data.tokenizer.empty() ? "bytes" : spec.data.tokenizer;
+      if (vocab < data::tokenizer_vocab_size(tok))
+        throw ConfigError(fmt::format("model.vocab is {} but the {} tokenizer needs {}", vocab, tok,
+                                      data::tokenizer_vocab_size(tok)),
+                          "raise model.vocab");
+      stream_ = data::open_text_file(spec.data.path, tok);
     } else {
       data::SyntheticOptions so;
       so.vocab = vocab;
@@ -105,6 +109,11 @@ class TokenData : public DataSet {
     train_ = std::make_unique<data::TokenSampler>(*stream_, T_, opts, data::Split::kTrain);
     if (spec.data.eval_fraction > 0)
       eval_ = std::make_unique<data::TokenSampler>(*stream_, T_, opts, data::Split::kEval);
+    if (eval_stream_) {  // a separate eval file (`ptrain data prepare --eval-fraction`), in order
+      data::SamplerOptions eo = opts;
+      eo.shuffle = false;
+      eval_ = std::make_unique<data::TokenSampler>(*eval_stream_, T_, eo, data::Split::kTrain);
+    }
   }
   int64_t rows(int dp_size, int micro_total) const override {
     return train_->rows(dp_size, micro_total);
@@ -120,7 +129,7 @@ class TokenData : public DataSet {
  private:
   int T_ = 1;
   int64_t batch_ = 0;
-  std::unique_ptr<data::TokenStream> stream_;
+  std::unique_ptr<data::TokenStream> stream_, eval_stream_;
   std::unique_ptr<data::TokenSampler> train_, eval_;
 };
 
@@ -161,9 +170,14 @@ class GptFamily : public Family {
       c.fail_at({"model.vocab", "parallel.tensor"},
                 fmt::format("vocab {} is not divisible by tensor {}", vocab, p.tensor),
                 "pad the vocabulary up to a multiple of tensor (GPT-2 uses 50304 for 50257)");
-    if (s.data.type == "text" && vocab < 256)
+    if (s.data.type == "text" && s.data.tokenizer != "gpt2" && vocab < 256)
       c.fail_at({"model.vocab"}, fmt::format("text data is byte-level, but vocab is {}", vocab),
                 "use vocab: 256 or more for data.type: text");
+    if (s.data.tokenizer == "gpt2" && vocab < data::tokenizer_vocab_size("gpt2"))
+      c.fail_at({"model.vocab", "data.tokenizer"},
+                fmt::format("the gpt2 tokenizer has {} ids, but vocab is {}",
+                            data::tokenizer_vocab_size("gpt2"), vocab),
+                "use vocab: 50257, or 50304 (a multiple of 64, as GPT-2 training often does)");
     if (s.data.type == "tokens" && vocab > 65536)
       c.fail_at({"model.vocab"}, fmt::format("token files hold uint16 ids, but vocab is {}", vocab),
                 "use vocab 65536 or less");

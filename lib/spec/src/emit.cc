@@ -122,6 +122,7 @@ Value tree(const JobSpec& s) {
     data.add("shuffle", Value::boolean(s.data.shuffle));
     data.add("eval_fraction", Value::num(s.data.eval_fraction));
     data.add("mask_prob", Value::num(s.data.mask_prob));  // masked-language-model data (bert)
+    if (!s.data.tokenizer.empty()) data.add("tokenizer", Value::str(s.data.tokenizer));
     if (!s.data.normalize.mean.empty()) {
       Value& norm = data.add("normalize", Value::map());
       Value mean{Value::kList, {}, {}, {}}, stdv{Value::kList, {}, {}, {}};

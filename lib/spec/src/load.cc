@@ -324,8 +324,9 @@ std::vector<double> read_number_list(Reader& r, const std::string& path, const Y
 
 void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& base_dir) {
   m.allow({"type", "path", "labels", "eval_path", "eval_labels", "batch_size", "shuffle",
-           "eval_fraction", "normalize", "augment", "mask_prob", "bad_lines"});
+           "eval_fraction", "normalize", "augment", "mask_prob", "bad_lines", "tokenizer"});
   m.read_enum("bad_lines", data.bad_lines, {"error", "skip"});  // record readers (criteo)
+  m.read_enum("tokenizer", data.tokenizer, {"bytes", "gpt2"});  // text and token data
   std::vector<std::string> data_types;
   for (const auto& type : model_types())
     for (const auto& d : model_schema(type).data_types())
@@ -384,6 +385,10 @@ void read_data(Reader& r, const MapView& m, DataSpec& data, const std::string& b
              "BERT masks 0.15 of the positions");
   }
   // --- end masked-language-model data ---
+  if (!data.tokenizer.empty() && data.type != "text" && data.type != "tokens")
+    r.fail_at({m.path("tokenizer")},
+              fmt::format("a tokenizer applies to text or token data, not {}", data.type),
+              "remove data.tokenizer, or set data.type to text");
   // Generated data (`synthetic`, and a family's `synthetic-<name>` such as synthetic-criteo).
   if (data.type.rfind("synthetic", 0) == 0) {
     if (!data.path.empty())

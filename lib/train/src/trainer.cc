@@ -372,6 +372,11 @@ void Trainer::save(int64_t step_done, double loss) {
   meta["mesh"] = fmt::format("{}x{}x{}", shape_.dp, shape_.tp, shape_.pp);
   meta["model"] = spec_.model.type;
   meta["config"] = models::family_of(spec_).checkpoint_config(spec_.model);
+  // The tokenizer that turns the model's ids into text (`ptrain generate` decodes with it).
+  if (!spec_.data.tokenizer.empty())
+    meta["tokenizer"] = spec_.data.tokenizer;
+  else if (spec_.data.type == "text")
+    meta["tokenizer"] = "bytes";
   for (const auto& [part, print] : spec::fingerprints(spec_)) meta["fingerprint." + part] = print;
   auto fault = faults_.during_save(step_done, ckpt_dir_);
   auto manifest = save_training_state(ckpt_dir_, spec_.checkpoint.keep, step_done, model_state,

@@ -37,6 +37,10 @@ void write_token_file(const std::string& path, const int32_t* tokens, int64_t co
 // The file's bytes as tokens, vocab 256.
 std::unique_ptr<TokenStream> open_text_file(const std::string& path);
 
+// The file's text through a tokenizer (tokenizer.h: "bytes", "gpt2"), tokenized once at open and
+// held in memory; vocab is the tokenizer's. "bytes" is open_text_file.
+std::unique_ptr<TokenStream> open_text_file(const std::string& path, const std::string& tokenizer);
+
 struct SyntheticOptions {
   int vocab = 256;
   uint64_t seed = 1;

@@ -144,6 +144,9 @@ struct DataSpec {
   double mask_prob = 0.15;  // share of the positions masked, in (0, 1)
   // --- record readers (criteo): a malformed line is an error or is skipped and counted ---
   std::string bad_lines = "error";  // error|skip
+  // --- tokenizer (data.type text: how the text becomes ids, default bytes; data.type tokens:
+  // the tokenizer that made the file, recorded in checkpoints for `ptrain generate`) ---
+  std::string tokenizer;  // ""|bytes|gpt2
   NormalizeSpec normalize;
   AugmentSpec augment;
 
