@@ -10,6 +10,7 @@
 
 #include "ptrain/launch/group_watchdog.h"
 #include "ptrain/launch/run_dir.h"
+#include "ptrain/rendezvous/node_relay.h"
 
 extern char** environ;
 
@@ -37,6 +38,7 @@ Agent::Agent(AgentOptions options)
 Agent::~Agent() {
   for (auto& w : workers_) w->proc.signal_group(SIGKILL);
   workers_.clear();  // ChildProcess reaps
+  relay_.reset();
 }
 
 std::string Agent::log_path(int rank) const {
@@ -55,6 +57,9 @@ std::vector<std::string> Agent::server_env(int index, int round) const {
     if (key == "OMP_NUM_THREADS") kv = key + "=1";
   }
   env.push_back("PTRAIN_SERVER_INDEX=" + std::to_string(index));
+  // Parameter servers are not local ranks of the node: they join the coordinator themselves.
+  for (auto& kv : env)
+    if (kv.rfind("PTRAIN_COORDINATOR=", 0) == 0) kv = "PTRAIN_COORDINATOR=" + options_.coordinator;
   return env;
 }
 
@@ -67,7 +72,9 @@ std::vector<std::string> Agent::worker_env(int local_rank, int round) const {
     if (eq != std::string::npos) env[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
   int rank = o.first_rank + local_rank;
-  env["PTRAIN_COORDINATOR"] = o.coordinator;
+  env["PTRAIN_COORDINATOR"] = o.node_relay_heartbeat.count() > 0
+                                  ? "unix:" + rendezvous::relay_socket_path(o.run_dir, o.node_rank)
+                                  : o.coordinator;
   env["PTRAIN_TOKEN"] = o.token;
   env["PTRAIN_RUN_DIR"] = o.run_dir;
   env["PTRAIN_NODE"] = o.node;
@@ -120,6 +127,18 @@ std::vector<std::string> Agent::worker_env(int local_rank, int round) const {
 void Agent::spawn_all(int round) {
   workers_.clear();
   spawn_failures_.clear();
+  relay_.reset();  // the previous round's
+  if (options_.node_relay_heartbeat.count() > 0) {
+    rendezvous::NodeRelayOptions ro;
+    ro.node = options_.node;
+    ro.node_rank = options_.node_rank;
+    ro.round = round;
+    for (int l = 0; l < options_.local_world_size; ++l) ro.ranks.push_back(options_.first_rank + l);
+    relay_ = std::make_unique<rendezvous::RelayServer>(
+        options_.coordinator, options_.token, std::move(ro),
+        rendezvous::relay_socket_path(options_.run_dir, options_.node_rank),
+        options_.node_relay_heartbeat);
+  }
   const int servers = options_.node_rank == 0 ? options_.servers : 0;
   for (int local = 0; local < options_.local_world_size + servers; ++local) {
     const int server = local - options_.local_world_size;  // >= 0: a parameter server

@@ -22,6 +22,7 @@
 #include "ptrain/launch/agent.h"
 #include "ptrain/launch/console.h"
 #include "ptrain/launch/mlflow.h"
+#include "ptrain/launch/node_relay_policy.h"
 #include "ptrain/launch/restart.h"
 #include "ptrain/launch/run_dir.h"
 #include "ptrain/launch/summary.h"
@@ -492,6 +493,7 @@ JobResult Launcher::Impl::run() {
     ao.argv = {exe, "--log-level", spec_.logging.level, "worker"};
     ao.servers = servers;
     ao.server_argv = {exe, "--log-level", spec_.logging.level, "param-server"};
+    ao.node_relay_heartbeat = node_relay_period(spec_);
   } else {
     ao.argv = spec_.command;
     ao.child_umask = static_cast<int>(user_umask_);  // the user's program, the user's umask

@@ -92,6 +92,7 @@ std::string encode_agent_setup(const RemoteAgentSetup& s) {
   put("threads_per_proc", std::to_string(a.threads_per_proc));
   put("cuda", a.cuda ? "1" : "0");
   put("heartbeat_ms", std::to_string(static_cast<int64_t>(s.heartbeat_s * 1000)));
+  put("node_relay_heartbeat_ms", std::to_string(a.node_relay_heartbeat.count()));
   put("coordinator_loss_ms", std::to_string(static_cast<int64_t>(s.coordinator_loss_s * 1000)));
   put("term_grace_ms", std::to_string(static_cast<int64_t>(s.term_grace_s * 1000)));
   put("round", std::to_string(s.round));
@@ -170,6 +171,8 @@ RemoteAgentSetup read_agent_setup(int fd, Millis timeout) {
       a.cuda = v == "1";
     else if (k == "heartbeat_ms")
       s.heartbeat_s = to_int(k, v) / 1000.0;
+    else if (k == "node_relay_heartbeat_ms")
+      a.node_relay_heartbeat = Millis(to_int(k, v));
     else if (k == "coordinator_loss_ms")
       s.coordinator_loss_s = to_int(k, v) / 1000.0;
     else if (k == "term_grace_ms")

@@ -23,6 +23,7 @@
 #include "ptrain/launch/console.h"
 #include "ptrain/launch/hosts.h"
 #include "ptrain/launch/mlflow.h"
+#include "ptrain/launch/node_relay_policy.h"
 #include "ptrain/launch/remote_agent.h"
 #include "ptrain/launch/restart.h"
 #include "ptrain/launch/run_dir.h"
@@ -501,6 +502,7 @@ void SshLauncher::Impl::start_agents(int round) {
     a.threads_per_proc = spec_.nodes.threads_per_proc;
     a.cuda = spec_.nodes.device == "cuda";
     a.extra_env = spec_.env;
+    a.node_relay_heartbeat = node_relay_period(spec_);
     setup.spec_yaml = agent_yaml_;
     setup.round = round;
     setup.umask = private_files_ ? 077 : -1;

@@ -72,7 +72,8 @@ class RelayServer::Impl final : public proto::Coordinator::CallbackService {
     view.round = req->round();
     view.role = req->role().empty() ? "worker" : req->role();
     view.timeout = time_left(ctx, view.timeout);
-    relay_.join(view, [reactor, resp](const RelayStatus& st, const JoinResult& r) {
+    relay_.join(view, [reactor, resp, upstream = relay_.upstream().address()](const RelayStatus& st,
+                                                                              const JoinResult& r) {
       if (st.ok()) {
         resp->set_rank(r.rank);
         resp->set_world_size(r.world_size);
@@ -86,6 +87,7 @@ class RelayServer::Impl final : public proto::Coordinator::CallbackService {
         resp->set_run_dir(r.run_dir);
         resp->set_spec_yaml(r.spec_yaml);
         resp->set_round(r.round);
+        resp->set_upstream(upstream);
       }
       reactor->Finish(to_grpc(st));
     });
