@@ -82,8 +82,16 @@ double rss_bytes() {
 
 // N ranks as N/K nodes: each node's NodeRelay joins its K ranks with one JoinNode and passes the
 // barrier with one NodeBarrier; the ranks themselves call the relay in-process.
-RdzvBenchResult run_hierarchical(const RdzvBenchOptions& options, Coordinator& coordinator,
-                                 const std::string& token) {
+// Where the simulated ranks meet: the in-process coordinator or options.target.
+struct Meeting {
+  std::string address, token;
+  std::function<double()> rss;
+  std::function<uint64_t()> heartbeat_rpcs;
+  std::function<void(const std::string&)> abort;
+};
+
+RdzvBenchResult run_hierarchical(const RdzvBenchOptions& options, const Meeting& coordinator) {
+  const std::string& token = coordinator.token;
   const int n = options.clients, k = options.ranks_per_node;
   const int nodes = (n + k - 1) / k;
   const int nconn = options.connections > 0 ? std::min(options.connections, nodes) : nodes;
@@ -93,7 +101,7 @@ RdzvBenchResult run_hierarchical(const RdzvBenchOptions& options, Coordinator& c
   std::vector<std::shared_ptr<detail::Connection>> conns;
   conns.reserve(nconn);
   for (int i = 0; i < nconn; ++i) {
-    conns.push_back(std::make_shared<detail::Connection>(coordinator.address(), token));
+    conns.push_back(std::make_shared<detail::Connection>(coordinator.address, token));
     conns.back()->channel().GetState(true);
   }
   for (auto& c : conns) c->connect(options.timeout);
@@ -111,7 +119,7 @@ RdzvBenchResult run_hierarchical(const RdzvBenchOptions& options, Coordinator& c
   }
 
   Tracker tracker(n);
-  double rss0 = rss_bytes();
+  double rss0 = coordinator.rss();
   auto t0 = Clock::now();
   for (auto& relay : relays) {
     NodeRelay* rl = relay.get();
@@ -143,13 +151,13 @@ RdzvBenchResult run_hierarchical(const RdzvBenchOptions& options, Coordinator& c
     coordinator.abort("benchmark failed");
     throw RemoteError("bench rdzv: " + error);
   }
-  result.rss_bytes_per_rank = (rss_bytes() - rss0) / n;
+  result.rss_bytes_per_rank = (coordinator.rss() - rss0) / n;
   result.join_s = seconds(tracker.join_end() - t0);
   result.total_s = seconds(tracker.end() - t0);
 
   if (options.heartbeat_period.count() > 0) {
     // Every rank heartbeats to its relay each period; each relay sends one NodeHeartbeat.
-    auto before = coordinator.stats().heartbeat_rpcs;
+    auto before = coordinator.heartbeat_rpcs();
     auto start = Clock::now();
     int64_t step = 0;
     for (auto tick = start; tick < start + options.heartbeat_window;
@@ -162,7 +170,7 @@ RdzvBenchResult run_hierarchical(const RdzvBenchOptions& options, Coordinator& c
       }
     }
     std::this_thread::sleep_until(start + options.heartbeat_window);
-    auto counted = coordinator.stats().heartbeat_rpcs - before;
+    auto counted = coordinator.heartbeat_rpcs() - before;
     result.heartbeat_rpcs_per_s = static_cast<double>(counted) / seconds(Clock::now() - start);
   }
   for (auto& relay : relays) relay->cancel_calls();
@@ -175,18 +183,34 @@ RdzvBenchResult run_rdzv_bench(const RdzvBenchOptions& options) {
   const int n = options.clients;
   if (n < 1) throw ConfigError(fmt::format("bench rdzv: --clients must be >= 1, got {}", n));
   const int nconn = options.connections > 0 ? std::min(options.connections, n) : n;
-  CoordinatorOptions copt;
-  copt.token = make_token();
-  copt.world_size = n;
-  copt.mesh = {n, 1, 1};
-  copt.join_timeout = options.timeout;
-  Coordinator coordinator(copt);
-  coordinator.start();
   if (options.ranks_per_node < 1)
     throw ConfigError(
         fmt::format("bench rdzv: --ranks-per-node must be >= 1, got {}", options.ranks_per_node));
+  std::unique_ptr<Coordinator> local;
+  Meeting coordinator;
+  if (options.target) {
+    coordinator.address = options.target->address;
+    coordinator.token = options.target->token;
+    coordinator.rss = options.target->rss_bytes;
+    coordinator.heartbeat_rpcs = options.target->heartbeat_rpcs;
+    coordinator.abort = [](const std::string&) {};
+  } else {
+    CoordinatorOptions copt;
+    copt.token = make_token();
+    copt.world_size = n;
+    copt.mesh = {n, 1, 1};
+    copt.join_timeout = options.timeout;
+    local = std::make_unique<Coordinator>(copt);
+    local->start();
+    Coordinator* c = local.get();
+    coordinator.address = c->address();
+    coordinator.token = copt.token;
+    coordinator.rss = rss_bytes;
+    coordinator.heartbeat_rpcs = [c] { return c->stats().heartbeat_rpcs; };
+    coordinator.abort = [c](const std::string& why) { c->abort(why); };
+  }
   if (options.ranks_per_node > 1) {
-    auto res = run_hierarchical(options, coordinator, copt.token);
+    auto res = run_hierarchical(options, coordinator);
     res.us_per_rank = res.total_s * 1e6 / n;
     return res;
   }
@@ -197,7 +221,7 @@ RdzvBenchResult run_rdzv_bench(const RdzvBenchOptions& options) {
   std::vector<std::unique_ptr<detail::Connection>> conns;
   conns.reserve(nconn);
   for (int i = 0; i < nconn; ++i) {
-    conns.push_back(std::make_unique<detail::Connection>(coordinator.address(), copt.token));
+    conns.push_back(std::make_unique<detail::Connection>(coordinator.address, coordinator.token));
     conns.back()->channel().GetState(true);  // start connecting; they proceed in parallel
   }
   for (auto& c : conns) c->connect(options.timeout);
@@ -223,7 +247,7 @@ RdzvBenchResult run_rdzv_bench(const RdzvBenchOptions& options) {
   }
 
   Tracker tracker(n);
-  double rss0 = rss_bytes();
+  double rss0 = coordinator.rss();
   auto t0 = Clock::now();
   for (auto& cp : clients) {
     SimClient* c = cp.get();
@@ -253,7 +277,7 @@ RdzvBenchResult run_rdzv_bench(const RdzvBenchOptions& options) {
     coordinator.abort("benchmark failed");
     throw RemoteError("bench rdzv: " + error);
   }
-  result.rss_bytes_per_rank = (rss_bytes() - rss0) / n;
+  result.rss_bytes_per_rank = (coordinator.rss() - rss0) / n;
   result.join_s = seconds(tracker.join_end() - t0);
   result.total_s = seconds(tracker.end() - t0);
   result.us_per_rank = result.total_s * 1e6 / n;

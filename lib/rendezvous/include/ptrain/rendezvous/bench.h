@@ -4,9 +4,21 @@
 // K ranks in node-level calls.
 #pragma once
 
+#include <cstdint>
+#include <functional>
+#include <string>
+
 #include "ptrain/core/time.h"
 
 namespace ptrain::rendezvous {
+
+// A coordinator in another process (started for world_size = clients and mesh {clients, 1, 1}),
+// so that its resident memory is its own and not the simulated clients'.
+struct RdzvBenchTarget {
+  std::string address, token;
+  std::function<double()> rss_bytes;         // the coordinator process's resident memory
+  std::function<uint64_t()> heartbeat_rpcs;  // Heartbeat + NodeHeartbeat served so far
+};
 
 struct RdzvBenchOptions {
   int clients = 1024;
@@ -17,6 +29,7 @@ struct RdzvBenchOptions {
   // heartbeat_period for heartbeat_window, and the coordinator's heartbeat RPCs are counted.
   Millis heartbeat_period{0};
   Millis heartbeat_window{std::chrono::seconds(3)};
+  const RdzvBenchTarget* target = nullptr;  // null: an in-process coordinator
 };
 
 struct RdzvBenchResult {
@@ -25,8 +38,8 @@ struct RdzvBenchResult {
   double total_s = 0;      // first Join sent -> last Barrier answered: the rendezvous figure
   double us_per_rank = 0;  // total_s / ranks, in microseconds
   int nodes = 0;           // agents the ranks ran as (= ranks on the flat path)
-  // Resident memory the process grew by during the rendezvous (coordinator state plus the
-  // simulated clients' calls in flight: an upper bound for the coordinator), per rank.
+  // Resident memory the coordinator grew by during the rendezvous, per rank (with an in-process
+  // coordinator this includes the simulated clients' calls: an upper bound).
   double rss_bytes_per_rank = 0;
   double heartbeat_rpcs_per_s = -1;  // at the coordinator, when measured
 };
