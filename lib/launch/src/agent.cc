@@ -11,6 +11,7 @@
 
 #include "ptrain/launch/group_watchdog.h"
 #include "ptrain/launch/run_dir.h"
+#include "ptrain/rendezvous/node_relay.h"
 
 extern char** environ;
 
@@ -38,6 +39,7 @@ Agent::Agent(AgentOptions options)
 Agent::~Agent() {
   for (auto& w : workers_) w->proc.signal_group(SIGKILL);
   workers_.clear();  // ChildProcess reaps
+  relay_.reset();
 }
 
 std::string Agent::log_path(int rank) const {
@@ -67,6 +69,9 @@ std::vector<std::string> Agent::server_env(int index, int round) const {
   }
   env.push_back(fmt::format("PTRAIN_SERVER_INDEX={}", index));
   if (!options_.server_bind.empty()) env.push_back("PTRAIN_SERVER_BIND=" + options_.server_bind);
+  // Parameter servers are not local ranks of the node: they join the coordinator themselves.
+  for (auto& kv : env)
+    if (kv.rfind("PTRAIN_COORDINATOR=", 0) == 0) kv = "PTRAIN_COORDINATOR=" + options_.coordinator;
   return env;
 }
 
@@ -79,7 +84,9 @@ std::vector<std::string> Agent::worker_env(int local_rank, int round) const {
     if (eq != std::string::npos) env[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
   int rank = o.first_rank + local_rank;
-  env["PTRAIN_COORDINATOR"] = o.coordinator;
+  env["PTRAIN_COORDINATOR"] = o.node_relay_heartbeat.count() > 0
+                                  ? "unix:" + rendezvous::relay_socket_path(o.run_dir, o.node_rank)
+                                  : o.coordinator;
   env["PTRAIN_TOKEN"] = o.token;
   env["PTRAIN_RUN_DIR"] = o.run_dir;
   env["PTRAIN_NODE"] = o.node;
@@ -132,6 +139,18 @@ std::vector<std::string> Agent::worker_env(int local_rank, int round) const {
 void Agent::spawn_all(int round) {
   workers_.clear();
   spawn_failures_.clear();
+  relay_.reset();  // the previous round's
+  if (options_.node_relay_heartbeat.count() > 0) {
+    rendezvous::NodeRelayOptions ro;
+    ro.node = options_.node;
+    ro.node_rank = options_.node_rank;
+    ro.round = round;
+    for (int l = 0; l < options_.local_world_size; ++l) ro.ranks.push_back(options_.first_rank + l);
+    relay_ = std::make_unique<rendezvous::RelayServer>(
+        options_.coordinator, options_.token, std::move(ro),
+        rendezvous::relay_socket_path(options_.run_dir, options_.node_rank),
+        options_.node_relay_heartbeat);
+  }
   const std::vector<int> servers = server_list();
   const int total = options_.local_world_size + static_cast<int>(servers.size());
   for (int local = 0; local < total; ++local) {

@@ -10,6 +10,7 @@
 #include "ptrain/launch/console.h"
 #include "ptrain/launch/local_group.h"
 #include "ptrain/launch/mlflow.h"
+#include "ptrain/launch/node_relay_policy.h"
 #include "ptrain/launch/run_dir.h"
 #include "ptrain/launch/supervisor.h"
 #include "ptrain/rendezvous/coordinator.h"
@@ -129,6 +130,7 @@ JobResult Launcher::Impl::run() {
     ao.argv = {exe, "--log-level", spec_.logging.level, "worker"};
     ao.servers = servers;
     ao.server_argv = {exe, "--log-level", spec_.logging.level, "param-server"};
+    ao.node_relay_heartbeat = node_relay_period(spec_);
   } else {
     ao.argv = spec_.command;
     ao.child_umask = static_cast<int>(user_umask);  // the user's program, the user's umask

@@ -101,6 +101,7 @@ std::string encode_agent_setup(const RemoteAgentSetup& s) {
   for (const auto& arg : a.argv) m.add_argv(arg);
   for (const auto& [k, v] : a.extra_env) m.add_env(k + "=" + v);
   m.set_heartbeat_s(s.heartbeat_s);
+  m.set_node_relay_heartbeat_ms(a.node_relay_heartbeat.count());
   m.set_coordinator_loss_s(s.coordinator_loss_s);
   m.set_term_grace_s(s.term_grace_s);
   m.set_round(s.round);
@@ -174,6 +175,7 @@ RemoteAgentSetup read_agent_setup(int fd, Millis timeout) {
     a.extra_env[kv.substr(0, eq)] = eq == std::string::npos ? "" : kv.substr(eq + 1);
   }
   s.heartbeat_s = m.heartbeat_s();
+  a.node_relay_heartbeat = Millis(m.node_relay_heartbeat_ms());
   s.coordinator_loss_s = m.coordinator_loss_s();
   s.term_grace_s = m.term_grace_s();
   s.round = m.round();

@@ -9,6 +9,7 @@
 #include "ptrain/launch/console.h"
 #include "ptrain/launch/hosts.h"
 #include "ptrain/launch/mlflow.h"
+#include "ptrain/launch/node_relay_policy.h"
 #include "ptrain/launch/remote_agent.h"
 #include "ptrain/launch/run_dir.h"
 #include "ptrain/launch/ssh_group.h"
@@ -220,6 +221,7 @@ JobResult SshLauncher::Impl::run() {
     a.threads_per_proc = spec_.nodes.threads_per_proc;
     a.cuda = spec_.nodes.device == "cuda";
     a.extra_env = spec_.env;
+    a.node_relay_heartbeat = node_relay_period(spec_);
     setup.spec_yaml = agent_yaml;
     setup.round = round;
     setup.umask = private_files ? 077 : -1;

@@ -1,14 +1,19 @@
 #include "ptrain/rendezvous/bench.h"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <condition_variable>
+#include <fstream>
 #include <mutex>
+#include <thread>
 
 #include "grpc_common.h"
 #include "ptrain/core/error.h"
 #include "ptrain/rendezvous/coordinator.h"
+#include "ptrain/rendezvous/node_relay.h"
 #include "ptrain/rendezvous/token.h"
+#include "timer_queue.h"
 
 namespace ptrain::rendezvous {
 
@@ -67,26 +72,156 @@ double seconds(Clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
+// Resident set size of this process, in bytes.
+double rss_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  long pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return static_cast<double>(resident) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+}
+
+// N ranks as N/K nodes: each node's NodeRelay joins its K ranks with one JoinNode and passes the
+// barrier with one NodeBarrier; the ranks themselves call the relay in-process.
+// Where the simulated ranks meet: the in-process coordinator or options.target.
+struct Meeting {
+  std::string address, token;
+  std::function<double()> rss;
+  std::function<uint64_t()> heartbeat_rpcs;
+  std::function<void(const std::string&)> abort;
+};
+
+RdzvBenchResult run_hierarchical(const RdzvBenchOptions& options, const Meeting& coordinator) {
+  const std::string& token = coordinator.token;
+  const int n = options.clients, k = options.ranks_per_node;
+  const int nodes = (n + k - 1) / k;
+  const int nconn = options.connections > 0 ? std::min(options.connections, nodes) : nodes;
+  RdzvBenchResult result;
+  result.nodes = nodes;
+  auto t_connect = Clock::now();
+  std::vector<std::shared_ptr<detail::Connection>> conns;
+  conns.reserve(nconn);
+  for (int i = 0; i < nconn; ++i) {
+    conns.push_back(std::make_shared<detail::Connection>(coordinator.address, token));
+    conns.back()->channel().GetState(true);
+  }
+  for (auto& c : conns) c->connect(options.timeout);
+  result.connect_s = seconds(Clock::now() - t_connect);
+
+  auto timers = std::make_shared<detail::TimerQueue>();
+  std::vector<std::unique_ptr<NodeRelay>> relays;
+  relays.reserve(nodes);
+  for (int i = 0; i < nodes; ++i) {
+    NodeRelayOptions ro;
+    ro.node = fmt::format("node{}", i);
+    ro.node_rank = i;
+    for (int r = i * k; r < std::min(n, (i + 1) * k); ++r) ro.ranks.push_back(r);
+    relays.push_back(std::make_unique<NodeRelay>(conns[i % nconn], timers, std::move(ro)));
+  }
+
+  Tracker tracker(n);
+  double rss0 = coordinator.rss();
+  auto t0 = Clock::now();
+  for (auto& relay : relays) {
+    NodeRelay* rl = relay.get();
+    for (int r : rl->options().ranks) {
+      JoinRequestView req;
+      req.rank = r;
+      req.node = rl->options().node;
+      req.node_rank = rl->options().node_rank;
+      req.local_rank = r - rl->options().ranks.front();
+      req.timeout = options.timeout;
+      rl->join(req, [rl, r, n, &tracker, &options](const RelayStatus& st, const JoinResult&) {
+        if (!st.ok()) {
+          tracker.failed(fmt::format("rank {} Join: {}", r, st.message));
+          return;
+        }
+        tracker.joined();
+        rl->barrier("bench", r, n, options.timeout, [r, &tracker](const RelayStatus& bst) {
+          if (!bst.ok())
+            tracker.failed(fmt::format("rank {} Barrier: {}", r, bst.message));
+          else
+            tracker.passed();
+        });
+      });
+    }
+  }
+  std::string error = tracker.wait(options.timeout + Millis(5000));
+  if (!error.empty()) {
+    for (auto& relay : relays) relay->cancel_calls();
+    coordinator.abort("benchmark failed");
+    throw RemoteError("bench rdzv: " + error);
+  }
+  result.rss_bytes_per_rank = (coordinator.rss() - rss0) / n;
+  result.join_s = seconds(tracker.join_end() - t0);
+  result.total_s = seconds(tracker.end() - t0);
+
+  if (options.heartbeat_period.count() > 0) {
+    // Every rank heartbeats to its relay each period; each relay sends one NodeHeartbeat.
+    auto before = coordinator.heartbeat_rpcs();
+    auto start = Clock::now();
+    int64_t step = 0;
+    for (auto tick = start; tick < start + options.heartbeat_window;
+         tick += options.heartbeat_period) {
+      std::this_thread::sleep_until(tick);
+      ++step;
+      for (auto& relay : relays) {
+        for (int r : relay->options().ranks) relay->heartbeat(r, step, 0);
+        relay->flush_heartbeat();
+      }
+    }
+    std::this_thread::sleep_until(start + options.heartbeat_window);
+    auto counted = coordinator.heartbeat_rpcs() - before;
+    result.heartbeat_rpcs_per_s = static_cast<double>(counted) / seconds(Clock::now() - start);
+  }
+  for (auto& relay : relays) relay->cancel_calls();
+  return result;
+}
+
 }  // namespace
 
 RdzvBenchResult run_rdzv_bench(const RdzvBenchOptions& options) {
   const int n = options.clients;
   if (n < 1) throw ConfigError(fmt::format("bench rdzv: --clients must be >= 1, got {}", n));
   const int nconn = options.connections > 0 ? std::min(options.connections, n) : n;
-  CoordinatorOptions copt;
-  copt.token = make_token();
-  copt.world_size = n;
-  copt.mesh = {n, 1, 1};
-  copt.join_timeout = options.timeout;
-  Coordinator coordinator(copt);
-  coordinator.start();
+  if (options.ranks_per_node < 1)
+    throw ConfigError(
+        fmt::format("bench rdzv: --ranks-per-node must be >= 1, got {}", options.ranks_per_node));
+  std::unique_ptr<Coordinator> local;
+  Meeting coordinator;
+  if (options.target) {
+    coordinator.address = options.target->address;
+    coordinator.token = options.target->token;
+    coordinator.rss = options.target->rss_bytes;
+    coordinator.heartbeat_rpcs = options.target->heartbeat_rpcs;
+    coordinator.abort = [](const std::string&) {};
+  } else {
+    CoordinatorOptions copt;
+    copt.token = make_token();
+    copt.world_size = n;
+    copt.mesh = {n, 1, 1};
+    copt.join_timeout = options.timeout;
+    local = std::make_unique<Coordinator>(copt);
+    local->start();
+    Coordinator* c = local.get();
+    coordinator.address = c->address();
+    coordinator.token = copt.token;
+    coordinator.rss = rss_bytes;
+    coordinator.heartbeat_rpcs = [c] { return c->stats().heartbeat_rpcs; };
+    coordinator.abort = [c](const std::string& why) { c->abort(why); };
+  }
+  if (options.ranks_per_node > 1) {
+    auto res = run_hierarchical(options, coordinator);
+    res.us_per_rank = res.total_s * 1e6 / n;
+    return res;
+  }
 
   RdzvBenchResult result;
+  result.nodes = n;
   auto t_connect = Clock::now();
   std::vector<std::unique_ptr<detail::Connection>> conns;
   conns.reserve(nconn);
   for (int i = 0; i < nconn; ++i) {
-    conns.push_back(std::make_unique<detail::Connection>(coordinator.address(), copt.token));
+    conns.push_back(std::make_unique<detail::Connection>(coordinator.address, coordinator.token));
     conns.back()->channel().GetState(true);  // start connecting; they proceed in parallel
   }
   for (auto& c : conns) c->connect(options.timeout);
@@ -112,6 +247,7 @@ RdzvBenchResult run_rdzv_bench(const RdzvBenchOptions& options) {
   }
 
   Tracker tracker(n);
+  double rss0 = coordinator.rss();
   auto t0 = Clock::now();
   for (auto& cp : clients) {
     SimClient* c = cp.get();
@@ -141,8 +277,10 @@ RdzvBenchResult run_rdzv_bench(const RdzvBenchOptions& options) {
     coordinator.abort("benchmark failed");
     throw RemoteError("bench rdzv: " + error);
   }
+  result.rss_bytes_per_rank = (coordinator.rss() - rss0) / n;
   result.join_s = seconds(tracker.join_end() - t0);
   result.total_s = seconds(tracker.end() - t0);
+  result.us_per_rank = result.total_s * 1e6 / n;
   return result;
 }
 

@@ -43,7 +43,7 @@ CoordinatorClient::CoordinatorClient(std::string address, std::string token, Mil
 CoordinatorClient::~CoordinatorClient() = default;
 
 const std::string& CoordinatorClient::address() const {
-  return conn_->address();
+  return upstream_.empty() ? conn_->address() : upstream_;
 }
 
 JoinResult CoordinatorClient::join(const JoinRequestView& request) {
@@ -69,6 +69,7 @@ JoinResult CoordinatorClient::join(const JoinRequestView& request) {
   out.run_dir = resp.run_dir();
   out.spec_yaml = resp.spec_yaml();
   out.round = resp.round();
+  upstream_ = resp.upstream();
   return out;
 }
 

@@ -14,6 +14,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "grpc_common.h"
@@ -99,6 +100,7 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
                       opt_.mesh.dp, opt_.mesh.tp, opt_.mesh.pp, opt_.mesh.size(), opt_.world_size));
     if (opt_.token.empty())
       throw ConfigError("coordinator: the job token is empty", "make one with make_token()");
+    members_.resize(static_cast<size_t>(opt_.world_size) + opt_.extra_roles);
   }
 
   ~Impl() override { stop(); }
@@ -167,7 +169,8 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
       round_ = round;
       aborted_ = false;
       abort_reason_.clear();
-      members_.clear();
+      for (auto& m : members_) m = Member{};
+      joined_count_ = 0;
       rendezvous_done_ = false;
     }
     fail_pending(
@@ -193,11 +196,16 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
   std::vector<int> joined_ranks() const {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<int> out;
-    for (const auto& [rank, m] : members_) out.push_back(rank);
+    for (size_t r = 0; r < members_.size(); ++r)
+      if (members_[r].joined) out.push_back(static_cast<int>(r));
     return out;
   }
 
   Store& store() { return store_; }
+
+  CoordinatorStats stats() const {
+    return {join_rpcs_.load(), heartbeat_rpcs_.load(), barrier_rpcs_.load()};
+  }
 
   // ---- gRPC handlers -------------------------------------------------------------------
 
@@ -205,65 +213,68 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
                                  proto::JoinResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
     if (!authorized(ctx, "Join")) return finish(reactor, unauthenticated());
-    std::vector<std::pair<grpc::ServerUnaryReactor*, grpc::Status>> done;
+    join_rpcs_.fetch_add(1, std::memory_order_relaxed);
+    std::vector<grpc::ServerUnaryReactor*> done;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (auto st = refuse_locked(); !st.ok()) return finish(reactor, st);
-      int rank = req->rank();
-      int total = opt_.world_size + opt_.extra_roles;
       bool server_role = req->role() == "server";
       if (!req->role().empty() && req->role() != "worker" && !server_role)
         return finish(reactor, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                             fmt::format("unknown role '{}' (worker or server)",
                                                         req->role())));
-      int lo = server_role ? opt_.world_size : 0, hi = server_role ? total : opt_.world_size;
-      if (rank < lo || rank >= hi)
-        return finish(
-            reactor, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                  fmt::format("rank {} is out of range for role {}: [{}, {})", rank,
-                                              server_role ? "server" : "worker", lo, hi)));
-      if (req->round() != round_)
-        return finish(reactor, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                            fmt::format("Join for round {} but the coordinator "
-                                                        "is in round {}",
-                                                        req->round(), round_)));
-      if (auto it = members_.find(rank); it != members_.end())
-        return finish(reactor,
-                      grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                   fmt::format("rank {} already joined round {} from {} pid {}; "
-                                               "this Join came from {} pid {}",
-                                               rank, round_, it->second.node, it->second.pid,
-                                               req->node(), req->pid())));
-      Member& m = members_[rank];
-      m.node = req->node();
-      m.pid = req->pid();
-      m.last_seen = Clock::now();
+      if (auto st =
+              admissible_locked(req->rank(), server_role, req->round(), req->node(), req->pid());
+          !st.ok())
+        return finish(reactor, st);
+      admit_locked(req->rank(), node_id_locked(req->node()), req->pid());
       auto pending = std::make_shared<Pending>();
       pending->reactor = reactor;
       pending->join_response = resp;
-      pending->rank = rank;
-      if (static_cast<int>(members_.size()) == total) {
-        rendezvous_done_ = true;
-        auto now = Clock::now();
-        for (auto& [r, mem] : members_) mem.last_seen = now;
-        pending_joins_.push_back(pending);
-        for (auto& p : pending_joins_) {
-          p->finished = true;
-          if (p->timer) timers_.cancel(p->timer);
-          fill_join_locked(p->rank, *p->join_response);
-          done.emplace_back(p->reactor, grpc::Status::OK);
-        }
-        pending_joins_.clear();
-      } else {
-        pending_joins_.push_back(pending);
-        auto deadline = wait_deadline(ctx, opt_.join_timeout);
-        std::weak_ptr<Pending> weak = pending;
-        pending->timer = timers_.schedule(deadline, [this, weak] {
-          if (auto p = weak.lock()) join_timed_out(p);
-        });
-      }
+      pending->ranks = {req->rank()};
+      wait_for_round_locked(ctx, std::move(pending), done);
     }
-    for (auto& [r, st] : done) r->Finish(st);
+    for (auto* r : done) r->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* JoinNode(grpc::CallbackServerContext* ctx,
+                                     const proto::JoinNodeRequest* req,
+                                     proto::JoinNodeResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    if (!authorized(ctx, "JoinNode")) return finish(reactor, unauthenticated());
+    join_rpcs_.fetch_add(1, std::memory_order_relaxed);
+    std::vector<grpc::ServerUnaryReactor*> done;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (auto st = refuse_locked(); !st.ok()) return finish(reactor, st);
+      if (req->ranks().empty())
+        return finish(reactor,
+                      grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                   fmt::format("JoinNode from {} names no ranks", req->node())));
+      // All or nothing: check every rank before admitting any.
+      std::unordered_set<int> seen;
+      for (const auto& r : req->ranks()) {
+        if (!seen.insert(r.rank()).second)
+          return finish(reactor, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                              fmt::format("JoinNode from {} names rank {} twice",
+                                                          req->node(), r.rank())));
+        if (auto st = admissible_locked(r.rank(), false, req->round(), req->node(), r.pid());
+            !st.ok())
+          return finish(reactor, st);
+      }
+      int node = node_id_locked(req->node());
+      auto pending = std::make_shared<Pending>();
+      pending->reactor = reactor;
+      pending->node_response = resp;
+      pending->ranks.reserve(req->ranks_size());
+      for (const auto& r : req->ranks()) {
+        admit_locked(r.rank(), node, r.pid());
+        pending->ranks.push_back(r.rank());
+      }
+      wait_for_round_locked(ctx, std::move(pending), done);
+    }
+    for (auto* r : done) r->Finish(grpc::Status::OK);
     return reactor;
   }
 
@@ -272,12 +283,25 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
                                       proto::HeartbeatResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
     if (!authorized(ctx, "Heartbeat")) return finish(reactor, unauthenticated());
+    heartbeat_rpcs_.fetch_add(1, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (req->round() == round_) beat_locked(req->rank(), req->step(), Clock::now());
+    resp->set_abort(aborted_);
+    resp->set_reason(abort_reason_);
+    return finish(reactor, grpc::Status::OK);
+  }
+
+  grpc::ServerUnaryReactor* NodeHeartbeat(grpc::CallbackServerContext* ctx,
+                                          const proto::NodeHeartbeatRequest* req,
+                                          proto::HeartbeatResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    if (!authorized(ctx, "NodeHeartbeat")) return finish(reactor, unauthenticated());
+    heartbeat_rpcs_.fetch_add(1, std::memory_order_relaxed);
     std::lock_guard<std::mutex> lock(mu_);
     if (req->round() == round_) {
-      if (auto it = members_.find(req->rank()); it != members_.end()) {
-        it->second.last_seen = Clock::now();
-        it->second.hang_reported = false;
-      }
+      auto now = Clock::now();
+      for (const auto& b : req->ranks())
+        beat_locked(b.rank(), b.step(), now - Millis(std::max<int64_t>(b.age_ms(), 0)));
     }
     resp->set_abort(aborted_);
     resp->set_reason(abort_reason_);
@@ -290,7 +314,7 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
     if (!authorized(ctx, "Leave")) return finish(reactor, unauthenticated());
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (auto it = members_.find(req->rank()); it != members_.end()) it->second.left = true;
+      if (Member* m = member_locked(req->rank())) m->left = true;
     }
     if (ev_.on_leave) ev_.on_leave(req->rank(), req->exit_code(), req->reason());
     return finish(reactor, grpc::Status::OK);
@@ -385,6 +409,9 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
 
   grpc::ServerUnaryReactor* Barrier(grpc::CallbackServerContext* ctx,
                                     const proto::BarrierRequest* req, proto::Empty*) override;
+  grpc::ServerUnaryReactor* NodeBarrier(grpc::CallbackServerContext* ctx,
+                                        const proto::NodeBarrierRequest* req,
+                                        proto::Empty*) override;
 
   grpc::ServerUnaryReactor* Report(grpc::CallbackServerContext* ctx,
                                    const proto::ReportRequest* req, proto::Empty*) override {
@@ -399,27 +426,121 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
                                                        proto::Empty*) override;
 
  private:
+  // One slot per participant, allocated once: joining is an index, not a map insertion, and a
+  // member costs a few dozen bytes (node names are interned).
   struct Member {
-    std::string node;
-    int64_t pid = 0;
     Clock::time_point last_seen;
+    int64_t pid = 0;
+    int64_t step = 0;
+    int32_t node = -1;  // index into node_names_
+    bool joined = false;
     bool hang_reported = false;
     bool left = false;
   };
-  // A unary call that waits for others (Join, Barrier); finished exactly once under mu_.
+  // A unary call that waits for others (Join, JoinNode, Barrier, NodeBarrier); finished exactly
+  // once under mu_.
   struct Pending {
     grpc::ServerUnaryReactor* reactor = nullptr;
-    proto::JoinResponse* join_response = nullptr;
-    int rank = 0;
+    proto::JoinResponse* join_response = nullptr;      // Join
+    proto::JoinNodeResponse* node_response = nullptr;  // JoinNode
+    std::vector<int> ranks;                            // the ranks this call stands for
     std::string barrier;
     TimerQueue::Id timer = 0;
     bool finished = false;
   };
   struct BarrierState {
     int count = 0;
-    std::set<int> arrived;
+    int live = 0;  // waiting calls not finished yet (timed-out ones stay in `waiting`)
+    std::unordered_set<int> arrived;
+    std::string detail;  // the timeout description, valid while arrived.size() == detail_arrived
+    size_t detail_arrived = 0;
     std::vector<std::shared_ptr<Pending>> waiting;
   };
+
+  Member* member_locked(int rank) {
+    if (rank < 0 || rank >= static_cast<int>(members_.size()) || !members_[rank].joined)
+      return nullptr;
+    return &members_[rank];
+  }
+
+  int node_id_locked(const std::string& node) {
+    auto [it, inserted] = node_ids_.try_emplace(node, static_cast<int>(node_names_.size()));
+    if (inserted) node_names_.push_back(node);
+    return it->second;
+  }
+
+  const std::string& node_name(int32_t id) const {
+    static const std::string kUnknown;
+    return id >= 0 && id < static_cast<int>(node_names_.size()) ? node_names_[id] : kUnknown;
+  }
+
+  // With mu_ held: why `rank` may not join now (OK when it may).
+  grpc::Status admissible_locked(int rank, bool server_role, int round, const std::string& node,
+                                 int64_t pid) const {
+    int total = opt_.world_size + opt_.extra_roles;
+    int lo = server_role ? opt_.world_size : 0, hi = server_role ? total : opt_.world_size;
+    if (rank < lo || rank >= hi)
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          fmt::format("rank {} is out of range for role {}: [{}, {})", rank,
+                                      server_role ? "server" : "worker", lo, hi));
+    if (round != round_)
+      return grpc::Status(
+          grpc::StatusCode::FAILED_PRECONDITION,
+          fmt::format("Join for round {} but the coordinator is in round {}", round, round_));
+    if (const Member& m = members_[rank]; m.joined)
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          fmt::format("rank {} already joined round {} from {} pid {}; this Join "
+                                      "came from {} pid {}",
+                                      rank, round_, node_name(m.node), m.pid, node, pid));
+    return grpc::Status::OK;
+  }
+
+  void admit_locked(int rank, int node, int64_t pid) {
+    Member& m = members_[rank];
+    m = Member{};
+    m.joined = true;
+    m.node = node;
+    m.pid = pid;
+    m.last_seen = Clock::now();
+    ++joined_count_;
+  }
+
+  // With mu_ held: parks `p` until the round is complete, or completes the round (every parked
+  // call goes to `done`, to be finished outside mu_).
+  void wait_for_round_locked(grpc::CallbackServerContext* ctx, std::shared_ptr<Pending> p,
+                             std::vector<grpc::ServerUnaryReactor*>& done) {
+    if (joined_count_ < static_cast<int>(members_.size())) {
+      auto deadline = wait_deadline(ctx, opt_.join_timeout);
+      std::weak_ptr<Pending> weak = p;
+      p->timer = timers_.schedule(deadline, [this, weak] {
+        if (auto sp = weak.lock()) join_timed_out(sp);
+      });
+      pending_joins_.push_back(std::move(p));
+      return;
+    }
+    rendezvous_done_ = true;
+    auto now = Clock::now();
+    for (auto& m : members_) m.last_seen = now;
+    pending_joins_.push_back(std::move(p));
+    done.reserve(pending_joins_.size());
+    for (auto& w : pending_joins_) {
+      if (w->finished) continue;
+      w->finished = true;
+      if (w->timer) timers_.cancel(w->timer);
+      if (w->join_response) fill_join_locked(w->ranks.front(), *w->join_response);
+      if (w->node_response) fill_node_locked(w->ranks, *w->node_response);
+      done.push_back(w->reactor);
+    }
+    pending_joins_.clear();
+  }
+
+  void beat_locked(int rank, int64_t step, Clock::time_point seen) {
+    Member* m = member_locked(rank);
+    if (!m) return;
+    if (seen > m->last_seen) m->last_seen = seen;
+    m->step = step;
+    if (seen + opt_.heartbeat_timeout > Clock::now()) m->hang_reported = false;
+  }
 
   static grpc::ServerUnaryReactor* finish(grpc::ServerUnaryReactor* r, const grpc::Status& st) {
     r->Finish(st);
@@ -487,7 +608,7 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
   std::vector<int> missing_locked() const {
     std::vector<int> out;
     for (int r = 0; r < opt_.world_size + opt_.extra_roles; ++r)
-      if (!members_.count(r)) out.push_back(r);
+      if (!members_[r].joined) out.push_back(r);
     return out;
   }
 
@@ -509,21 +630,35 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
     resp.set_round(round_);
   }
 
+  void fill_node_locked(const std::vector<int>& ranks, proto::JoinNodeResponse& resp) const {
+    for (int r : ranks) resp.add_ranks(r);
+    resp.set_world_size(opt_.world_size);
+    resp.mutable_mesh()->set_dp(opt_.mesh.dp);
+    resp.mutable_mesh()->set_tp(opt_.mesh.tp);
+    resp.mutable_mesh()->set_pp(opt_.mesh.pp);
+    resp.set_run_id(opt_.run_id);
+    resp.set_run_dir(opt_.run_dir);
+    resp.set_spec_yaml(opt_.spec_yaml);
+    resp.set_round(round_);
+  }
+
   void join_timed_out(const std::shared_ptr<Pending>& p) {
     grpc::Status st;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (p->finished) return;
-      p->finished = true;
-      std::erase(pending_joins_, p);
-      auto missing = missing_locked();
-      int total = opt_.world_size + opt_.extra_roles;
-      st = grpc::Status(
-          grpc::StatusCode::DEADLINE_EXCEEDED,
-          fmt::format("rendezvous timed out after {:.3g} s: {} of {} ranks joined; missing "
-                      "rank{} {}",
-                      opt_.join_timeout.count() / 1000.0, total - missing.size(), total,
-                      missing.size() == 1 ? "" : "s", list_ranks(missing, expected_nodes_)));
+      p->finished = true;  // stays in pending_joins_ (skipped there): no O(n) erase per timeout
+      // Joins that time out together share one message (it costs O(world)).
+      if (join_timeout_msg_.empty() || join_timeout_msg_count_ != joined_count_) {
+        auto missing = missing_locked();
+        int total = opt_.world_size + opt_.extra_roles;
+        join_timeout_msg_ = fmt::format(
+            "rendezvous timed out after {:.3g} s: {} of {} ranks joined; missing rank{} {}",
+            opt_.join_timeout.count() / 1000.0, total - missing.size(), total,
+            missing.size() == 1 ? "" : "s", list_ranks(missing, expected_nodes_));
+        join_timeout_msg_count_ = joined_count_;
+      }
+      st = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, join_timeout_msg_);
     }
     p->reactor->Finish(st);
   }
@@ -538,17 +673,21 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
       std::string detail;
       if (it != barriers_.end()) {
         BarrierState& b = it->second;
-        std::vector<int> missing;
-        for (int r = 0; r < b.count; ++r)
-          if (!b.arrived.count(r)) missing.push_back(r);
-        detail = fmt::format("{} of {} arrived", b.arrived.size(), b.count);
-        if (b.arrived.size() + missing.size() == static_cast<size_t>(b.count))
-          detail += fmt::format("; missing rank{} {}", missing.size() == 1 ? "" : "s",
-                                list_ranks(missing, expected_nodes_));
-        // The caller stops waiting, so it no longer counts as arrived.
-        b.arrived.erase(p->rank);
-        std::erase(b.waiting, p);
-        if (b.waiting.empty()) barriers_.erase(it);
+        // Waiters that time out together share one description (it costs O(count)).
+        if (b.detail.empty() || b.detail_arrived != b.arrived.size()) {
+          std::vector<int> missing;
+          for (int r = 0; r < b.count; ++r)
+            if (!b.arrived.count(r)) missing.push_back(r);
+          b.detail = fmt::format("{} of {} arrived", b.arrived.size(), b.count);
+          if (b.arrived.size() + missing.size() == static_cast<size_t>(b.count))
+            b.detail += fmt::format("; missing rank{} {}", missing.size() == 1 ? "" : "s",
+                                    list_ranks(missing, expected_nodes_));
+        }
+        detail = b.detail;
+        // The caller stops waiting, so its ranks no longer count as arrived.
+        for (int r : p->ranks) b.arrived.erase(r);
+        b.detail_arrived = b.arrived.size();
+        if (--b.live == 0) barriers_.erase(it);
       }
       st = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                         fmt::format("barrier '{}' timed out after {} ms: {}", p->barrier,
@@ -580,6 +719,13 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
 
   void end_watches(std::optional<proto::WatchEvent> event);
 
+  // With mu_ held: `ranks` arrive at barrier `name`; either parks the call (reactor) or releases
+  // every waiter into `release` (finished outside mu_). A non-OK status refuses the call.
+  grpc::Status arrive_locked(grpc::CallbackServerContext* ctx, const std::string& name,
+                             std::vector<int> ranks, int count, Millis timeout,
+                             grpc::ServerUnaryReactor* reactor,
+                             std::vector<grpc::ServerUnaryReactor*>& release);
+
   void schedule_watchdog() {
     Millis interval = std::clamp(opt_.heartbeat_timeout / 4, Millis(10), Millis(1000));
     timers_.schedule(Clock::now() + interval, [this] {
@@ -600,13 +746,15 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
       // Ranks still waiting in Join are covered by join_timeout, not by the hang watchdog.
       if (!rendezvous_done_ || aborted_ || stopped_) return;
       auto now = Clock::now();
-      for (auto& [rank, m] : members_) {
-        if (m.left || m.hang_reported) continue;
+      for (size_t rank = 0; rank < members_.size(); ++rank) {
+        Member& m = members_[rank];
+        if (!m.joined || m.left || m.hang_reported) continue;
         auto silent = std::chrono::duration_cast<Millis>(now - m.last_seen);
         if (silent < opt_.heartbeat_timeout) continue;
         m.hang_reported = true;
-        hung.emplace_back(rank, fmt::format("rank {} ({} pid {}) sent no heartbeat for {:.3g} s",
-                                            rank, m.node, m.pid, silent.count() / 1000.0));
+        hung.emplace_back(static_cast<int>(rank),
+                          fmt::format("rank {} ({} pid {}) sent no heartbeat for {:.3g} s", rank,
+                                      node_name(m.node), m.pid, silent.count() / 1000.0));
       }
     }
     if (ev_.on_hang)
@@ -627,7 +775,13 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
   bool aborted_ = false;
   std::string abort_reason_;
   bool rendezvous_done_ = false;
-  std::map<int, Member> members_;
+  std::vector<Member> members_;  // world_size + extra_roles slots
+  int joined_count_ = 0;
+  std::unordered_map<std::string, int> node_ids_;
+  std::vector<std::string> node_names_;
+  std::string join_timeout_msg_;
+  int join_timeout_msg_count_ = -1;
+  std::atomic<uint64_t> join_rpcs_{0}, heartbeat_rpcs_{0}, barrier_rpcs_{0};
   std::map<int, std::string> expected_nodes_;
   std::vector<std::shared_ptr<Pending>> pending_joins_;
   std::map<std::string, BarrierState> barriers_;
@@ -641,49 +795,92 @@ grpc::ServerUnaryReactor* Coordinator::Impl::Barrier(grpc::CallbackServerContext
                                                      proto::Empty*) {
   auto* reactor = ctx->DefaultReactor();
   if (!authorized(ctx, "Barrier")) return finish(reactor, unauthenticated());
+  barrier_rpcs_.fetch_add(1, std::memory_order_relaxed);
   std::vector<grpc::ServerUnaryReactor*> release;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (auto st = refuse_locked(); !st.ok()) return finish(reactor, st);
-    if (req->count() < 1)
-      return finish(reactor, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                          fmt::format("barrier '{}': count must be >= 1, got {}",
-                                                      req->name(), req->count())));
-    BarrierState& b = barriers_[req->name()];
-    if (b.count == 0) b.count = req->count();
-    if (b.count != req->count())
-      return finish(reactor,
-                    grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                 fmt::format("barrier '{}': rank {} expects {} "
-                                             "participants, others expect {}",
-                                             req->name(), req->rank(), req->count(), b.count)));
-    if (!b.arrived.insert(req->rank()).second)
-      return finish(reactor, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                          fmt::format("barrier '{}': rank {} arrived twice",
-                                                      req->name(), req->rank())));
-    auto p = std::make_shared<Pending>();
-    p->reactor = reactor;
-    p->rank = req->rank();
-    p->barrier = req->name();
-    if (static_cast<int>(b.arrived.size()) == b.count) {
-      for (auto& w : b.waiting) {
-        w->finished = true;
-        if (w->timer) timers_.cancel(w->timer);
-        release.push_back(w->reactor);
-      }
-      release.push_back(reactor);
-      barriers_.erase(req->name());
-    } else {
-      b.waiting.push_back(p);
-      Millis timeout(req->timeout_ms());
-      std::weak_ptr<Pending> weak = p;
-      p->timer = timers_.schedule(wait_deadline(ctx, timeout), [this, weak, timeout] {
-        if (auto sp = weak.lock()) barrier_timed_out(sp, timeout);
-      });
-    }
+    if (auto st = arrive_locked(ctx, req->name(), {req->rank()}, req->count(),
+                                Millis(req->timeout_ms()), reactor, release);
+        !st.ok())
+      return finish(reactor, st);
   }
   for (auto* r : release) r->Finish(grpc::Status::OK);
   return reactor;
+}
+
+grpc::ServerUnaryReactor* Coordinator::Impl::NodeBarrier(grpc::CallbackServerContext* ctx,
+                                                         const proto::NodeBarrierRequest* req,
+                                                         proto::Empty*) {
+  auto* reactor = ctx->DefaultReactor();
+  if (!authorized(ctx, "NodeBarrier")) return finish(reactor, unauthenticated());
+  barrier_rpcs_.fetch_add(1, std::memory_order_relaxed);
+  if (req->ranks().empty())
+    return finish(reactor, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                        fmt::format("barrier '{}': NodeBarrier names no ranks",
+                                                    req->name())));
+  std::vector<grpc::ServerUnaryReactor*> release;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto st = arrive_locked(ctx, req->name(), {req->ranks().begin(), req->ranks().end()},
+                                req->count(), Millis(req->timeout_ms()), reactor, release);
+        !st.ok())
+      return finish(reactor, st);
+  }
+  for (auto* r : release) r->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::Status Coordinator::Impl::arrive_locked(grpc::CallbackServerContext* ctx,
+                                              const std::string& name, std::vector<int> ranks,
+                                              int count, Millis timeout,
+                                              grpc::ServerUnaryReactor* reactor,
+                                              std::vector<grpc::ServerUnaryReactor*>& release) {
+  if (auto st = refuse_locked(); !st.ok()) return st;
+  if (count < 1)
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        fmt::format("barrier '{}': count must be >= 1, got {}", name, count));
+  auto [it, created] = barriers_.try_emplace(name);
+  BarrierState& b = it->second;
+  if (b.count == 0) b.count = count;
+  auto refuse = [&](grpc::Status st) {
+    if (created) barriers_.erase(it);
+    return st;
+  };
+  if (b.count != count)
+    return refuse(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                               fmt::format("barrier '{}': rank {} expects {} participants, "
+                                           "others expect {}",
+                                           name, ranks.front(), count, b.count)));
+  // All or nothing: a call whose ranks cannot all arrive leaves none of them arrived.
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    if (b.arrived.insert(ranks[i]).second) continue;
+    for (size_t j = 0; j < i; ++j) b.arrived.erase(ranks[j]);
+    return refuse(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                               fmt::format("barrier '{}': rank {} arrived twice", name, ranks[i])));
+  }
+  if (static_cast<int>(b.arrived.size()) >= b.count) {
+    release.reserve(b.waiting.size() + 1);
+    for (auto& w : b.waiting) {
+      if (w->finished) continue;
+      w->finished = true;
+      if (w->timer) timers_.cancel(w->timer);
+      release.push_back(w->reactor);
+    }
+    release.push_back(reactor);
+    barriers_.erase(it);
+    return grpc::Status::OK;
+  }
+  auto p = std::make_shared<Pending>();
+  p->reactor = reactor;
+  p->ranks = std::move(ranks);
+  p->barrier = name;
+  std::weak_ptr<Pending> weak = p;
+  p->timer = timers_.schedule(wait_deadline(ctx, timeout), [this, weak, timeout] {
+    if (auto sp = weak.lock()) barrier_timed_out(sp, timeout);
+  });
+  b.waiting.push_back(std::move(p));
+  ++b.live;
+  return grpc::Status::OK;
 }
 
 // ---- Watch -----------------------------------------------------------------------------
@@ -829,6 +1026,9 @@ std::vector<int> Coordinator::joined_ranks() const {
 }
 Store& Coordinator::store() {
   return impl_->store();
+}
+CoordinatorStats Coordinator::stats() const {
+  return impl_->stats();
 }
 
 }  // namespace ptrain::rendezvous

@@ -15,6 +15,10 @@
 
 #include "ptrain/launch/process.h"
 
+namespace ptrain::rendezvous {
+class RelayServer;
+}
+
 namespace ptrain::launch {
 
 class GroupWatchdog;
@@ -54,6 +58,10 @@ struct AgentOptions {
   // The ptrain executable, which the agent's process watchdog runs as `ptrain watchdog`; empty:
   // the watchdog is a fork of this process (group_watchdog.h).
   std::string watchdog_program;
+  // > 0: the workers meet the coordinator through this node's relay (rendezvous/node_relay.h) on a
+  // unix socket in the run folder; it joins, passes barriers and heartbeats (once per this period)
+  // for all of them. 0: every worker talks to the coordinator itself (`command:` jobs).
+  Millis node_relay_heartbeat{0};
 };
 
 // One output line of a worker.
@@ -116,6 +124,7 @@ class Agent {
   std::unique_ptr<GroupWatchdog> watchdog_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<WorkerExit> spawn_failures_;
+  std::unique_ptr<rendezvous::RelayServer> relay_;  // this round's node relay, when enabled
 };
 
 }  // namespace ptrain::launch

@@ -86,10 +86,13 @@ class CoordinatorClient {
   // A GrpcStore sharing this client's channel.
   std::shared_ptr<Store> store();
 
+  // The coordinator's address; after a join through a node relay, the coordinator's behind it
+  // (what routes to other hosts are chosen by), not the relay's socket.
   const std::string& address() const;
 
  private:
   std::shared_ptr<detail::Connection> conn_;
+  std::string upstream_;
   Millis rpc_deadline_;
   struct Watcher;
   std::unique_ptr<Watcher> watcher_;

@@ -51,6 +51,13 @@ struct CoordinatorEvents {
   std::function<void(const std::string& warning)> on_warning;
 };
 
+// RPCs served so far (all rounds): how much traffic membership costs at scale.
+struct CoordinatorStats {
+  uint64_t join_rpcs = 0;       // Join + JoinNode
+  uint64_t heartbeat_rpcs = 0;  // Heartbeat + NodeHeartbeat
+  uint64_t barrier_rpcs = 0;    // Barrier + NodeBarrier
+};
+
 class Coordinator {
  public:
   Coordinator(CoordinatorOptions options, CoordinatorEvents events = {});
@@ -82,6 +89,8 @@ class Coordinator {
 
   // The server-side store, for in-process access (the launcher itself).
   Store& store();
+
+  CoordinatorStats stats() const;
 
  private:
   class Impl;

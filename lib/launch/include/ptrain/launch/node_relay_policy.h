@@ -1,0 +1,14 @@
+// When a node's workers meet the coordinator through the node's relay (rendezvous/node_relay.h)
+// instead of one connection each: built-in workers do; `command:` jobs keep the flat path.
+#pragma once
+
+#include "ptrain/core/time.h"
+#include "ptrain/spec/job_spec.h"
+
+namespace ptrain::launch {
+
+// The relay's upward heartbeat period for this job, or 0 for the flat path. PTRAIN_NODE_RELAY=0
+// in the launcher's environment turns the relay off (to compare the two paths).
+Millis node_relay_period(const spec::JobSpec& spec);
+
+}  // namespace ptrain::launch

@@ -1,0 +1,114 @@
+// The node side of hierarchical membership: one NodeRelay per node speaks for that node's local
+// ranks. It batches their Joins into JoinNode calls, their barrier arrivals into NodeBarrier
+// calls, sends one NodeHeartbeat per period carrying every local rank's liveness and step, fetches
+// a store key that several local ranks wait for once, and fans the coordinator's Watch events out.
+// RelayServer serves the coordinator's own gRPC service on a unix socket on top of a NodeRelay, so
+// a worker's CoordinatorClient talks to it unchanged (PTRAIN_COORDINATOR=unix:PATH).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ptrain/core/time.h"
+#include "ptrain/rendezvous/client.h"
+
+namespace ptrain::rendezvous {
+
+namespace detail {
+class TimerQueue;
+}
+
+// The outcome of a relayed call: code is a grpc::StatusCode (0 = OK) and message its text, so
+// the worker's client maps it onto the same project error as a direct call.
+struct RelayStatus {
+  int code = 0;
+  std::string message;
+  bool ok() const { return code == 0; }
+};
+
+struct NodeRelayOptions {
+  std::string node;  // host name, as the ranks' own Joins would name it
+  int node_rank = 0;
+  int round = 0;           // the restart round the local ranks join
+  std::vector<int> ranks;  // the global ranks of this node (its local ranks, in order)
+  // A batch that is not yet complete (some local rank is late) goes upward after this long.
+  Millis batch_window{200};
+  Millis rpc_deadline = kDefaultRpcDeadline;
+};
+
+// Thread-safe; callbacks run on gRPC or timer threads and must be quick.
+class NodeRelay {
+ public:
+  // Talks upward over its own connection to the coordinator at `address`.
+  NodeRelay(const std::string& address, const std::string& token, NodeRelayOptions options,
+            Millis connect_timeout = kDefaultRpcDeadline);
+  // Shares a connection and a timer thread (the benchmark runs thousands of relays).
+  NodeRelay(std::shared_ptr<detail::Connection> upstream,
+            std::shared_ptr<detail::TimerQueue> timers, NodeRelayOptions options);
+  ~NodeRelay();  // stops heartbeats and the watch thread; calls in flight must have ended
+  NodeRelay(const NodeRelay&) = delete;
+  NodeRelay& operator=(const NodeRelay&) = delete;
+
+  using JoinDone = std::function<void(const RelayStatus&, const JoinResult&)>;
+  using Done = std::function<void(const RelayStatus&)>;
+
+  // A local rank joins; done runs once the whole round has joined (or with the failure).
+  void join(const JoinRequestView& request, JoinDone done);
+  // A local rank reaches barrier `name` of `count` participants.
+  void barrier(const std::string& name, int rank, int count, Millis timeout, Done done);
+  // Records a local rank's heartbeat (no RPC) and answers with the last abort state known.
+  HeartbeatReply heartbeat(int rank, int64_t step, int round);
+  // Sends one NodeHeartbeat for every local rank seen so far, unless one is still in flight.
+  void flush_heartbeat();
+  // Calls flush_heartbeat every `period` from its own thread until destroyed.
+  void start_heartbeats(Millis period);
+  // A store Get for `key`; concurrent Gets of the same key from local ranks share one upward call.
+  void get(const std::string& key, Millis timeout,
+           std::function<void(const RelayStatus&, const std::string&)> done);
+  // Subscribes to the coordinator's Watch events (one upward stream for the node). An event that
+  // already happened is delivered at once. Returns an id for unwatch().
+  int watch(std::function<void(const WatchEventView&)> on_event);
+  void unwatch(int id);
+  // Ends every upward call in flight, and any started later: their callers get CANCELLED.
+  void cancel_calls();
+
+  struct Counters {
+    uint64_t upward_joins = 0, upward_barriers = 0, upward_heartbeats = 0, upward_gets = 0;
+    uint64_t local_heartbeats = 0, local_gets = 0;
+  };
+  Counters counters() const;
+  const NodeRelayOptions& options() const;
+  detail::Connection& upstream();
+
+ private:
+  class Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+// A gRPC server on `socket_path` (a unix socket) that serves proto::Coordinator for the local
+// ranks over a NodeRelay: Join, Barrier, Heartbeat, Watch and Get go through the relay; the other
+// calls (store writes, Report, Leave, logs) are forwarded as they are.
+class RelayServer {
+ public:
+  RelayServer(const std::string& coordinator, const std::string& token, NodeRelayOptions options,
+              std::string socket_path, Millis heartbeat_period);
+  ~RelayServer();
+  RelayServer(const RelayServer&) = delete;
+  RelayServer& operator=(const RelayServer&) = delete;
+  // What the local ranks dial: "unix:" + the socket path.
+  std::string address() const;
+  NodeRelay& relay();
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Where a node's relay listens: RUN_DIR/relay-<node_rank>.sock, or a short path under /tmp when
+// that one is too long for a unix socket.
+std::string relay_socket_path(const std::string& run_dir, int node_rank);
+
+}  // namespace ptrain::rendezvous

@@ -1,0 +1,586 @@
+// NodeRelay: batches a node's Joins, barrier arrivals and heartbeats into node-level RPCs.
+#include "ptrain/rendezvous/node_relay.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "grpc_common.h"
+#include "ptrain/core/error.h"
+#include "timer_queue.h"
+
+namespace ptrain::rendezvous {
+
+namespace {
+
+constexpr Millis kWatchReopen{std::chrono::hours(1)};
+
+RelayStatus from_grpc(const grpc::Status& st) {
+  return {static_cast<int>(st.error_code()), st.error_message()};
+}
+
+JoinResult result_of(int rank, const proto::JoinNodeResponse& r) {
+  JoinResult out;
+  out.rank = rank;
+  out.world_size = r.world_size();
+  out.mesh = {r.mesh().dp(), r.mesh().tp(), r.mesh().pp()};
+  if (rank < out.world_size) out.coords = coords_of(rank, out.mesh);
+  out.run_id = r.run_id();
+  out.run_dir = r.run_dir();
+  out.spec_yaml = r.spec_yaml();
+  out.round = r.round();
+  return out;
+}
+
+JoinResult result_of(const proto::JoinResponse& r) {
+  JoinResult out;
+  out.rank = r.rank();
+  out.world_size = r.world_size();
+  out.mesh = {r.mesh().dp(), r.mesh().tp(), r.mesh().pp()};
+  out.coords = {r.coords().dp(), r.coords().tp(), r.coords().pp()};
+  out.run_id = r.run_id();
+  out.run_dir = r.run_dir();
+  out.spec_yaml = r.spec_yaml();
+  out.round = r.round();
+  return out;
+}
+
+}  // namespace
+
+class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
+ public:
+  Impl(std::shared_ptr<detail::Connection> conn, std::shared_ptr<detail::TimerQueue> timers,
+       NodeRelayOptions opt)
+      : conn_(std::move(conn)), timers_(std::move(timers)), opt_(std::move(opt)) {
+    for (int r : opt_.ranks) local_.insert(r);
+  }
+
+  // Ends every upward call in flight (their local callers get CANCELLED).
+  void cancel_calls() {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_ = true;
+    for (auto* c : in_flight_) c->TryCancel();
+  }
+
+  void shutdown() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+      if (watch_ctx_) watch_ctx_->TryCancel();
+      for (auto* c : in_flight_) c->TryCancel();
+    }
+    beat_cv_.notify_all();
+    if (beat_thread_.joinable()) beat_thread_.join();
+    if (watch_thread_.joinable()) watch_thread_.join();
+  }
+
+  // ---- Join ----------------------------------------------------------------------------
+
+  void join(const JoinRequestView& req, JoinDone done) {
+    if (req.round != opt_.round || !local_.count(req.rank) || req.role != "worker") {
+      join_direct(req, std::move(done));  // not one of this node's ranks: the flat path
+      return;
+    }
+    std::vector<LocalJoin> batch;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!joined_.insert(req.rank).second) {
+        RelayStatus st{static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION),
+                       fmt::format("rank {} already joined round {} on {}; this Join came from "
+                                   "pid {}",
+                                   req.rank, opt_.round, opt_.node, req.pid)};
+        done(st, JoinResult{});
+        return;
+      }
+      unsent_joins_.push_back({req, std::move(done)});
+      if (joined_.size() == local_.size()) {
+        batch = take_joins_locked();
+      } else if (!join_timer_) {
+        std::weak_ptr<Impl> weak = shared_from_this();
+        join_timer_ = timers_->schedule(Clock::now() + opt_.batch_window, [weak] {
+          if (auto self = weak.lock()) self->flush_joins();
+        });
+      }
+    }
+    if (!batch.empty()) send_join_node(std::move(batch));
+  }
+
+  void flush_joins() {
+    std::vector<LocalJoin> batch;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      join_timer_ = 0;
+      batch = take_joins_locked();
+    }
+    if (!batch.empty()) send_join_node(std::move(batch));
+  }
+
+  // ---- Barrier -------------------------------------------------------------------------
+
+  void barrier(const std::string& name, int rank, int count, Millis timeout, Done done) {
+    std::vector<std::pair<int, Done>> batch;
+    int batch_count = count;
+    Millis batch_timeout = timeout;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      BarrierBatch& b = barriers_[name];
+      if (b.arrived == 0) {
+        b.count = count;
+        b.timeout = timeout;
+      }
+      ++b.arrived;
+      b.unsent.emplace_back(rank, std::move(done));
+      // Complete for this node: every local rank is in, or the barrier needs no more than that.
+      if (b.arrived >= static_cast<int>(local_.size()) || b.arrived >= b.count) {
+        if (b.timer) timers_->cancel(b.timer);
+        b.timer = 0;
+        batch = take_barrier_locked(b);
+        batch_count = b.count;
+        batch_timeout = b.timeout;
+      } else if (!b.timer) {
+        std::weak_ptr<Impl> weak = shared_from_this();
+        b.timer = timers_->schedule(Clock::now() + opt_.batch_window, [weak, name] {
+          if (auto self = weak.lock()) self->flush_barrier(name);
+        });
+      }
+    }
+    if (!batch.empty()) send_node_barrier(name, batch_count, batch_timeout, std::move(batch));
+  }
+
+  void flush_barrier(const std::string& name) {
+    std::vector<std::pair<int, Done>> batch;
+    int count = 0;
+    Millis timeout{0};
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = barriers_.find(name);
+      if (it == barriers_.end()) return;
+      it->second.timer = 0;
+      batch = take_barrier_locked(it->second);
+      count = it->second.count;
+      timeout = it->second.timeout;
+    }
+    if (!batch.empty()) send_node_barrier(name, count, timeout, std::move(batch));
+  }
+
+  // ---- Heartbeats ----------------------------------------------------------------------
+
+  HeartbeatReply heartbeat(int rank, int64_t step, int round) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++counters_.local_heartbeats;
+    if (round == opt_.round) beats_[rank] = {step, Clock::now()};
+    return {aborted_, abort_reason_};
+  }
+
+  void flush_heartbeat() {
+    auto call = std::make_shared<BeatCall>();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (beat_in_flight_ || stopping_) return;
+      beat_in_flight_ = true;
+      ++counters_.upward_heartbeats;
+      auto now = Clock::now();
+      call->req.set_node(opt_.node);
+      call->req.set_round(opt_.round);
+      for (const auto& [rank, b] : beats_) {
+        auto* rb = call->req.add_ranks();
+        rb->set_rank(rank);
+        rb->set_step(b.step);
+        rb->set_age_ms(std::chrono::duration_cast<Millis>(now - b.seen).count());
+      }
+    }
+    begin_call(call->ctx, opt_.rpc_deadline);
+    auto self = shared_from_this();
+    conn_->stub().async()->NodeHeartbeat(&call->ctx, &call->req, &call->resp,
+                                         [self, call](grpc::Status st) {
+                                           self->end_call(call->ctx);
+                                           std::lock_guard<std::mutex> lock(self->mu_);
+                                           self->beat_in_flight_ = false;
+                                           if (st.ok() && call->resp.abort() && !self->aborted_) {
+                                             self->aborted_ = true;
+                                             self->abort_reason_ = call->resp.reason();
+                                           }
+                                         });
+  }
+
+  void start_heartbeats(Millis period) {
+    std::lock_guard<std::mutex> lock(mu_);
+    PTRAIN_CHECK(!beat_thread_.joinable(), "NodeRelay::start_heartbeats called twice");
+    beat_thread_ = std::thread([this, period] {
+      std::unique_lock<std::mutex> lock(mu_);
+      while (!beat_cv_.wait_for(lock, period, [this] { return stopping_; })) {
+        lock.unlock();
+        flush_heartbeat();
+        lock.lock();
+      }
+    });
+  }
+
+  // ---- Store ---------------------------------------------------------------------------
+
+  void get(const std::string& key, Millis timeout,
+           std::function<void(const RelayStatus&, const std::string&)> done) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++counters_.local_gets;
+      auto [it, first] = gets_.try_emplace(key);
+      it->second.push_back(std::move(done));
+      if (!first) return;  // the call in flight answers this one too
+      ++counters_.upward_gets;
+    }
+    auto call = std::make_shared<GetCall>();
+    call->req.set_key(key);
+    call->req.set_timeout_ms(timeout.count());
+    begin_call(call->ctx, timeout + opt_.rpc_deadline);
+    auto self = shared_from_this();
+    conn_->stub().async()->Get(
+        &call->ctx, &call->req, &call->resp, [self, call, key](grpc::Status st) {
+          self->end_call(call->ctx);
+          std::vector<std::function<void(const RelayStatus&, const std::string&)>> waiting;
+          {
+            std::lock_guard<std::mutex> lock(self->mu_);
+            auto it = self->gets_.find(key);
+            if (it != self->gets_.end()) {
+              waiting = std::move(it->second);
+              self->gets_.erase(it);
+            }
+          }
+          RelayStatus rs = from_grpc(st);
+          for (auto& w : waiting) w(rs, call->resp.value());
+        });
+  }
+
+  // ---- Watch ---------------------------------------------------------------------------
+
+  int watch(std::function<void(const WatchEventView&)> on_event) {
+    std::optional<WatchEventView> now;
+    int id;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      id = next_watch_++;
+      if (final_event_) {
+        now = final_event_;
+      } else {
+        watchers_[id] = std::move(on_event);
+        if (!watch_thread_.joinable()) watch_thread_ = std::thread([this] { watch_loop(); });
+      }
+    }
+    if (now) on_event(*now);
+    return id;
+  }
+
+  void unwatch(int id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    watchers_.erase(id);
+  }
+
+  Counters counters() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return counters_;
+  }
+
+  const NodeRelayOptions& options() const { return opt_; }
+  detail::Connection& upstream() { return *conn_; }
+
+ private:
+  struct LocalJoin {
+    JoinRequestView req;
+    JoinDone done;
+  };
+  struct JoinCall {
+    grpc::ClientContext ctx;
+    proto::JoinNodeRequest req;
+    proto::JoinNodeResponse resp;
+    std::vector<LocalJoin> joins;
+  };
+  struct DirectJoinCall {
+    grpc::ClientContext ctx;
+    proto::JoinRequest req;
+    proto::JoinResponse resp;
+  };
+  struct BarrierBatch {
+    int count = 0;
+    Millis timeout{0};
+    int arrived = 0;    // local arrivals so far
+    int in_flight = 0;  // NodeBarrier calls not answered yet
+    std::vector<std::pair<int, Done>> unsent;
+    detail::TimerQueue::Id timer = 0;
+  };
+  struct BarrierCall {
+    grpc::ClientContext ctx;
+    proto::NodeBarrierRequest req;
+    proto::Empty resp;
+    std::vector<std::pair<int, Done>> ranks;
+  };
+  struct BeatCall {
+    grpc::ClientContext ctx;
+    proto::NodeHeartbeatRequest req;
+    proto::HeartbeatResponse resp;
+  };
+  struct GetCall {
+    grpc::ClientContext ctx;
+    proto::GetRequest req;
+    proto::GetResponse resp;
+  };
+  struct Beat {
+    int64_t step = 0;
+    Clock::time_point seen;
+  };
+
+  // Sets the deadline and token of an upward call and tracks it until end_call.
+  void begin_call(grpc::ClientContext& ctx, Millis deadline) {
+    conn_->prepare(ctx, deadline);
+    std::lock_guard<std::mutex> lock(mu_);
+    in_flight_.insert(&ctx);
+    if (cancelled_) ctx.TryCancel();
+  }
+  void end_call(grpc::ClientContext& ctx) {
+    std::lock_guard<std::mutex> lock(mu_);
+    in_flight_.erase(&ctx);
+  }
+
+  std::vector<LocalJoin> take_joins_locked() {
+    if (join_timer_) timers_->cancel(join_timer_);
+    join_timer_ = 0;
+    return std::move(unsent_joins_);
+  }
+
+  std::vector<std::pair<int, Done>> take_barrier_locked(BarrierBatch& b) {
+    if (!b.unsent.empty()) ++b.in_flight;
+    return std::move(b.unsent);
+  }
+
+  void send_join_node(std::vector<LocalJoin> batch) {
+    auto call = std::make_shared<JoinCall>();
+    call->req.set_node(opt_.node);
+    call->req.set_node_rank(opt_.node_rank);
+    call->req.set_round(opt_.round);
+    Millis timeout{0};
+    for (const auto& j : batch) {
+      auto* r = call->req.add_ranks();
+      r->set_rank(j.req.rank);
+      r->set_local_rank(j.req.local_rank);
+      r->set_pid(j.req.pid);
+      timeout = std::max(timeout, j.req.timeout);
+    }
+    call->joins = std::move(batch);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++counters_.upward_joins;
+    }
+    begin_call(call->ctx, timeout);
+    auto self = shared_from_this();
+    conn_->stub().async()->JoinNode(
+        &call->ctx, &call->req, &call->resp, [self, call](grpc::Status st) {
+          self->end_call(call->ctx);
+          RelayStatus rs = from_grpc(st);
+          for (auto& j : call->joins) {
+            JoinResult res = st.ok() ? result_of(j.req.rank, call->resp) : JoinResult{};
+            j.done(rs, res);
+          }
+        });
+  }
+
+  void join_direct(const JoinRequestView& req, JoinDone done) {
+    auto call = std::make_shared<DirectJoinCall>();
+    call->req.set_rank(req.rank);
+    call->req.set_node(req.node);
+    call->req.set_node_rank(req.node_rank);
+    call->req.set_local_rank(req.local_rank);
+    call->req.set_pid(req.pid);
+    call->req.set_round(req.round);
+    call->req.set_role(req.role);
+    begin_call(call->ctx, req.timeout);
+    auto self = shared_from_this();
+    conn_->stub().async()->Join(
+        &call->ctx, &call->req, &call->resp, [self, call, done = std::move(done)](grpc::Status st) {
+          self->end_call(call->ctx);
+          done(from_grpc(st), st.ok() ? result_of(call->resp) : JoinResult{});
+        });
+  }
+
+  void send_node_barrier(const std::string& name, int count, Millis timeout,
+                         std::vector<std::pair<int, Done>> batch) {
+    auto call = std::make_shared<BarrierCall>();
+    call->req.set_name(name);
+    call->req.set_count(count);
+    call->req.set_timeout_ms(timeout.count());
+    for (const auto& [rank, done] : batch) call->req.add_ranks(rank);
+    call->ranks = std::move(batch);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++counters_.upward_barriers;
+    }
+    begin_call(call->ctx, timeout + opt_.rpc_deadline);
+    auto self = shared_from_this();
+    conn_->stub().async()->NodeBarrier(
+        &call->ctx, &call->req, &call->resp, [self, call, name](grpc::Status st) {
+          self->end_call(call->ctx);
+          {
+            std::lock_guard<std::mutex> lock(self->mu_);
+            auto it = self->barriers_.find(name);
+            // Done with this name once nothing is in flight or waiting: it may be used again.
+            if (it != self->barriers_.end() && --it->second.in_flight == 0 &&
+                it->second.unsent.empty()) {
+              if (it->second.timer) self->timers_->cancel(it->second.timer);
+              self->barriers_.erase(it);
+            }
+          }
+          RelayStatus rs = from_grpc(st);
+          for (auto& [rank, done] : call->ranks) done(rs);
+        });
+  }
+
+  void watch_loop() {
+    for (;;) {
+      grpc::ClientContext ctx;
+      conn_->prepare(ctx, kWatchReopen);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stopping_) return;
+        watch_ctx_ = &ctx;
+      }
+      proto::WatchRequest req;
+      req.set_rank(opt_.ranks.empty() ? -1 : opt_.ranks.front());
+      auto reader = conn_->stub().Watch(&ctx, req);
+      proto::WatchEvent event;
+      std::optional<WatchEventView> view;
+      while (!view && reader->Read(&event)) {
+        if (event.kind() != proto::WatchEvent::ABORT && event.kind() != proto::WatchEvent::RESTART)
+          continue;
+        view.emplace();
+        view->kind = event.kind() == proto::WatchEvent::ABORT ? WatchEventView::Kind::Abort
+                                                              : WatchEventView::Kind::Restart;
+        view->reason = event.reason();
+        view->round = event.round();
+      }
+      if (view) ctx.TryCancel();
+      auto st = reader->Finish();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        watch_ctx_ = nullptr;
+        if (stopping_) return;
+      }
+      if (!view && st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) continue;
+      if (!view) {
+        view.emplace();
+        view->kind = WatchEventView::Kind::Closed;
+        view->reason = st.ok()
+                           ? fmt::format("the coordinator at {} closed the job", conn_->address())
+                           : fmt::format("lost the coordinator at {}: {}", conn_->address(),
+                                         st.error_message());
+      }
+      std::map<int, std::function<void(const WatchEventView&)>> watchers;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        final_event_ = view;
+        if (view->kind == WatchEventView::Kind::Abort && !aborted_) {
+          aborted_ = true;
+          abort_reason_ = view->reason;
+        }
+        watchers.swap(watchers_);
+      }
+      for (auto& [id, fn] : watchers) fn(*view);
+      return;
+    }
+  }
+
+  std::shared_ptr<detail::Connection> conn_;
+  std::shared_ptr<detail::TimerQueue> timers_;
+  NodeRelayOptions opt_;
+  std::unordered_set<int> local_;
+
+  mutable std::mutex mu_;
+  bool stopping_ = false;
+  bool cancelled_ = false;
+  std::unordered_set<grpc::ClientContext*> in_flight_;
+  std::unordered_set<int> joined_;
+  std::vector<LocalJoin> unsent_joins_;
+  detail::TimerQueue::Id join_timer_ = 0;
+  std::map<std::string, BarrierBatch> barriers_;
+  std::map<int, Beat> beats_;
+  bool beat_in_flight_ = false;
+  bool aborted_ = false;
+  std::string abort_reason_;
+  std::thread beat_thread_;
+  std::condition_variable beat_cv_;
+  std::unordered_map<std::string,
+                     std::vector<std::function<void(const RelayStatus&, const std::string&)>>>
+      gets_;
+  std::map<int, std::function<void(const WatchEventView&)>> watchers_;
+  std::optional<WatchEventView> final_event_;
+  int next_watch_ = 1;
+  grpc::ClientContext* watch_ctx_ = nullptr;
+  std::thread watch_thread_;
+  Counters counters_;
+};
+
+NodeRelay::NodeRelay(const std::string& address, const std::string& token, NodeRelayOptions options,
+                     Millis connect_timeout) {
+  auto conn = std::make_shared<detail::Connection>(address, token);
+  conn->connect(connect_timeout);
+  impl_ = std::make_shared<Impl>(std::move(conn), std::make_shared<detail::TimerQueue>(),
+                                 std::move(options));
+}
+
+NodeRelay::NodeRelay(std::shared_ptr<detail::Connection> upstream,
+                     std::shared_ptr<detail::TimerQueue> timers, NodeRelayOptions options)
+    : impl_(std::make_shared<Impl>(std::move(upstream), std::move(timers), std::move(options))) {}
+
+NodeRelay::~NodeRelay() {
+  impl_->shutdown();
+}
+
+void NodeRelay::join(const JoinRequestView& request, JoinDone done) {
+  impl_->join(request, std::move(done));
+}
+void NodeRelay::barrier(const std::string& name, int rank, int count, Millis timeout, Done done) {
+  impl_->barrier(name, rank, count, timeout, std::move(done));
+}
+HeartbeatReply NodeRelay::heartbeat(int rank, int64_t step, int round) {
+  return impl_->heartbeat(rank, step, round);
+}
+void NodeRelay::cancel_calls() {
+  impl_->cancel_calls();
+}
+void NodeRelay::flush_heartbeat() {
+  impl_->flush_heartbeat();
+}
+void NodeRelay::start_heartbeats(Millis period) {
+  impl_->start_heartbeats(period);
+}
+void NodeRelay::get(const std::string& key, Millis timeout,
+                    std::function<void(const RelayStatus&, const std::string&)> done) {
+  impl_->get(key, timeout, std::move(done));
+}
+int NodeRelay::watch(std::function<void(const WatchEventView&)> on_event) {
+  return impl_->watch(std::move(on_event));
+}
+void NodeRelay::unwatch(int id) {
+  impl_->unwatch(id);
+}
+NodeRelay::Counters NodeRelay::counters() const {
+  return impl_->counters();
+}
+const NodeRelayOptions& NodeRelay::options() const {
+  return impl_->options();
+}
+detail::Connection& NodeRelay::upstream() {
+  return impl_->upstream();
+}
+
+std::string relay_socket_path(const std::string& run_dir, int node_rank) {
+  std::string path = fmt::format("{}/relay-{}.sock", run_dir, node_rank);
+  // sun_path holds 108 bytes with the terminating zero.
+  if (path.size() < 100) return path;
+  return fmt::format("/tmp/ptrain-relay-{}-{}.sock", ::getpid(), node_rank);
+}
+
+}  // namespace ptrain::rendezvous

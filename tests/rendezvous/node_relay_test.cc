@@ -1,0 +1,285 @@
+// Hierarchical membership: ranks talk to their node's relay (a RelayServer on a unix socket) with
+// the ordinary CoordinatorClient; the coordinator sees one JoinNode, NodeBarrier and NodeHeartbeat
+// per node.
+#include "ptrain/rendezvous/node_relay.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <thread>
+
+#include "ptrain/core/error.h"
+#include "ptrain/rendezvous/client.h"
+#include "test_util.h"
+
+namespace ptrain::rendezvous {
+namespace {
+
+namespace fs = std::filesystem;
+
+class NodeRelayTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / fmt::format("ptrain-relay-test-{}", ::getpid());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  // A relay for node `node_rank` speaking for `ranks`.
+  std::unique_ptr<RelayServer> relay(const Coordinator& c, const std::string& token, int node_rank,
+                                     std::vector<int> ranks, Millis heartbeat = Millis(0),
+                                     int round = 0) {
+    NodeRelayOptions ro;
+    ro.node = fmt::format("node{}", node_rank);
+    ro.node_rank = node_rank;
+    ro.round = round;
+    ro.ranks = std::move(ranks);
+    ro.batch_window = Millis(50);
+    return std::make_unique<RelayServer>(
+        c.address(), token, ro, (dir_ / fmt::format("r{}.sock", node_rank)).string(), heartbeat);
+  }
+
+  static JoinRequestView join_req(int rank, const std::string& node, Millis timeout) {
+    JoinRequestView r;
+    r.rank = rank;
+    r.node = node;
+    r.pid = 1000 + rank;
+    r.timeout = timeout;
+    return r;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(NodeRelayTest, TwoNodesJoinAndPassABarrierWithOneCallPerNode) {
+  CoordinatorOptions opt;
+  opt.token = make_token();
+  opt.world_size = 4;
+  opt.mesh = {2, 2, 1};
+  opt.run_id = "relay-run";
+  auto c = testing::start_coordinator(opt);
+  auto n0 = relay(*c, opt.token, 0, {0, 1});
+  auto n1 = relay(*c, opt.token, 1, {2, 3});
+  std::vector<JoinResult> results(4);
+  std::vector<std::string> errors(4);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 4; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        const std::string addr = r < 2 ? n0->address() : n1->address();
+        CoordinatorClient client(addr, opt.token, Millis(5000));
+        results[r] = client.join(join_req(r, r < 2 ? "node0" : "node1", Millis(10000)));
+        client.barrier("start", r, 4, Millis(10000));
+        EXPECT_EQ(client.address(), c->address());  // the coordinator behind the relay
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_EQ(errors[r], "") << "rank " << r;
+    EXPECT_EQ(results[r].rank, r);
+    EXPECT_EQ(results[r].world_size, 4);
+    EXPECT_EQ(results[r].run_id, "relay-run");
+    EXPECT_EQ(results[r].coords.tp, r % 2);
+    EXPECT_EQ(results[r].coords.dp, r / 2);
+  }
+  EXPECT_EQ(c->joined_ranks(), (std::vector<int>{0, 1, 2, 3}));
+  auto stats = c->stats();
+  EXPECT_EQ(stats.join_rpcs, 2u);
+  EXPECT_EQ(stats.barrier_rpcs, 2u);
+}
+
+TEST_F(NodeRelayTest, JoinTimeoutThroughTheRelayNamesTheMissingRanks) {
+  CoordinatorOptions opt;
+  opt.token = make_token();
+  opt.world_size = 4;
+  opt.join_timeout = Millis(400);
+  auto c = testing::start_coordinator(opt);
+  c->expect(2, "node1");
+  c->expect(3, "node1");
+  auto n0 = relay(*c, opt.token, 0, {0, 1});
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      CoordinatorClient client(n0->address(), opt.token, Millis(5000));
+      try {
+        client.join(join_req(r, "node0", Millis(10000)));
+      } catch (const TimeoutError& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_NE(errors[r].find("2 of 4 ranks joined"), std::string::npos) << errors[r];
+    EXPECT_NE(errors[r].find("2 (node1), 3 (node1)"), std::string::npos) << errors[r];
+  }
+}
+
+TEST_F(NodeRelayTest, DuplicateLocalRankIsRefused) {
+  CoordinatorOptions opt;
+  opt.token = make_token();
+  opt.world_size = 2;
+  opt.join_timeout = Millis(2000);
+  auto c = testing::start_coordinator(opt);
+  auto n0 = relay(*c, opt.token, 0, {0, 1});
+  std::thread first([&] {
+    CoordinatorClient client(n0->address(), opt.token, Millis(5000));
+    try {
+      client.join(join_req(0, "node0", Millis(10000)));
+    } catch (const Error&) {
+    }
+  });
+  // Wait until the first Join reached the relay, then send a second Join for rank 0.
+  for (int i = 0; i < 200 && c->joined_ranks().empty(); ++i)
+    std::this_thread::sleep_for(Millis(10));
+  ASSERT_EQ(c->joined_ranks(), std::vector<int>{0});
+  CoordinatorClient client(n0->address(), opt.token, Millis(5000));
+  try {
+    client.join(join_req(0, "node0", Millis(10000)));
+    ADD_FAILURE() << "a second Join of rank 0 was accepted";
+  } catch (const RemoteError& e) {
+    EXPECT_NE(std::string(e.what()).find("rank 0 already joined"), std::string::npos) << e.what();
+  }
+  c->abort("test over");
+  first.join();
+}
+
+TEST_F(NodeRelayTest, NodeHeartbeatCarriesEachRanksLivenessAndASilentRankIsHung) {
+  std::mutex mu;
+  std::vector<int> hung;
+  testing::Latch hung_latch;
+  CoordinatorEvents ev;
+  ev.on_hang = [&](int rank, const std::string&) {
+    std::lock_guard<std::mutex> lock(mu);
+    hung.push_back(rank);
+    hung_latch.set();
+  };
+  CoordinatorOptions opt;
+  opt.token = make_token();
+  opt.world_size = 2;
+  opt.heartbeat_timeout = Millis(600);
+  auto c = testing::start_coordinator(opt, ev);
+  auto n0 = relay(*c, opt.token, 0, {0, 1}, Millis(50));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r)
+    threads.emplace_back([&, r] {
+      CoordinatorClient client(n0->address(), opt.token, Millis(5000));
+      client.join(join_req(r, "node0", Millis(10000)));
+    });
+  for (auto& t : threads) t.join();
+  // Rank 0 keeps heartbeating to the relay; rank 1 falls silent.
+  CoordinatorClient beater(n0->address(), opt.token, Millis(5000));
+  auto before = c->stats().heartbeat_rpcs;
+  auto start = Clock::now();
+  bool reported = false;
+  while (Clock::now() - start < Millis(3000) && !reported) {
+    beater.heartbeat(0, 7, 0);
+    reported = hung_latch.wait_for(Millis(20));
+  }
+  ASSERT_TRUE(reported) << "the silent rank was never reported";
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(hung, std::vector<int>{1});
+  }
+  // One upward heartbeat per relay period, however often the local ranks beat (~every 20 ms).
+  double elapsed_s = std::chrono::duration<double>(Clock::now() - start).count();
+  auto upward = c->stats().heartbeat_rpcs - before;
+  EXPECT_LE(static_cast<double>(upward), elapsed_s / 0.05 + 2);
+  EXPECT_GT(n0->relay().counters().local_heartbeats, upward);
+}
+
+TEST_F(NodeRelayTest, ConcurrentGetsOfOneKeyAreFetchedOncePerNode) {
+  CoordinatorOptions opt;
+  opt.token = make_token();
+  opt.world_size = 4;
+  auto c = testing::start_coordinator(opt);
+  auto n0 = relay(*c, opt.token, 0, {0, 1, 2, 3});
+  constexpr int kLocal = 4;
+  std::vector<std::string> values(kLocal);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kLocal; ++r)
+    threads.emplace_back([&, r] {
+      CoordinatorClient client(n0->address(), opt.token, Millis(5000));
+      values[r] = client.store()->get("nccl/id", Millis(10000));
+    });
+  for (int i = 0; i < 500 && n0->relay().counters().local_gets < kLocal; ++i)
+    std::this_thread::sleep_for(Millis(10));
+  ASSERT_EQ(n0->relay().counters().local_gets, static_cast<uint64_t>(kLocal));
+  c->store().set("nccl/id", "abc");
+  for (auto& t : threads) t.join();
+  for (const auto& v : values) EXPECT_EQ(v, "abc");
+  EXPECT_EQ(n0->relay().counters().upward_gets, 1u);
+}
+
+TEST_F(NodeRelayTest, AbortReachesEveryLocalWatchThroughOneUpwardStream) {
+  CoordinatorOptions opt;
+  opt.token = make_token();
+  opt.world_size = 2;
+  auto c = testing::start_coordinator(opt);
+  auto n0 = relay(*c, opt.token, 0, {0, 1});
+  std::vector<std::unique_ptr<CoordinatorClient>> clients;
+  std::vector<std::unique_ptr<testing::Latch>> got(2);
+  std::vector<std::string> reasons(2);
+  for (int r = 0; r < 2; ++r) {
+    got[r] = std::make_unique<testing::Latch>();
+    clients.push_back(std::make_unique<CoordinatorClient>(n0->address(), opt.token, Millis(5000)));
+    clients.back()->watch(r, [&, r](const WatchEventView& ev) {
+      if (ev.kind == WatchEventView::Kind::Abort) reasons[r] = ev.reason;
+      got[r]->set();
+    });
+  }
+  // Both local streams are open before the abort (a later one would get it at once anyway).
+  std::this_thread::sleep_for(Millis(200));
+  c->abort("rank 3 failed");
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_TRUE(got[r]->wait_for(Millis(5000))) << "rank " << r;
+    EXPECT_EQ(reasons[r], "rank 3 failed");
+  }
+  EXPECT_TRUE(clients[0]->heartbeat(0, 1, 0).abort);
+}
+
+TEST_F(NodeRelayTest, StoreWritesAndReportsAreForwarded) {
+  std::mutex mu;
+  std::vector<std::string> reports;
+  CoordinatorEvents ev;
+  ev.on_report = [&](int, const std::string& json) {
+    std::lock_guard<std::mutex> lock(mu);
+    reports.push_back(json);
+  };
+  CoordinatorOptions opt;
+  opt.token = make_token();
+  opt.world_size = 1;
+  auto c = testing::start_coordinator(opt, ev);
+  auto n0 = relay(*c, opt.token, 0, {0});
+  CoordinatorClient client(n0->address(), opt.token, Millis(5000));
+  auto store = client.store();
+  store->set("a", "1");
+  EXPECT_EQ(store->add("n", 5), 5);
+  EXPECT_TRUE(store->check({"a", "n"}));
+  EXPECT_EQ(c->store().get("a", Millis(1000)), "1");
+  client.report(0, R"({"step":1})");
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(reports, std::vector<std::string>{R"({"step":1})"});
+}
+
+TEST_F(NodeRelayTest, WrongTokenAtTheRelayIsRefused) {
+  CoordinatorOptions opt;
+  opt.token = make_token();
+  opt.world_size = 1;
+  auto c = testing::start_coordinator(opt);
+  auto n0 = relay(*c, opt.token, 0, {0});
+  CoordinatorClient client(n0->address(), make_token(), Millis(5000));
+  EXPECT_THROW(client.join(join_req(0, "node0", Millis(5000))), RemoteError);
+}
+
+}  // namespace
+}  // namespace ptrain::rendezvous

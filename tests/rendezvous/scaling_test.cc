@@ -1,0 +1,56 @@
+// The per-rank cost of the hierarchical rendezvous does not grow with the rank count: the
+// benchmark's µs per rank at 16,384 ranks (2,048 nodes of 8) stays within a generous factor of
+// the figure at 2,048 ranks (256 nodes), and the coordinator's heartbeat RPC rate stays at one per
+// node and period. Ratios only: no absolute wall-clock threshold.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "ptrain/rendezvous/bench.h"
+
+namespace ptrain::rendezvous {
+namespace {
+
+double median_us_per_rank(int ranks, int per_node, int repeats) {
+  std::vector<double> us;
+  for (int i = 0; i < repeats; ++i) {
+    RdzvBenchOptions opt;
+    opt.clients = ranks;
+    opt.ranks_per_node = per_node;
+    opt.connections = 64;
+    opt.timeout = Millis(60000);
+    us.push_back(run_rdzv_bench(opt).us_per_rank);
+  }
+  std::sort(us.begin(), us.end());
+  return us[us.size() / 2];
+}
+
+TEST(RendezvousScalingTest, HierarchicalCostPerRankDoesNotGrowWithRankCount) {
+  double small = median_us_per_rank(2048, 8, 3);
+  double large = median_us_per_rank(16384, 8, 3);
+  RecordProperty("us_per_rank_2048", std::to_string(small));
+  RecordProperty("us_per_rank_16384", std::to_string(large));
+  // Linear cost gives a ratio near 1 (fixed costs make the small size dearer per rank); the
+  // factor leaves room for a loaded machine.
+  EXPECT_LT(large, 3.0 * small) << "µs/rank: " << small << " at 2,048 ranks, " << large
+                                << " at 16,384";
+}
+
+TEST(RendezvousScalingTest, HeartbeatRpcsAtTheCoordinatorAreOnePerNodeAndPeriod) {
+  RdzvBenchOptions opt;
+  opt.clients = 8192;
+  opt.ranks_per_node = 8;
+  opt.connections = 64;
+  opt.timeout = Millis(60000);
+  opt.heartbeat_period = Millis(250);
+  opt.heartbeat_window = Millis(1000);
+  auto res = run_rdzv_bench(opt);
+  double bound = res.nodes / 0.25;  // nodes / heartbeat_s
+  EXPECT_GT(res.heartbeat_rpcs_per_s, 0.0);
+  EXPECT_LE(res.heartbeat_rpcs_per_s, 1.25 * bound)
+      << res.heartbeat_rpcs_per_s << " heartbeat RPCs/s for " << res.nodes << " nodes";
+}
+
+}  // namespace
+}  // namespace ptrain::rendezvous
