@@ -1,8 +1,9 @@
 // `ptrain bench step [job.yaml] [--device cpu|cuda] [--threads N] [--steps N] [--warmup N]
 // [--precision fp32|bf16] [--model bench|gpt2-124m] [--batch B] [--seq T]`: times whole training
 // steps (forward, backward, clipping, AdamW) of a GPT on one process and prints ms/step, tokens/s,
-// achieved model GFLOP/s and the MFU: that rate over the GEMM rate measured in the same run
-// (sgemm 2048^3 on CPU; a bf16 -- or fp32 -- GEMM 8192^3 on CUDA).
+// achieved model GFLOP/s and the MFU: that rate over the best GEMM rate measured in the same run
+// (on CPU: OpenBLAS and oneDNN fp32, and oneDNN bf16, at 1024^3 and 2048^3, naming the kernels;
+// on CUDA: a bf16 -- or fp32 -- GEMM 8192^3).
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -19,6 +20,7 @@
 #include "ptrain/nn/model.h"
 #include "ptrain/optim/clip.h"
 #include "ptrain/spec/spec.h"
+#include "ptrain/tensor/cpu_kernels.h"
 #include "ptrain/tensor/tensor.h"
 #include "ptrain/train/metrics.h"
 #include "ptrain/train/setup.h"
@@ -93,9 +95,55 @@ spec::JobSpec bench_spec(const BenchStepArgs& a) {
   return s;
 }
 
-// The GEMM rate this run compares against, in GFLOP/s.
+// The CPU GEMM rates of this run (GFLOP/s, best over sizes and repeats): each library forced in
+// turn through the op table, then the table's own choice restored.
+struct CpuGemmRates {
+  double openblas = 0, dnnl = 0, dnnl_bf16 = 0;  // dnnl_bf16 0: no native bf16
+  double best_fp32() const { return std::max(openblas, dnnl); }
+  double best(bool bf16) const { return bf16 ? std::max(dnnl_bf16, best_fp32()) : best_fp32(); }
+};
+
+double cpu_gemm_rate(tensor::CpuGemm mode, bool bf16, int n) {
+  const tensor::Ops& o = tensor::cpu_ops();
+  const tensor::CpuGemm saved = tensor::cpu_gemm_mode();
+  tensor::set_cpu_gemm(mode);
+  const size_t nn = size_t(n) * n;
+  std::vector<float> a(nn, 0.5f), b(nn, 0.25f), c(nn, 0.f);
+  std::vector<uint16_t> ah(bf16 ? nn : 0), bh(bf16 ? nn : 0);
+  if (bf16) {
+    o.f32_to_bf16(ah.data(), a.data(), nn);
+    o.f32_to_bf16(bh.data(), b.data(), nn);
+  }
+  auto run = [&] {
+    if (bf16)
+      o.gemm_bf16(false, false, n, n, n, 1.f, ah.data(), n, bh.data(), n, 0.f, c.data(), n);
+    else
+      o.gemm(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+  };
+  run();
+  double best = 1e30;
+  for (int r = 0; r < 3; ++r) {
+    double t0 = mono_seconds();
+    run();
+    best = std::min(best, mono_seconds() - t0);
+  }
+  tensor::set_cpu_gemm(saved);
+  return 2.0 * n * double(n) * n / best / 1e9;
+}
+
+CpuGemmRates measure_cpu_gemms() {
+  CpuGemmRates r;
+  for (int n : {1024, 2048}) {
+    r.openblas = std::max(r.openblas, cpu_gemm_rate(tensor::CpuGemm::kOpenBlas, false, n));
+    r.dnnl = std::max(r.dnnl, cpu_gemm_rate(tensor::CpuGemm::kDnnl, false, n));
+    if (tensor::cpu_has_bf16())
+      r.dnnl_bf16 = std::max(r.dnnl_bf16, cpu_gemm_rate(tensor::CpuGemm::kDnnl, true, n));
+  }
+  return r;
+}
+
+// The CUDA GEMM rate this run compares against, in GFLOP/s.
 double gemm_peak_gflops(tensor::Device device, bool bf16) {
-  if (device == tensor::Device::kCpu) return train::measure_sgemm_gflops(2048, 3);
   const tensor::Ops& o = tensor::ops(device);
   const int n = 8192;
   const size_t nn = size_t(n) * n;
@@ -183,7 +231,10 @@ int bench_step(const BenchStepArgs& a) {
   double flops = model->train_flops(B, T);
   double gflops = flops / (median / 1e3) / 1e9;
   double tokens_per_s = targets / (median / 1e3);
-  double peak = gemm_peak_gflops(device, bf16);
+  const bool cpu = device == tensor::Device::kCpu;
+  CpuGemmRates rates;
+  if (cpu) rates = measure_cpu_gemms();
+  double peak = cpu ? rates.best(bf16) : gemm_peak_gflops(device, bf16);
 
   std::string what = a.job.empty() ? a.model : a.job;
   std::string keys;
@@ -197,15 +248,29 @@ int bench_step(const BenchStepArgs& a) {
   std::printf("step time: median %.2f ms (min %.2f, max %.2f); loss %.4f\n", median, ms.front(),
               ms.back(), loss);
   std::printf("model FLOPs per step: %.3f GFLOP\n", flops / 1e9);
-  std::string gemm_name = device == tensor::Device::kCpu ? "sgemm 2048^3"
-                          : bf16                         ? "bf16 GEMM 8192^3"
-                                                         : "fp32 GEMM 8192^3";
-  std::printf("%s: %.1f GFLOP/s\n", gemm_name.c_str(), peak);
+  std::string extra;
+  if (cpu) {
+    const char* mode = tensor::cpu_gemm_name(tensor::cpu_gemm_mode());
+    std::printf("cpu kernels: %s; GEMMs: %s; bf16: %s\n", tensor::cpu_kernels().c_str(), mode,
+                tensor::cpu_has_bf16() ? "oneDNN native" : "widened to fp32 (no bf16 ISA)");
+    std::printf(
+        "GEMM 1024^3/2048^3, best: OpenBLAS fp32 %.1f, oneDNN fp32 %.1f, oneDNN bf16 %s "
+        "GFLOP/s\n",
+        rates.openblas, rates.dnnl,
+        rates.dnnl_bf16 > 0 ? fmt::format("{:.1f}", rates.dnnl_bf16).c_str() : "-");
+    std::printf("model %.1f GFLOP/s = %.3f of the best %s GEMM rate (%.1f GFLOP/s)\n", gflops,
+                gflops / peak, bf16 ? "bf16" : "fp32", peak);
+    extra =
+        fmt::format(" gemm={} openblas_gflops={:.1f} dnnl_gflops={:.1f} dnnl_bf16_gflops={:.1f}",
+                    mode, rates.openblas, rates.dnnl, rates.dnnl_bf16);
+  } else {
+    std::printf("%s: %.1f GFLOP/s\n", bf16 ? "bf16 GEMM 8192^3" : "fp32 GEMM 8192^3", peak);
+  }
   std::printf(
       "RESULT device=%s model=%s precision=%s threads=%d ms_per_step=%.2f "
-      "tokens_per_s=%.0f gflops=%.1f gemm_gflops=%.1f mfu=%.3f\n",
+      "tokens_per_s=%.0f gflops=%.1f gemm_gflops=%.1f mfu=%.3f%s\n",
       o.name, what.c_str(), s.train.precision.c_str(), threads, median, tokens_per_s, gflops, peak,
-      gflops / peak);
+      gflops / peak, extra.c_str());
   std::fflush(stdout);
   return 0;
 }
