@@ -96,9 +96,9 @@ TEST_F(Bundle, VersionFindsThePluginBesideTheBinary) {
   EXPECT_NE(r.output.find(expected), std::string::npos) << r.output;
 }
 
-TEST_F(Bundle, StaysUnderSixtyMiB) {
+TEST_F(Bundle, StaysUnderOneHundredTenMiB) {  // oneDNN is 38 MiB of it
   ASSERT_EQ(result_.status, 0) << result_.output;
-  EXPECT_LT(tree_bytes(root_), 60ull << 20);
+  EXPECT_LT(tree_bytes(root_), 110ull << 20);
 }
 
 }  // namespace
