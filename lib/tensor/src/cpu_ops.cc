@@ -62,15 +62,30 @@ void gemm_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, float
 // --- bf16: conversions, and GEMMs on oneDNN's bf16 kernels (exact products of the rounded
 // inputs, fp32 accumulation: what cuBLAS computes up to summation order), or, on a CPU without
 // them or with PTRAIN_CPU_GEMM=openblas, by widening bf16 A and B to fp32 for the fp32 GEMM ---
+// The scalar helpers of tensor.h (nearest even; NaN stays a quiet NaN), branch-free so that the
+// loops vectorize: the bf16 path converts every GEMM input.
+PTRAIN_HOT void f32_to_bf16_range(uint16_t* out, const float* inp, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &inp[i], 4);
+    const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    out[i] = static_cast<uint16_t>(nan ? (bits >> 16) | 0x0040u : rounded);
+  }
+}
+PTRAIN_HOT void bf16_to_f32_range(float* out, const uint16_t* inp, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(inp[i]) << 16;
+    std::memcpy(&out[i], &bits, 4);
+  }
+}
 void f32_to_bf16(uint16_t* out, const float* inp, size_t n) {
-  parallel_for(n, kGrainElems, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) out[i] = float_to_bf16(inp[i]);
-  });
+  parallel_for(n, kGrainElems,
+               [&](int64_t i0, int64_t i1) { f32_to_bf16_range(out + i0, inp + i0, i1 - i0); });
 }
 void bf16_to_f32(float* out, const uint16_t* inp, size_t n) {
-  parallel_for(n, kGrainElems, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) out[i] = bf16_to_float(inp[i]);
-  });
+  parallel_for(n, kGrainElems,
+               [&](int64_t i0, int64_t i1) { bf16_to_f32_range(out + i0, inp + i0, i1 - i0); });
 }
 
 // Elements a row-major operand of `rows` x `cols` with leading dimension `ld` spans, repeated
