@@ -38,6 +38,7 @@ struct BenchStepArgs {
   int warmup = 2;
   int batch = 0;  // 0 = the model's default
   int seq = 0;
+  bool gemm_table = false;  // CPU: replay each GEMM of a step on OpenBLAS and oneDNN
 };
 
 // A key's value as the spec would write it.
@@ -142,6 +143,70 @@ CpuGemmRates measure_cpu_gemms() {
   return r;
 }
 
+// Seconds one recorded GEMM takes in `mode` (best of several runs on fresh zero buffers).
+double replay_seconds(const tensor::CpuGemmShape& g, tensor::CpuGemm mode) {
+  const tensor::Ops& o = tensor::cpu_ops();
+  const tensor::CpuGemm saved = tensor::cpu_gemm_mode();
+  tensor::set_cpu_gemm(mode);
+  auto span = [&](int rows, int ld, int64_t stride) {
+    return size_t(stride) * (g.count - 1) + size_t(rows) * ld + 1;
+  };
+  const size_t na = span(g.trans_a ? g.K : g.M, g.lda, g.stride_a);
+  const size_t nb = span(g.trans_b ? g.N : g.K, g.ldb, g.stride_b);
+  std::vector<float> a(na, 0.5f), b(nb, 0.25f), c(span(g.M, g.ldc, g.stride_c), 0.f);
+  std::vector<uint16_t> ah(g.bf16 ? na : 0, 0x3f00), bh(g.bf16 ? nb : 0, 0x3e80);
+  auto run = [&] {
+    if (g.bf16)
+      o.gemm_bf16_strided_batched(g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, ah.data(), g.lda,
+                                  g.stride_a, bh.data(), g.ldb, g.stride_b, g.beta, c.data(), g.ldc,
+                                  g.stride_c, g.count);
+    else
+      o.gemm_strided_batched(g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, a.data(), g.lda,
+                             g.stride_a, b.data(), g.ldb, g.stride_b, g.beta, c.data(), g.ldc,
+                             g.stride_c, g.count);
+  };
+  run();
+  const int reps = int(std::clamp(2e8 / std::max(g.flops(), 1.0), 3.0, 200.0));
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    double t0 = mono_seconds();
+    run();
+    best = std::min(best, mono_seconds() - t0);
+  }
+  tensor::set_cpu_gemm(saved);
+  return best;
+}
+
+// The GEMMs of the timed steps, each replayed on both libraries, and what auto picks.
+void print_gemm_table(int steps) {
+  auto shapes = tensor::cpu_gemm_recorded();
+  std::printf("GEMMs of one step, replayed on each library (GFLOP/s; %zu distinct):\n",
+              shapes.size());
+  std::printf("  %5s %-4s %-17s %-15s %5s %4s %9s %9s %5s %8s\n", "calls", "op", "M x N x K",
+              "lda ldb ldc", "batch", "beta", "OpenBLAS", "oneDNN", "auto", "ms/step");
+  double total_ms = 0;
+  for (const auto& g : shapes) {
+    const double calls = double(g.calls) / steps;
+    const double blas = replay_seconds(g, tensor::CpuGemm::kOpenBlas);
+    const double dnnl = replay_seconds(g, tensor::CpuGemm::kDnnl);
+    const char* pick = g.bf16 ? (tensor::cpu_has_bf16() ? "dnnl" : "openblas")
+                              : tensor::cpu_gemm_auto_choice(g.trans_a, g.trans_b, g.M, g.N, g.K);
+    const double ms = calls * (std::string(pick) == "dnnl" ? dnnl : blas) * 1e3;
+    total_ms += ms;
+    std::printf(
+        "  %5.0f %-4s %-17s %-15s %5d %4g %9.1f %9.1f %5s %8.2f\n", calls,
+        fmt::format("{}{}{}", g.bf16 ? "h" : "", g.trans_a ? "T" : "N", g.trans_b ? "T" : "N")
+            .c_str(),
+        fmt::format("{}x{}x{}", g.M, g.N, g.K).c_str(),
+        fmt::format("{} {} {}", g.lda, g.ldb, g.ldc).c_str(), g.count, g.beta,
+        g.flops() / blas / 1e9, g.flops() / dnnl / 1e9, pick, ms);
+  }
+  std::printf(
+      "  GEMM time of one step with auto's choices: %.2f ms (op hNN etc.: bf16 inputs, "
+      "OpenBLAS column: widened to fp32)\n",
+      total_ms);
+}
+
 // The CUDA GEMM rate this run compares against, in GFLOP/s.
 double gemm_peak_gflops(tensor::Device device, bool bf16) {
   const tensor::Ops& o = tensor::ops(device);
@@ -218,6 +283,8 @@ int bench_step(const BenchStepArgs& a) {
     o.synchronize();
   };
   for (int i = 0; i < a.warmup; ++i) step();
+  const bool table = a.gemm_table && device == tensor::Device::kCpu;
+  if (table) tensor::cpu_gemm_record(true);
   std::vector<double> ms;
   for (int i = 0; i < a.steps; ++i) {
     double t0 = mono_seconds();
@@ -226,6 +293,7 @@ int bench_step(const BenchStepArgs& a) {
   }
   if (!std::isfinite(loss))
     throw Error(fmt::format("bench step: the loss became {}", loss), "lower the learning rate");
+  if (table) tensor::cpu_gemm_record(false);
   std::sort(ms.begin(), ms.end());
   double median = ms[ms.size() / 2];
   double flops = model->train_flops(B, T);
@@ -260,6 +328,7 @@ int bench_step(const BenchStepArgs& a) {
         rates.dnnl_bf16 > 0 ? fmt::format("{:.1f}", rates.dnnl_bf16).c_str() : "-");
     std::printf("model %.1f GFLOP/s = %.3f of the best %s GEMM rate (%.1f GFLOP/s)\n", gflops,
                 gflops / peak, bf16 ? "bf16" : "fp32", peak);
+    if (table) print_gemm_table(a.steps);
     extra =
         fmt::format(" gemm={} openblas_gflops={:.1f} dnnl_gflops={:.1f} dnnl_bf16_gflops={:.1f}",
                     mode, rates.openblas, rates.dnnl, rates.dnnl_bf16);
@@ -289,6 +358,8 @@ PTRAIN_BENCH({"step",
                     ->capture_default_str();
                 sub.add_option("--batch", a->batch, "sequences per step (default: the model's)");
                 sub.add_option("--seq", a->seq, "tokens per sequence (default: the model's)");
+                sub.add_flag("--gemm-table", a->gemm_table,
+                             "CPU: replay each GEMM of a step on OpenBLAS and oneDNN");
                 return [a] { return bench_step(*a); };
               }});
 

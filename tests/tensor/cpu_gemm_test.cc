@@ -249,6 +249,34 @@ TEST(CpuGemm, ConcurrentCallersShareOnePrimitivePerShape) {
   EXPECT_EQ(cpu::dnnl_cached_primitives(), before + 2);
 }
 
+TEST(CpuGemm, RecordingListsEachDistinctGemmWithItsCalls) {
+  std::vector<float> A(64 * 64, 1.0f), B(64 * 64, 1.0f), C(64 * 64);
+  std::vector<uint16_t> Ah(64 * 64, 0x3f80), Bh(64 * 64, 0x3f80);
+  cpu_gemm_record(true);
+  for (int i = 0; i < 3; ++i)
+    cpu_ops().gemm(false, true, 8, 16, 32, 1.0f, A.data(), 32, B.data(), 32, 0.0f, C.data(), 16);
+  cpu_ops().gemm_bf16(true, false, 4, 4, 4, 0.5f, Ah.data(), 4, Bh.data(), 4, 1.0f, C.data(), 4);
+  cpu_gemm_record(false);
+  cpu_ops().gemm(false, false, 2, 2, 2, 1.0f, A.data(), 2, B.data(), 2, 0.0f, C.data(), 2);
+  auto shapes = cpu_gemm_recorded();
+  ASSERT_GE(shapes.size(), 2u);  // bf16 forced onto OpenBLAS also notes its widened fp32 GEMM
+  EXPECT_FALSE(shapes[0].bf16);  // the larger one first
+  EXPECT_TRUE(shapes[0].trans_b);
+  EXPECT_EQ(shapes[0].M * 1000000 + shapes[0].N * 1000 + shapes[0].K, 8016032);
+  EXPECT_EQ(shapes[0].calls, 3);
+  bool bf16_seen = false;
+  for (const auto& s : shapes) {
+    EXPECT_FALSE(s.M == 2 && s.N == 2) << "recorded after recording stopped";
+    if (s.bf16) {
+      bf16_seen = true;
+      EXPECT_TRUE(s.trans_a);
+      EXPECT_EQ(s.alpha, 0.5f);
+      EXPECT_EQ(s.beta, 1.0f);
+    }
+  }
+  EXPECT_TRUE(bf16_seen);
+}
+
 TEST(CpuGemm, KernelsAreNamed) {
   const std::string k = cpu_kernels();
   EXPECT_NE(k.find("oneDNN "), std::string::npos) << k;

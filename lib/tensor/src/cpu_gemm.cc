@@ -9,11 +9,13 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 #include "cpu_parallel.h"
 #include "oneapi/dnnl/dnnl.hpp"
@@ -178,6 +180,19 @@ void scale_c(float beta, float* C, int M, int N, int ldc, int64_t stride_c, int 
       for (int n = 0; n < N; ++n) row[n] = beta == 0.0f ? 0.0f : beta * row[n];
     }
   }
+}
+
+// --- recording the shapes that run (cpu_gemm_record) ---
+std::atomic<bool> g_recording{false};
+std::mutex g_record_mu;
+std::unordered_map<Key, int64_t, KeyHash> g_recorded;
+
+void record(dt type, bool ta, bool tb, int M, int N, int K, float alpha, int lda, int64_t sa,
+            int ldb, int64_t sb, float beta, int ldc, int64_t sc, int count) {
+  if (!g_recording.load(std::memory_order_relaxed)) return;
+  Key k{type, ta, tb, M, N, K, lda, ldb, ldc, count, 0, sa, sb, sc, alpha, beta};
+  std::lock_guard<std::mutex> lock(g_record_mu);
+  ++g_recorded[k];
 }
 
 void run_dnnl(dt type, bool ta, bool tb, int M, int N, int K, float alpha, const void* A, int lda,
@@ -347,9 +362,18 @@ void gemm_bf16_dnnl(bool trans_a, bool trans_b, int M, int N, int K, float alpha
            ldc, stride_c, count);
 }
 
+void record_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, int lda,
+                 int64_t stride_a, int ldb, int64_t stride_b, float beta, int ldc, int64_t stride_c,
+                 int count) {
+  record(dt::bf16, trans_a, trans_b, M, N, K, alpha, lda, stride_a, ldb, stride_b, beta, ldc,
+         stride_c, count);
+}
+
 void gemm_f32(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
               int64_t stride_a, const float* B, int ldb, int64_t stride_b, float beta, float* C,
               int ldc, int64_t stride_c, int count) {
+  record(dt::f32, trans_a, trans_b, M, N, K, alpha, lda, stride_a, ldb, stride_b, beta, ldc,
+         stride_c, count);
   if (choose_gemm_backend(trans_a, trans_b, M, N, K) == GemmBackend::kDnnl) {
     gemm_f32_dnnl(trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C,
                   ldc, stride_c, count);
@@ -362,3 +386,44 @@ void gemm_f32(bool trans_a, bool trans_b, int M, int N, int K, float alpha, cons
 }
 
 }  // namespace ptrain::tensor::cpu
+
+namespace ptrain::tensor {
+
+void cpu_gemm_record(bool on) {
+  std::lock_guard<std::mutex> lock(cpu::g_record_mu);
+  if (on) cpu::g_recorded.clear();
+  cpu::g_recording.store(on);
+}
+
+std::vector<CpuGemmShape> cpu_gemm_recorded() {
+  std::vector<CpuGemmShape> out;
+  {
+    std::lock_guard<std::mutex> lock(cpu::g_record_mu);
+    for (const auto& [k, calls] : cpu::g_recorded) {
+      CpuGemmShape s;
+      s.bf16 = k.type == cpu::dt::bf16;
+      s.trans_a = k.ta;
+      s.trans_b = k.tb;
+      s.M = k.M, s.N = k.N, s.K = k.K, s.lda = k.lda, s.ldb = k.ldb, s.ldc = k.ldc;
+      s.count = k.count;
+      s.stride_a = k.sa, s.stride_b = k.sb, s.stride_c = k.sc;
+      s.alpha = k.alpha, s.beta = k.beta;
+      s.calls = calls;
+      out.push_back(s);
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const CpuGemmShape& a, const CpuGemmShape& b) {
+    return a.flops() * a.calls > b.flops() * b.calls;
+  });
+  return out;
+}
+
+const char* cpu_gemm_auto_choice(bool trans_a, bool trans_b, int M, int N, int K) {
+  const CpuGemm saved = cpu_gemm_mode();
+  set_cpu_gemm(CpuGemm::kAuto);
+  const cpu::GemmBackend b = cpu::choose_gemm_backend(trans_a, trans_b, M, N, K);
+  set_cpu_gemm(saved);
+  return b == cpu::GemmBackend::kDnnl ? "dnnl" : "openblas";
+}
+
+}  // namespace ptrain::tensor

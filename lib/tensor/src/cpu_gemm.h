@@ -31,6 +31,11 @@ void gemm_bf16_dnnl(bool trans_a, bool trans_b, int M, int N, int K, float alpha
                     int lda, int64_t stride_a, const uint16_t* B, int ldb, int64_t stride_b,
                     float beta, float* C, int ldc, int64_t stride_c, int count);
 
+// Notes a bf16 GEMM for cpu_gemm_record (fp32 ones are noted by gemm_f32).
+void record_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, int lda,
+                 int64_t stride_a, int ldb, int64_t stride_b, float beta, int ldc, int64_t stride_c,
+                 int count);
+
 // oneDNN's effective ISA has AVX-512 (fp32 kernels worth using) / native bf16 dot products.
 bool dnnl_has_avx512();
 bool dnnl_has_bf16();

@@ -107,6 +107,8 @@ void gemm_bf16_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, 
                                int ldb, int64_t stride_b, float beta, float* C, int ldc,
                                int64_t stride_c, int count) {
   if (count <= 0) return;
+  record_bf16(trans_a, trans_b, M, N, K, alpha, lda, stride_a, ldb, stride_b, beta, ldc, stride_c,
+              count);
   const CpuGemm mode = cpu_gemm_mode();
   if (mode == CpuGemm::kDnnl || (mode == CpuGemm::kAuto && dnnl_has_bf16())) {
     gemm_bf16_dnnl(trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C,

@@ -2,7 +2,9 @@
 // dispatch to on this machine, and whether bf16 GEMMs run natively. ARCHITECTURE.md §CPU kernels.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace ptrain::tensor {
 
@@ -24,5 +26,20 @@ std::string cpu_kernels();
 // DNNL_MAX_CPU_ISA (oneDNN's own setting, e.g. AVX512_CORE) lowers what oneDNN may use.
 bool cpu_has_bf16();
 std::string cpu_bf16_missing();  // why not, naming the ISA oneDNN found; "" when present
+
+// The GEMMs the CPU table ran while recording was on, one entry per distinct call (for `ptrain
+// bench step --gemm-table`, which replays each one on both libraries).
+struct CpuGemmShape {
+  bool bf16 = false, trans_a = false, trans_b = false;
+  int M = 0, N = 0, K = 0, lda = 0, ldb = 0, ldc = 0, count = 1;
+  int64_t stride_a = 0, stride_b = 0, stride_c = 0;
+  float alpha = 1, beta = 0;
+  int64_t calls = 0;  // how often it ran
+  double flops() const { return 2.0 * M * N * double(K) * count; }
+};
+void cpu_gemm_record(bool on);                  // true: clears and starts; false: stops
+std::vector<CpuGemmShape> cpu_gemm_recorded();  // by total FLOPs, largest first
+// Which library auto picks for an fp32 GEMM of this shape.
+const char* cpu_gemm_auto_choice(bool trans_a, bool trans_b, int M, int N, int K);
 
 }  // namespace ptrain::tensor
