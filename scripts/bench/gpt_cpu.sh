@@ -14,6 +14,8 @@ REPEATS=${REPEATS:-5}
 STEPS=${STEPS:-10}
 PY=/usr/bin/python3
 [[ -x $PY ]] || PY=python3
+# What ptrain's launcher gives its workers (lib/launch/src/agent.cc); the same for PyTorch.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 work=$(mktemp -d /tmp/ptrain-bench-gpt-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
@@ -21,7 +23,7 @@ torch_version=$($PY -c 'import torch; print(torch.__version__)' 2>/dev/null) ||
   { echo "bench gpt: PyTorch is missing (Debian's python3-torch; PTRAIN_SETUP_TORCH=1 scripts/setup.sh)" >&2; exit 2; }
 echo "bench gpt: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), threads $THREADS, $REPEATS runs of $STEPS steps, PyTorch $torch_version"
 "$BIN" --version | sed -n 's/^cpu kernels: /ptrain cpu kernels: /p'
-echo "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}"
+echo "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)} OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
 
 for i in $(seq 1 "$REPEATS"); do
   "$BIN" bench step --threads "$THREADS" --steps "$STEPS" >"$work/fp32-$i" 2>&1 ||
