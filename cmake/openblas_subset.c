@@ -7,4 +7,6 @@ void* const ptrain_openblas_entry_points[] = {
     (void*)&cblas_sgemm,
     (void*)&openblas_set_num_threads,
     (void*)&openblas_get_num_threads,
+    (void*)&openblas_get_corename,
+    (void*)&openblas_get_config,
 };

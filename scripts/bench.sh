@@ -11,6 +11,9 @@
 #                          python3-torch; the same ResNet, batch, SGD and threads) for the shipped
 #                          Fashion-MNIST model and ResNet-18 on 32x32 CIFAR-shaped images, and the
 #                          BatchNorm allreduce cost of batch_norm: sync against local (2 workers).
+#   scripts/bench.sh gpt [THREADS]  the bench GPT step on the CPU against PyTorch (same model,
+#                          threads): fp32, bf16, ratios, and the model GFLOP/s over the best GEMM
+#                          rate of the same run (scripts/bench/gpt_cpu.sh).
 # PTRAIN_BUILD_DIR picks the build (default build); STEPS (default 20) steps per dp run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +33,9 @@ case "$cmd" in
   bert) exec scripts/bench-bert.sh "$@" ;;  # BERT masked-LM figures (scripts/bench-bert.sh)
   dlrm) exec scripts/bench-dlrm.sh "$@" ;;  # DLRM samples/s, 1 and 2 workers, vs PyTorch
   tokenizer) exec scripts/bench/tokenizer.sh "$BIN" "$@" ;;  # GPT-2 BPE MB/s vs the reference; event writer us/step
+  gpt) exec scripts/bench/gpt_cpu.sh "$BIN" "$@" ;;  # the bench GPT on the CPU vs PyTorch
   *)
-    echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp|bert|dlrm|resnet [args]" >&2
+    echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp|bert|dlrm|resnet|gpt|tokenizer [args]" >&2
     exit 2
     ;;
 esac

@@ -13,14 +13,14 @@
 #
 # Environment: PTRAIN_BUILD_DIR (default build), PTRAIN_DIST_DIR (default dist),
 # PTRAIN_BUNDLE_NO_BUILD=1 (use the build as it is), PTRAIN_JOBS (default 2), PTRAIN_BUNDLE_MAX_MIB
-# (default 63: the size limit, under the 64 MiB a device check may carry; 60 until the GPT-2
-# tokenizer brought libpcre2-8 and its merges).
+# (default 60: the limit on the .tar.gz, which is what a device check carries, 64 MiB in all;
+# the unpacked tree is larger: oneDNN's library alone is 38 MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BUILD_DIR=$(realpath -m "${PTRAIN_BUILD_DIR:-build}")
 DIST_DIR=$(realpath -m "${PTRAIN_DIST_DIR:-dist}")
-MAX_MIB=${PTRAIN_BUNDLE_MAX_MIB:-63}
+MAX_MIB=${PTRAIN_BUNDLE_MAX_MIB:-60}
 
 die() { echo "bundle: $*" >&2; exit 1; }
 for tool in patchelf strip ldd tar; do
@@ -202,11 +202,15 @@ install -m 755 "$ROOT/scripts/gpu-check.sh" "$OUT/bin/gpu-check.sh"
 mkdir -p "$OUT/share/ptrain/configs"
 cp "$ROOT"/configs/*.yaml "$OUT/share/ptrain/configs/" 2>/dev/null || true
 
-# --- size check and archive ---
-# In KiB: `du -sm` rounds up, so a 59.2 MiB bundle would read as 60 and fail a 60 MiB limit.
-size_kib=$(du -sk "$OUT" | cut -f1)
-size_mib=$(((size_kib + 1023) / 1024))
-((size_kib < MAX_MIB * 1024)) || die "$OUT is ${size_kib} KiB, over the ${MAX_MIB} MiB limit"
+# --- archive and size check ---
+# The limit is on the .tar.gz, what a device check carries; in KiB, as `du -sm` would round up.
 tar -C "$DIST_DIR" -czf "$OUT.tar.gz" "$NAME"
+size_mib=$((($(du -sk "$OUT" | cut -f1) + 1023) / 1024))
+archive_kib=$(($(stat -c %s "$OUT.tar.gz") / 1024))
+if ((archive_kib >= MAX_MIB * 1024)); then
+  rm -f "$OUT.tar.gz"
+  die "$OUT.tar.gz is ${archive_kib} KiB, over the ${MAX_MIB} MiB limit"
+fi
 echo "bundle: $OUT (${size_mib} MiB; CUDA libraries looked up at run time: ${CUDA_LIBS:-none})"
-echo "bundle: $OUT.tar.gz"
+echo "bundle: $OUT.tar.gz ($(((archive_kib + 1023) / 1024)) MiB: carry this file to a device machine;" \
+  "gpu-check.sh ARCHIVE unpacks it)"

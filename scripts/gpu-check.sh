@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, run ON a GPU machine from a bundle (scripts/bundle.sh), with no build there:
-#   dist/ptrain-<version>-linux-x86_64/bin/gpu-check.sh      (or scripts/gpu-check.sh BUNDLE_DIR)
+#   dist/ptrain-<version>-linux-x86_64/bin/gpu-check.sh      (or scripts/gpu-check.sh BUNDLE_DIR,
+#   or scripts/gpu-check.sh dist/ptrain-<version>-linux-x86_64.tar.gz, which it unpacks first)
 # Prints the device, runs the GPU tests and the op perf mode (kernel timings, bf16 GEMM rate),
 # `ptrain bench step --device cuda` for the bench GPT (fp32) and GPT-2 124M (seq 1024, batch 8,
 # bf16, then fp32) with tokens/s and MFU against the GEMM rate measured in the same run, a
@@ -10,7 +11,12 @@
 set -uo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-if [[ $# -ge 1 ]]; then
+if [[ $# -ge 1 && -f $1 && $1 == *.tar.gz ]]; then
+  # The archive scripts/bundle.sh writes beside the folder (what a device check carries).
+  unpack=$(mktemp -d /tmp/ptrain-bundle.XXXXXX)
+  tar -C "$unpack" -xzf "$1" || { echo "gpu-check: cannot unpack $1" >&2; exit 2; }
+  BUNDLE=$(ls -d "$unpack"/ptrain-*-linux-x86_64 2>/dev/null | tail -n 1)
+elif [[ $# -ge 1 ]]; then
   BUNDLE=$(cd "$1" && pwd)
 elif [[ -x $script_dir/ptrain && -d $script_dir/../libexec ]]; then
   BUNDLE=$(cd "$script_dir/.." && pwd)

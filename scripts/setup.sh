@@ -12,6 +12,7 @@ PKGS=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libgloo-dev libopenblas-dev zlib1g-dev
+  libdnnl-dev
   dataset-fashion-mnist
   openssh-client openssh-server clang-format iproute2 procps patchelf file
   libpcre2-dev chromium

@@ -1,8 +1,9 @@
 // `ptrain bench step [job.yaml] [--device cpu|cuda] [--threads N] [--steps N] [--warmup N]
 // [--precision fp32|bf16] [--model bench|gpt2-124m] [--batch B] [--seq T]`: times whole training
 // steps (forward, backward, clipping, AdamW) of a GPT on one process and prints ms/step, tokens/s,
-// achieved model GFLOP/s and the MFU: that rate over the GEMM rate measured in the same run
-// (sgemm 2048^3 on CPU; a bf16 -- or fp32 -- GEMM 8192^3 on CUDA).
+// achieved model GFLOP/s and the MFU: that rate over the best GEMM rate measured in the same run
+// (on CPU: OpenBLAS and oneDNN fp32, and oneDNN bf16, at 1024^3 and 2048^3, naming the kernels;
+// on CUDA: a bf16 -- or fp32 -- GEMM 8192^3).
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -19,6 +20,7 @@
 #include "ptrain/nn/model.h"
 #include "ptrain/optim/clip.h"
 #include "ptrain/spec/spec.h"
+#include "ptrain/tensor/cpu_kernels.h"
 #include "ptrain/tensor/tensor.h"
 #include "ptrain/train/metrics.h"
 #include "ptrain/train/setup.h"
@@ -36,6 +38,7 @@ struct BenchStepArgs {
   int warmup = 2;
   int batch = 0;  // 0 = the model's default
   int seq = 0;
+  bool gemm_table = false;  // CPU: replay each GEMM of a step on OpenBLAS and oneDNN
 };
 
 // A key's value as the spec would write it.
@@ -93,9 +96,119 @@ spec::JobSpec bench_spec(const BenchStepArgs& a) {
   return s;
 }
 
-// The GEMM rate this run compares against, in GFLOP/s.
+// The CPU GEMM rates of this run (GFLOP/s, best over sizes and repeats): each library forced in
+// turn through the op table, then the table's own choice restored.
+struct CpuGemmRates {
+  double openblas = 0, dnnl = 0, dnnl_bf16 = 0;  // dnnl_bf16 0: no native bf16
+  double best_fp32() const { return std::max(openblas, dnnl); }
+  double best(bool bf16) const { return bf16 ? std::max(dnnl_bf16, best_fp32()) : best_fp32(); }
+};
+
+double cpu_gemm_rate(tensor::CpuGemm mode, bool bf16, int n) {
+  const tensor::Ops& o = tensor::cpu_ops();
+  const tensor::CpuGemm saved = tensor::cpu_gemm_mode();
+  tensor::set_cpu_gemm(mode);
+  const size_t nn = size_t(n) * n;
+  std::vector<float> a(nn, 0.5f), b(nn, 0.25f), c(nn, 0.f);
+  std::vector<uint16_t> ah(bf16 ? nn : 0), bh(bf16 ? nn : 0);
+  if (bf16) {
+    o.f32_to_bf16(ah.data(), a.data(), nn);
+    o.f32_to_bf16(bh.data(), b.data(), nn);
+  }
+  auto run = [&] {
+    if (bf16)
+      o.gemm_bf16(false, false, n, n, n, 1.f, ah.data(), n, bh.data(), n, 0.f, c.data(), n);
+    else
+      o.gemm(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+  };
+  run();
+  double best = 1e30;
+  for (int r = 0; r < 3; ++r) {
+    double t0 = mono_seconds();
+    run();
+    best = std::min(best, mono_seconds() - t0);
+  }
+  tensor::set_cpu_gemm(saved);
+  return 2.0 * n * double(n) * n / best / 1e9;
+}
+
+CpuGemmRates measure_cpu_gemms() {
+  CpuGemmRates r;
+  for (int n : {1024, 2048}) {
+    r.openblas = std::max(r.openblas, cpu_gemm_rate(tensor::CpuGemm::kOpenBlas, false, n));
+    r.dnnl = std::max(r.dnnl, cpu_gemm_rate(tensor::CpuGemm::kDnnl, false, n));
+    if (tensor::cpu_has_bf16())
+      r.dnnl_bf16 = std::max(r.dnnl_bf16, cpu_gemm_rate(tensor::CpuGemm::kDnnl, true, n));
+  }
+  return r;
+}
+
+// Seconds one recorded GEMM takes in `mode` (best of several runs on fresh zero buffers).
+double replay_seconds(const tensor::CpuGemmShape& g, tensor::CpuGemm mode) {
+  const tensor::Ops& o = tensor::cpu_ops();
+  const tensor::CpuGemm saved = tensor::cpu_gemm_mode();
+  tensor::set_cpu_gemm(mode);
+  auto span = [&](int rows, int ld, int64_t stride) {
+    return size_t(stride) * (g.count - 1) + size_t(rows) * ld + 1;
+  };
+  const size_t na = span(g.trans_a ? g.K : g.M, g.lda, g.stride_a);
+  const size_t nb = span(g.trans_b ? g.N : g.K, g.ldb, g.stride_b);
+  std::vector<float> a(na, 0.5f), b(nb, 0.25f), c(span(g.M, g.ldc, g.stride_c), 0.f);
+  std::vector<uint16_t> ah(g.bf16 ? na : 0, 0x3f00), bh(g.bf16 ? nb : 0, 0x3e80);
+  auto run = [&] {
+    if (g.bf16)
+      o.gemm_bf16_strided_batched(g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, ah.data(), g.lda,
+                                  g.stride_a, bh.data(), g.ldb, g.stride_b, g.beta, c.data(), g.ldc,
+                                  g.stride_c, g.count);
+    else
+      o.gemm_strided_batched(g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, a.data(), g.lda,
+                             g.stride_a, b.data(), g.ldb, g.stride_b, g.beta, c.data(), g.ldc,
+                             g.stride_c, g.count);
+  };
+  run();
+  const int reps = int(std::clamp(2e8 / std::max(g.flops(), 1.0), 3.0, 200.0));
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    double t0 = mono_seconds();
+    run();
+    best = std::min(best, mono_seconds() - t0);
+  }
+  tensor::set_cpu_gemm(saved);
+  return best;
+}
+
+// The GEMMs of the timed steps, each replayed on both libraries, and what auto picks.
+void print_gemm_table(int steps) {
+  auto shapes = tensor::cpu_gemm_recorded();
+  std::printf("GEMMs of one step, replayed on each library (GFLOP/s; %zu distinct):\n",
+              shapes.size());
+  std::printf("  %5s %-4s %-17s %-15s %5s %4s %9s %9s %5s %8s\n", "calls", "op", "M x N x K",
+              "lda ldb ldc", "batch", "beta", "OpenBLAS", "oneDNN", "auto", "ms/step");
+  double total_ms = 0;
+  for (const auto& g : shapes) {
+    const double calls = double(g.calls) / steps;
+    const double blas = replay_seconds(g, tensor::CpuGemm::kOpenBlas);
+    const double dnnl = replay_seconds(g, tensor::CpuGemm::kDnnl);
+    const char* pick = g.bf16 ? (tensor::cpu_has_bf16() ? "dnnl" : "openblas")
+                              : tensor::cpu_gemm_auto_choice(g.trans_a, g.trans_b, g.M, g.N, g.K);
+    const double ms = calls * (std::string(pick) == "dnnl" ? dnnl : blas) * 1e3;
+    total_ms += ms;
+    std::printf(
+        "  %5.0f %-4s %-17s %-15s %5d %4g %9.1f %9.1f %5s %8.2f\n", calls,
+        fmt::format("{}{}{}", g.bf16 ? "h" : "", g.trans_a ? "T" : "N", g.trans_b ? "T" : "N")
+            .c_str(),
+        fmt::format("{}x{}x{}", g.M, g.N, g.K).c_str(),
+        fmt::format("{} {} {}", g.lda, g.ldb, g.ldc).c_str(), g.count, g.beta,
+        g.flops() / blas / 1e9, g.flops() / dnnl / 1e9, pick, ms);
+  }
+  std::printf(
+      "  GEMM time of one step with auto's choices: %.2f ms (op hNN etc.: bf16 inputs, "
+      "OpenBLAS column: widened to fp32)\n",
+      total_ms);
+}
+
+// The CUDA GEMM rate this run compares against, in GFLOP/s.
 double gemm_peak_gflops(tensor::Device device, bool bf16) {
-  if (device == tensor::Device::kCpu) return train::measure_sgemm_gflops(2048, 3);
   const tensor::Ops& o = tensor::ops(device);
   const int n = 8192;
   const size_t nn = size_t(n) * n;
@@ -170,6 +283,8 @@ int bench_step(const BenchStepArgs& a) {
     o.synchronize();
   };
   for (int i = 0; i < a.warmup; ++i) step();
+  const bool table = a.gemm_table && device == tensor::Device::kCpu;
+  if (table) tensor::cpu_gemm_record(true);
   std::vector<double> ms;
   for (int i = 0; i < a.steps; ++i) {
     double t0 = mono_seconds();
@@ -178,12 +293,16 @@ int bench_step(const BenchStepArgs& a) {
   }
   if (!std::isfinite(loss))
     throw Error(fmt::format("bench step: the loss became {}", loss), "lower the learning rate");
+  if (table) tensor::cpu_gemm_record(false);
   std::sort(ms.begin(), ms.end());
   double median = ms[ms.size() / 2];
   double flops = model->train_flops(B, T);
   double gflops = flops / (median / 1e3) / 1e9;
   double tokens_per_s = targets / (median / 1e3);
-  double peak = gemm_peak_gflops(device, bf16);
+  const bool cpu = device == tensor::Device::kCpu;
+  CpuGemmRates rates;
+  if (cpu) rates = measure_cpu_gemms();
+  double peak = cpu ? rates.best(bf16) : gemm_peak_gflops(device, bf16);
 
   std::string what = a.job.empty() ? a.model : a.job;
   std::string keys;
@@ -197,15 +316,30 @@ int bench_step(const BenchStepArgs& a) {
   std::printf("step time: median %.2f ms (min %.2f, max %.2f); loss %.4f\n", median, ms.front(),
               ms.back(), loss);
   std::printf("model FLOPs per step: %.3f GFLOP\n", flops / 1e9);
-  std::string gemm_name = device == tensor::Device::kCpu ? "sgemm 2048^3"
-                          : bf16                         ? "bf16 GEMM 8192^3"
-                                                         : "fp32 GEMM 8192^3";
-  std::printf("%s: %.1f GFLOP/s\n", gemm_name.c_str(), peak);
+  std::string extra;
+  if (cpu) {
+    const char* mode = tensor::cpu_gemm_name(tensor::cpu_gemm_mode());
+    std::printf("cpu kernels: %s; GEMMs: %s; bf16: %s\n", tensor::cpu_kernels().c_str(), mode,
+                tensor::cpu_has_bf16() ? "oneDNN native" : "widened to fp32 (no bf16 ISA)");
+    std::printf(
+        "GEMM 1024^3/2048^3, best: OpenBLAS fp32 %.1f, oneDNN fp32 %.1f, oneDNN bf16 %s "
+        "GFLOP/s\n",
+        rates.openblas, rates.dnnl,
+        rates.dnnl_bf16 > 0 ? fmt::format("{:.1f}", rates.dnnl_bf16).c_str() : "-");
+    std::printf("model %.1f GFLOP/s = %.3f of the best %s GEMM rate (%.1f GFLOP/s)\n", gflops,
+                gflops / peak, bf16 ? "bf16" : "fp32", peak);
+    if (table) print_gemm_table(a.steps);
+    extra =
+        fmt::format(" gemm={} openblas_gflops={:.1f} dnnl_gflops={:.1f} dnnl_bf16_gflops={:.1f}",
+                    mode, rates.openblas, rates.dnnl, rates.dnnl_bf16);
+  } else {
+    std::printf("%s: %.1f GFLOP/s\n", bf16 ? "bf16 GEMM 8192^3" : "fp32 GEMM 8192^3", peak);
+  }
   std::printf(
       "RESULT device=%s model=%s precision=%s threads=%d ms_per_step=%.2f "
-      "tokens_per_s=%.0f gflops=%.1f gemm_gflops=%.1f mfu=%.3f\n",
+      "tokens_per_s=%.0f gflops=%.1f gemm_gflops=%.1f mfu=%.3f%s\n",
       o.name, what.c_str(), s.train.precision.c_str(), threads, median, tokens_per_s, gflops, peak,
-      gflops / peak);
+      gflops / peak, extra.c_str());
   std::fflush(stdout);
   return 0;
 }
@@ -224,6 +358,8 @@ PTRAIN_BENCH({"step",
                     ->capture_default_str();
                 sub.add_option("--batch", a->batch, "sequences per step (default: the model's)");
                 sub.add_option("--seq", a->seq, "tokens per sequence (default: the model's)");
+                sub.add_flag("--gemm-table", a->gemm_table,
+                             "CPU: replay each GEMM of a step on OpenBLAS and oneDNN");
                 return [a] { return bench_step(*a); };
               }});
 

@@ -10,6 +10,7 @@
 #include "ptrain/core/error.h"
 #include "ptrain/core/log.h"
 #include "ptrain/models/registry.h"
+#include "ptrain/tensor/cpu_kernels.h"
 #include "ptrain/tensor/cuda_plugin.h"
 
 namespace ptrain::cli {
@@ -54,12 +55,15 @@ static std::string version_string() {
   }
   return fmt::format("ptrain {} (commit {})\nfeatures: cuda={} nccl={} gloo=yes{}", PTRAIN_VERSION,
                      PTRAIN_GIT_COMMIT, yes_no[PTRAIN_BUILT_WITH_CUDA],
-                     yes_no[PTRAIN_BUILT_WITH_CUDA], plugin);
+                     yes_no[PTRAIN_BUILT_WITH_CUDA], plugin) +
+         fmt::format("\ncpu kernels: {}; GEMMs: {}; bf16: {}", ptrain::tensor::cpu_kernels(),
+                     ptrain::tensor::cpu_gemm_name(ptrain::tensor::cpu_gemm_mode()),
+                     ptrain::tensor::cpu_has_bf16() ? "native" : "none (fp32 only)");
 }
 
 static int run_main(int argc, char** argv) {
   CLI::App app{"ptrain: launch and run distributed training jobs"};
-  app.set_version_flag("--version", version_string());
+  app.set_version_flag("--version", version_string);  // built when asked (it queries oneDNN)
   app.require_subcommand(1);
   app.fallthrough();
   auto& global = global_options();

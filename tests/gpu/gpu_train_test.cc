@@ -1,6 +1,6 @@
 // The trainer on CUDA: its loss curve equals the CPU run's (fp32, to float tolerance); bf16
 // tracks fp32; ranks sharing one GPU train through Gloo with host staging (plain and ZeRO-1)
-// and match one rank. Skips without a device; the CPU-only refusal of bf16 runs everywhere.
+// and match one rank. Skips without a device (bf16 on the CPU: tests/train/cpu_bf16_test.cc).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -93,18 +93,6 @@ TEST(GpuTrain, TwoRanksSharingTheGpuMatchOneRank) {
   expect_close(losses(run_shared_gpu(spec)), one, 1e-4);
   spec.parallel.zero = 1;
   expect_close(losses(run_shared_gpu(spec)), one, 1e-4);
-}
-
-TEST(GpuTrain, Bf16OnCpuIsAConfigError) {
-  auto spec = tiny_gpt_spec(1);
-  spec.train.precision = "bf16";
-  try {
-    testing::run_ranks(spec);
-    FAIL() << "bf16 on CPU trained";
-  } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("bf16 needs nodes.device cuda"), std::string::npos)
-        << e.what();
-  }
 }
 
 }  // namespace

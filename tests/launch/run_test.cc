@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -90,6 +91,13 @@ TEST_F(RunTest, CommandJobGetsTheTorchrunEnvironmentAndLogsEachRank) {
   EXPECT_TRUE(fs::exists(dir + "/job.yaml"));
   EXPECT_TRUE(fs::exists(dir + "/launcher.log"));
   EXPECT_TRUE(contains(read_file(dir + "/summary.json"), "\"status\": \"succeeded\""));
+}
+
+TEST_F(RunTest, WorkersGetPassiveOpenMpWaitingUnlessSet) {
+  if (std::getenv("OMP_WAIT_POLICY")) GTEST_SKIP() << "OMP_WAIT_POLICY is set for this test run";
+  Ptrain p({"run", spec(kTwoCommand + "command: [sh, -c, 'echo wait=$OMP_WAIT_POLICY']\n")});
+  ASSERT_EQ(p.finish(), 0) << p.err;
+  EXPECT_TRUE(contains(p.out, "[rank 1] wait=passive")) << p.out;
 }
 
 TEST_F(RunTest, RanksLogsMergeInTimeOrder) {

@@ -13,6 +13,7 @@
 #include "ptrain/nn/gemm_bf16.h"
 #include "ptrain/nn/init.h"
 #include "ptrain/nn/layers.h"
+#include "ptrain/tensor/cpu_kernels.h"
 #include "shared/vocab_parallel.h"
 
 namespace ptrain::nn {
@@ -188,9 +189,10 @@ void validate(const GptConfig& c) {
   if (c.precision != "fp32" && c.precision != "bf16")
     throw ConfigError(fmt::format("train.precision '{}' is not fp32 or bf16", c.precision),
                       "set train.precision: fp32 or bf16");
-  if (c.precision == "bf16" && c.device != tensor::Device::kCuda)
-    throw ConfigError("train.precision bf16 needs nodes.device cuda",
-                      "set train.precision: fp32 to train on the CPU");
+  if (c.precision == "bf16" && c.device == tensor::Device::kCpu && !tensor::cpu_has_bf16())
+    throw ConfigError("train.precision bf16 on the CPU: " + tensor::cpu_bf16_missing(),
+                      "set train.precision: fp32 on this machine, or run on one with AVX512-BF16 "
+                      "or AMX (or nodes.device: cuda)");
   positive(c.tp_size, "tensor");
   if (c.heads % c.tp_size != 0 || c.vocab % c.tp_size != 0) {
     throw ConfigError(fmt::format("model.heads {} and model.vocab {} must be divisible by "

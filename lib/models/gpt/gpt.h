@@ -34,7 +34,7 @@ struct GptConfig {
   int tp_rank = 0;
   tensor::Device device = tensor::Device::kCpu;
   // "fp32", or "bf16": GEMMs on bf16 copies of weights and inputs (fp32 accumulation, fp32
-  // master weights and everything else); CUDA only.
+  // master weights and everything else); on CUDA, and on a CPU with bf16 instructions.
   std::string precision = "fp32";
 };
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu_gemm.h"
 #include "cpu_math.h"
 #include "cpu_ops_internal.h"
 #include "cpu_parallel.h"
@@ -25,8 +26,7 @@ float* scratch(std::vector<float>& buf, size_t n) {
 
 void sgemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
-              K, alpha, A, lda, B, ldb, beta, C, ldc);
+  gemm_f32(ta, tb, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
 // Row i of s (length `len` = i + 1 visible keys): in place softmax, returns the log-sum-exp.

@@ -1,8 +1,7 @@
-// The CPU op table: OpenBLAS for GEMMs (bf16 ones widen their inputs to fp32 first), plain loops
+// The CPU op table: oneDNN or OpenBLAS for GEMMs (cpu_gemm.h picks per shape; bf16 ones run on
+// oneDNN's bf16 kernels, or widen their inputs to fp32 where the CPU has none), plain loops
 // (vectorized by the compiler) for the rest. Attention lives in cpu_attention.cc. Conventions
 // are those of ops.h.
-#include <cblas.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -10,10 +9,12 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_gemm.h"
 #include "cpu_math.h"
 #include "cpu_ops_internal.h"
 #include "cpu_parallel.h"
 #include "ptrain/core/error.h"
+#include "ptrain/tensor/cpu_kernels.h"
 #include "ptrain/tensor/ops.h"
 #include "ptrain/tensor/tensor.h"
 
@@ -46,32 +47,45 @@ void synchronize() {}
 // --- GEMM ---
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
           const float* B, int ldb, float beta, float* C, int ldc) {
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  gemm_f32(trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
 void gemm_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                           const float* A, int lda, int64_t stride_a, const float* B, int ldb,
                           int64_t stride_b, float beta, float* C, int ldc, int64_t stride_c,
                           int count) {
-  for (int i = 0; i < count; ++i) {
-    gemm(trans_a, trans_b, M, N, K, alpha, A + i * stride_a, lda, B + i * stride_b, ldb, beta,
-         C + i * stride_c, ldc);
-  }
+  if (count <= 0) return;
+  gemm_f32(trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc,
+           stride_c, count);
 }
 
-// --- bf16: conversions, and GEMMs that widen bf16 A and B to fp32 and run the fp32 GEMM ---
-// (exact products of the rounded inputs with fp32 accumulation, which is what cuBLAS computes
-// up to summation order).
+// --- bf16: conversions, and GEMMs on oneDNN's bf16 kernels (exact products of the rounded
+// inputs, fp32 accumulation: what cuBLAS computes up to summation order), or, on a CPU without
+// them or with PTRAIN_CPU_GEMM=openblas, by widening bf16 A and B to fp32 for the fp32 GEMM ---
+// The scalar helpers of tensor.h (nearest even; NaN stays a quiet NaN), branch-free so that the
+// loops vectorize: the bf16 path converts every GEMM input.
+PTRAIN_HOT void f32_to_bf16_range(uint16_t* out, const float* inp, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &inp[i], 4);
+    const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    out[i] = static_cast<uint16_t>(nan ? (bits >> 16) | 0x0040u : rounded);
+  }
+}
+PTRAIN_HOT void bf16_to_f32_range(float* out, const uint16_t* inp, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(inp[i]) << 16;
+    std::memcpy(&out[i], &bits, 4);
+  }
+}
 void f32_to_bf16(uint16_t* out, const float* inp, size_t n) {
-  parallel_for(n, kGrainElems, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) out[i] = float_to_bf16(inp[i]);
-  });
+  parallel_for(n, kGrainElems,
+               [&](int64_t i0, int64_t i1) { f32_to_bf16_range(out + i0, inp + i0, i1 - i0); });
 }
 void bf16_to_f32(float* out, const uint16_t* inp, size_t n) {
-  parallel_for(n, kGrainElems, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) out[i] = bf16_to_float(inp[i]);
-  });
+  parallel_for(n, kGrainElems,
+               [&](int64_t i0, int64_t i1) { bf16_to_f32_range(out + i0, inp + i0, i1 - i0); });
 }
 
 // Elements a row-major operand of `rows` x `cols` with leading dimension `ld` spans, repeated
@@ -93,6 +107,14 @@ void gemm_bf16_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, 
                                int ldb, int64_t stride_b, float beta, float* C, int ldc,
                                int64_t stride_c, int count) {
   if (count <= 0) return;
+  record_bf16(trans_a, trans_b, M, N, K, alpha, lda, stride_a, ldb, stride_b, beta, ldc, stride_c,
+              count);
+  const CpuGemm mode = cpu_gemm_mode();
+  if (mode == CpuGemm::kDnnl || (mode == CpuGemm::kAuto && dnnl_has_bf16())) {
+    gemm_bf16_dnnl(trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C,
+                   ldc, stride_c, count);
+    return;
+  }
   // Stored shapes: A is MxK (KxM when transposed), B is KxN (NxK when transposed).
   auto a = widen(A, span_elems(trans_a ? K : M, trans_a ? M : K, lda, stride_a, count));
   auto b = widen(B, span_elems(trans_b ? N : K, trans_b ? K : N, ldb, stride_b, count));

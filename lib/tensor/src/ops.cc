@@ -4,9 +4,13 @@
 #include <cblas.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 
+#include "cpu_gemm.h"
 #include "cpu_ops_internal.h"
 #include "ptrain/core/error.h"
+#include "ptrain/tensor/cpu_kernels.h"
 #include "ptrain/tensor/cuda_plugin.h"
 
 #ifdef PTRAIN_WITH_CUDA
@@ -16,7 +20,19 @@
 namespace ptrain::tensor {
 namespace {
 std::atomic<int> g_cpu_threads{1};
+
+CpuGemm gemm_mode_from_env() {
+  const char* v = std::getenv("PTRAIN_CPU_GEMM");
+  if (!v || !*v || std::strcmp(v, "auto") == 0) return CpuGemm::kAuto;
+  if (std::strcmp(v, "openblas") == 0) return CpuGemm::kOpenBlas;
+  if (std::strcmp(v, "dnnl") == 0) return CpuGemm::kDnnl;
+  throw ConfigError(fmt::format("PTRAIN_CPU_GEMM={} is not auto, openblas or dnnl", v),
+                    "unset PTRAIN_CPU_GEMM, or set it to auto, openblas or dnnl");
 }
+
+// -1 until the environment has been read.
+std::atomic<int> g_cpu_gemm{-1};
+}  // namespace
 
 const Ops& cpu_ops() {
   return cpu::table();
@@ -47,10 +63,58 @@ void set_cpu_threads(int threads) {
   }
   g_cpu_threads.store(threads);
   openblas_set_num_threads(threads);
+  cpu_gemm_mode();  // a bad PTRAIN_CPU_GEMM fails here, at setup, not inside a kernel
 }
 
 int cpu_threads() {
   return g_cpu_threads.load();
+}
+
+void set_cpu_gemm(CpuGemm mode) {
+  g_cpu_gemm.store(int(mode));
+}
+
+CpuGemm cpu_gemm_mode() {
+  int m = g_cpu_gemm.load();
+  if (m < 0) {
+    m = int(gemm_mode_from_env());
+    int unset = -1;
+    if (!g_cpu_gemm.compare_exchange_strong(unset, m)) m = unset;
+  }
+  return CpuGemm(m);
+}
+
+const char* cpu_gemm_name(CpuGemm mode) {
+  switch (mode) {
+    case CpuGemm::kOpenBlas:
+      return "openblas";
+    case CpuGemm::kDnnl:
+      return "dnnl";
+    default:
+      return "auto";
+  }
+}
+
+std::string cpu_kernels() {
+  std::string blas = openblas_get_config();
+  // "OpenBLAS 0.3.21 DYNAMIC_ARCH ..." -> "OpenBLAS 0.3.21"
+  size_t sp = blas.find(' ');
+  if (sp != std::string::npos) sp = blas.find(' ', sp + 1);
+  if (sp != std::string::npos) blas.resize(sp);
+  return fmt::format("oneDNN {} (ISA {}), {} (core {})", cpu::dnnl_version_string(),
+                     cpu::dnnl_isa_name(), blas, cpu::openblas_core_name());
+}
+
+bool cpu_has_bf16() {
+  return cpu::dnnl_has_bf16();
+}
+
+std::string cpu_bf16_missing() {
+  if (cpu_has_bf16()) return "";
+  return fmt::format(
+      "this CPU has no bf16 dot-product instructions (AVX512-BF16 or AMX): oneDNN dispatches to "
+      "{}",
+      cpu::dnnl_isa_name());
 }
 
 }  // namespace ptrain::tensor

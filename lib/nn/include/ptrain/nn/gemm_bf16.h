@@ -1,6 +1,7 @@
 // bf16 mixed precision for a model's GEMMs: a bf16 shadow of the fp32 master weights (refreshed
 // once per forward pass) and bf16 copies of the GEMM inputs; accumulation and outputs stay fp32.
-// Internal to nn: Gpt uses it when GptConfig::precision is bf16 (CUDA only; tensor cores).
+// Internal to nn: Gpt uses it when GptConfig::precision is bf16 (CUDA tensor cores, or oneDNN's
+// bf16 kernels on a CPU with AVX512-BF16 or AMX).
 #pragma once
 
 #include <cstddef>
