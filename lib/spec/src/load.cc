@@ -236,7 +236,7 @@ void read_parallel(Reader& r, const MapView& m, ParallelSpec& p) {
   m.read_enum("schedule", p.schedule, {"gpipe", "1f1b"});
   m.read("microbatches", p.microbatches, 1, 1 << 16);
   if (m.has("stages")) p.stages = r.as_int_list(m.path("stages"), m.get("stages"), 1, 1 << 20);
-  m.read_enum("comm", p.comm, {"auto", "gloo", "nccl"});
+  m.read_enum("comm", p.comm, {"auto", "gloo", "nccl", "shm"});
 }
 
 // The `model:` section: `type` picks the family, whose schema (spec/model_schema.h) names the

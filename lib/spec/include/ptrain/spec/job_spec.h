@@ -64,7 +64,7 @@ struct ParallelSpec {
   std::string schedule = "1f1b";  // gpipe|1f1b
   int microbatches = 1;
   std::vector<int> stages;    // layer counts per pipeline stage; empty = balanced
-  std::string comm = "auto";  // auto|gloo|nccl
+  std::string comm = "auto";  // auto|gloo|nccl|shm
 
   bool operator==(const ParallelSpec&) const = default;
 };
