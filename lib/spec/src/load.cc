@@ -467,7 +467,8 @@ void read_train(Reader& r, const MapView& m, TrainSpec& t) {
 }
 
 void read_checkpoint(Reader& r, const MapView& m, CheckpointSpec& c, const std::string& base_dir) {
-  m.allow({"every", "dir", "keep", "resume"});
+  m.allow({"every", "dir", "keep", "resume", "async"});
+  m.read("async", c.async);
   m.read("every", c.every, 0, INT32_MAX);
   if (m.has("dir")) c.dir = resolve_path(base_dir, r.as_string(m.path("dir"), m.get("dir")));
   m.read("keep", c.keep, 0, 1 << 20);

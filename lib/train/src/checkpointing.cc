@@ -4,7 +4,9 @@
 #include <fmt/ranges.h>
 #include <sys/stat.h>
 
+#include <cstdio>
 #include <cstring>
+#include <utility>
 
 #include "ptrain/core/error.h"
 #include "ptrain/data/safetensors.h"
@@ -185,6 +187,14 @@ data::CheckpointManifest save_training_state(
     const std::string& dir, int keep, int64_t step, const FullState& model,
     const std::vector<std::pair<std::string, FullState>>& optim, const optim::Optimizer& optimizer,
     std::map<std::string, std::string> metadata) {
+  return save_training_state(dir, keep, step, model, optim, optimizer.name(), optimizer.steps(),
+                             std::move(metadata));
+}
+
+data::CheckpointManifest save_training_state(
+    const std::string& dir, int keep, int64_t step, const FullState& model,
+    const std::vector<std::pair<std::string, FullState>>& optim, const std::string& optimizer_name,
+    int64_t optimizer_steps, std::map<std::string, std::string> metadata) {
   data::CheckpointData ckpt;
   ckpt.step = step;
   ckpt.model = refs(model, "");
@@ -193,12 +203,40 @@ data::CheckpointManifest save_training_state(
     ckpt.optim.insert(ckpt.optim.end(), r.begin(), r.end());
   }
   metadata["step"] = std::to_string(step);
-  metadata["optimizer"] = optimizer.name();
-  metadata["optimizer_steps"] = std::to_string(optimizer.steps());
+  metadata["optimizer"] = optimizer_name;
+  metadata["optimizer_steps"] = std::to_string(optimizer_steps);
   ckpt.metadata = std::move(metadata);
   data::CheckpointOptions opts;
   opts.keep = keep;
   return data::save_checkpoint(dir, ckpt, opts);
+}
+
+BackgroundSaver::~BackgroundSaver() {
+  if (!thread_.joinable()) return;
+  thread_.join();
+  if (error_) {
+    try {
+      std::rethrow_exception(error_);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "checkpoint: the background save failed: %s\n", e.what());
+    }
+  }
+}
+
+void BackgroundSaver::submit(std::function<void()> save) {
+  wait();
+  thread_ = std::thread([this, save = std::move(save)] {
+    try {
+      save();
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+  });
+}
+
+void BackgroundSaver::wait() {
+  if (thread_.joinable()) thread_.join();
+  if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
 }
 
 SavedState load_training_state(const data::CheckpointManifest& manifest, nn::Model& model,

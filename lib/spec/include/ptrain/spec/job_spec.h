@@ -189,6 +189,7 @@ struct CheckpointSpec {
   std::string dir;  // empty = RUN_DIR/checkpoints
   int keep = 2;
   std::string resume = "auto";  // auto|never|force (auto, even another job's)|PATH
+  bool async = true;  // write and fsync on a background thread; the step waits for the copy only
 
   bool operator==(const CheckpointSpec&) const = default;
 };
