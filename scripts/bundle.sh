@@ -202,7 +202,8 @@ mkdir -p "$OUT/share/ptrain/configs"
 cp "$ROOT"/configs/*.yaml "$OUT/share/ptrain/configs/" 2>/dev/null || true
 
 # --- size check and archive ---
-size_mib=$(du -sm "$OUT" | cut -f1)
+# Bytes, not du -sm (which rounds up: 59.05 MiB would read as 60), as the bundle test counts.
+size_mib=$(($(du -sb "$OUT" | cut -f1) / 1048576))
 ((size_mib < MAX_MIB)) || die "$OUT is ${size_mib} MiB, over the ${MAX_MIB} MiB limit"
 tar -C "$DIST_DIR" -czf "$OUT.tar.gz" "$NAME"
 echo "bundle: $OUT (${size_mib} MiB; CUDA libraries looked up at run time: ${CUDA_LIBS:-none})"

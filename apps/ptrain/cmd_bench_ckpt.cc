@@ -36,27 +36,32 @@ double seconds_since(Clock::time_point t0) {
 }
 
 // The GPT-2 tensors (Hugging Face names and shapes) of one model.
-std::vector<std::pair<std::string, std::vector<int64_t>>> gpt2_shapes(const BenchCkptArgs& a) {
+struct Shape {
+  std::string name;
+  std::vector<int64_t> dims;
+};
+std::vector<Shape> gpt2_shapes(const BenchCkptArgs& a) {
   const int64_t d = a.dim;
-  std::vector<std::pair<std::string, std::vector<int64_t>>> out = {{"wte.weight", {a.vocab, d}},
-                                                                   {"wpe.weight", {a.seq, d}}};
-  for (int i = 0; i < a.layers; ++i) {
-    const auto h = fmt::format("h.{}.", i);
-    for (const auto& [name, shape] : std::vector<std::pair<std::string, std::vector<int64_t>>>{
-             {"ln_1.weight", {d}},
-             {"ln_1.bias", {d}},
-             {"attn.c_attn.weight", {d, 3 * d}},
-             {"attn.c_attn.bias", {3 * d}},
-             {"attn.c_proj.weight", {d, d}},
-             {"attn.c_proj.bias", {d}},
-             {"ln_2.weight", {d}},
-             {"ln_2.bias", {d}},
-             {"mlp.c_fc.weight", {d, 4 * d}},
-             {"mlp.c_fc.bias", {4 * d}},
-             {"mlp.c_proj.weight", {4 * d, d}},
-             {"mlp.c_proj.bias", {d}}})
-      out.push_back({h + name, shape});
-  }
+  // Per layer: name, rows (0 = a vector), columns in units of d.
+  struct Row {
+    const char* name;
+    int64_t rows, cols;
+  };
+  static const Row kLayer[] = {
+      {"ln_1.weight", 0, 1},      {"ln_1.bias", 0, 1},          {"attn.c_attn.weight", 1, 3},
+      {"attn.c_attn.bias", 0, 3}, {"attn.c_proj.weight", 1, 1}, {"attn.c_proj.bias", 0, 1},
+      {"ln_2.weight", 0, 1},      {"ln_2.bias", 0, 1},          {"mlp.c_fc.weight", 1, 4},
+      {"mlp.c_fc.bias", 0, 4},    {"mlp.c_proj.weight", 4, 1},  {"mlp.c_proj.bias", 0, 1}};
+  std::vector<Shape> out;
+  out.push_back({"wte.weight", {a.vocab, d}});
+  out.push_back({"wpe.weight", {a.seq, d}});
+  for (int i = 0; i < a.layers; ++i)
+    for (const Row& r : kLayer) {
+      Shape s{"h." + std::to_string(i) + "." + r.name, {}};
+      if (r.rows > 0) s.dims.push_back(r.rows * d);
+      s.dims.push_back(r.cols * d);
+      out.push_back(std::move(s));
+    }
   out.push_back({"ln_f.weight", {d}});
   out.push_back({"ln_f.bias", {d}});
   return out;
@@ -103,9 +108,9 @@ Action setup(CLI::App& sub) {
     std::filesystem::create_directories(a->dir);
     const auto shapes = gpt2_shapes(*a);
     int64_t params = 0;
-    for (const auto& [name, shape] : shapes) {
+    for (const auto& t : shapes) {
       int64_t n = 1;
-      for (int64_t x : shape) n *= x;
+      for (int64_t x : t.dims) n *= x;
       params += n;
     }
     // One buffer per role, filled with non-constant values (a compressing file system would
@@ -119,12 +124,12 @@ Action setup(CLI::App& sub) {
     data::CheckpointData ckpt;
     ckpt.step = 1;
     int64_t at = 0;
-    for (const auto& [name, shape] : shapes) {
+    for (const auto& t : shapes) {
       int64_t n = 1;
-      for (int64_t x : shape) n *= x;
-      ckpt.model.push_back({name, DType::kF32, shape, weights.data() + at});
-      ckpt.optim.push_back({name + ".exp_avg", DType::kF32, shape, exp_avg.data() + at});
-      ckpt.optim.push_back({name + ".exp_avg_sq", DType::kF32, shape, exp_avg_sq.data() + at});
+      for (int64_t x : t.dims) n *= x;
+      ckpt.model.push_back({t.name, DType::kF32, t.dims, weights.data() + at});
+      ckpt.optim.push_back({t.name + ".exp_avg", DType::kF32, t.dims, exp_avg.data() + at});
+      ckpt.optim.push_back({t.name + ".exp_avg_sq", DType::kF32, t.dims, exp_avg_sq.data() + at});
       at += n;
     }
     const uint64_t bytes = static_cast<uint64_t>(params) * 3 * sizeof(float);

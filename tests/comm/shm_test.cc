@@ -10,12 +10,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <string>
 
 #include "harness.h"
 #include "ptrain/comm/mesh.h"
 #include "ptrain/core/error.h"
+#include "ptrain/rendezvous/coordinator.h"
+#include "ptrain/rendezvous/grpc_store.h"
+#include "ptrain/rendezvous/token.h"
 
 namespace ptrain::comm {
 namespace {
@@ -156,6 +161,67 @@ TEST(Shm, SweepRemovesSegmentsOfDeadCreatorsOnly) {
   EXPECT_FALSE(std::filesystem::exists("/dev/shm" + dead));
   EXPECT_TRUE(std::filesystem::exists("/dev/shm" + live));
   ::shm_unlink(live.c_str());
+}
+
+// Two real processes meet through a coordinator; the child maps the segment and then dies
+// without a word (SIGKILL), in the middle of the parent's allreduce.
+TEST(ShmProcesses, APeerKilledMidOpFailsTheSurvivorLongBeforeTheTimeout) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t child = ::fork();  // before any gRPC thread exists in this process
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(fds[1]);
+    char line[512] = {};
+    size_t got = 0;
+    while (got < sizeof(line) - 1) {
+      const ssize_t n = ::read(fds[0], line + got, sizeof(line) - 1 - got);
+      if (n <= 0) break;
+      got += size_t(n);
+      if (std::memchr(line, '\n', got)) break;
+    }
+    try {
+      std::string text(line, got);
+      const auto space = text.find(' ');
+      auto store = std::make_shared<rendezvous::GrpcStore>(
+          text.substr(0, space), text.substr(space + 1, text.find('\n') - space - 1));
+      ShmOptions o;
+      o.comm.timeout = Millis(30000);
+      auto comm = create_shm_communicator(
+          {"victim", 1, 2}, std::make_shared<rendezvous::PrefixStore>("victim", store), o);
+      ::kill(::getpid(), SIGKILL);
+    } catch (...) {
+    }
+    ::_exit(3);
+  }
+  ::close(fds[0]);
+  rendezvous::CoordinatorOptions co;
+  co.token = rendezvous::make_token();
+  co.world_size = 2;
+  co.mesh = {.dp = 2, .tp = 1, .pp = 1};
+  rendezvous::Coordinator coordinator(co);
+  coordinator.start();
+  const std::string line = coordinator.address() + " " + co.token + "\n";
+  ASSERT_EQ(::write(fds[1], line.data(), line.size()), ssize_t(line.size()));
+  ::close(fds[1]);
+  auto store = std::make_shared<rendezvous::GrpcStore>(coordinator.address(), co.token);
+  ShmOptions o;
+  o.comm.timeout = Millis(30000);
+  auto comm = create_shm_communicator(
+      {"victim", 0, 2}, std::make_shared<rendezvous::PrefixStore>("victim", store), o);
+  std::vector<float> buf(1 << 16, 1.f);
+  const auto start = Clock::now();
+  try {
+    comm->allreduce(buf.data(), buf.size(), DType::kF32);
+    FAIL() << "allreduce with a dead peer succeeded";
+  } catch (const RemoteError& e) {
+    EXPECT_NE(std::string(e.what()).find("died"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'victim'"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
 }
 
 TEST(Shm, RanksOnDifferentHostsAreRefusedWithTheReason) {

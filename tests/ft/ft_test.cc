@@ -185,9 +185,10 @@ TEST_F(FaultToleranceTest, WorkerKilledDuringACheckpointSaveLeavesThePreviousOne
   EXPECT_TRUE(contains(log0, "step-8.safetensors.tmp")) << log0;
   EXPECT_TRUE(contains(log0, "step-4.safetensors at step 4")) << log0;
   expect_same_curve(dir);
-  // Steps 5..8 ran twice; step 9 too when it ran while the (asynchronous) save was being killed.
+  // Steps 5..8 ran twice, and so did those of 9..12 that trained while the asynchronous save
+  // of step 8 was being written (the last step waits for it).
   EXPECT_GE(losses(dir).size(), 16u);
-  EXPECT_LE(losses(dir).size(), 17u);
+  EXPECT_LE(losses(dir).size(), 20u);
 }
 
 TEST_F(FaultToleranceTest, FailureRightAfterARestartCountsTowardMaxRestarts) {

@@ -315,11 +315,12 @@ void Trainer::save(int64_t step_done, double loss) {
   meta["config"] = models::family_of(spec_).checkpoint_config(spec_.model);
   for (const auto& [part, print] : spec::fingerprints(spec_)) meta["fingerprint." + part] = print;
   const auto t0 = Clock::now();
-  std::shared_ptr<FaultInjection::SaveWatch> fault = faults_.during_save(step_done, ckpt_dir_);
   // The state is in host memory now (gathered); the write needs nothing of the live model.
-  auto write = [this, step_done, fault, t0, model_state = std::move(model_state),
+  auto write = [this, step_done, t0, model_state = std::move(model_state),
                 optim_state = std::move(optim_state), name = optimizer_->name(),
                 steps = optimizer_->steps(), meta = std::move(meta)]() {
+    // Installed here, after the previous save finished: its hook is process-wide.
+    auto fault = faults_.during_save(step_done, ckpt_dir_);
     auto manifest = save_training_state(ckpt_dir_, spec_.checkpoint.keep, step_done, model_state,
                                         optim_state, name, steps, meta);
     log(fmt::format("checkpoint: saved step {} to {} ({:.2f} s)", step_done, manifest.model_path(),

@@ -49,7 +49,8 @@ struct alignas(64) Header {
 struct alignas(64) RankCtl {
   std::atomic<uint64_t> arrive;  // the last barrier epoch this rank reached
   alignas(64) std::atomic<int32_t> pid;
-  OpMeta meta[2];  // consistency check: alternates by op sequence
+  std::atomic<uint32_t> left;  // 1 once this rank closed its communicator
+  OpMeta meta[2];              // consistency check: alternates by op sequence
 };
 
 struct alignas(64) RingCtl {

@@ -163,12 +163,14 @@ class ShmCore {
   bool connected() const { return hdr_ != nullptr; }
 
   // The communicator was closed: finish its queue, then tell the peers this rank is gone so
-  // that an op they start (or wait in) fails now instead of at its timeout.
+  // that an op of theirs that waits for it fails now instead of at its timeout (ops among the
+  // others go on: a pipeline stage may finish before the stage after it).
   void close() {
     queue_.reset();
-    if (hdr_)
-      publish_abort(
-          fmt::format("rank {} left the group (its communicator was closed)", group_.rank));
+    if (hdr_) {
+      ctl(group_.rank)->left.store(1);
+      notify();
+    }
   }
 
   // Fails every later op here and, through the segment, every peer's op in progress.
@@ -247,11 +249,17 @@ class ShmCore {
     if (hdr_->sleepers.load() > 0) futex_wake_all(&hdr_->bell);
   }
 
-  // Throws when a peer published a failure or a peer process is gone.
-  void check_peers(const std::string& what, Clock::time_point& last_pid_check) {
+  // Throws when a peer published a failure, when `peer` (-1: any) left the group, or when a
+  // peer process is gone.
+  void check_peers(const std::string& what, Clock::time_point& last_pid_check, int peer) {
     if (hdr_->abort_state.load() == 2)
       throw RemoteError(fmt::format("{} failed: {}", what, hdr_->abort_reason),
-                        "a peer failed, timed out or left; see its log");
+                        "a peer failed or timed out; see its log");
+    for (int q = 0; q < group_.size; ++q)
+      if (q != group_.rank && (peer < 0 || q == peer) && ctl(q)->left.load())
+        throw RemoteError(
+            fmt::format("{} failed: rank {} left the group (its communicator was closed)", what, q),
+            "every rank of a group must issue the same operations before closing it");
     const auto now = Clock::now();
     if (now - last_pid_check < kPeerCheckEvery) return;
     last_pid_check = now;
@@ -268,7 +276,8 @@ class ShmCore {
 
   // Spins briefly, then sleeps on the segment's futex until ready() or a failure.
   template <class Ready>
-  void wait_until(const Ready& ready, const std::string& what, const Deadline& deadline) {
+  void wait_until(const Ready& ready, const std::string& what, const Deadline& deadline,
+                  int peer = -1) {
     if (ready()) return;
     const auto spin_end = Clock::now() + kSpin;
     for (int i = 1;; ++i) {
@@ -279,7 +288,7 @@ class ShmCore {
     Clock::time_point last_pid_check{};
     for (;;) {
       if (ready()) return;
-      check_peers(what, last_pid_check);
+      check_peers(what, last_pid_check, peer);
       if (deadline.expired())
         throw TimeoutError(fmt::format("{} timed out after {} ms", what, options_.timeout.count()),
                            "a peer may have died, stalled, or issued a different operation");
@@ -487,7 +496,7 @@ void ShmCore::send_msg(const char* buf, size_t bytes, int dst, uint32_t tag,
   while (done < bytes) {
     const uint64_t t = rg->tail.load(std::memory_order_relaxed);
     wait_until([&] { return t - rg->head.load(std::memory_order_acquire) < shm::kRingFrames; },
-               what, deadline);
+               what, deadline, dst);
     FrameHead* f = frame(group_.rank, dst, t);
     const size_t len = std::min(layout_.frag, bytes - done);
     f->tag = tag;
@@ -524,7 +533,7 @@ void ShmCore::recv_msg(char* buf, size_t bytes, int src, uint32_t tag, const std
         std::unique_lock<std::mutex> lock(side.mu);
         side.cv.wait_for(lock, Millis(5));
       }
-      check_peers(what, last_pid_check);
+      check_peers(what, last_pid_check, src);
       if (deadline.expired())
         throw TimeoutError(fmt::format("{} timed out after {} ms", what, options_.timeout.count()),
                            "the peer may have died, stalled, or sent a different message");
@@ -532,7 +541,7 @@ void ShmCore::recv_msg(char* buf, size_t bytes, int src, uint32_t tag, const std
     }
     if (take_unexpected()) return;
     uint64_t h = rg->head.load(std::memory_order_relaxed);
-    wait_until([&] { return rg->tail.load(std::memory_order_acquire) > h; }, what, deadline);
+    wait_until([&] { return rg->tail.load(std::memory_order_acquire) > h; }, what, deadline, src);
     const FrameHead* f = frame(src, group_.rank, h);
     const uint32_t msg_tag = f->tag;
     const size_t total = f->msg_bytes;
@@ -548,7 +557,7 @@ void ShmCore::recv_msg(char* buf, size_t bytes, int src, uint32_t tag, const std
       rg->head.store(++h, std::memory_order_release);
       notify();
       if (got >= total) break;
-      wait_until([&] { return rg->tail.load(std::memory_order_acquire) > h; }, what, deadline);
+      wait_until([&] { return rg->tail.load(std::memory_order_acquire) > h; }, what, deadline, src);
       f = frame(src, group_.rank, h);
     }
     if (mine) return;
