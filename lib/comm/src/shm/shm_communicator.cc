@@ -40,6 +40,15 @@ using shm::RingCtl;
 constexpr auto kSpin = std::chrono::microseconds(50);
 constexpr auto kNap = std::chrono::milliseconds(10);
 constexpr auto kPeerCheckEvery = std::chrono::milliseconds(100);
+// How long a rank keeps waiting after it saw a peer process gone before it fails the group.
+constexpr auto kDeadPeerGrace = std::chrono::milliseconds(1000);
+
+// Per wait: when the peers' pids were last looked at, and since when one is seen dead.
+struct PeerWatch {
+  Clock::time_point last_check{};
+  Clock::time_point dead_seen{};
+  bool dead = false;
+};
 constexpr uint32_t kMaxP2pTag = (1u << 24) - 1;
 
 enum class OpKind : uint32_t {
@@ -251,7 +260,7 @@ class ShmCore {
 
   // Throws when a peer published a failure, when `peer` (-1: any) left the group, or when a
   // peer process is gone.
-  void check_peers(const std::string& what, Clock::time_point& last_pid_check, int peer) {
+  void check_peers(const std::string& what, PeerWatch& watch, int peer) {
     if (hdr_->abort_state.load() == 2)
       throw RemoteError(fmt::format("{} failed: {}", what, hdr_->abort_reason),
                         "a peer failed or timed out; see its log");
@@ -261,12 +270,16 @@ class ShmCore {
             fmt::format("{} failed: rank {} left the group (its communicator was closed)", what, q),
             "every rank of a group must issue the same operations before closing it");
     const auto now = Clock::now();
-    if (now - last_pid_check < kPeerCheckEvery) return;
-    last_pid_check = now;
+    if (now - watch.last_check < kPeerCheckEvery) return;
+    watch.last_check = now;
     for (int q = 0; q < group_.size; ++q) {
       if (q == group_.rank) continue;
       const int pid = ctl(q)->pid.load();
       if (pid <= 0 || pid == self_pid_ || !shm::process_gone(pid)) continue;
+      // A launcher that sees the death stops this rank within the grace, naming the dead rank
+      // as the cause; without one, this rank fails the group itself after it.
+      if (!watch.dead) watch.dead = true, watch.dead_seen = now;
+      if (now - watch.dead_seen < kDeadPeerGrace) return;
       auto reason = fmt::format("rank {} (pid {}) of group '{}' died", q, pid, group_.name);
       publish_abort(reason);
       throw RemoteError(fmt::format("{} failed: {}", what, reason),
@@ -285,10 +298,10 @@ class ShmCore {
       if (ready()) return;
       if ((i & 63) == 0 && Clock::now() > spin_end) break;
     }
-    Clock::time_point last_pid_check{};
+    PeerWatch watch;
     for (;;) {
       if (ready()) return;
-      check_peers(what, last_pid_check, peer);
+      check_peers(what, watch, peer);
       if (deadline.expired())
         throw TimeoutError(fmt::format("{} timed out after {} ms", what, options_.timeout.count()),
                            "a peer may have died, stalled, or issued a different operation");
@@ -513,7 +526,7 @@ void ShmCore::recv_msg(char* buf, size_t bytes, int src, uint32_t tag, const std
   const Deadline deadline(options_.timeout);
   RxSide& side = rx_[src];
   RingCtl* rg = ring(src, group_.rank);
-  Clock::time_point last_pid_check{};
+  PeerWatch watch;
   auto take_unexpected = [&] {
     std::lock_guard<std::mutex> lock(side.mu);
     for (auto it = side.unexpected.begin(); it != side.unexpected.end(); ++it)
@@ -533,7 +546,7 @@ void ShmCore::recv_msg(char* buf, size_t bytes, int src, uint32_t tag, const std
         std::unique_lock<std::mutex> lock(side.mu);
         side.cv.wait_for(lock, Millis(5));
       }
-      check_peers(what, last_pid_check, src);
+      check_peers(what, watch, src);
       if (deadline.expired())
         throw TimeoutError(fmt::format("{} timed out after {} ms", what, options_.timeout.count()),
                            "the peer may have died, stalled, or sent a different message");
