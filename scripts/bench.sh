@@ -15,6 +15,7 @@
 #                          threads): fp32, bf16, ratios, and the model GFLOP/s over the best GEMM
 #                          rate of the same run (scripts/bench/gpt_cpu.sh).
 # PTRAIN_BUILD_DIR picks the build (default build); STEPS (default 20) steps per dp run.
+# COMM (default auto = shm on one host) sets parallel.comm of the dp runs: COMM=gloo for Gloo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${PTRAIN_BIN:-${PTRAIN_BUILD_DIR:-build}/apps/ptrain/ptrain}"
@@ -46,7 +47,7 @@ trap 'rm -rf "$work"' EXIT
 cat >"$work/bench.yaml" <<YAML
 name: bench-dp
 nodes: {procs_per_node: 1, device: cpu, threads_per_proc: 1}
-parallel: {data: 1, bucket_mb: 4}
+parallel: {data: 1, bucket_mb: 4, comm: ${COMM:-auto}}
 model: {type: gpt, layers: 4, heads: 4, dim: 256, seq_len: 128, vocab: 256}
 data: {type: synthetic, batch_size: 8}
 train:

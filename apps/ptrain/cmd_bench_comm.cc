@@ -1,4 +1,5 @@
-// `ptrain bench comm --op allreduce --procs N --min 1K --max 64M [--iters K] [--runs R]`:
+// `ptrain bench comm --op allreduce [--backend gloo|shm] --procs N --min 1K --max 64M [--iters K]
+// [--runs R]`:
 // starts a coordinator here, spawns N worker processes (the hidden `bench comm-worker`), which
 // meet through the coordinator's Store and sweep the op; rank 0 prints the nccl-tests-style
 // table with the plain-Gloo baseline next to ours.
@@ -55,6 +56,7 @@ void add_sweep_options(CLI::App& sub, BenchCommArgs& a) {
   sub.add_option("--op", a.bench.op,
                  "allreduce|allgather|reduce_scatter|alltoall|broadcast|sendrecv")
       ->capture_default_str();
+  sub.add_option("--backend", a.bench.backend, "the transport: gloo|shm")->capture_default_str();
   sub.add_option("--min", a.min, "smallest size (bytes; K/M/G suffixes)")->capture_default_str();
   sub.add_option("--max", a.max, "largest size (doubling from --min)")->capture_default_str();
   sub.add_option("--iters", a.bench.iters, "timed ops per run")->capture_default_str();
@@ -72,6 +74,7 @@ void add_sweep_options(CLI::App& sub, BenchCommArgs& a) {
 
 std::vector<std::string> forward_args(const BenchCommArgs& a) {
   std::vector<std::string> args = {"--op",        a.bench.op,
+                                   "--backend",   a.bench.backend,
                                    "--min",       a.min,
                                    "--max",       a.max,
                                    "--iters",     std::to_string(a.bench.iters),
@@ -95,6 +98,7 @@ Action setup_bench_comm(CLI::App& sub) {
   sub.add_option("--procs", a->procs, "worker processes")->capture_default_str();
   return [a] {
     comm::bus_factor(a->bench.op, 2);  // validates --op before anything starts
+    comm::check_bench_backend(a->bench.backend);
     parse_size(a->min, "--min");
     parse_size(a->max, "--max");
     if (a->procs < 1) throw ConfigError("--procs must be at least 1");

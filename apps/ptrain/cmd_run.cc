@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "command.h"
+#include "ptrain/comm/shm.h"
 #include "ptrain/core/error.h"
 #include "ptrain/launch/launcher.h"
 #include "ptrain/spec/plan.h"
@@ -51,6 +52,8 @@ Action setup_run(CLI::App& sub) {
       return 0;
     }
     if (args->trace) spec.env["PTRAIN_TRACE"] = "1";  // the trainer reads it from the spec
+    // Shared-memory segments a crashed earlier run left behind (creator gone) are removed.
+    comm::sweep_stale_shm_segments();
     launch::LauncherOptions options;
     options.spec_yaml = spec::to_yaml(spec);
     options.resume_dir = args->resume_dir;

@@ -1,11 +1,14 @@
-// The Gloo backend with ranks as threads: every op on groups of 1-4 ranks, odd and zero sizes,
-// async ordering, and the faults that must end in an error rather than a hang.
+// The collective test table over the host backends (Gloo and shm) with ranks as threads: every op
+// on groups of 1-4 ranks, odd and zero sizes, async ordering, and the faults that must end in an
+// error rather than a hang.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <numeric>
+#include <tuple>
 
 #include "harness.h"
 #include "ptrain/core/error.h"
@@ -14,6 +17,7 @@ namespace ptrain::comm {
 namespace {
 
 using testing::expect_all_ok;
+using testing::make_comm;
 using testing::make_gloo;
 using testing::message_of;
 using testing::run_ranks;
@@ -25,13 +29,21 @@ float value(int rank, size_t i) {
   return static_cast<float>((rank + 1) * 3 + static_cast<int>(i % 17));
 }
 
-class GlooGroups : public ::testing::TestWithParam<int> {};
+class HostGroups : public ::testing::TestWithParam<std::tuple<std::string, int>> {
+ protected:
+  const std::string backend = std::get<0>(GetParam());
+  const int n = std::get<1>(GetParam());
+};
 
-TEST_P(GlooGroups, AllreduceSumAvgMaxAreExact) {
-  const int n = GetParam();
+class Backends : public ::testing::TestWithParam<std::string> {
+ protected:
+  const std::string backend = GetParam();
+};
+
+TEST_P(HostGroups, AllreduceSumAvgMaxAreExact) {
   auto store = std::make_shared<rendezvous::MemoryStore>();
   expect_all_ok(run_ranks(n, [&](int r) {
-    auto comm = make_gloo(store, "world", r, n, {kFast});
+    auto comm = make_comm(backend, store, "world", r, n, {kFast});
     for (size_t count : {size_t(0), size_t(1), size_t(7), size_t(1001), size_t(65537)}) {
       for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMax}) {
         std::vector<float> buf(count);
@@ -48,11 +60,10 @@ TEST_P(GlooGroups, AllreduceSumAvgMaxAreExact) {
   }));
 }
 
-TEST_P(GlooGroups, ReduceScatterGivesEachRankItsReducedChunk) {
-  const int n = GetParam();
+TEST_P(HostGroups, ReduceScatterGivesEachRankItsReducedChunk) {
   auto store = std::make_shared<rendezvous::MemoryStore>();
   expect_all_ok(run_ranks(n, [&](int r) {
-    auto comm = make_gloo(store, "world", r, n, {kFast});
+    auto comm = make_comm(backend, store, "world", r, n, {kFast});
     for (size_t chunk : {size_t(0), size_t(1), size_t(13), size_t(4099)}) {
       for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMax}) {
         std::vector<float> send(chunk * n), recv(chunk, -7.f);
@@ -70,11 +81,10 @@ TEST_P(GlooGroups, ReduceScatterGivesEachRankItsReducedChunk) {
   }));
 }
 
-TEST_P(GlooGroups, AllgatherConcatenatesInRankOrder) {
-  const int n = GetParam();
+TEST_P(HostGroups, AllgatherConcatenatesInRankOrder) {
   auto store = std::make_shared<rendezvous::MemoryStore>();
   expect_all_ok(run_ranks(n, [&](int r) {
-    auto comm = make_gloo(store, "world", r, n, {kFast});
+    auto comm = make_comm(backend, store, "world", r, n, {kFast});
     for (size_t count : {size_t(0), size_t(1), size_t(333)}) {
       std::vector<float> send(count), recv(count * n, -1.f);
       for (size_t i = 0; i < count; ++i) send[i] = value(r, i);
@@ -85,11 +95,10 @@ TEST_P(GlooGroups, AllgatherConcatenatesInRankOrder) {
   }));
 }
 
-TEST_P(GlooGroups, BroadcastCopiesTheRootsBufferFromEveryRoot) {
-  const int n = GetParam();
+TEST_P(HostGroups, BroadcastCopiesTheRootsBufferFromEveryRoot) {
   auto store = std::make_shared<rendezvous::MemoryStore>();
   expect_all_ok(run_ranks(n, [&](int r) {
-    auto comm = make_gloo(store, "world", r, n, {kFast});
+    auto comm = make_comm(backend, store, "world", r, n, {kFast});
     for (int root = 0; root < n; ++root) {
       std::vector<float> buf(77);
       for (size_t i = 0; i < buf.size(); ++i) buf[i] = value(r, i);
@@ -99,12 +108,11 @@ TEST_P(GlooGroups, BroadcastCopiesTheRootsBufferFromEveryRoot) {
   }));
 }
 
-TEST_P(GlooGroups, BarrierReleasesNoRankBeforeAllArrive) {
-  const int n = GetParam();
+TEST_P(HostGroups, BarrierReleasesNoRankBeforeAllArrive) {
   auto store = std::make_shared<rendezvous::MemoryStore>();
   std::atomic<int> arrived{0};
   expect_all_ok(run_ranks(n, [&](int r) {
-    auto comm = make_gloo(store, "world", r, n, {kFast});
+    auto comm = make_comm(backend, store, "world", r, n, {kFast});
     for (int round = 1; round <= 3; ++round) {
       arrived++;
       comm->barrier();
@@ -114,12 +122,18 @@ TEST_P(GlooGroups, BarrierReleasesNoRankBeforeAllArrive) {
   }));
 }
 
-INSTANTIATE_TEST_SUITE_P(Sizes, GlooGroups, ::testing::Values(1, 2, 3, 4));
+INSTANTIATE_TEST_SUITE_P(Sizes, HostGroups,
+                         ::testing::Combine(::testing::ValuesIn(testing::host_backends()),
+                                            ::testing::Values(1, 2, 3, 4)),
+                         [](const auto& info) {
+                           return fmt::format("{}_{}", std::get<0>(info.param),
+                                              std::get<1>(info.param));
+                         });
 
-TEST(Gloo, SendRecvMatchByTagInBothDirectionsAtOnce) {
+TEST_P(Backends, SendRecvMatchByTagInBothDirectionsAtOnce) {
   auto store = std::make_shared<rendezvous::MemoryStore>();
   expect_all_ok(run_ranks(2, [&](int r) {
-    auto comm = make_gloo(store, "pp", r, 2, {kFast});
+    auto comm = make_comm(backend, store, "pp", r, 2, {kFast});
     const int peer = 1 - r;
     std::vector<float> a(1000, float(r + 1)), b(5, float(r + 10)), got_a(1000), got_b(5);
     // Posted in opposite tag orders on the two ranks: matching is by tag, not order.
@@ -140,11 +154,11 @@ TEST(Gloo, SendRecvMatchByTagInBothDirectionsAtOnce) {
   }));
 }
 
-TEST(Gloo, AsyncCollectivesRunInIssueOrder) {
+TEST_P(Backends, AsyncCollectivesRunInIssueOrder) {
   auto store = std::make_shared<rendezvous::MemoryStore>();
   constexpr int kOps = 16;
   expect_all_ok(run_ranks(3, [&](int r) {
-    auto comm = make_gloo(store, "dp", r, 3, {kFast});
+    auto comm = make_comm(backend, store, "dp", r, 3, {kFast});
     std::vector<std::vector<float>> bufs(kOps);
     std::vector<std::unique_ptr<Work>> works;
     for (int k = 0; k < kOps; ++k) {
@@ -161,24 +175,24 @@ TEST(Gloo, AsyncCollectivesRunInIssueOrder) {
   }));
 }
 
-TEST(Gloo, Bf16IsAConfigError) {
-  auto comm = make_gloo(nullptr, "world", 0, 1);
+TEST_P(Backends, Bf16IsAConfigError) {
+  auto comm = make_comm(backend, nullptr, "world", 0, 1);
   uint16_t buf[4] = {};
   try {
     comm->allreduce(buf, 4, DType::kBF16);
-    FAIL() << "bf16 allreduce on gloo did not throw";
+    FAIL() << "bf16 allreduce on " << backend << " did not throw";
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("bf16 is not supported by the gloo backend"),
+    EXPECT_NE(std::string(e.what()).find("bf16 is not supported by the " + backend + " backend"),
               std::string::npos)
         << e.what();
   }
 }
 
-TEST(Gloo, SizeMismatchFailsEveryRankNamingOpAndGroup) {
+TEST_P(Backends, SizeMismatchFailsEveryRankNamingOpAndGroup) {
   auto store = std::make_shared<rendezvous::MemoryStore>();
   const auto start = Clock::now();
   auto errors = run_ranks(2, [&](int r) {
-    auto comm = make_gloo(store, "dp[0,1]", r, 2, {Millis(3000)});
+    auto comm = make_comm(backend, store, "dp[0,1]", r, 2, {Millis(3000)});
     std::vector<float> buf(r == 0 ? 100 : 200, 1.f);
     comm->allreduce(buf.data(), buf.size(), DType::kF32);
   });
@@ -193,13 +207,13 @@ TEST(Gloo, SizeMismatchFailsEveryRankNamingOpAndGroup) {
   }
 }
 
-TEST(Gloo, PeerThatClosesItsCommunicatorFailsTheSurvivorsQuickly) {
+TEST_P(Backends, PeerThatClosesItsCommunicatorFailsTheSurvivorsQuickly) {
   auto store = std::make_shared<rendezvous::MemoryStore>();
   const Millis timeout(8000);
   std::atomic<int> connected{0};
   const auto start = Clock::now();
   auto errors = run_ranks(3, [&](int r) {
-    auto comm = make_gloo(store, "world", r, 3, {timeout});
+    auto comm = make_comm(backend, store, "world", r, 3, {timeout});
     connected++;
     if (r == 2) {
       while (connected.load() < 3) std::this_thread::yield();
@@ -219,14 +233,14 @@ TEST(Gloo, PeerThatClosesItsCommunicatorFailsTheSurvivorsQuickly) {
   }
 }
 
-TEST(Gloo, PeerThatStopsParticipatingTimesOutTheSurvivors) {
+TEST_P(Backends, PeerThatStopsParticipatingTimesOutTheSurvivors) {
   auto store = std::make_shared<rendezvous::MemoryStore>();
   const Millis timeout(1500);
   std::atomic<bool> done{false};
   const auto start = Clock::now();
   std::unique_ptr<Communicator> silent;
   auto errors = run_ranks(2, [&](int r) {
-    auto comm = make_gloo(store, "tp", r, 2, {timeout});
+    auto comm = make_comm(backend, store, "tp", r, 2, {timeout});
     if (r == 1) {
       silent = std::move(comm);  // stays connected but never calls the collective
       return;
@@ -247,15 +261,18 @@ TEST(Gloo, PeerThatStopsParticipatingTimesOutTheSurvivors) {
   }
 }
 
-TEST(Gloo, ConnectingWithoutThePeersTimesOut) {
+TEST_P(Backends, ConnectingWithoutThePeersTimesOut) {
   auto store = std::make_shared<rendezvous::MemoryStore>();
   try {
-    make_gloo(store, "world", 0, 2, {Millis(300)});
+    make_comm(backend, store, "world", 0, 2, {Millis(300)});
     FAIL() << "connected to a group whose peer never came";
   } catch (const TimeoutError& e) {
     EXPECT_NE(std::string(e.what()).find("'world'"), std::string::npos) << e.what();
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Host, Backends, ::testing::ValuesIn(testing::host_backends()),
+                         [](const auto& info) { return info.param; });
 
 TEST(Gloo, HostForALoopbackCoordinatorIsLoopback) {
   EXPECT_EQ(gloo_host_for("127.0.0.1:29500"), "127.0.0.1");

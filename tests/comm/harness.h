@@ -1,4 +1,5 @@
-// Test harness: N ranks as threads over one MemoryStore, each with its own communicator.
+// Test harness: N ranks as threads over one MemoryStore, each with its own communicator of the
+// backend under test ("gloo" or "shm").
 #pragma once
 
 #include <exception>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "ptrain/comm/gloo.h"
+#include "ptrain/comm/shm.h"
 #include "ptrain/rendezvous/memory_store.h"
 
 namespace ptrain::comm::testing {
@@ -20,6 +22,24 @@ inline std::unique_ptr<Communicator> make_gloo(std::shared_ptr<rendezvous::Store
   gloo.comm = options;
   return create_gloo_communicator(
       {name, rank, size}, std::make_shared<rendezvous::PrefixStore>("comm/" + name, store), gloo);
+}
+
+inline std::unique_ptr<Communicator> make_comm(const std::string& backend,
+                                               std::shared_ptr<rendezvous::Store> store,
+                                               const std::string& name, int rank, int size,
+                                               CommOptions options = {}) {
+  if (backend == "gloo") return make_gloo(std::move(store), name, rank, size, options);
+  ShmOptions shm;
+  shm.comm = options;
+  shm.tag = "test";
+  return create_shm_communicator(
+      {name, rank, size}, std::make_shared<rendezvous::PrefixStore>("comm/" + name, store), shm);
+}
+
+// The backends every collective test runs over.
+inline const std::vector<std::string>& host_backends() {
+  static const std::vector<std::string> all{"gloo", "shm"};
+  return all;
 }
 
 // Runs body(rank) on n threads; returns each rank's failure (nullptr on success).

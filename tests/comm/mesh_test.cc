@@ -71,11 +71,13 @@ TEST(Mesh, EveryGroupReducesOverItsOwnRanksWithGloo) {
 }
 
 TEST(Backend, AutoPicksNcclOnlyWhenEveryRankHasItsOwnGpu) {
-  EXPECT_EQ(choose_backend("auto", tensor::Device::kCpu, 0), Backend::kGloo);
-  EXPECT_EQ(choose_backend("auto", tensor::Device::kCuda, 2), Backend::kGloo);
+  // Otherwise the host-memory choice per group: shm within a host, Gloo across hosts.
+  EXPECT_EQ(choose_backend("auto", tensor::Device::kCpu, 0), Backend::kHostAuto);
+  EXPECT_EQ(choose_backend("auto", tensor::Device::kCuda, 2), Backend::kHostAuto);
   EXPECT_EQ(choose_backend("auto", tensor::Device::kCuda, 1),
-            nccl_built() ? Backend::kNccl : Backend::kGloo);
+            nccl_built() ? Backend::kNccl : Backend::kHostAuto);
   EXPECT_EQ(choose_backend("gloo", tensor::Device::kCuda, 1), Backend::kGloo);
+  EXPECT_EQ(choose_backend("shm", tensor::Device::kCpu, 1), Backend::kShm);
 }
 
 TEST(Backend, ImpossibleRequestsAreConfigErrors) {

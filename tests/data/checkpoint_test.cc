@@ -1,5 +1,6 @@
 #include "ptrain/data/checkpoint.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
@@ -64,7 +65,7 @@ TEST(Checkpoint, SaveThenFindRoundTripsModelOptimizerAndMetadata) {
   EXPECT_EQ(found->step, 100);
   EXPECT_EQ(found->metadata.at("rng"), "state-100");
   ASSERT_EQ(found->files.size(), 2u);
-  EXPECT_EQ(found->files[0].fnv1a64, saved.files[0].fnv1a64);
+  EXPECT_EQ(found->files[0].checksum, saved.files[0].checksum);
   EXPECT_EQ(found->files[0].bytes, fs::file_size(found->model_path()));
 
   SafetensorsFile model = SafetensorsFile::open(found->model_path());
@@ -191,6 +192,51 @@ TEST(Checkpoint, FailedWriteLeavesThePreviousCheckpointIntact) {
     std::string name = e.path().filename().string();
     EXPECT_TRUE(name.starts_with("step-1.")) << "left behind: " << name;
   }
+}
+
+TEST(Checkpoint, ManifestsWithTheOlderFnvChecksumStillValidate) {
+  TempDir dir;
+  Fixture f(3);
+  auto saved = save_checkpoint(dir.path(), f.data);
+  // Rewrite the manifest as an earlier version wrote it: FNV-1a 64 instead of XXH3-64.
+  std::string manifest = testing::read_bytes(saved.manifest_path());
+  for (const auto& file : saved.files) {
+    const std::string bytes = testing::read_bytes(dir.file(file.name));
+    const std::string xxh = fmt::format("\"xxh3_64\": \"{:016x}\"", file.checksum);
+    const auto at = manifest.find(xxh);
+    ASSERT_NE(at, std::string::npos) << manifest;
+    manifest.replace(at, xxh.size(),
+                     fmt::format("\"fnv1a64\": \"{:016x}\"", fnv1a64(bytes.data(), bytes.size())));
+  }
+  testing::write_bytes(saved.manifest_path(), manifest);
+  auto old = validate_checkpoint(saved.manifest_path());
+  EXPECT_EQ(old.files[0].checksum_kind, "fnv1a64");
+  // And a corrupt file is still caught under the old checksum.
+  std::string model = testing::read_bytes(saved.model_path());
+  model[model.size() - 1] ^= 0x11;
+  testing::write_bytes(saved.model_path(), model);
+  EXPECT_THROW_MSG(validate_checkpoint(saved.manifest_path()), ConfigError, "fnv1a64");
+}
+
+TEST(Checkpoint, LargeAndSmallTensorsRoundTripThroughTheBufferedWriter) {
+  TempDir dir;
+  std::vector<float> big(700 * 1024), small(7);  // 2.8 MB goes straight; 28 B is gathered
+  for (size_t i = 0; i < big.size(); ++i) big[i] = float(i % 9973) * 0.5f;
+  for (size_t i = 0; i < small.size(); ++i) small[i] = float(i) + 0.125f;
+  CheckpointData data;
+  data.step = 4;
+  data.model.push_back({"a", DType::kF32, {7}, small.data()});
+  data.model.push_back({"b", DType::kF32, {700, 1024}, big.data()});
+  data.model.push_back({"c", DType::kF32, {7}, small.data()});
+  data.optim.push_back({"m", DType::kF32, {7}, small.data()});
+  auto saved = save_checkpoint(dir.path(), data);
+  validate_checkpoint(saved.manifest_path());
+  auto file = SafetensorsFile::open(saved.model_path());
+  std::vector<float> got_big(big.size()), got_small(small.size());
+  file.read_f32("b", got_big.data());
+  file.read_f32("c", got_small.data());
+  EXPECT_EQ(got_big, big);
+  EXPECT_EQ(got_small, small);
 }
 
 }  // namespace

@@ -57,5 +57,19 @@ TEST(DataParallel, SmallBucketsGiveTheSameCurve) {
   expect_same_curve(big[0].result, small[0].result, 1e-6);
 }
 
+TEST(DataParallel, ShmAndGlooGiveTheCurveOfOneProcess) {
+  auto spec = testing::tiny_gpt_spec(20);
+  spec.data.batch_size = 12;
+  auto single = testing::run_ranks(spec);
+  spec.parallel.data = 3;  // odd: the slices of every allreduce differ in size
+  spec.parallel.comm = "shm";
+  auto shm = testing::run_ranks(spec);
+  spec.parallel.comm = "gloo";
+  auto gloo = testing::run_ranks(spec);
+  expect_same_curve(single[0].result, shm[0].result, 1e-5);
+  expect_same_curve(single[0].result, gloo[0].result, 1e-5);
+  expect_same_curve(shm[0].result, shm[2].result, 0);
+}
+
 }  // namespace
 }  // namespace ptrain

@@ -1,5 +1,6 @@
 // Test harness: runs the training loop on N ranks as threads of this process, over one
-// in-memory Store and Gloo on loopback, and returns each rank's result. Used by the
+// in-memory Store and the backend `parallel.comm` picks on CPU (auto: shm, all ranks share this
+// host; gloo: Gloo on loopback), and returns each rank's result. Used by the
 // equivalence tests of every parallel strategy (the curve of a mesh equals one process's).
 #pragma once
 
@@ -42,8 +43,8 @@ inline std::vector<RankRun> run_ranks(const spec::JobSpec& spec, Millis timeout 
       try {
         comm::BackendOptions bo;
         bo.comm.timeout = timeout;
-        comm::ProcessMesh mesh(r, world, shape,
-                               comm::make_comm_factory(comm::Backend::kGloo, store, bo));
+        const auto backend = comm::choose_backend(spec.parallel.comm, tensor::Device::kCpu, 1);
+        comm::ProcessMesh mesh(r, world, shape, comm::make_comm_factory(backend, store, bo));
         train::TrainContext ctx;
         ctx.rank = r;
         ctx.mesh = &mesh;

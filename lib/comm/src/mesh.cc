@@ -2,7 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "ptrain/comm/nccl.h"
+#include "ptrain/comm/shm.h"
 #include "ptrain/core/error.h"
 
 namespace ptrain::comm {
@@ -22,12 +25,23 @@ const char* to_string(GroupKind kind) {
 }
 
 const char* to_string(Backend backend) {
-  return backend == Backend::kNccl ? "nccl" : "gloo";
+  switch (backend) {
+    case Backend::kGloo:
+      return "gloo";
+    case Backend::kNccl:
+      return "nccl";
+    case Backend::kShm:
+      return "shm";
+    case Backend::kHostAuto:
+      return "auto (shm within a host, gloo across)";
+  }
+  return "?";
 }
 
 Backend choose_backend(const std::string& requested, tensor::Device device, int ranks_per_gpu) {
   const bool cuda = device == tensor::Device::kCuda;
   if (requested == "gloo") return Backend::kGloo;
+  if (requested == "shm") return Backend::kShm;
   if (requested == "nccl") {
     if (!nccl_built())
       throw ConfigError("parallel.comm: nccl was requested but ptrain was built without CUDA",
@@ -43,9 +57,9 @@ Backend choose_backend(const std::string& requested, tensor::Device device, int 
     return Backend::kNccl;
   }
   if (requested == "auto")
-    return cuda && ranks_per_gpu == 1 && nccl_built() ? Backend::kNccl : Backend::kGloo;
+    return cuda && ranks_per_gpu == 1 && nccl_built() ? Backend::kNccl : Backend::kHostAuto;
   throw ConfigError(fmt::format("parallel.comm: unknown backend '{}'", requested),
-                    "use auto, gloo or nccl");
+                    "use auto, gloo, shm or nccl");
 }
 
 CommFactory make_comm_factory(Backend backend, std::shared_ptr<rendezvous::Store> store,
@@ -54,6 +68,22 @@ CommFactory make_comm_factory(Backend backend, std::shared_ptr<rendezvous::Store
     auto prefixed = std::make_shared<rendezvous::PrefixStore>(spec.key_prefix, store);
     if (backend == Backend::kNccl)
       return create_nccl_communicator(spec.info(), prefixed, {options.comm, options.cuda_device});
+    bool shm = backend == Backend::kShm;
+    if (backend == Backend::kHostAuto) {
+      // Every rank publishes where it runs; all of them see the same answer.
+      const auto group = spec.info();
+      prefixed->set(fmt::format("host/{}", group.rank), shm_host_identity());
+      std::vector<std::string> keys;
+      for (int r = 0; r < group.size; ++r) keys.push_back(fmt::format("host/{}", r));
+      const auto hosts = prefixed->multi_get(keys, options.comm.timeout);
+      shm = std::all_of(hosts.begin(), hosts.end(), [&](const auto& h) { return h == hosts[0]; });
+    }
+    if (shm) {
+      ShmOptions o;
+      o.comm = options.comm;
+      o.tag = options.shm_tag;
+      return create_shm_communicator(spec.info(), prefixed, o);
+    }
     GlooOptions gloo;
     gloo.comm = options.comm;
     gloo.hostname = options.gloo_hostname;

@@ -79,7 +79,7 @@ CheckpointFile write_atomic(
   CheckpointFile file;
   file.name = final_name;
   try {
-    file.bytes = write(fd, tmp, &file.fnv1a64);
+    file.bytes = write(fd, tmp, &file.checksum);
     if (::fsync(fd) != 0) {
       throw IoError(fmt::format("cannot fsync '{}': {}", tmp, std::strerror(errno)));
     }
@@ -100,7 +100,7 @@ CheckpointFile write_atomic(
 }
 
 uint64_t write_string(int fd, const std::string& path, const std::string& s, uint64_t* hash) {
-  *hash = fnv1a64(s.data(), s.size());
+  *hash = xxh3_64(s.data(), s.size());
   size_t off = 0;
   while (off < s.size()) {
     ssize_t w = ::write(fd, s.data() + off, s.size() - off);
@@ -143,8 +143,9 @@ void check_finite(const CheckpointData& data) {
 std::string manifest_json(const CheckpointManifest& m) {
   Json files = Json::array();
   for (const auto& f : m.files) {
-    files.push_back(
-        {{"name", f.name}, {"bytes", f.bytes}, {"fnv1a64", fmt::format("{:016x}", f.fnv1a64)}});
+    files.push_back({{"name", f.name},
+                     {"bytes", f.bytes},
+                     {f.checksum_kind, fmt::format("{:016x}", f.checksum)}});
   }
   Json manifest = {{"format", kManifestFormat},
                    {"version", kManifestVersion},
@@ -174,9 +175,9 @@ bool parse_manifest_name(const std::string& name, int64_t* step) {
   return ec == std::errc() && ptr == digits.data() + digits.size();
 }
 
-uint64_t hash_file(const std::string& path) {
+uint64_t hash_file(const std::string& path, const std::string& kind) {
   MappedFile f(path, "checkpoint file");
-  return fnv1a64(f.data(), f.size());
+  return kind == "fnv1a64" ? fnv1a64(f.data(), f.size()) : xxh3_64(f.data(), f.size());
 }
 
 void remove_checkpoint(const std::string& dir, int64_t step) {
@@ -304,20 +305,22 @@ CheckpointManifest validate_checkpoint(const std::string& manifest_path) {
   for (const auto& f : *files) {
     const Json* name = json_member(f, "name");
     const Json* bytes = json_member(f, "bytes");
-    const Json* hash = json_member(f, "fnv1a64");
+    CheckpointFile cf;
+    const Json* hash = json_member(f, "xxh3_64");
+    if (hash == nullptr && (hash = json_member(f, "fnv1a64")) != nullptr)
+      cf.checksum_kind = "fnv1a64";  // written before XXH3
     int64_t b = 0;
     if (name == nullptr || !name->is_string() || bytes == nullptr || !json_int64(*bytes, &b) ||
         b < 0 || hash == nullptr || !hash->is_string()) {
-      fail("a files entry needs name, bytes and fnv1a64");
+      fail("a files entry needs name, bytes and a checksum (xxh3_64, or fnv1a64)");
     }
-    CheckpointFile cf;
     cf.name = name->get<std::string>();
     if (cf.name.empty() || cf.name.find('/') != std::string::npos) {
       fail(fmt::format("bad file name '{}'", cf.name));
     }
     cf.bytes = static_cast<uint64_t>(b);
     const auto& hex = hash->get_ref<const std::string&>();
-    auto [ptr, ec] = std::from_chars(hex.data(), hex.data() + hex.size(), cf.fnv1a64, 16);
+    auto [ptr, ec] = std::from_chars(hex.data(), hex.data() + hex.size(), cf.checksum, 16);
     if (hex.size() != 16 || ec != std::errc() || ptr != hex.data() + hex.size()) {
       fail(fmt::format("bad checksum '{}' for '{}'", hex, cf.name));
     }
@@ -341,12 +344,12 @@ CheckpointManifest validate_checkpoint(const std::string& manifest_path) {
       throw ConfigError(fmt::format("checkpoint file '{}' is {} bytes, its manifest says {}", path,
                                     st.st_size, f.bytes));
     }
-    uint64_t h = hash_file(path);
-    if (h != f.fnv1a64) {
+    uint64_t h = hash_file(path, f.checksum_kind);
+    if (h != f.checksum) {
       throw ConfigError(
           fmt::format("checkpoint file '{}' has checksum {:016x}, its manifest says "
-                      "{:016x} (the file is corrupt)",
-                      path, h, f.fnv1a64));
+                      "{:016x} ({}; the file is corrupt)",
+                      path, h, f.checksum, f.checksum_kind));
     }
     SafetensorsFile::open(path);  // structure check
   }

@@ -10,6 +10,9 @@
 #include <optional>
 #include <variant>
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #include "mapped_file.h"
 #include "ptrain/core/error.h"
 #include "ptrain/data/json.h"
@@ -43,6 +46,10 @@ uint64_t fnv1a64(const void* data, size_t n, uint64_t hash) {
     hash *= 0x100000001b3ull;
   }
   return hash;
+}
+
+uint64_t xxh3_64(const void* data, size_t n) {
+  return XXH3_64bits(data, n);
 }
 
 int64_t TensorInfo::numel() const {
@@ -128,36 +135,84 @@ std::string SafetensorsWriter::serialize() const {
   return out;
 }
 
-uint64_t SafetensorsWriter::write_fd(int fd, const std::string& path, uint64_t* fnv) const {
-  uint64_t hash = kFnv1aOffset;
-  uint64_t total = 0;
-  auto write_all = [&](const void* data, size_t n) {
-    const char* p = static_cast<const char*>(data);
-    hash = fnv1a64(p, n, hash);
+namespace {
+
+// Pieces below kDirectBytes are gathered into one buffer of kBufferBytes; larger ones are
+// written from their own memory, at most kMaxWrite per call.
+constexpr size_t kBufferBytes = 8u << 20;
+constexpr size_t kDirectBytes = 1u << 20;
+constexpr size_t kMaxWrite = size_t{1} << 30;
+
+class FileSink {
+ public:
+  FileSink(int fd, const std::string& path) : fd_(fd), path_(path) {
+    state_ = XXH3_createState();
+    PTRAIN_CHECK(state_ != nullptr, "out of memory for the checksum state");
+    XXH3_64bits_reset(state_);
+    buffer_.reserve(kBufferBytes);
+  }
+  ~FileSink() { XXH3_freeState(state_); }
+  FileSink(const FileSink&) = delete;
+  FileSink& operator=(const FileSink&) = delete;
+
+  void put(const void* data, size_t n) {
+    if (n == 0) return;
+    XXH3_64bits_update(state_, data, n);
+    total_ += n;
+    if (n >= kDirectBytes) {
+      flush();
+      write_all(static_cast<const char*>(data), n);
+      return;
+    }
+    if (buffer_.size() + n > kBufferBytes) flush();
+    buffer_.insert(buffer_.end(), static_cast<const char*>(data),
+                   static_cast<const char*>(data) + n);
+  }
+  void flush() {
+    write_all(buffer_.data(), buffer_.size());
+    buffer_.clear();
+  }
+  uint64_t total() const { return total_; }
+  uint64_t digest() const { return XXH3_64bits_digest(state_); }
+
+ private:
+  void write_all(const char* p, size_t n) {
     while (n > 0) {
-      ssize_t w = ::write(fd, p, std::min<size_t>(n, size_t{1} << 30));
+      ssize_t w = ::write(fd_, p, std::min(n, kMaxWrite));
       if (w < 0) {
         if (errno == EINTR) continue;
-        throw IoError(fmt::format("cannot write '{}': {}", path, std::strerror(errno)),
+        throw IoError(fmt::format("cannot write '{}': {}", path_, std::strerror(errno)),
                       errno == ENOSPC ? "the disk is full" : "");
       }
       p += w;
       n -= static_cast<size_t>(w);
-      total += static_cast<uint64_t>(w);
     }
-  };
+  }
+
+  int fd_;
+  const std::string& path_;
+  XXH3_state_t* state_ = nullptr;
+  std::vector<char> buffer_;
+  uint64_t total_ = 0;
+};
+
+}  // namespace
+
+uint64_t SafetensorsWriter::write_fd(int fd, const std::string& path, uint64_t* xxh3) const {
+  FileSink sink(fd, path);
   std::string h = header();
   char len[8];
   put_u64le(h.size(), len);
-  write_all(len, 8);
-  write_all(h.data(), h.size());
+  sink.put(len, 8);
+  sink.put(h.data(), h.size());
   for (const auto& t : tensors_) {
     uint64_t bytes = 0;
     byte_size(t.shape, dtype_size(t.dtype), &bytes);
-    write_all(t.data, bytes);
+    sink.put(t.data, bytes);
   }
-  if (fnv != nullptr) *fnv = hash;
-  return total;
+  sink.flush();
+  if (xxh3 != nullptr) *xxh3 = sink.digest();
+  return sink.total();
 }
 
 // ---------------------------------------------------------------- reader

@@ -179,6 +179,7 @@ Value tree(const JobSpec& s) {
   ckpt.add("dir", Value::str(s.checkpoint.dir));
   ckpt.add("keep", Value::num(s.checkpoint.keep));
   ckpt.add("resume", Value::str(s.checkpoint.resume));
+  ckpt.add("async", Value::boolean(s.checkpoint.async));
 
   Value& ft = root.add("fault_tolerance", Value::map());
   ft.add("max_restarts", Value::num(s.fault_tolerance.max_restarts));

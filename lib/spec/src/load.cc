@@ -236,7 +236,7 @@ void read_parallel(Reader& r, const MapView& m, ParallelSpec& p) {
   m.read_enum("schedule", p.schedule, {"gpipe", "1f1b"});
   m.read("microbatches", p.microbatches, 1, 1 << 16);
   if (m.has("stages")) p.stages = r.as_int_list(m.path("stages"), m.get("stages"), 1, 1 << 20);
-  m.read_enum("comm", p.comm, {"auto", "gloo", "nccl"});
+  m.read_enum("comm", p.comm, {"auto", "gloo", "nccl", "shm"});
   m.read_enum("embeddings", p.embeddings, {"replicated", "table", "row"});
 }
 
@@ -480,7 +480,8 @@ void read_train(Reader& r, const MapView& m, TrainSpec& t) {
 }
 
 void read_checkpoint(Reader& r, const MapView& m, CheckpointSpec& c, const std::string& base_dir) {
-  m.allow({"every", "dir", "keep", "resume"});
+  m.allow({"every", "dir", "keep", "resume", "async"});
+  m.read("async", c.async);
   m.read("every", c.every, 0, INT32_MAX);
   if (m.has("dir")) c.dir = resolve_path(base_dir, r.as_string(m.path("dir"), m.get("dir")));
   m.read("keep", c.keep, 0, 1 << 20);

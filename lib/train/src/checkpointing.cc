@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
+#include <utility>
 
 #include "ptrain/core/error.h"
 #include "ptrain/data/safetensors.h"
@@ -233,7 +235,7 @@ data::CheckpointManifest save_training_state(
 
 data::CheckpointManifest save_training_state(
     const std::string& dir, int keep, int64_t step, const FullState& model,
-    const std::vector<std::pair<std::string, FullState>>& optim, const char* optimizer_name,
+    const std::vector<std::pair<std::string, FullState>>& optim, const std::string& optimizer_name,
     int64_t optimizer_steps, std::map<std::string, std::string> metadata) {
   data::CheckpointData ckpt;
   ckpt.step = step;
@@ -249,6 +251,34 @@ data::CheckpointManifest save_training_state(
   data::CheckpointOptions opts;
   opts.keep = keep;
   return data::save_checkpoint(dir, ckpt, opts);
+}
+
+BackgroundSaver::~BackgroundSaver() {
+  if (!thread_.joinable()) return;
+  thread_.join();
+  if (error_) {
+    try {
+      std::rethrow_exception(error_);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "checkpoint: the background save failed: %s\n", e.what());
+    }
+  }
+}
+
+void BackgroundSaver::submit(std::function<void()> save) {
+  wait();
+  thread_ = std::thread([this, save = std::move(save)] {
+    try {
+      save();
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+  });
+}
+
+void BackgroundSaver::wait() {
+  if (thread_.joinable()) thread_.join();
+  if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
 }
 
 SavedState load_training_state(const data::CheckpointManifest& manifest, nn::Model& model,

@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <mutex>
 
 #include "fault_injection.h"
 #include "loop_common.h"
@@ -49,6 +50,7 @@ class Trainer {
  private:
   void setup();
   void log(const std::string& line) const {
+    std::lock_guard<std::mutex> lock(log_mu_);  // the background save logs too
     if (ctx_.log)
       ctx_.log(line);
     else
@@ -109,6 +111,8 @@ class Trainer {
   FaultInjection faults_;  // test-only: PTRAIN_TEST_FAIL_AT_STEP (fault_injection.h)
   std::unique_ptr<data::CheckpointLock> ckpt_lock_;  // rank 0: this job owns checkpoint.dir
   double peak_gflops_ = 0;
+  mutable std::mutex log_mu_;
+  BackgroundSaver saver_;  // checkpoint.async (declared last: joined before the lock goes)
 };
 
 void Trainer::setup() {
@@ -362,6 +366,7 @@ std::vector<std::pair<std::string, FullState>> Trainer::gather_optimizer_state()
 void Trainer::save(int64_t step_done, double loss) {
   if (ckpt_dir_.empty()) return;
   // Collective: every rank takes part in gathering shards; global rank 0 writes.
+  const auto blocked_from = Clock::now();
   auto model_state = gather_model_state(*model_, ctx_.mesh);
   auto optim_state = gather_optimizer_state();
   if (ctx_.rank != 0) return;
@@ -378,10 +383,27 @@ void Trainer::save(int64_t step_done, double loss) {
   else if (spec_.data.type == "text")
     meta["tokenizer"] = "bytes";
   for (const auto& [part, print] : spec::fingerprints(spec_)) meta["fingerprint." + part] = print;
-  auto fault = faults_.during_save(step_done, ckpt_dir_);
-  auto manifest = save_training_state(ckpt_dir_, spec_.checkpoint.keep, step_done, model_state,
-                                      optim_state, *optimizer_, meta);
-  log(fmt::format("checkpoint: saved step {} to {}", step_done, manifest.model_path()));
+  const auto t0 = Clock::now();
+  // The state is in host memory now (gathered); the write needs nothing of the live model.
+  auto write = [this, step_done, t0, model_state = std::move(model_state),
+                optim_state = std::move(optim_state), name = optimizer_->name(),
+                steps = optimizer_->steps(), meta = std::move(meta)]() {
+    // Installed here, after the previous save finished: its hook is process-wide.
+    auto fault = faults_.during_save(step_done, ckpt_dir_);
+    auto manifest = save_training_state(ckpt_dir_, spec_.checkpoint.keep, step_done, model_state,
+                                        optim_state, name, steps, meta);
+    log(fmt::format("checkpoint: saved step {} to {} ({:.2f} s)", step_done, manifest.model_path(),
+                    std::chrono::duration<double>(Clock::now() - t0).count()));
+  };
+  if (!spec_.checkpoint.async) {
+    write();
+    return;
+  }
+  saver_.submit(std::move(write));
+  log(
+      fmt::format("checkpoint: step {} copied to host memory; the step was blocked {:.2f} s, "
+                  "writing in the background",
+                  step_done, std::chrono::duration<double>(Clock::now() - blocked_from).count()));
 }
 
 TrainResult Trainer::run() {
@@ -507,6 +529,7 @@ TrainResult Trainer::run() {
     }
   }
   if (step > last_saved && step == total) save(step, last_loss);
+  saver_.wait();  // the last checkpoint is complete before the run reports success
   if (trace_) finish_trace();
   result.steps_done = step;
   result.final_loss = last_loss;

@@ -51,9 +51,10 @@ int run_worker(launch::WorkerContext& ctx) {
   bo.comm.timeout = Millis(static_cast<int64_t>(spec.rendezvous.timeout_s * 1000));
   bo.comm.check_consistency = false;  // every rank runs the same schedule; saves a round trip
   bo.gloo_hostname = comm::gloo_host_for(ctx.client.address());
+  bo.shm_tag = join.run_id.empty() ? "job" : join.run_id;
   comm::CommFactory factory = comm::make_comm_factory(backend, ctx.store, bo);
-  if (device == tensor::Device::kCuda && backend == comm::Backend::kGloo) {
-    // Gloo reads host memory: stage the device buffers through it (several ranks per GPU).
+  if (device == tensor::Device::kCuda && backend != comm::Backend::kNccl) {
+    // Gloo and shm read host memory: stage the device buffers through it (several ranks per GPU).
     factory = [inner = std::move(factory)](const comm::GroupSpec& g) {
       return comm::wrap_host_staging(inner(g), tensor::ops(tensor::Device::kCuda));
     };
@@ -61,7 +62,7 @@ int run_worker(launch::WorkerContext& ctx) {
   comm::ProcessMesh mesh(join.rank, join.world_size, shape, std::move(factory), join.round);
   if (join.world_size > 1 && join.rank == 0 && device == tensor::Device::kCuda) {
     std::printf("comm: %s%s (%d rank(s) per GPU)\n", comm::to_string(backend),
-                backend == comm::Backend::kGloo ? " with host staging" : "", per_gpu);
+                backend != comm::Backend::kNccl ? " with host staging" : "", per_gpu);
     std::fflush(stdout);
   }
 

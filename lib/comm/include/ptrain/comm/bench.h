@@ -13,6 +13,7 @@ namespace ptrain::comm {
 
 struct BenchOptions {
   std::string op = "allreduce";  // allreduce|allgather|reduce_scatter|alltoall|broadcast|sendrecv
+  std::string backend = "gloo";  // the transport under test: gloo|shm
   size_t min_bytes = 1024;
   size_t max_bytes = 64u << 20;
   int iters = 20;        // timed ops per run
@@ -32,6 +33,9 @@ struct BenchRow {
   double plain_us = 0;  // 0 when there is no baseline for the op
   double plain_busbw = 0;
 };
+
+// Throws ConfigError for an unknown backend name.
+void check_bench_backend(const std::string& backend);
 
 // Throws ConfigError for an unknown op name.
 double bus_factor(const std::string& op, int ranks);

@@ -32,12 +32,15 @@ using ptrain::MeshShape;
 enum class GroupKind { kWorld, kDp, kTp, kPp };
 const char* to_string(GroupKind kind);
 
-enum class Backend { kGloo, kNccl };
+// kHostAuto decides per group: shared memory (kShm) when every rank of the group runs on this
+// host, Gloo otherwise.
+enum class Backend { kGloo, kNccl, kShm, kHostAuto };
 const char* to_string(Backend backend);
 
-// `parallel.comm`: "gloo", "nccl" or "auto" (NCCL when the job runs on CUDA with every rank on
-// its own GPU, i.e. ranks_per_gpu == 1, and ptrain was built with NCCL; else Gloo). Throws
-// ConfigError for an unknown word or an impossible request (nccl on CPU, or GPUs shared).
+// `parallel.comm`: "gloo", "nccl", "shm" or "auto" (NCCL when the job runs on CUDA with every
+// rank on its own GPU, i.e. ranks_per_gpu == 1, and ptrain was built with NCCL; else kHostAuto:
+// shm inside a host, Gloo across hosts). Throws ConfigError for an unknown word or an
+// impossible request (nccl on CPU, or GPUs shared).
 Backend choose_backend(const std::string& requested, tensor::Device device, int ranks_per_gpu);
 
 // One group as the factory sees it.
@@ -56,7 +59,8 @@ struct BackendOptions {
   CommOptions comm;
   std::string gloo_hostname = "127.0.0.1";  // see GlooOptions; gloo_host_for() for multi-host
   std::string gloo_iface;
-  int cuda_device = -1;  // NCCL: -1 = the current device
+  int cuda_device = -1;         // NCCL: -1 = the current device
+  std::string shm_tag = "job";  // shm: names the segments (the run id)
 };
 
 // The standard factory: a PrefixStore(key_prefix) over `store`, then the chosen backend.

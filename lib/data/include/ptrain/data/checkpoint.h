@@ -1,6 +1,7 @@
 // Checkpoint files on disk: step-<n>.safetensors (the model, Hugging Face names, loadable by
 // other tools), step-<n>.optim.safetensors (optimizer state), and the manifest step-<n>.json
-// written last, which lists each file's size and FNV-1a 64 checksum plus the step and a metadata
+// written last, which lists each file's size and XXH3-64 checksum (FNV-1a 64 in checkpoints of
+// earlier versions, still read) plus the step and a metadata
 // map (RNG state, data position, ...). A checkpoint counts only when its manifest and files
 // validate, so a crash or a full disk mid-save never hides the previous one.
 // Deciding when to save is the training loop's job (lib/train).
@@ -32,7 +33,8 @@ struct CheckpointData {
 struct CheckpointFile {
   std::string name;  // relative to the checkpoint folder
   uint64_t bytes = 0;
-  uint64_t fnv1a64 = 0;
+  uint64_t checksum = 0;
+  std::string checksum_kind = "xxh3_64";  // or "fnv1a64" (checkpoints written before XXH3)
 };
 
 struct CheckpointManifest {

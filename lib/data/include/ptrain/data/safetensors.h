@@ -42,9 +42,10 @@ class SafetensorsWriter {
   std::string header() const;
   // Whole file in memory (small files and tests).
   std::string serialize() const;
-  // Writes to an open file descriptor; returns the bytes written and, when `fnv1a64` is not
-  // null, the FNV-1a 64-bit hash of them. Throws IoError (with `path` in the message) on failure.
-  uint64_t write_fd(int fd, const std::string& path, uint64_t* fnv1a64 = nullptr) const;
+  // Writes to an open file descriptor in large writes (small tensors are gathered in a buffer,
+  // large ones go straight from their memory); returns the bytes written and, when `xxh3` is not
+  // null, the XXH3-64 hash of them. Throws IoError (with `path` in the message) on failure.
+  uint64_t write_fd(int fd, const std::string& path, uint64_t* xxh3 = nullptr) const;
 
  private:
   std::vector<TensorRef> tensors_;
@@ -98,7 +99,11 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-// FNV-1a 64-bit: continues from `hash` (start with kFnv1aOffset).
+// XXH3 64-bit (seed 0) of a whole buffer: the checksum of new checkpoint files.
+uint64_t xxh3_64(const void* data, size_t n);
+
+// FNV-1a 64-bit: continues from `hash` (start with kFnv1aOffset). The checksum of checkpoints
+// written before XXH3; still read.
 inline constexpr uint64_t kFnv1aOffset = 0xcbf29ce484222325ull;
 uint64_t fnv1a64(const void* data, size_t n, uint64_t hash = kFnv1aOffset);
 

@@ -64,7 +64,7 @@ struct ParallelSpec {
   std::string schedule = "1f1b";  // gpipe|1f1b
   int microbatches = 1;
   std::vector<int> stages;    // layer counts per pipeline stage; empty = balanced
-  std::string comm = "auto";  // auto|gloo|nccl
+  std::string comm = "auto";  // auto|gloo|nccl|shm
   // Embedding tables (families with sharded parameters, dlrm): every worker holds every table
   // (replicated), each table lives on one data rank (table), or every table's rows are split
   // across the data group (row).
@@ -207,6 +207,7 @@ struct CheckpointSpec {
   std::string dir;  // empty = RUN_DIR/checkpoints
   int keep = 2;
   std::string resume = "auto";  // auto|never|force (auto, even another job's)|PATH
+  bool async = true;  // write and fsync on a background thread; the step waits for the copy only
 
   bool operator==(const CheckpointSpec&) const = default;
 };

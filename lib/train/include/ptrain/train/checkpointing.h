@@ -5,10 +5,12 @@
 // Optimizer state is named "<param>.<state>" (exp_avg, exp_avg_sq, momentum_buffer).
 #pragma once
 
+#include <exception>
 #include <functional>
 #include <map>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -64,12 +66,34 @@ data::CheckpointManifest save_training_state(
     const std::string& dir, int keep, int64_t step, const FullState& model,
     const std::vector<std::pair<std::string, FullState>>& optim, const optim::Optimizer& optimizer,
     std::map<std::string, std::string> metadata);
-// The same, naming the optimizer and its update count directly (the parameter servers' state,
-// which no single optimizer object holds).
+// The same with the optimizer's name and step count given: for a save that runs while the
+// optimizer keeps stepping, and for the parameter servers' state, which no single optimizer
+// object holds.
 data::CheckpointManifest save_training_state(
     const std::string& dir, int keep, int64_t step, const FullState& model,
-    const std::vector<std::pair<std::string, FullState>>& optim, const char* optimizer_name,
+    const std::vector<std::pair<std::string, FullState>>& optim, const std::string& optimizer_name,
     int64_t optimizer_steps, std::map<std::string, std::string> metadata);
+
+// `checkpoint.async`: writes checkpoints on a background thread, at most one at a time. The
+// caller has already copied the state to host memory (gather_*); submit() first waits for the
+// save in flight, so a step blocks only for the copy (and for a previous save still writing).
+// A failed save is rethrown by the next submit() or wait().
+class BackgroundSaver {
+ public:
+  BackgroundSaver() = default;
+  BackgroundSaver(const BackgroundSaver&) = delete;
+  BackgroundSaver& operator=(const BackgroundSaver&) = delete;
+  ~BackgroundSaver();  // joins; a failure nobody waited for is printed, not lost silently
+
+  void submit(std::function<void()> save);
+  // Waits for the save in flight; rethrows its failure.
+  void wait();
+  bool busy() const { return thread_.joinable(); }
+
+ private:
+  std::thread thread_;
+  std::exception_ptr error_;
+};
 
 // Restores this rank's parameters and its shard of the optimizer state. Every rank reads the
 // files itself.

@@ -1,0 +1,256 @@
+// What only the shm backend has: ops that span many rounds of its staging slots, messages of
+// many frames, the segment's name gone once every rank mapped it, and the sweep of segments
+// whose creator died.
+#include "ptrain/comm/shm.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <string>
+
+#include "harness.h"
+#include "ptrain/comm/mesh.h"
+#include "ptrain/core/error.h"
+#include "ptrain/rendezvous/coordinator.h"
+#include "ptrain/rendezvous/grpc_store.h"
+#include "ptrain/rendezvous/token.h"
+
+namespace ptrain::comm {
+namespace {
+
+using testing::expect_all_ok;
+using testing::run_ranks;
+
+constexpr Millis kFast{std::chrono::seconds(20)};
+
+float value(int rank, size_t i) {
+  return static_cast<float>((rank + 1) * 5 + static_cast<int>(i % 23));
+}
+
+// Slots of one page: a few thousand elements take dozens of rounds, alternating buffers.
+std::unique_ptr<Communicator> tiny_slots(std::shared_ptr<rendezvous::Store> store, int r, int n) {
+  ShmOptions o;
+  o.comm.timeout = kFast;
+  o.tag = "test";
+  o.slot_bytes = 4096;
+  return create_shm_communicator({"tiny", r, n},
+                                 std::make_shared<rendezvous::PrefixStore>("tiny", store), o);
+}
+
+std::vector<std::string> my_segments() {
+  std::vector<std::string> out;
+  const std::string mine = fmt::format("-{}-", ::getpid());
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
+    const auto name = e.path().filename().string();
+    if (name.rfind("ptrain-", 0) == 0 && name.find(mine) != std::string::npos) out.push_back(name);
+  }
+  return out;
+}
+
+class ShmRounds : public ::testing::TestWithParam<int> {};
+
+TEST_P(ShmRounds, EveryOpIsExactAcrossManyRounds) {
+  const int n = GetParam();
+  auto store = std::make_shared<rendezvous::MemoryStore>();
+  expect_all_ok(run_ranks(n, [&](int r) {
+    auto comm = tiny_slots(store, r, n);
+    const size_t count = 20011;  // ~20 rounds of 1024 floats, odd tail
+    std::vector<float> buf(count);
+    for (size_t i = 0; i < count; ++i) buf[i] = value(r, i);
+    comm->allreduce(buf.data(), count, DType::kF32, ReduceOp::kSum);
+    for (size_t i = 0; i < count; ++i) {
+      float sum = 0;
+      for (int q = 0; q < n; ++q) sum += value(q, i);
+      ASSERT_EQ(buf[i], sum) << "allreduce i " << i;
+    }
+    const size_t chunk = 3001;
+    std::vector<float> send(chunk * n), recv(chunk);
+    for (size_t i = 0; i < send.size(); ++i) send[i] = value(r, i);
+    comm->reduce_scatter(send.data(), recv.data(), chunk, DType::kF32, ReduceOp::kMax);
+    for (size_t i = 0; i < chunk; ++i) {
+      float mx = -1e30f;
+      for (int q = 0; q < n; ++q) mx = std::max(mx, value(q, r * chunk + i));
+      ASSERT_EQ(recv[i], mx) << "reduce_scatter i " << i;
+    }
+    std::vector<float> gathered(chunk * n);
+    comm->allgather(recv.data(), gathered.data(), chunk, DType::kF32);
+    for (int q = 0; q < n; ++q)
+      for (size_t i = 0; i < chunk; ++i) {
+        float mx = -1e30f;
+        for (int p = 0; p < n; ++p) mx = std::max(mx, value(p, q * chunk + i));
+        ASSERT_EQ(gathered[q * chunk + i], mx) << "allgather q " << q << " i " << i;
+      }
+    std::vector<float> b(5003);
+    for (size_t i = 0; i < b.size(); ++i) b[i] = value(r, i);
+    comm->broadcast(b.data(), b.size(), DType::kF32, n - 1);
+    for (size_t i = 0; i < b.size(); ++i) ASSERT_EQ(b[i], value(n - 1, i));
+    // alltoallv: rank i sends 1500 * (i + j + 1) elements to rank j.
+    std::vector<size_t> sc(n), rc(n);
+    std::vector<int32_t> a2a_send, a2a_recv;
+    for (int j = 0; j < n; ++j) {
+      sc[j] = 1500 * (r + j + 1);
+      rc[j] = 1500 * (j + r + 1);
+      for (size_t k = 0; k < sc[j]; ++k) a2a_send.push_back(int32_t(r * 1000000 + j * 10000 + k));
+    }
+    size_t total = 0;
+    for (size_t c : rc) total += c;
+    a2a_recv.assign(total, -1);
+    comm->alltoallv(a2a_send.data(), sc, a2a_recv.data(), rc, DType::kI32);
+    size_t at = 0;
+    for (int j = 0; j < n; ++j)
+      for (size_t k = 0; k < rc[j]; ++k, ++at)
+        ASSERT_EQ(a2a_recv[at], int32_t(j * 1000000 + r * 10000 + k)) << "from " << j;
+  }));
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, ShmRounds, ::testing::Values(2, 3, 4));
+
+TEST(Shm, MessagesOfManyFramesMatchByTagAcrossEachOther) {
+  auto store = std::make_shared<rendezvous::MemoryStore>();
+  expect_all_ok(run_ranks(2, [&](int r) {
+    auto comm = tiny_slots(store, r, 2);
+    const int peer = 1 - r;
+    // Far larger than the ring: the receiver must take the first message aside to reach the
+    // second one, which it asks for first.
+    std::vector<float> big(1 << 20), small(333), got_big(big.size()), got_small(small.size());
+    for (size_t i = 0; i < big.size(); ++i) big[i] = value(r, i);
+    for (size_t i = 0; i < small.size(); ++i) small[i] = value(r + 7, i);
+    auto s1 = comm->send_async(big.data(), big.size(), DType::kF32, peer, 1);
+    auto s2 = comm->send_async(small.data(), small.size(), DType::kF32, peer, 2);
+    auto r2 = comm->recv_async(got_small.data(), got_small.size(), DType::kF32, peer, 2);
+    auto r1 = comm->recv_async(got_big.data(), got_big.size(), DType::kF32, peer, 1);
+    for (auto* w : {s1.get(), s2.get(), r2.get(), r1.get()}) w->wait(kFast);
+    for (size_t i = 0; i < big.size(); ++i) ASSERT_EQ(got_big[i], value(peer, i));
+    for (size_t i = 0; i < small.size(); ++i) ASSERT_EQ(got_small[i], value(peer + 7, i));
+  }));
+}
+
+TEST(Shm, TheSegmentNameIsGoneOnceEveryRankMappedIt) {
+  auto store = std::make_shared<rendezvous::MemoryStore>();
+  expect_all_ok(run_ranks(3, [&](int r) {
+    auto comm = tiny_slots(store, r, 3);
+    comm->barrier();
+    EXPECT_TRUE(my_segments().empty()) << my_segments().front();
+    float x = 1;
+    comm->allreduce(&x, 1, DType::kF32);  // still works: the mapping outlives the name
+    EXPECT_EQ(x, 3.f);
+  }));
+}
+
+TEST(Shm, SweepRemovesSegmentsOfDeadCreatorsOnly) {
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) ::_exit(0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  const std::string dead = fmt::format("/ptrain-sweeptest-world-{}-0000abcd", child);
+  const std::string live = fmt::format("/ptrain-sweeptest-world-{}-0000abce", ::getpid());
+  for (const auto& name : {dead, live}) {
+    const int fd = ::shm_open(name.c_str(), O_CREAT | O_RDWR, 0600);
+    ASSERT_GE(fd, 0) << name;
+    ::close(fd);
+  }
+  EXPECT_GE(sweep_stale_shm_segments(), 1);
+  EXPECT_FALSE(std::filesystem::exists("/dev/shm" + dead));
+  EXPECT_TRUE(std::filesystem::exists("/dev/shm" + live));
+  ::shm_unlink(live.c_str());
+}
+
+// Two real processes meet through a coordinator; the child maps the segment and then dies
+// without a word (SIGKILL), in the middle of the parent's allreduce.
+TEST(ShmProcesses, APeerKilledMidOpFailsTheSurvivorLongBeforeTheTimeout) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t child = ::fork();  // before any gRPC thread exists in this process
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(fds[1]);
+    char line[512] = {};
+    size_t got = 0;
+    while (got < sizeof(line) - 1) {
+      const ssize_t n = ::read(fds[0], line + got, sizeof(line) - 1 - got);
+      if (n <= 0) break;
+      got += size_t(n);
+      if (std::memchr(line, '\n', got)) break;
+    }
+    try {
+      std::string text(line, got);
+      const auto space = text.find(' ');
+      auto store = std::make_shared<rendezvous::GrpcStore>(
+          text.substr(0, space), text.substr(space + 1, text.find('\n') - space - 1));
+      ShmOptions o;
+      o.comm.timeout = Millis(30000);
+      auto comm = create_shm_communicator(
+          {"victim", 1, 2}, std::make_shared<rendezvous::PrefixStore>("victim", store), o);
+      ::kill(::getpid(), SIGKILL);
+    } catch (...) {
+    }
+    ::_exit(3);
+  }
+  ::close(fds[0]);
+  rendezvous::CoordinatorOptions co;
+  co.token = rendezvous::make_token();
+  co.world_size = 2;
+  co.mesh = {.dp = 2, .tp = 1, .pp = 1};
+  rendezvous::Coordinator coordinator(co);
+  coordinator.start();
+  const std::string line = coordinator.address() + " " + co.token + "\n";
+  ASSERT_EQ(::write(fds[1], line.data(), line.size()), ssize_t(line.size()));
+  ::close(fds[1]);
+  auto store = std::make_shared<rendezvous::GrpcStore>(coordinator.address(), co.token);
+  ShmOptions o;
+  o.comm.timeout = Millis(30000);
+  auto comm = create_shm_communicator(
+      {"victim", 0, 2}, std::make_shared<rendezvous::PrefixStore>("victim", store), o);
+  std::vector<float> buf(1 << 16, 1.f);
+  const auto start = Clock::now();
+  try {
+    comm->allreduce(buf.data(), buf.size(), DType::kF32);
+    FAIL() << "allreduce with a dead peer succeeded";
+  } catch (const RemoteError& e) {
+    EXPECT_NE(std::string(e.what()).find("died"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'victim'"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
+}
+
+TEST(Shm, RanksOnDifferentHostsAreRefusedWithTheReason) {
+  auto store = std::make_shared<rendezvous::MemoryStore>();
+  // Rank 0 of this group says it runs elsewhere.
+  store->set("elsewhere/shm/segment", "/ptrain-none|other-host|boot");
+  ShmOptions o;
+  o.comm.timeout = kFast;
+  try {
+    create_shm_communicator({"dp[0,1]", 1, 2},
+                            std::make_shared<rendezvous::PrefixStore>("elsewhere", store), o);
+    FAIL() << "joined a segment of another host";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("one host"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ShmMesh, AutoPicksShmForRanksOnOneHost) {
+  auto store = std::make_shared<rendezvous::MemoryStore>();
+  EXPECT_EQ(choose_backend("auto", tensor::Device::kCpu, 1), Backend::kHostAuto);
+  EXPECT_EQ(choose_backend("shm", tensor::Device::kCpu, 1), Backend::kShm);
+  expect_all_ok(run_ranks(2, [&](int r) {
+    ProcessMesh mesh(r, 2, {2, 1, 1}, make_comm_factory(Backend::kHostAuto, store, {}));
+    EXPECT_STREQ(mesh.dp().backend(), "shm");
+    float x = float(r + 1);
+    mesh.dp().allreduce(&x, 1, DType::kF32);
+    EXPECT_EQ(x, 3.f);
+  }));
+}
+
+}  // namespace
+}  // namespace ptrain::comm
