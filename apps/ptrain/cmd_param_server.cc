@@ -77,6 +77,7 @@ int serve() {
   sc.token = token;
   // `ptrain launch`: an address of this host that the other hosts reach (its agent sets it).
   sc.bind = env_or("PTRAIN_SERVER_BIND", "127.0.0.1");
+  if (spec.parallel.server_port > 0) sc.port = spec.parallel.server_port + index;
   sc.stop_requested = [&] {
     g_serving = 1;  // polled only from the serving loop on
     if (g_terminate) return true;

@@ -376,3 +376,25 @@ TEST_F(RunTest, ACoordinatorThatCannotStartStillWritesSummaryJson) {
   EXPECT_TRUE(contains(summary, R"("status": "failed")")) << summary;
   EXPECT_TRUE(contains(summary, "cannot start the coordinator")) << summary;
 }
+
+TEST_F(RunTest, ATakenParameterServerPortIsRefusedBeforeAnythingStarts) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa {};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  socklen_t len = sizeof sa;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  const int port = ntohs(sa.sin_port);
+  Ptrain p({"run", spec(fmt::format("nodes: {{procs_per_node: 2, device: cpu}}\nparallel: {{data: "
+                                    "2, data_mode: async, servers: 1, server_port: {}}}\n"
+                                    "train: {{steps: 2}}\n",
+                                    port))});
+  int code = p.finish(Millis(30000));
+  ::close(fd);
+  EXPECT_EQ(code, 2) << p.err;
+  EXPECT_TRUE(
+      contains(p.err, fmt::format("port {} on 127.0.0.1 (parameter server 0) is taken", port)))
+      << p.err;
+}

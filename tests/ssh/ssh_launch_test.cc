@@ -660,3 +660,63 @@ TEST_F(SshLaunchTest, MoreServersThanAHostRunsRanksIsRefusedBeforeAnythingStarts
       << p.err;
   EXPECT_FALSE(fs::exists(tmp_ + "/runs"));
 }
+
+TEST_F(SshLaunchTest, ServerHostsPlacesTheServersAndAFixedPortIsUsed) {
+  // The only server runs on the second host, on a fixed port: the worker of the first host
+  // reaches it across hosts.
+  const int port = free_port("127.0.0.3");
+  Ptrain p(launch(spec_procs(tmp_, 1,
+                             fmt::format("parallel: {{data: 2, data_mode: async, servers: 1, "
+                                         "server_hosts: [127.0.0.3], server_port: {}}}\n",
+                                         port) +
+                                 "model: {type: gpt, layers: 1, heads: 2, dim: 32, seq_len: 16, "
+                                 "vocab: 64}\ndata: {type: synthetic, batch_size: 8}\n"
+                                 "train: {steps: 6, log_every: 1}\n"),
+                  "127.0.0.2:1,127.0.0.3:1"));
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  std::string log = read_file(run_dir() + "/launcher.log");
+  EXPECT_TRUE(contains(log,
+                       "parameter server 0 (rank 2) placed on 127.0.0.3, listening on "
+                       "127.0.0.3"))
+      << log;
+  EXPECT_TRUE(contains(read_file(run_dir() + "/metrics.jsonl"), "\"step\": 6"));
+}
+
+TEST_F(SshLaunchTest, BadServerPlacementIsRefusedBeforeAnythingStarts) {
+  const std::string body =
+      "model: {type: gpt, layers: 1, heads: 2, dim: 32, seq_len: 16, vocab: 64}\n"
+      "data: {type: synthetic, batch_size: 8}\ntrain: {steps: 2}\n";
+  Ptrain unknown(launch(spec_procs(tmp_, 1,
+                                   "parallel: {data: 2, data_mode: async, servers: 1, "
+                                   "server_hosts: [127.0.0.7]}\n" +
+                                       body),
+                        "127.0.0.2:1,127.0.0.3:1"));
+  EXPECT_EQ(unknown.finish(), 2) << unknown.err;
+  EXPECT_TRUE(contains(unknown.err,
+                       "parallel.server_hosts names host `127.0.0.7`, which is not "
+                       "a host of this job (127.0.0.2, 127.0.0.3)"))
+      << unknown.err;
+  // A taken port on the server's host.
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  ::inet_pton(AF_INET, "127.0.0.3", &sa.sin_addr);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  socklen_t len = sizeof sa;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  const int port = ntohs(sa.sin_port);
+  Ptrain taken(launch(spec_procs(tmp_, 1,
+                                 fmt::format("parallel: {{data: 2, data_mode: async, servers: 1, "
+                                             "server_hosts: [127.0.0.3], server_port: {}}}\n",
+                                             port) +
+                                     body),
+                      "127.0.0.2:1,127.0.0.3:1"));
+  int code = taken.finish();
+  ::close(fd);
+  EXPECT_EQ(code, 2) << taken.err;
+  EXPECT_TRUE(
+      contains(taken.err, fmt::format("port {} on 127.0.0.3 (parameter server 0) is taken", port)))
+      << taken.err;
+  EXPECT_FALSE(fs::exists(tmp_ + "/runs"));
+}

@@ -46,6 +46,37 @@ int free_tcp_port(const std::string& addr) {
   return port;
 }
 
+bool tcp_port_taken(const std::string& addr, int port) {
+  int fd = PTRAIN_SYSCALL(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  struct sockaddr_in sa {};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(static_cast<uint16_t>(port));
+  if (::inet_pton(AF_INET, addr.c_str(), &sa.sin_addr) != 1)
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool taken = ::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
+  ::close(fd);
+  return taken;
+}
+
+void check_server_ports(int server_port, int servers,
+                        const std::function<std::string(int)>& address_of) {
+  if (server_port <= 0) return;
+  for (int i = 0; i < servers; ++i) {
+    const std::string addr = address_of(i);
+    const int port = server_port + i;
+    if (port > 65535)
+      throw ConfigError(fmt::format("parallel.server_port: {} + {} servers passes port 65535",
+                                    server_port, servers),
+                        "choose a lower server_port, or 0 for kernel-chosen ports");
+    if (tcp_port_taken(addr, port))
+      throw ConfigError(
+          fmt::format("parallel.server_port: port {} on {} (parameter server {}) is taken", port,
+                      addr, i),
+          "choose a free range (server i listens on server_port + i), or server_port: 0 for "
+          "kernel-chosen ports");
+  }
+}
+
 class Launcher::Impl {
  public:
   Impl(spec::JobSpec spec, LauncherOptions options)
@@ -70,6 +101,10 @@ JobResult Launcher::Impl::run() {
   const bool builtin = !spec_.launcher_only();
   const int world_size = spec_.world_size();  // `run` starts every rank on this machine
   PTRAIN_CHECK(world_size >= 1, "world size {}", world_size);
+  // data_mode: async with parallel.server_port: the servers' ports must be free.
+  const int servers = builtin && spec_.parallel.data_mode == "async" ? spec_.parallel.servers : 0;
+  check_server_ports(spec_.parallel.server_port, servers,
+                     [](int) { return std::string("127.0.0.1"); });
 
   bool tty = opt_.tty >= 0 ? opt_.tty != 0 : ::isatty(::fileno(opt_.out)) != 0;
   Console console(opt_.out, tty, parse_console_mode(spec_.logging.console), spec_.train.log_every);
@@ -98,7 +133,6 @@ JobResult Launcher::Impl::run() {
   co.token = rendezvous::make_token();
   co.world_size = world_size;
   // data_mode: async: the parameter servers join as ranks world_size .. world_size + servers - 1.
-  const int servers = builtin && spec_.parallel.data_mode == "async" ? spec_.parallel.servers : 0;
   co.extra_roles = servers;
   co.mesh = builtin ? rendezvous::MeshShape{spec_.parallel.data, spec_.parallel.tensor,
                                             spec_.parallel.pipeline}

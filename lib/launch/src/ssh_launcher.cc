@@ -82,15 +82,17 @@ JobResult SshLauncher::Impl::run() {
 
   // data_mode: async: the parameter servers, placed on hosts before anything starts.
   const int servers = builtin && spec_.parallel.data_mode == "async" ? spec_.parallel.servers : 0;
-  const std::vector<size_t> server_host = place_servers(plan, servers, {});
+  const std::vector<size_t> server_host = place_servers(plan, servers, spec_.parallel.server_hosts);
   // The address the servers of each host listen on: the host as ssh reaches it, so the workers
-  // of every other host can connect.
+  // of every other host can connect; a fixed parallel.server_port must be free there.
   std::vector<std::string> server_bind(plan.size());
   for (int k = 0; k < servers; ++k) {
     const size_t h = server_host[static_cast<size_t>(k)];
     if (server_bind[h].empty())
       server_bind[h] = resolve_ipv4(ssh_target_hostname(opt_.ssh, plan[h].host));
   }
+  check_server_ports(spec_.parallel.server_port, servers,
+                     [&](int k) { return server_bind[server_host[static_cast<size_t>(k)]]; });
 
   // Preflight and shipping happen before anything else: a bad host stops the job here.
   std::string program = spec_.nodes.remote_ptrain.empty() ? self : spec_.nodes.remote_ptrain;

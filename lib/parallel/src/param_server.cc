@@ -211,7 +211,7 @@ ParamServer::~ParamServer() {
 void ParamServer::start() {
   auto& s = *impl_;
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(fmt::format("{}:0", s.opt.bind), grpc::InsecureServerCredentials(),
+  builder.AddListeningPort(fmt::format("{}:{}", s.opt.bind, s.opt.port), grpc::InsecureServerCredentials(),
                            &s.port);
   builder.SetMaxReceiveMessageSize(kMaxMessage);
   builder.SetMaxSendMessageSize(kMaxMessage);

@@ -93,6 +93,8 @@ Value tree(const JobSpec& s) {
   par.add("data_mode", Value::str(p.data_mode));
   par.add("staleness", Value::num(p.staleness));
   par.add("servers", Value::num(p.servers));
+  if (!p.server_hosts.empty()) par.add("server_hosts", Value::strings(p.server_hosts));
+  if (p.server_port) par.add("server_port", Value::num(p.server_port));
   par.add("zero", Value::num(p.zero));
   par.add("bucket_mb", Value::num(p.bucket_mb));
   par.add("schedule", Value::str(p.schedule));

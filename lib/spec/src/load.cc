@@ -209,7 +209,8 @@ void read_nodes(Reader& r, const MapView& m, NodesSpec& nodes, const std::string
 
 void read_parallel(Reader& r, const MapView& m, ParallelSpec& p) {
   m.allow({"data", "tensor", "pipeline", "data_mode", "staleness", "servers", "zero", "bucket_mb",
-           "schedule", "microbatches", "stages", "comm", "embeddings"});
+           "schedule", "microbatches", "stages", "comm", "embeddings", "server_hosts",
+           "server_port"});
   p.data_auto = true;
   if (m.has("data")) {
     const YAML::Node& v = m.get("data");
@@ -238,6 +239,9 @@ void read_parallel(Reader& r, const MapView& m, ParallelSpec& p) {
   if (m.has("stages")) p.stages = r.as_int_list(m.path("stages"), m.get("stages"), 1, 1 << 20);
   m.read_enum("comm", p.comm, {"auto", "gloo", "nccl", "shm"});
   m.read_enum("embeddings", p.embeddings, {"replicated", "table", "row"});
+  if (m.has("server_hosts"))
+    p.server_hosts = r.as_string_list(m.path("server_hosts"), m.get("server_hosts"));
+  m.read("server_port", p.server_port, 0, 65535);
 }
 
 // The `model:` section: `type` picks the family, whose schema (spec/model_schema.h) names the

@@ -404,6 +404,7 @@ int run_param_server(const spec::JobSpec& spec, const ServerContext& ctx) {
   po.index = ctx.index;
   po.workers = workers;
   po.bind = ctx.bind;
+  po.port = ctx.port;
   po.token = ctx.token;
   po.max_wait = seconds(spec.fault_tolerance.hang_timeout_s);
   po.start_version = resume.step * workers;

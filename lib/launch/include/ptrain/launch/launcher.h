@@ -31,6 +31,12 @@ struct JobResult {
 // program binds it later, as with torchrun (ptrain's coordinator binds port 0 instead). Throws
 // IoError when none can be bound.
 int free_tcp_port(const std::string& addr);
+// True when something accepts TCP connections on addr:port now (the port is taken).
+bool tcp_port_taken(const std::string& addr, int port);
+// parallel.server_port: throws ConfigError naming the first port server_port + i (i < servers)
+// that is taken on `address_of(i)`.
+void check_server_ports(int server_port, int servers,
+                        const std::function<std::string(int)>& address_of);
 
 class Launcher {
  public:

@@ -69,6 +69,10 @@ struct ParallelSpec {
   // (replicated), each table lives on one data rank (table), or every table's rows are split
   // across the data group (row).
   std::string embeddings = "replicated";  // replicated|table|row
+  // async, `ptrain launch`: the host of each parameter server (server i on
+  // server_hosts[i % size]); empty = round-robin over the job's hosts.
+  std::vector<std::string> server_hosts;
+  int server_port = 0;  // async: server i listens on server_port + i; 0 = kernel-chosen
 
   bool operator==(const ParallelSpec&) const = default;
 };
