@@ -150,13 +150,16 @@ TEST_F(NodeTest, BadInputIsOneLineAndExitTwo) {
 
 TEST_F(NodeTest, TwoNodesClaimingTheSameRank) {
   std::string s =
-      spec("nodes: {procs_per_node: 1}\nparallel: {data: 2}\ncommand: [sh, -c, 'sleep 2']\n");
+      spec("nodes: {procs_per_node: 1}\nparallel: {data: 2}\ncommand: [sh, -c, 'sleep 5']\n");
   Ptrain n0(node(s, 2, 0), {kToken});
   Ptrain n1(node(s, 2, 1), {kToken});
   ASSERT_TRUE(n1.wait_for([&] { return contains(n1.out, "joined"); })) << n1.out << n1.err;
   Ptrain dup(node(s, 2, 1), {kToken});
   EXPECT_EQ(dup.finish(), 2) << dup.out << dup.err;
   EXPECT_TRUE(contains(dup.err, "node rank 1 is already taken")) << dup.err;
+  Ptrain wrong(node(s, 2, 1), {"PTRAIN_TOKEN=not-the-job-token-0123"});
+  EXPECT_EQ(wrong.finish(), 2) << wrong.out << wrong.err;
+  EXPECT_TRUE(contains(wrong.err, "wrong or missing job token")) << wrong.err;
   Ptrain dup0(node(s, 2, 0), {kToken});
   EXPECT_EQ(dup0.finish(), 2) << dup0.out << dup0.err;
   EXPECT_TRUE(contains(dup0.err, "node 0: cannot listen")) << dup0.err;

@@ -520,6 +520,10 @@ JobResult run_other_node(const spec::JobSpec& spec, const NodeLaunchOptions& opt
     } catch (const Error& e) {
       last = e.what();
       client.reset();
+      // A coordinator that answers but refuses the token will not change its mind.
+      if (last.find("wrong or missing job token") != std::string::npos)
+        throw ConfigError(fmt::format("node {}: {}", opt.node_rank, last),
+                          "give every node the same PTRAIN_TOKEN (or --token-file)");
     }
     if (store) break;
     if (deadline.expired())
