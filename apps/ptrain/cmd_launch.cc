@@ -11,6 +11,8 @@
 #include "command.h"
 #include "ptrain/core/error.h"
 #include "ptrain/launch/hosts.h"
+#include "ptrain/launch/process.h"
+#include "ptrain/launch/slurm.h"
 #include "ptrain/launch/ssh_launcher.h"
 #include "ptrain/spec/plan.h"
 #include "ptrain/spec/spec.h"
@@ -38,7 +40,7 @@ Action setup_launch(CLI::App& sub) {
   auto* hostfile =
       sub.add_option("--hostfile", args->hostfile, "Hostfile (`host slots=N` per line)");
   auto* slurm = sub.add_flag("--slurm", args->slurm,
-                             "Hosts from SLURM_JOB_NODELIST, slots from SLURM_NTASKS_PER_NODE");
+                             "Inside a Slurm allocation: one `ptrain node` per node with srun");
   hosts->excludes(hostfile)->excludes(slurm);
   hostfile->excludes(slurm);
   sub.add_option("--ssh-config", args->ssh_config, "ssh_config file for every ssh call (-F)");
@@ -56,6 +58,9 @@ Action setup_launch(CLI::App& sub) {
       throw ConfigError("no job spec given",
                         "ptrain launch job.yaml --hosts ..., or ptrain launch --resume RUN_DIR");
     }
+    // Slurm: srun starts `ptrain node` on every node of the allocation (no ssh).
+    if (args->slurm && !args->dry_run)
+      return launch::slurm_launch(launch::this_executable(), args->spec_path, args->overrides);
     // The hosts replace nodes.hosts before the spec is validated, so that the mesh is checked
     // against them.
     std::vector<spec::HostSlots> host_list;

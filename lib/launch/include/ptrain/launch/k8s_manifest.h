@@ -1,0 +1,29 @@
+// `ptrain k8s`: the Kubernetes manifest of a job, one pod per node running `ptrain node` (the
+// JobSet API, jobset.x-k8s.io/v1alpha2): a headless Service for the pods' DNS names, a ConfigMap
+// with job.yaml, and the JobSet whose indexed pods get torchrun's PET_* environment and the
+// token from a Secret the user creates (never in the manifest).
+#pragma once
+
+#include <string>
+
+namespace ptrain::launch {
+
+struct K8sOptions {
+  std::string name;  // the job's name (made a DNS label)
+  int nodes = 1;     // pods
+  int procs_per_node = 1;
+  int port = 29500;       // the coordinator's port on pod 0
+  std::string image;      // a container image with ptrain on its PATH
+  std::string spec_yaml;  // job.yaml, mounted at /etc/ptrain/job.yaml
+  std::string program = "ptrain";
+};
+
+// A DNS-1035 label from a job name: lower case, [a-z0-9-], starts with a letter, at most 40
+// characters (room for the pods' suffixes).
+std::string k8s_name(const std::string& name);
+
+// The multi-document YAML (Service, ConfigMap, JobSet). Throws ConfigError for nodes < 1 or an
+// empty image.
+std::string jobset_manifest(const K8sOptions& options);
+
+}  // namespace ptrain::launch

@@ -1,0 +1,713 @@
+#include "ptrain/launch/node_launcher.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <filesystem>
+#include <set>
+#include <thread>
+
+#include "ptrain/core/error.h"
+#include "ptrain/launch/console.h"
+#include "ptrain/launch/hosts.h"
+#include "ptrain/launch/remote_agent.h"
+#include "ptrain/launch/run_dir.h"
+#include "ptrain/launch/supervisor.h"
+#include "ptrain/rendezvous/client.h"
+#include "ptrain/rendezvous/coordinator.h"
+#include "ptrain/spec/spec.h"
+
+extern char** environ;
+
+namespace ptrain::launch {
+
+namespace {
+
+Millis seconds_ms(double s) {
+  return Millis(static_cast<int64_t>(s * 1000));
+}
+
+// The store keys between node 0's supervisor and every node's relay.
+constexpr const char* kResultKey = "ptrain/node/result";
+constexpr const char* kRunKey = "ptrain/node/run";
+std::string node_key(int node, const std::string& what) {
+  return fmt::format("ptrain/node/{}/{}", node, what);
+}
+std::string setup_key(int node, int round) {
+  return node_key(node, fmt::format("setup/{}", round));
+}
+std::string event_key(int node, int round, int seq) {
+  return node_key(node, fmt::format("ev/{}/{}", round, seq));
+}
+std::string command_key(int node, int round, int seq) {
+  return node_key(node, fmt::format("cmd/{}/{}", round, seq));
+}
+std::string node_name(int node) {
+  return fmt::format("node-{}", node);
+}
+
+int parse_int(const std::string& what, const std::string& v) {
+  try {
+    size_t used = 0;
+    int x = std::stoi(v, &used);
+    if (used == v.size()) return x;
+  } catch (const std::exception&) {
+  }
+  throw ConfigError(fmt::format("{} is not a whole number: `{}`", what, v),
+                    "set it to the number the scheduler gives (e.g. 2)");
+}
+
+std::pair<std::string, int> split_host_port(const std::string& text, int default_port) {
+  const size_t colon = text.rfind(':');
+  if (colon == std::string::npos) return {text, default_port};
+  std::string host = text.substr(0, colon);
+  std::string port = text.substr(colon + 1);
+  if (host.empty())
+    throw ConfigError(fmt::format("--coordinator {}: no host before the port", text),
+                      "give HOST:PORT, e.g. --coordinator node0:29500");
+  return {host, port.empty() ? default_port : parse_int("the coordinator's port", port)};
+}
+
+bool is_ipv4_literal(const std::string& host) {
+  int a, b, c, d;
+  char extra;
+  return std::sscanf(host.c_str(), "%d.%d.%d.%d%c", &a, &b, &c, &d, &extra) == 4;
+}
+
+// Reads lines from a descriptor without blocking.
+struct LineReader {
+  std::string buf;
+  // Appends what is there; returns false at the end of the stream.
+  bool read(int fd, std::vector<std::string>& lines) {
+    char chunk[65536];
+    for (int i = 0; i < 16; ++i) {
+      ssize_t n = ::read(fd, chunk, sizeof chunk);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) return true;
+      if (n <= 0) {
+        if (!buf.empty()) lines.push_back(std::move(buf));
+        buf.clear();
+        return false;
+      }
+      buf.append(chunk, static_cast<size_t>(n));
+      size_t nl;
+      while ((nl = buf.find('\n')) != std::string::npos) {
+        lines.push_back(buf.substr(0, nl));
+        buf.erase(0, nl + 1);
+      }
+    }
+    return true;
+  }
+};
+
+void write_blocking(int fd, const std::string& data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+      pollfd p{fd, POLLOUT, 0};
+      ::poll(&p, 1, 100);
+      continue;
+    }
+    if (n <= 0) return;  // the agent is gone: its exit tells the rest
+    done += static_cast<size_t>(n);
+  }
+}
+
+// One node's side: waits for the setup of each round in the store, runs `ptrain agent` with it
+// (the setup on its stdin, as over ssh), publishes the agent's lines and its end, and passes the
+// supervisor's commands on. Returns the job's exit code once node 0 publishes it. Store errors
+// (the coordinator went away) are thrown after the agent was stopped.
+int run_relay(rendezvous::Store& store, int node, const std::string& program,
+              const std::string& log_level, const std::atomic<bool>& cancel) {
+  const std::string alive = node_key(node, "alive");
+  auto last_beat = Clock::now() - Millis(10000);
+  auto beat = [&] {
+    if (Clock::now() - last_beat < Millis(300)) return;
+    store.add(alive, 1);
+    last_beat = Clock::now();
+  };
+  for (int round = 0;; ++round) {
+    while (!store.check({setup_key(node, round)})) {
+      if (store.check({kResultKey})) return parse_int("the job's result", store.get(kResultKey));
+      if (cancel) return kExitFailure;
+      beat();
+      ::usleep(50 * 1000);
+    }
+    const std::string setup = store.get(setup_key(node, round), Millis(5000));
+    ProcessOptions po;
+    po.argv = {program, "--log-level", log_level, "agent"};
+    for (char** e = ::environ; e && *e; ++e) po.env.emplace_back(*e);
+    po.pipe_input = true;
+    ChildProcess agent = ChildProcess::spawn(po);
+    write_blocking(agent.stdin_fd(), setup);
+    ::fcntl(agent.stdin_fd(), F_SETFL, ::fcntl(agent.stdin_fd(), F_GETFL) | O_NONBLOCK);
+    ::fcntl(agent.stdout_fd(), F_SETFL, ::fcntl(agent.stdout_fd(), F_GETFL) | O_NONBLOCK);
+    ::fcntl(agent.stderr_fd(), F_SETFL, ::fcntl(agent.stderr_fd(), F_GETFL) | O_NONBLOCK);
+    LineReader out, err;
+    int seq = 0, cmd = 0;
+    auto publish = [&](const std::string& kind, const std::vector<std::string>& lines) {
+      for (const auto& l : lines) store.set(event_key(node, round, seq++), kind + " " + l);
+    };
+    try {
+      std::optional<ExitStatus> status;
+      while (!status) {
+        std::vector<pollfd> fds;
+        if (agent.stdout_fd() >= 0) fds.push_back({agent.stdout_fd(), POLLIN, 0});
+        if (agent.stderr_fd() >= 0) fds.push_back({agent.stderr_fd(), POLLIN, 0});
+        ::poll(fds.data(), fds.size(), 50);
+        std::vector<std::string> o, e;
+        if (agent.stdout_fd() >= 0 && !out.read(agent.stdout_fd(), o)) agent.close_stdout();
+        if (agent.stderr_fd() >= 0 && !err.read(agent.stderr_fd(), e)) agent.close_stderr();
+        publish("E", e);
+        publish("O", o);
+        while (store.check({command_key(node, round, cmd)}))
+          write_blocking(agent.stdin_fd(), store.get(command_key(node, round, cmd++)));
+        beat();
+        if (cancel) agent.close_stdin();  // the agent stops its workers
+        if (agent.stdout_fd() < 0 && agent.stderr_fd() < 0) status = agent.wait(Millis(1000));
+      }
+      store.set(event_key(node, round, seq++),
+                fmt::format("X {} {}", status->code, status->signal));
+    } catch (const Error&) {
+      // The coordinator is gone: closing stdin makes the agent stop its workers.
+      agent.close_stdin();
+      if (!agent.wait(Millis(10000))) agent.signal_group(SIGKILL);
+      throw;
+    }
+  }
+}
+
+struct NodeState {
+  HostPlan plan;
+  int next_event = 0;
+  int next_command = 0;
+  bool ended = false;
+  bool done = false;
+  std::map<int, pid_t> pids;
+  std::set<int> finished;
+  std::string last_err;
+  int64_t alive = -1;
+  Clock::time_point alive_at;
+};
+
+// Node 0's view of every node's agent, behind the WorkerGroup interface.
+class NodeWorkerGroup : public WorkerGroup {
+ public:
+  NodeWorkerGroup(rendezvous::Store& store, std::vector<HostPlan> plan, std::string run_dir,
+                  int world_size, Millis loss, std::function<RemoteAgentSetup(size_t, int)> setup)
+      : store_(store),
+        plan_(std::move(plan)),
+        run_dir_(std::move(run_dir)),
+        world_size_(world_size),
+        loss_(loss),
+        setup_(std::move(setup)) {}
+  ~NodeWorkerGroup() override {
+    for (auto& [r, fd] : log_fds_)
+      if (fd >= 0) ::close(fd);
+  }
+
+  void start(int round) override {
+    round_ = round;
+    nodes_.clear();
+    for (size_t i = 0; i < plan_.size(); ++i) {
+      NodeState n;
+      n.plan = plan_[i];
+      n.alive = store_.add(node_key(static_cast<int>(i), "alive"), 0);
+      n.alive_at = Clock::now();
+      nodes_.push_back(n);
+      store_.set(setup_key(static_cast<int>(i), round), encode_agent_setup(setup_(i, round)));
+      note(n,
+           fmt::format("agent (node {}, ranks {}..{}, round {}): setup published", n.plan.node_rank,
+                       n.plan.first_rank, n.plan.first_rank + n.plan.procs - 1, round));
+    }
+  }
+  void signal(int sig) override {
+    for (size_t i = 0; i < nodes_.size(); ++i)
+      if (!nodes_[i].ended)
+        store_.set(command_key(static_cast<int>(i), round_, nodes_[i].next_command++),
+                   agent_signal_command(sig));
+  }
+  void force_stop(int stage) override {
+    if (stage == 1) return signal(SIGKILL);
+    for (auto& n : nodes_)
+      if (!n.ended) lose(n, "its agent did not report its workers' end after SIGKILL");
+  }
+  void add_poll_fds(std::vector<struct pollfd>& fds) const override { (void)fds; }
+  void handle_ready(const std::vector<struct pollfd>& fds) override { (void)fds; }
+  std::vector<GroupEvent> poll() override {
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      NodeState& n = nodes_[i];
+      const int node = static_cast<int>(i);
+      while (!n.ended && store_.check({event_key(node, round_, n.next_event)})) {
+        std::string ev = store_.get(event_key(node, round_, n.next_event++));
+        const std::string text = ev.size() > 2 ? ev.substr(2) : "";
+        if (ev[0] == 'O') {
+          on_agent_line(n, text);
+        } else if (ev[0] == 'E') {
+          if (text.empty()) continue;
+          n.last_err = text;
+          GroupEvent e;
+          e.kind = GroupEvent::Kind::Message;
+          e.host = n.plan.host;
+          e.text = text;
+          pending_.push_back(std::move(e));
+        } else {
+          n.ended = true;
+          note(n, fmt::format("agent ended ({})", text));
+          if (!n.done)
+            lose(n, fmt::format("the agent on {} ended before it finished{}", n.plan.host,
+                                n.last_err.empty() ? "" : ": " + n.last_err));
+        }
+      }
+      if (n.ended) continue;
+      const int64_t v = store_.add(node_key(node, "alive"), 0);
+      if (v != n.alive) {
+        n.alive = v;
+        n.alive_at = Clock::now();
+      } else if (Clock::now() - n.alive_at > loss_) {
+        lose(n, fmt::format("{} (node rank {}) stopped answering for {} s", n.plan.host,
+                            n.plan.node_rank, loss_.count() / 1000));
+      }
+    }
+    std::vector<GroupEvent> out = std::move(pending_);
+    pending_.clear();
+    return out;
+  }
+  int running() const override {
+    int k = 0;
+    for (const auto& n : nodes_)
+      if (!n.ended) ++k;
+    return k;
+  }
+  std::string host_of(int rank) const override {
+    for (const auto& p : plan_)
+      if (rank >= p.first_rank && rank < p.first_rank + p.procs) return p.host;
+    return "?";
+  }
+  pid_t pid_of(int rank) const override {
+    for (const auto& n : nodes_)
+      if (auto it = n.pids.find(rank); it != n.pids.end()) return it->second;
+    return -1;
+  }
+  std::vector<std::string> hosts() const override {
+    std::vector<std::string> out;
+    for (const auto& p : plan_) out.push_back(p.host);
+    return out;
+  }
+  std::string log_path(int rank) const override {
+    if (rank >= world_size_) return fmt::format("{}/server-{}.log", run_dir_, rank - world_size_);
+    return fmt::format("{}/rank-{}.log", run_dir_, rank);
+  }
+  std::string log_note(int rank) const override {
+    const std::string host = host_of(rank);
+    std::string file = log_path(rank);
+    file = file.substr(file.find_last_of('/') + 1);
+    return fmt::format("ptrain: the full log is on {}: {}/{}\n", host, agent_dir(run_dir_, host),
+                       file);
+  }
+  void on_streamed_line(const rendezvous::LogLineView& l) override {
+    if (l.rank < 0) return;
+    auto it = log_fds_.find(l.rank);
+    if (it == log_fds_.end()) {
+      std::string path = log_path(l.rank);
+      int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
+      it = log_fds_.emplace(l.rank, fd).first;
+    }
+    if (it->second < 0) return;
+    std::string line = format_log_line(l.time_us, l.text);
+    ssize_t n = ::write(it->second, line.data(), line.size());
+    (void)n;
+  }
+  bool multi_host() const override { return true; }
+
+ private:
+  void note(const NodeState& n, const std::string& text) {
+    GroupEvent e;
+    e.kind = GroupEvent::Kind::Note;
+    e.host = n.plan.host;
+    e.text = text;
+    pending_.push_back(std::move(e));
+  }
+  void lose(NodeState& n, const std::string& why) {
+    n.ended = true;
+    int rank = n.plan.first_rank;
+    for (int r = n.plan.first_rank; r < n.plan.first_rank + n.plan.procs; ++r)
+      if (!n.finished.count(r)) {
+        rank = r;
+        break;
+      }
+    GroupEvent e;
+    e.kind = GroupEvent::Kind::Lost;
+    e.rank = rank;
+    e.host = n.plan.host;
+    e.pid = n.pids.count(rank) ? n.pids[rank] : -1;
+    e.text = "lost its node: " + why;
+    pending_.push_back(std::move(e));
+  }
+  void on_agent_line(NodeState& n, const std::string& line) {
+    AgentMessage m = parse_agent_message(line);
+    GroupEvent e;
+    e.host = n.plan.host;
+    e.rank = m.rank;
+    e.pid = m.pid;
+    switch (m.kind) {
+      case AgentMessage::Kind::Started:
+        n.pids[m.rank] = m.pid;
+        e.kind = GroupEvent::Kind::Started;
+        break;
+      case AgentMessage::Kind::Exit:
+        n.finished.insert(m.rank);
+        e.kind = GroupEvent::Kind::Exited;
+        e.status = m.status;
+        e.text = m.text;
+        break;
+      case AgentMessage::Kind::Done:
+        n.done = true;
+        return;
+      case AgentMessage::Kind::Other:
+        e.kind = GroupEvent::Kind::Message;
+        e.rank = -1;
+        e.text = line;
+        break;
+    }
+    pending_.push_back(std::move(e));
+  }
+
+  rendezvous::Store& store_;
+  std::vector<HostPlan> plan_;
+  std::string run_dir_;
+  int world_size_;
+  Millis loss_;
+  std::function<RemoteAgentSetup(size_t, int)> setup_;
+  int round_ = 0;
+  std::vector<NodeState> nodes_;
+  std::vector<GroupEvent> pending_;
+  std::map<int, int> log_fds_;
+};
+
+struct Endpoint {
+  std::string host;
+  int port = 0;
+  std::string address() const { return fmt::format("{}:{}", host, port); }
+};
+
+Endpoint coordinator_endpoint(const NodeLaunchOptions& o, const spec::JobSpec& spec) {
+  if (!o.coordinator.empty()) {
+    auto [host, port] = split_host_port(o.coordinator, spec.rendezvous.port);
+    return {host, port};
+  }
+  std::string host = spec.rendezvous.bind;
+  if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
+  return {host, spec.rendezvous.port};
+}
+
+void claim_rank(rendezvous::Store& store, int node) {
+  if (store.add(node_key(node, "claim"), 1) > 1)
+    throw ConfigError(
+        fmt::format("node rank {} is already taken: another `ptrain node` joined with it", node),
+        "give every node its own --node-rank, 0 .. nnodes-1");
+}
+
+JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const Endpoint& ep);
+JobResult run_other_node(const spec::JobSpec& spec, const NodeLaunchOptions& opt,
+                         const Endpoint& ep);
+
+}  // namespace
+
+std::map<std::string, std::string> process_environment() {
+  std::map<std::string, std::string> out;
+  for (char** e = ::environ; e && *e; ++e) {
+    std::string kv = *e;
+    const size_t eq = kv.find('=');
+    if (eq != std::string::npos) out[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  return out;
+}
+
+NodeEnvironment node_environment(const std::map<std::string, std::string>& env, int spec_port) {
+  auto get = [&](const char* k) -> std::string {
+    auto it = env.find(k);
+    return it == env.end() ? "" : it->second;
+  };
+  NodeEnvironment n;
+  if (!get("PET_NNODES").empty() || !get("MASTER_ADDR").empty()) {
+    n.source = "kubernetes";
+    // PET_NNODES may be a range "MIN:MAX" (elastic); a fixed world takes MAX.
+    std::string nn = get("PET_NNODES");
+    if (const size_t c = nn.find(':'); c != std::string::npos) nn = nn.substr(c + 1);
+    if (!nn.empty())
+      n.nnodes = parse_int("PET_NNODES", nn);
+    else if (!get("WORLD_SIZE").empty())
+      n.nnodes = parse_int("WORLD_SIZE", get("WORLD_SIZE"));
+    if (!get("PET_NODE_RANK").empty())
+      n.node_rank = parse_int("PET_NODE_RANK", get("PET_NODE_RANK"));
+    else if (!get("RANK").empty())
+      n.node_rank = parse_int("RANK", get("RANK"));
+    if (!get("PET_NPROC_PER_NODE").empty() && get("PET_NPROC_PER_NODE") != "auto")
+      n.procs_per_node = parse_int("PET_NPROC_PER_NODE", get("PET_NPROC_PER_NODE"));
+    if (!get("MASTER_ADDR").empty())
+      n.coordinator = get("MASTER_ADDR") + ":" +
+                      (get("MASTER_PORT").empty()
+                           ? std::to_string(spec_port)
+                           : std::to_string(parse_int("MASTER_PORT", get("MASTER_PORT"))));
+    return n;
+  }
+  if (!get("SLURM_JOB_NODELIST").empty() || !get("SLURM_NODEID").empty()) {
+    n.source = "slurm";
+    if (!get("SLURM_NNODES").empty()) n.nnodes = parse_int("SLURM_NNODES", get("SLURM_NNODES"));
+    if (!get("SLURM_NODEID").empty()) n.node_rank = parse_int("SLURM_NODEID", get("SLURM_NODEID"));
+    const std::string list = get("SLURM_JOB_NODELIST");
+    if (!list.empty()) {
+      std::vector<std::string> hosts = expand_slurm_nodelist(list);
+      if (hosts.empty())
+        throw ConfigError(fmt::format("SLURM_JOB_NODELIST `{}` names no host", list),
+                          "run `ptrain node` inside a Slurm allocation (srun)");
+      int port = spec_port;
+      if (port == 0 && !get("SLURM_JOB_ID").empty())
+        port = 15000 + parse_int("SLURM_JOB_ID", get("SLURM_JOB_ID")) % 20000;
+      n.coordinator = fmt::format("{}:{}", hosts.front(), port);
+    }
+  }
+  return n;
+}
+
+void check_node_options(const NodeLaunchOptions& o, const spec::JobSpec& spec) {
+  if (o.nnodes < 1)
+    throw ConfigError(fmt::format("--nnodes {}: a job needs at least one node", o.nnodes),
+                      "give --nnodes N (or PET_NNODES / SLURM_NNODES)");
+  if (o.node_rank < 0 || o.node_rank >= o.nnodes)
+    throw ConfigError(fmt::format("--node-rank {} is outside 0..{} (--nnodes {})", o.node_rank,
+                                  o.nnodes - 1, o.nnodes),
+                      "give each node a rank below the node count");
+  if (o.token.empty())
+    throw ConfigError("no job token: `ptrain node` needs the same token on every node",
+                      "export PTRAIN_TOKEN=<secret> or give --token-file FILE (never on argv)");
+  Endpoint ep = coordinator_endpoint(o, spec);
+  if (ep.port <= 0)
+    throw ConfigError("no coordinator port: rendezvous.port is 0 and no --coordinator was given",
+                      "give --coordinator HOST:PORT or --set rendezvous.port=29500");
+}
+
+JobResult run_node(spec::JobSpec spec, NodeLaunchOptions options) {
+  if (options.procs_per_node > 0) spec.nodes.procs_per_node = options.procs_per_node;
+  check_node_options(options, spec);
+  Endpoint ep = coordinator_endpoint(options, spec);
+  if (options.node_rank == 0) return run_node_zero(std::move(spec), options, ep);
+  return run_other_node(spec, options, ep);
+}
+
+namespace {
+
+JobResult run_other_node(const spec::JobSpec& spec, const NodeLaunchOptions& opt,
+                         const Endpoint& ep) {
+  const std::string self = opt.local_binary.empty() ? this_executable() : opt.local_binary;
+  Deadline deadline(seconds_ms(spec.rendezvous.timeout_s));
+  std::unique_ptr<rendezvous::CoordinatorClient> client;
+  std::shared_ptr<rendezvous::Store> store;
+  std::string last;
+  // Node 0 may start later: retry until rendezvous.timeout_s.
+  while (!store) {
+    try {
+      client = std::make_unique<rendezvous::CoordinatorClient>(ep.address(), opt.token,
+                                                               Millis(1000), Millis(10000));
+      auto s = client->store();
+      if (s->check({kRunKey})) store = s;
+    } catch (const Error& e) {
+      last = e.what();
+      client.reset();
+      // A coordinator that answers but refuses the token will not change its mind.
+      if (last.find("wrong or missing job token") != std::string::npos)
+        throw ConfigError(fmt::format("node {}: {}", opt.node_rank, last),
+                          "give every node the same PTRAIN_TOKEN (or --token-file)");
+    }
+    if (store) break;
+    if (deadline.expired())
+      throw TimeoutError(
+          fmt::format("node {}: the coordinator at {} did not answer within {} s{}", opt.node_rank,
+                      ep.address(), spec.rendezvous.timeout_s, last.empty() ? "" : ": " + last),
+          "start node 0 (`ptrain node --node-rank 0`) with the same token, or raise "
+          "rendezvous.timeout_s");
+    ::usleep(200 * 1000);
+  }
+  claim_rank(*store, opt.node_rank);
+  const std::string run_dir = store->get(kRunKey);
+  std::fprintf(opt.out, "ptrain: node %d of %d joined the coordinator at %s (run folder %s)\n",
+               opt.node_rank, opt.nnodes, ep.address().c_str(), run_dir.c_str());
+  std::fflush(opt.out);
+  std::atomic<bool> cancel{false};
+  JobResult r;
+  r.run_dir = run_dir;
+  try {
+    r.exit_code = run_relay(*store, opt.node_rank, self, spec.logging.level, cancel);
+    store->set(node_key(opt.node_rank, "bye"), "1");
+  } catch (const Error& e) {
+    throw RemoteError(fmt::format("node {}: lost the coordinator at {}: {}", opt.node_rank,
+                                  ep.address(), e.what()),
+                      "see node 0's output and launcher.log");
+  }
+  r.status = r.exit_code == 0 ? "succeeded" : "failed";
+  return r;
+}
+
+JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const Endpoint& ep) {
+  const bool builtin = !spec.launcher_only();
+  const int world_size = spec.world_size();
+  std::vector<spec::HostSlots> hosts;
+  for (int i = 0; i < opt.nnodes; ++i) hosts.push_back({node_name(i), spec.nodes.procs_per_node});
+  auto plan = plan_hosts(hosts, spec.nodes.procs_per_node, world_size);
+  if (plan.size() != static_cast<size_t>(opt.nnodes))
+    throw ConfigError(
+        fmt::format("{} node(s) given, but the job's {} worker(s) at {} per node fill {}",
+                    opt.nnodes, world_size, spec.nodes.procs_per_node, plan.size()),
+        "match --nnodes to world size / nodes.procs_per_node");
+  if (builtin && spec.parallel.data_mode == "async")
+    throw ConfigError("data_mode: async is not supported by `ptrain node` yet",
+                      "use `ptrain launch` for jobs with parameter servers");
+  const std::string self = opt.local_binary.empty() ? this_executable() : opt.local_binary;
+
+  PollWaiter waiter;  // before any thread starts
+  bool tty = opt.tty >= 0 ? opt.tty != 0 : ::isatty(::fileno(opt.out)) != 0;
+  Console console(opt.out, tty, parse_console_mode(spec.logging.console), spec.train.log_every);
+  if (builtin) console.set_total_steps(spec.train.steps);
+
+  EventQueue events(waiter);
+  rendezvous::CoordinatorOptions co;
+  co.bind = !spec.rendezvous.bind.empty() ? spec.rendezvous.bind
+            : is_ipv4_literal(ep.host)    ? ep.host
+                                          : "0.0.0.0";
+  co.port = ep.port;
+  co.token = opt.token;
+  co.world_size = world_size;
+  co.mesh = builtin ? rendezvous::MeshShape{spec.parallel.data, spec.parallel.tensor,
+                                            spec.parallel.pipeline}
+                    : rendezvous::MeshShape{world_size, 1, 1};
+  co.join_timeout = seconds_ms(spec.rendezvous.timeout_s);
+  co.heartbeat_timeout = seconds_ms(spec.fault_tolerance.hang_timeout_s);
+  // The run folder exists only once the coordinator listens: a second node 0 stops before it.
+  std::error_code ec;
+  std::string root = std::filesystem::absolute(spec.logging.dir, ec).string();
+  apply_file_mode(spec.logging.mode);
+  std::unique_ptr<rendezvous::Coordinator> coordinator;
+  std::unique_ptr<RunDir> dir_holder;
+  {
+    // The coordinator needs the run id and folder; bind a probe first so that a port in use
+    // (another node 0) fails before the folder is made.
+    rendezvous::CoordinatorOptions probe = co;
+    auto c = std::make_unique<rendezvous::Coordinator>(probe);
+    try {
+      c->start();
+    } catch (const Error& e) {
+      throw ConfigError(
+          fmt::format("node 0: cannot listen on {}:{}: {}", co.bind, co.port, e.what()),
+          "another node already holds node rank 0, or the port is taken: give --coordinator "
+          "HOST:FREE_PORT");
+    }
+  }
+  RunDir dir = RunDir::create(root, spec.name);
+  std::string spec_yaml = opt.spec_yaml.empty() ? spec::to_yaml(spec) : opt.spec_yaml;
+  dir.write_file("job.yaml", spec_yaml);
+  if (spec.logging.tensorboard && builtin) dir.enable_tensorboard();
+  const std::string run_id = dir.path().substr(dir.path().find_last_of('/') + 1);
+  dir.log(fmt::format("job {}: {} worker(s) on {} node(s) (ptrain node), run id {}", spec.name,
+                      world_size, plan.size(), run_id));
+  std::vector<std::string> host_names;
+  for (const auto& p : plan) host_names.push_back(p.host);
+  co.run_id = run_id;
+  co.run_dir = dir.path();
+  co.spec_yaml = spec_yaml;
+  coordinator = std::make_unique<rendezvous::Coordinator>(co, events.coordinator_events(dir));
+  try {
+    coordinator->start();
+  } catch (const Error& e) {
+    dir.log(std::string("cannot start the coordinator: ") + e.what());
+    Supervisor::write_start_failure(dir, spec.name, world_size, host_names, e.exit_code(),
+                                    std::string("cannot start the coordinator: ") + e.what());
+    throw;
+  }
+  rendezvous::Store& store = coordinator->store();
+  claim_rank(store, 0);
+  store.set(kRunKey, dir.path());
+  dir.log("coordinator listening on " + coordinator->address());
+  console.message(fmt::format("ptrain: {} worker(s) on {} node(s), coordinator {}, run folder {}",
+                              world_size, plan.size(), ep.address(), dir.path()));
+
+  std::string agent_yaml = spec_yaml;
+  if (builtin && spec.fault_tolerance.max_restarts > 0 && spec.checkpoint.dir.empty()) {
+    // As with `ptrain launch`: restarted rounds resume from node 0's checkpoints, which must be
+    // on a shared filesystem across machines (or set checkpoint.dir to a shared path).
+    spec::JobSpec agent_spec = spec;
+    agent_spec.checkpoint.dir = agent_dir(dir.path(), plan.front().host) + "/checkpoints";
+    agent_yaml = spec::to_yaml(agent_spec);
+  }
+  const std::string coordinator_address = ep.address();
+  auto setup = [&](size_t i, int round) {
+    const HostPlan& p = plan[i];
+    for (int r = p.first_rank; r < p.first_rank + p.procs; ++r) coordinator->expect(r, p.host);
+    RemoteAgentSetup s;
+    AgentOptions& a = s.agent;
+    a.node = p.host;
+    a.node_rank = p.node_rank;
+    a.num_nodes = static_cast<int>(plan.size());
+    a.first_rank = p.first_rank;
+    a.local_world_size = p.procs;
+    a.world_size = world_size;
+    a.argv = builtin ? std::vector<std::string>{self, "--log-level", spec.logging.level, "worker"}
+                     : spec.command;
+    a.coordinator = coordinator_address;
+    a.token = opt.token;
+    a.run_dir = dir.path();
+    a.run_id = run_id;
+    a.master_addr = ep.host;
+    a.master_port = 0;  // node 0's agent picks a free one (agree_master_port)
+    a.max_restarts = spec.fault_tolerance.max_restarts;
+    a.threads_per_proc = spec.nodes.threads_per_proc;
+    a.cuda = spec.nodes.device == "cuda";
+    a.extra_env = spec.env;
+    s.spec_yaml = agent_yaml;
+    s.round = round;
+    s.umask = spec.logging.mode == "private" ? 077 : -1;
+    s.restore_umask = !builtin;
+    s.heartbeat_s = spec.fault_tolerance.heartbeat_s;
+    s.coordinator_loss_s = 3 * spec.fault_tolerance.heartbeat_s;
+    s.term_grace_s = spec.fault_tolerance.term_grace_s;
+    return s;
+  };
+  const Millis loss = std::max(Millis(5000), seconds_ms(3 * spec.fault_tolerance.heartbeat_s));
+  NodeWorkerGroup group(store, plan, dir.path(), world_size, loss, setup);
+
+  // Node 0's own agent runs through the same relay as every other node's.
+  std::atomic<bool> cancel{false};
+  std::string relay_error;
+  std::thread relay([&] {
+    try {
+      run_relay(store, 0, self, spec.logging.level, cancel);
+    } catch (const std::exception& e) {
+      relay_error = e.what();
+    }
+  });
+  CoordinatorControl control(*coordinator);
+  SupervisorOptions so = supervisor_options(spec);
+  so.tick = Millis(200);
+  Supervisor supervisor(so, group, control, waiter, events, console, dir);
+  JobResult result = supervisor.run();
+  store.set(kResultKey, std::to_string(result.exit_code));
+  // The other nodes read the result before the coordinator goes away.
+  Deadline bye(Millis(5000));
+  for (int i = 1; i < opt.nnodes; ++i)
+    while (store.check({node_key(i, "claim")}) && !store.check({node_key(i, "bye")}) &&
+           !bye.expired())
+      ::usleep(50 * 1000);
+  cancel = true;
+  relay.join();
+  if (!relay_error.empty()) dir.log("node 0's relay: " + relay_error);
+  return result;
+}
+
+}  // namespace
+
+}  // namespace ptrain::launch

@@ -1,0 +1,204 @@
+// `ptrain node`: N nodes as local processes on 127.0.0.1 (flags, and the Kubernetes
+// environment), bad input, and the scheduler environment parsing.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "ptrain/core/error.h"
+#include "ptrain/launch/launcher.h"
+#include "ptrain/launch/node_launcher.h"
+#include "support/ptrain_process.h"
+
+using namespace ptrain;
+using namespace ptrain::launch;
+namespace fs = std::filesystem;
+
+namespace {
+
+using ptrain::testing::contains;
+using ptrain::testing::read_file;
+using ptrain::testing::TempDir;
+using Ptrain = ptrain::testing::PtrainProcess;
+
+const std::string kToken = "PTRAIN_TOKEN=node-test-token-0123456789";
+
+class NodeTest : public ::testing::Test {
+ protected:
+  std::string runs() const { return tmp_.path() + "/runs"; }
+  std::string spec(const std::string& body) {
+    std::string path = tmp_.path() + "/job.yaml";
+    std::ofstream(path) << "name: n\nlogging: {dir: " << runs() << ", console: all}\n"
+                        << "rendezvous: {timeout_s: 20}\n"
+                        << body;
+    return path;
+  }
+  std::string run_dir() const {
+    if (!fs::exists(runs())) return {};
+    for (const auto& e : fs::directory_iterator(runs())) return e.path().string();
+    return {};
+  }
+  std::vector<std::string> node(const std::string& spec_path, int nnodes, int rank) {
+    return {"node",          spec_path,
+            "--nnodes",      std::to_string(nnodes),
+            "--node-rank",   std::to_string(rank),
+            "--coordinator", fmt::format("127.0.0.1:{}", port_)};
+  }
+  void TearDown() override {
+    auto scan = [&] {
+      return ptrain::testing::find_processes([&](pid_t pid) {
+        const std::string c = ptrain::testing::cmdline(pid);
+        return contains(c, tmp_.path()) ||
+               !ptrain::testing::processes_with_run_dir(tmp_.path()).empty();
+      });
+    };
+    auto left = ptrain::testing::wait_all_gone(scan, Millis(10000));
+    EXPECT_TRUE(left.empty()) << left.size() << " process(es) left, e.g. "
+                              << (left.empty() ? "" : ptrain::testing::cmdline(left[0]));
+    for (pid_t p : left) ::kill(p, SIGKILL);
+  }
+  TempDir tmp_{"ptrain-node-test"};
+  int port_ = free_tcp_port("127.0.0.1");
+};
+
+const std::string kGpt =
+    "nodes: {procs_per_node: 1, device: cpu}\nparallel: {data: 2}\n"
+    "model: {type: gpt, layers: 1, heads: 2, dim: 32, seq_len: 16, vocab: 64}\n"
+    "data: {type: synthetic, batch_size: 8}\ntrain: {steps: 6}\n";
+
+}  // namespace
+
+TEST_F(NodeTest, TwoNodesTrainToCompletion) {
+  std::string s = spec(kGpt);
+  // Node 1 starts first: it retries until node 0's coordinator is up.
+  Ptrain n1(node(s, 2, 1), {kToken});
+  ::usleep(500 * 1000);
+  Ptrain n0(node(s, 2, 0), {kToken});
+  ASSERT_EQ(n0.finish(), 0) << n0.out << n0.err;
+  ASSERT_EQ(n1.finish(), 0) << n1.out << n1.err;
+  std::string dir = run_dir();
+  std::string summary = read_file(dir + "/summary.json");
+  EXPECT_TRUE(contains(summary, "\"status\": \"succeeded\"")) << summary;
+  EXPECT_TRUE(contains(summary, "\"exit_codes\": [0, 0]")) << summary;
+  EXPECT_TRUE(fs::exists(dir + "/hosts/node-1/rank-1.log"));
+  EXPECT_FALSE(fs::exists(dir + "/hosts/node-0/rank-1.log"));
+  EXPECT_TRUE(contains(read_file(dir + "/rank-1.log"), "rank 1/2 joined on node-1"))
+      << read_file(dir + "/rank-1.log");
+  EXPECT_TRUE(contains(n0.out, "step 6")) << n0.out;
+  EXPECT_TRUE(contains(n1.out, "node 1 of 2 joined")) << n1.out;
+  // The token never reaches a command line or the launcher log.
+  EXPECT_FALSE(contains(read_file(dir + "/launcher.log"), "node-test-token"));
+}
+
+TEST_F(NodeTest, AFailingRankOnNodeOneFailsTheJobOnEveryNode) {
+  std::string s = spec(
+      "nodes: {procs_per_node: 1}\nparallel: {data: 2}\n"
+      "command: [sh, -c, 'if [ \"$RANK\" = 1 ]; then echo boom >&2; exit 7; fi; sleep 30']\n");
+  Ptrain n0(node(s, 2, 0), {kToken});
+  Ptrain n1(node(s, 2, 1), {kToken});
+  EXPECT_EQ(n0.finish(), 7) << n0.out << n0.err;
+  EXPECT_EQ(n1.finish(), 7) << n1.out << n1.err;
+  EXPECT_TRUE(contains(n0.out + n0.err, "rank 1")) << n0.out << n0.err;
+  EXPECT_TRUE(contains(n0.out + n0.err, "boom")) << n0.out << n0.err;
+}
+
+TEST_F(NodeTest, KubernetesEnvironmentWithoutFlags) {
+  std::string s = spec(
+      "nodes: {procs_per_node: 1}\nparallel: {data: 2}\n"
+      "command: [sh, -c, 'echo rank=$RANK world=$WORLD_SIZE group=$GROUP_RANK "
+      "master=$MASTER_ADDR']\n");
+  auto pod = [&](int index) {
+    // PyTorchJob's RANK/WORLD_SIZE count pods; PET_* are torchrun's.
+    return std::vector<std::string>{kToken,
+                                    "PET_NNODES=2",
+                                    fmt::format("PET_NODE_RANK={}", index),
+                                    "PET_NPROC_PER_NODE=1",
+                                    "MASTER_ADDR=127.0.0.1",
+                                    fmt::format("MASTER_PORT={}", port_),
+                                    fmt::format("RANK={}", index),
+                                    "WORLD_SIZE=2"};
+  };
+  Ptrain p0({"node", s}, pod(0));
+  Ptrain p1({"node", s}, pod(1));
+  ASSERT_EQ(p0.finish(), 0) << p0.out << p0.err;
+  ASSERT_EQ(p1.finish(), 0) << p1.out << p1.err;
+  std::string dir = run_dir();
+  // Inside the workers RANK and WORLD_SIZE are processes again (torchrun's meaning).
+  EXPECT_TRUE(contains(read_file(dir + "/rank-1.log"), "rank=1 world=2 group=1 master=127.0.0.1"))
+      << read_file(dir + "/rank-1.log");
+}
+
+TEST_F(NodeTest, BadInputIsOneLineAndExitTwo) {
+  std::string s = spec(kGpt);
+  {
+    Ptrain p(node(s, 2, 2), {kToken});
+    EXPECT_EQ(p.finish(), 2);
+    EXPECT_TRUE(contains(p.err, "--node-rank 2 is outside 0..1")) << p.err;
+    EXPECT_EQ(ptrain::testing::count(p.err, "\n"), 1u) << p.err;
+  }
+  {
+    Ptrain p(node(s, 2, 0), {"PTRAIN_TOKEN="});
+    EXPECT_EQ(p.finish(), 2);
+    EXPECT_TRUE(contains(p.err, "no job token")) << p.err;
+  }
+  EXPECT_TRUE(run_dir().empty()) << "a run folder was made for bad input";
+}
+
+TEST_F(NodeTest, TwoNodesClaimingTheSameRank) {
+  std::string s =
+      spec("nodes: {procs_per_node: 1}\nparallel: {data: 2}\ncommand: [sh, -c, 'sleep 5']\n");
+  Ptrain n0(node(s, 2, 0), {kToken});
+  Ptrain n1(node(s, 2, 1), {kToken});
+  ASSERT_TRUE(n1.wait_for([&] { return contains(n1.out, "joined"); })) << n1.out << n1.err;
+  Ptrain dup(node(s, 2, 1), {kToken});
+  EXPECT_EQ(dup.finish(), 2) << dup.out << dup.err;
+  EXPECT_TRUE(contains(dup.err, "node rank 1 is already taken")) << dup.err;
+  Ptrain wrong(node(s, 2, 1), {"PTRAIN_TOKEN=not-the-job-token-0123"});
+  EXPECT_EQ(wrong.finish(), 2) << wrong.out << wrong.err;
+  EXPECT_TRUE(contains(wrong.err, "wrong or missing job token")) << wrong.err;
+  Ptrain dup0(node(s, 2, 0), {kToken});
+  EXPECT_EQ(dup0.finish(), 2) << dup0.out << dup0.err;
+  EXPECT_TRUE(contains(dup0.err, "node 0: cannot listen")) << dup0.err;
+  EXPECT_EQ(n0.finish(), 0) << n0.out << n0.err;
+  EXPECT_EQ(n1.finish(), 0) << n1.out << n1.err;
+}
+
+TEST(NodeEnvironment, KubernetesAndSlurm) {
+  NodeEnvironment k = node_environment({{"PET_NNODES", "4"},
+                                        {"PET_NODE_RANK", "3"},
+                                        {"PET_NPROC_PER_NODE", "2"},
+                                        {"MASTER_ADDR", "job-0.svc"},
+                                        {"MASTER_PORT", "29500"}});
+  EXPECT_EQ(k.source, "kubernetes");
+  EXPECT_EQ(k.nnodes, 4);
+  EXPECT_EQ(k.node_rank, 3);
+  EXPECT_EQ(k.procs_per_node, 2);
+  EXPECT_EQ(k.coordinator, "job-0.svc:29500");
+  // PyTorchJob without PET_*: RANK is the pod index, WORLD_SIZE the pod count.
+  NodeEnvironment p =
+      node_environment({{"MASTER_ADDR", "m"}, {"RANK", "1"}, {"WORLD_SIZE", "3"}}, 1234);
+  EXPECT_EQ(p.nnodes, 3);
+  EXPECT_EQ(p.node_rank, 1);
+  EXPECT_EQ(p.coordinator, "m:1234");
+  // Elastic ranges take their maximum.
+  EXPECT_EQ(node_environment({{"PET_NNODES", "1:5"}, {"MASTER_ADDR", "m"}}).nnodes, 5);
+  NodeEnvironment s = node_environment({{"SLURM_NODEID", "1"},
+                                        {"SLURM_NNODES", "3"},
+                                        {"SLURM_JOB_NODELIST", "gpu[07-09]"},
+                                        {"SLURM_JOB_ID", "123456"}});
+  EXPECT_EQ(s.source, "slurm");
+  EXPECT_EQ(s.nnodes, 3);
+  EXPECT_EQ(s.node_rank, 1);
+  EXPECT_EQ(s.coordinator, fmt::format("gpu07:{}", 15000 + 123456 % 20000));
+  // A port set in the spec wins over the job id.
+  EXPECT_EQ(
+      node_environment({{"SLURM_JOB_NODELIST", "a,b"}, {"SLURM_JOB_ID", "9"}}, 777).coordinator,
+      "a:777");
+  EXPECT_THROW(node_environment({{"PET_NNODES", "two"}, {"MASTER_ADDR", "m"}}), ConfigError);
+  EXPECT_THROW(node_environment({{"SLURM_JOB_NODELIST", "n[1-"}}), ConfigError);
+  EXPECT_TRUE(node_environment({}).source.empty());
+}
