@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -626,6 +627,55 @@ TEST_F(SshLaunchTest, AsyncJobPlacesOneServerPerHostAndTrains) {
   std::string metrics = read_file(dir + "/metrics.jsonl");
   EXPECT_TRUE(contains(metrics, "\"step\": 12")) << metrics;
   EXPECT_TRUE(contains(metrics, "\"server_updates_per_s\"")) << metrics;
+}
+
+TEST_F(SshLaunchTest, AsyncJobOnTwoHostsIsKilledRestartsFromItsCheckpointAndResumes) {
+  // Worker 1 (on 127.0.0.3) is killed once after step 10; the servers (one per host) resume the
+  // newest checkpoint server 0 wrote, and `launch --resume` later continues the finished run.
+  const std::string body =
+      "parallel: {data: 2, data_mode: async, servers: 2, staleness: 0}\nmodel: {type: gpt, "
+      "layers: 1, heads: 2, dim: 32, seq_len: 16, vocab: 64}\ndata: {type: synthetic, "
+      "batch_size: 8}\ntrain: {steps: 20, seed: 7, log_every: 1}\ncheckpoint: {every: 8, "
+      "keep: 2, async: false}\nfault_tolerance: {max_restarts: 1, heartbeat_s: 0.2, "
+      "hang_timeout_s: 20, term_grace_s: 2}\nenv: {PTRAIN_TEST_FAIL_AT_STEP: \"1:10\"}\n";
+  Ptrain p(launch(spec_procs(tmp_, 1, body), "127.0.0.2:1,127.0.0.3:1"));
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  const std::string dir = run_dir();
+  EXPECT_TRUE(contains(read_file(dir + "/launcher.log"), "restart 1/1")) << dir;
+  // Round 1's server 0 resumed a checkpoint of round 0 (8 updates = 4 steps of 2 workers each).
+  std::string server_log = read_file(dir + "/server-0.log");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(server_log, m, std::regex(R"(step-(\d+)\.safetensors at step)")))
+      << server_log;
+  const int resumed = std::stoi(m[1].str());
+  EXPECT_GT(resumed, 0);
+  EXPECT_LE(resumed, 10);
+  std::vector<std::pair<int, double>> curve;
+  {
+    std::ifstream in(dir + "/metrics.jsonl");
+    std::string line;
+    std::regex re(R"re("step": (\d+),.*"loss": ([^,}]+))re");
+    while (std::getline(in, line))
+      if (std::regex_search(line, m, re)) curve.emplace_back(std::stoi(m[1]), std::stod(m[2]));
+  }
+  ASSERT_FALSE(curve.empty());
+  const double initial = curve.front().second;
+  // The first loss of round 1 (the step after the resumed one) is near where round 0 was at that
+  // step, not back at the initial weights.
+  double before = NAN, after = NAN;
+  for (const auto& [step, loss] : curve)
+    if (step == resumed + 1) (std::isnan(before) ? before : after) = loss;
+  ASSERT_FALSE(std::isnan(after)) << "step " << resumed + 1 << " was not repeated";
+  std::printf("async over ssh: loss step 1 %.4f, step %d before the kill %.4f, after resume %.4f\n",
+              initial, resumed + 1, before, after);
+  EXPECT_LT(after, before + 0.5 * (initial - before));
+  EXPECT_EQ(curve.back().first, 20);
+
+  Ptrain again(
+      {"launch", "--resume", dir, "--set", "train.steps=24", "--ssh-config", farm->ssh_config});
+  ASSERT_EQ(again.finish(), 0) << again.out << again.err;
+  EXPECT_TRUE(contains(read_file(dir + "/launcher.log"), "resuming this run"));
+  EXPECT_TRUE(contains(read_file(dir + "/metrics.jsonl"), "\"step\": 24"));
 }
 
 TEST_F(SshLaunchTest, ADeadParameterServerOnAHostFailsTheJobNamingIt) {
