@@ -14,6 +14,7 @@ PKGS=(
   libgtest-dev libgmock-dev libgloo-dev libopenblas-dev zlib1g-dev
   dataset-fashion-mnist
   openssh-client openssh-server clang-format iproute2 procps patchelf file
+  libssl-dev
 )
 
 if [[ "${PTRAIN_SETUP_TORCH:-0}" == 1 ]]; then PKGS+=(python3-torch python3-torchvision); fi

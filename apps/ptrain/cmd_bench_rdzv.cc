@@ -15,6 +15,7 @@ struct BenchRdzvArgs {
   int repeats = 5;
   int connections = 0;
   double timeout_s = 120;
+  std::string tls = "off";
 };
 
 double median(std::vector<double> v) {
@@ -34,16 +35,20 @@ Action setup(CLI::App& sub) {
       ->capture_default_str();
   sub.add_option("--timeout", args->timeout_s, "seconds before a run counts as failed")
       ->capture_default_str();
+  sub.add_option("--tls", args->tls, "mutual TLS on the connections (rendezvous.tls)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"on", "off"}));
   return [args] {
     rendezvous::RdzvBenchOptions opt;
+    opt.tls = args->tls == "on";
     opt.clients = args->clients;
     opt.connections = args->connections;
     opt.timeout = Millis(static_cast<int64_t>(args->timeout_s * 1000));
     int conns = opt.connections > 0 ? std::min(opt.connections, opt.clients) : opt.clients;
     fmt::print(
         "# ptrain bench rdzv: {} clients over {} connections, one coordinator on "
-        "127.0.0.1, {} repeats\n",
-        opt.clients, conns, args->repeats);
+        "127.0.0.1, {} repeats, tls {}\n",
+        opt.clients, conns, args->repeats, args->tls);
     fmt::print("# {:>6} {:>12} {:>12} {:>16}\n", "run", "connect_s", "join_s", "join+barrier_s");
     std::vector<double> connect, join, total;
     for (int r = 0; r < args->repeats; ++r) {

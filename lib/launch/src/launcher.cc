@@ -21,6 +21,7 @@
 #include "ptrain/core/log.h"
 #include "ptrain/launch/agent.h"
 #include "ptrain/launch/console.h"
+#include "ptrain/launch/job_tls.h"
 #include "ptrain/launch/mlflow.h"
 #include "ptrain/launch/restart.h"
 #include "ptrain/launch/run_dir.h"
@@ -158,6 +159,7 @@ class Launcher::Impl {
   std::optional<Clock::time_point> restart_at_;  // the next round starts then (backoff)
   mode_t user_umask_ = 022;  // the umask before logging.mode applied (command: programs get it)
   std::unique_ptr<Console> console_;
+  std::unique_ptr<JobTls> tls_;  // before coordinator_: it outlives the coordinator
   std::unique_ptr<rendezvous::Coordinator> coordinator_;
   std::unique_ptr<Agent> agent_;
   int event_fd_ = -1;
@@ -471,6 +473,8 @@ JobResult Launcher::Impl::run() {
     push({Event::Leave, rank, code, reason, {}});
   };
   ev.on_warning = [this](const std::string& w) { push({Event::Warning, -1, 0, w, {}}); };
+  tls_ = std::make_unique<JobTls>(spec_.rendezvous.tls, std::vector<std::string>{co.bind});
+  if (tls_->enabled()) dir_->log("rendezvous.tls: mutual TLS on every gRPC channel");
   coordinator_ = std::make_unique<rendezvous::Coordinator>(co, ev);
   try {
     coordinator_->start();
@@ -506,6 +510,7 @@ JobResult Launcher::Impl::run() {
   ao.threads_per_proc = spec_.nodes.threads_per_proc;
   ao.cuda = spec_.nodes.device == "cuda";
   ao.extra_env = spec_.env;
+  tls_->install(dir_->path(), ao.extra_env);
   agent_ = std::make_unique<Agent>(ao);
   agent_->on_line = [this](const WorkerLine& l) {
     console_->worker_line(l.rank, "", l.is_stderr, l.text);

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "ptrain/core/error.h"
+#include "ptrain/launch/job_tls.h"
 #include "ptrain/rendezvous/client.h"
 
 namespace ptrain::launch {
@@ -97,6 +98,11 @@ std::string encode_agent_setup(const RemoteAgentSetup& s) {
   put("round", std::to_string(s.round));
   put("umask", std::to_string(s.umask));
   put("restore_umask", s.restore_umask ? "1" : "0");
+  if (s.tls) {
+    put("tls_ca", s.tls->ca_pem);
+    put("tls_cert", s.tls->cert_pem);
+    put("tls_key", s.tls->key_pem);
+  }
   for (const auto& arg : a.argv) put("argv", arg);
   for (const auto& [k, v] : a.extra_env) put("env", k + "=" + v);
   put("spec_bytes", std::to_string(s.spec_yaml.size()));
@@ -180,7 +186,10 @@ RemoteAgentSetup read_agent_setup(int fd, Millis timeout) {
       s.umask = to_int(k, v);
     else if (k == "restore_umask")
       s.restore_umask = v == "1";
-    else if (k == "argv")
+    else if (k == "tls_ca" || k == "tls_cert" || k == "tls_key") {
+      if (!s.tls) s.tls.emplace();
+      (k == "tls_ca" ? s.tls->ca_pem : k == "tls_cert" ? s.tls->cert_pem : s.tls->key_pem) = v;
+    } else if (k == "argv")
       a.argv.push_back(v);
     else if (k == "env") {
       size_t eq = v.find('=');
@@ -265,6 +274,21 @@ int remote_agent_main(int in_fd, int out_fd) {
     if (!job) throw IoError(fmt::format("agent on {}: cannot write {}/job.yaml", node, dir));
   }
   s.agent.run_dir = dir;
+  // rendezvous.tls: this agent's channel and its workers' use the job's certificate; the key
+  // files go when the agent does.
+  rendezvous::set_process_tls(s.tls);
+  struct TlsFiles {
+    std::string dir;
+    ~TlsFiles() {
+      std::error_code e;
+      if (!dir.empty()) std::filesystem::remove_all(dir, e);
+    }
+  } tls_files;
+  if (s.tls) {
+    tls_files.dir = tls_dir(dir);
+    rendezvous::write_tls_files(tls_files.dir, *s.tls);
+    s.agent.extra_env[rendezvous::kTlsDirEnv] = tls_files.dir;
+  }
   // A shipped binary is named relative to the home folder.
   std::string& program = s.agent.argv[0];
   if (program.rfind("~/", 0) == 0 && std::getenv("HOME"))

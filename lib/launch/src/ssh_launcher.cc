@@ -22,6 +22,7 @@
 #include "ptrain/core/error.h"
 #include "ptrain/launch/console.h"
 #include "ptrain/launch/hosts.h"
+#include "ptrain/launch/job_tls.h"
 #include "ptrain/launch/mlflow.h"
 #include "ptrain/launch/remote_agent.h"
 #include "ptrain/launch/restart.h"
@@ -138,6 +139,7 @@ class SshLauncher::Impl {
   std::optional<Clock::time_point> restart_at_;  // the next round starts then (backoff)
   bool private_files_ = true;                    // logging.mode: private (the agents apply it too)
   std::unique_ptr<Console> console_;
+  std::unique_ptr<JobTls> tls_;  // before coordinator_: it outlives the coordinator
   std::unique_ptr<rendezvous::Coordinator> coordinator_;
   std::vector<std::unique_ptr<Session>> sessions_;
   std::map<int, int> rank_log_fds_;
@@ -501,6 +503,7 @@ void SshLauncher::Impl::start_agents(int round) {
     a.threads_per_proc = spec_.nodes.threads_per_proc;
     a.cuda = spec_.nodes.device == "cuda";
     a.extra_env = spec_.env;
+    setup.tls = tls_->identity();  // the agent writes it for its workers
     setup.spec_yaml = agent_yaml_;
     setup.round = round;
     setup.umask = private_files_ ? 077 : -1;
@@ -649,6 +652,12 @@ JobResult SshLauncher::Impl::run() {
     e.text = w;
     push(std::move(e));
   };
+  {
+    std::vector<std::string> addresses{bind};
+    for (const auto& p : plan) addresses.push_back(ssh_target_hostname(opt_.ssh, p.host));
+    tls_ = std::make_unique<JobTls>(spec_.rendezvous.tls, addresses);
+    if (tls_->enabled()) dir_->log("rendezvous.tls: mutual TLS on every gRPC channel");
+  }
   coordinator_ = std::make_unique<rendezvous::Coordinator>(co, ev);
   coordinator_->start();
   dir_->log("coordinator listening on " + coordinator_->address());

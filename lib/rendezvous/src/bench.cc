@@ -8,6 +8,7 @@
 #include "grpc_common.h"
 #include "ptrain/core/error.h"
 #include "ptrain/rendezvous/coordinator.h"
+#include "ptrain/rendezvous/tls.h"
 #include "ptrain/rendezvous/token.h"
 
 namespace ptrain::rendezvous {
@@ -73,6 +74,13 @@ RdzvBenchResult run_rdzv_bench(const RdzvBenchOptions& options) {
   const int n = options.clients;
   if (n < 1) throw ConfigError(fmt::format("bench rdzv: --clients must be >= 1, got {}", n));
   const int nconn = options.connections > 0 ? std::min(options.connections, n) : n;
+  // The process's identity for this run only (the bench is the process's sole gRPC user).
+  struct TlsScope {
+    explicit TlsScope(bool on) {
+      set_process_tls(on ? std::optional<TlsIdentity>(make_job_tls()) : std::nullopt);
+    }
+    ~TlsScope() { set_process_tls(std::nullopt); }
+  } tls_scope(options.tls);
   CoordinatorOptions copt;
   copt.token = make_token();
   copt.world_size = n;

@@ -84,6 +84,7 @@ Value tree(const JobSpec& s) {
   rdzv.add("bind", Value::str(s.rendezvous.bind));
   rdzv.add("port", Value::num(s.rendezvous.port));
   rdzv.add("timeout_s", Value::num(s.rendezvous.timeout_s));
+  rdzv.add("tls", Value::str(s.rendezvous.tls));
 
   const ParallelSpec& p = s.parallel;
   Value& par = root.add("parallel", Value::map());

@@ -9,6 +9,7 @@ namespace ptrain::rendezvous {
 struct RdzvBenchOptions {
   int clients = 1024;
   int connections = 0;  // TCP connections the clients spread over; 0 = one per client
+  bool tls = false;     // mutual TLS with a fresh job identity (rendezvous.tls: on)
   Millis timeout{std::chrono::seconds(120)};
 };
 
