@@ -83,7 +83,7 @@ Action setup_launch(CLI::App& sub) {
     launch::SshLaunchOptions options;
     options.hosts = host_list;
     options.ssh = launch::SshOptions::from_spec(spec.nodes.ssh, args->ssh_config);
-    options.spec_yaml = spec::to_yaml(spec);
+    options.spec_yaml = spec::to_yaml_redacted(spec);
     launch::SshLauncher launcher(std::move(spec), options);
     return launcher.run().exit_code;
   };

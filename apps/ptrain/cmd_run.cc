@@ -52,7 +52,7 @@ Action setup_run(CLI::App& sub) {
     }
     if (args->trace) spec.env["PTRAIN_TRACE"] = "1";  // the trainer reads it from the spec
     launch::LauncherOptions options;
-    options.spec_yaml = spec::to_yaml(spec);
+    options.spec_yaml = spec::to_yaml_redacted(spec);
     options.resume_dir = args->resume_dir;
     if (!args->resume_dir.empty() && spec.checkpoint.resume == "never")
       fmt::print(stderr,

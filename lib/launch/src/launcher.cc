@@ -419,13 +419,14 @@ JobResult Launcher::Impl::run() {
   dir_ = opt_.resume_dir.empty() ? RunDir::create(spec_.logging.dir, spec_.name)
                                  : RunDir::open(opt_.resume_dir);
   if (!opt_.resume_dir.empty()) dir_->log("resuming this run (ptrain run --resume)");
-  std::string spec_yaml = opt_.spec_yaml.empty() ? spec::to_yaml(spec_) : opt_.spec_yaml;
+  // env: values stay out of the copies (the workers get them in their environment).
+  std::string spec_yaml = opt_.spec_yaml.empty() ? spec::to_yaml_redacted(spec_) : opt_.spec_yaml;
   dir_->write_file("job.yaml", spec_yaml);
   if (spec_.logging.tensorboard && !spec_.launcher_only()) dir_->enable_tensorboard();
   if (!spec_.logging.mlflow.empty() && !spec_.launcher_only())
     dir_->enable_mlflow(spec_.logging.mlflow, spec_.name,
                         dir_->path().substr(dir_->path().find_last_of('/') + 1),
-                        flatten_json(spec::to_json(spec_)));
+                        flatten_json(spec::to_json(spec::redact_env(spec_))));
   std::string run_id = dir_->path().substr(dir_->path().find_last_of('/') + 1);
   dir_->log(
       fmt::format("job {}: {} worker(s) on {}, run id {}", spec_.name, world_size_, node_, run_id));

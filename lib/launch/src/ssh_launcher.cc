@@ -604,13 +604,14 @@ JobResult SshLauncher::Impl::run() {
   private_files_ = spec_.logging.mode == "private";
   apply_file_mode(spec_.logging.mode);
   dir_ = RunDir::create(root, spec_.name);
-  std::string spec_yaml = opt_.spec_yaml.empty() ? spec::to_yaml(spec_) : opt_.spec_yaml;
+  // env: values stay out of the copies (the workers get them in their environment).
+  std::string spec_yaml = opt_.spec_yaml.empty() ? spec::to_yaml_redacted(spec_) : opt_.spec_yaml;
   dir_->write_file("job.yaml", spec_yaml);
   if (spec_.logging.tensorboard && !spec_.launcher_only()) dir_->enable_tensorboard();
   if (!spec_.logging.mlflow.empty() && !spec_.launcher_only())
     dir_->enable_mlflow(spec_.logging.mlflow, spec_.name,
                         dir_->path().substr(dir_->path().find_last_of('/') + 1),
-                        flatten_json(spec::to_json(spec_)));
+                        flatten_json(spec::to_json(spec::redact_env(spec_))));
   std::string run_id = dir_->path().substr(dir_->path().find_last_of('/') + 1);
   dir_->log(fmt::format("job {}: {} worker(s) on {} host(s), run id {}", spec_.name, world_size_,
                         plan.size(), run_id));
@@ -677,7 +678,7 @@ JobResult SshLauncher::Impl::run() {
     // filesystem (true for loopback hosts); otherwise set checkpoint.dir to a shared path.
     spec::JobSpec agent_spec = spec_;
     agent_spec.checkpoint.dir = agent_dir(dir_->path(), plan.front().host) + "/checkpoints";
-    agent_yaml_ = spec::to_yaml(agent_spec);
+    agent_yaml_ = spec::to_yaml_redacted(agent_spec);
   }
   start_agents(0);
 

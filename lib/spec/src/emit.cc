@@ -276,6 +276,23 @@ std::string to_yaml(const JobSpec& spec) {
   return std::string(out.c_str()) + "\n";
 }
 
+std::string to_yaml_redacted(const JobSpec& spec) {
+  Value root = tree(spec);
+  for (auto& [key, v] : root.fields) {
+    if (key != "env") continue;
+    // kNumber: written verbatim, so the loader resolves the reference (strings escape `${`).
+    for (auto& [name, value] : v.fields) value = Value{Value::kNumber, "${" + name + "}", {}, {}};
+  }
+  YAML::Emitter out;
+  emit_yaml(out, root);
+  return std::string(out.c_str()) + "\n";
+}
+
+JobSpec redact_env(JobSpec spec) {
+  for (auto& [name, value] : spec.env) value = "<redacted>";
+  return spec;
+}
+
 std::string to_json(const JobSpec& spec) {
   std::string out;
   emit_json(out, tree(spec), 0);
