@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -286,6 +287,62 @@ TEST_F(TlsTest, NeitherTokenNorValuesCrossTheWireInClear) {
   EXPECT_EQ(wire.find(opt.token), std::string::npos);
   EXPECT_EQ(wire.find("value-that-must-not-show"), std::string::npos);
   EXPECT_EQ(wire.find("x-ptrain-token"), std::string::npos);
+}
+
+TEST_F(TlsTest, ThousandsOfConnectionsThatNeverHandshakeAreClosedAndTheJobGoesOn) {
+  // The soft descriptor limit up to the hard one: each connection costs a descriptor here and
+  // one in the coordinator (same process).
+  rlimit lim{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &lim), 0);
+  lim.rlim_cur = lim.rlim_max;
+  ::setrlimit(RLIMIT_NOFILE, &lim);
+  const int n = static_cast<int>(std::min<rlim_t>(3000, (lim.rlim_cur - 200) / 2));
+  ASSERT_GE(n, 100);
+  CoordinatorOptions opt;
+  opt.token = make_token();
+  auto coordinator = testing::start_coordinator(opt);
+  std::vector<int> fds;
+  for (int i = 0; i < n; ++i) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<uint16_t>(coordinator->port()));
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << i;
+    fds.push_back(fd);
+  }
+  // They send nothing; the server ends each after its handshake timeout (5 s).
+  auto start = std::chrono::steady_clock::now();
+  size_t closed = 0;
+  std::vector<bool> done(fds.size(), false);
+  while (closed < fds.size() &&
+         std::chrono::steady_clock::now() - start < std::chrono::seconds(20)) {
+    std::vector<pollfd> p;
+    std::vector<size_t> idx;
+    for (size_t i = 0; i < fds.size(); ++i)
+      if (!done[i]) {
+        p.push_back({fds[i], POLLIN, 0});
+        idx.push_back(i);
+      }
+    if (::poll(p.data(), p.size(), 200) <= 0) continue;
+    for (size_t j = 0; j < p.size(); ++j) {
+      if (!p[j].revents) continue;
+      char buf[256];
+      if (::read(fds[idx[j]], buf, sizeof buf) <= 0) {
+        done[idx[j]] = true;
+        ++closed;
+      }
+    }
+  }
+  double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(closed, fds.size()) << "after " << took << " s";
+  EXPECT_LT(took, 15.0);
+  for (int fd : fds) ::close(fd);
+  // The coordinator still serves the job.
+  GrpcStore store(coordinator->address(), opt.token);
+  store.set("k", "v");
+  EXPECT_EQ(store.get("k", Millis(5000)), "v");
 }
 
 TEST(TlsOff, TheRecordingProxySeesTheTokenOfAPlaintextJob) {
