@@ -345,6 +345,39 @@ TEST_F(TlsTest, ThousandsOfConnectionsThatNeverHandshakeAreClosedAndTheJobGoesOn
   EXPECT_EQ(store.get("k", Millis(5000)), "v");
 }
 
+TEST(TlsOff, OnLoopbackAWrongTokenIsStillRefusedOnTheHeaders) {
+  set_process_tls(std::nullopt);
+  std::mutex mu;
+  std::vector<std::string> warnings;
+  CoordinatorOptions opt;
+  opt.token = make_token();
+  CoordinatorEvents ev;
+  ev.on_warning = [&](const std::string& w) {
+    std::lock_guard lock(mu);
+    warnings.push_back(w);
+  };
+  auto coordinator = testing::start_coordinator(opt, ev);
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(64 << 20);
+  auto channel =
+      grpc::CreateCustomChannel(coordinator->address(), grpc::InsecureChannelCredentials(), args);
+  auto stub = proto::Coordinator::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.AddMetadata(kTokenMetadataKey, make_token());
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  proto::SetRequest req;
+  req.set_key("intruder");
+  req.set_value(std::string(48 << 20, 'x'));
+  proto::Empty resp;
+  auto st = stub->Set(&ctx, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED) << st.error_message();
+  EXPECT_FALSE(coordinator->store().check({"intruder"}));
+  std::lock_guard lock(mu);
+  ASSERT_FALSE(warnings.empty());
+  // The header check answered, not the Set handler (whose warning names the method).
+  EXPECT_THAT(warnings[0], HasSubstr("rejected a call (on its headers)"));
+}
+
 TEST(TlsOff, TheRecordingProxySeesTheTokenOfAPlaintextJob) {
   // The control for the test above: the proxy does record what plaintext gRPC sends.
   set_process_tls(std::nullopt);

@@ -227,7 +227,7 @@ ParamClient::ParamClient(int index, std::string address, std::string token, Mill
   args.SetMaxSendMessageSize(kMaxMessage);
   impl_->token = std::move(token);
   impl_->deadline = rpc_deadline;
-  auto creds = rendezvous::channel_credentials(args);
+  auto creds = rendezvous::channel_credentials(args, address_);
   impl_->channel = grpc::CreateCustomChannel(address_, creds, args);
   impl_->stub = proto::ParamServer::NewStub(impl_->channel);
 }

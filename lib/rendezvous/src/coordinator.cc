@@ -109,7 +109,7 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
     grpc::ServerBuilder builder;
     detail::configure_coordinator_server(
         builder, listen, &port_, opt_.token,
-        [this](const char* why) { count_rejected("a call", "a peer", why); });
+        [this](const char* why) { count_rejected("a call (on its headers)", "a client", why); });
     builder.RegisterService(this);
     server_ = builder.BuildAndStart();
     if (!server_ || port_ == 0) {

@@ -62,7 +62,7 @@ Connection::Connection(std::string address, std::string token)
   // loaded coordinator accepting thousands of connections needs more than a few ms per handshake.)
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  auto creds = channel_credentials(args);
+  auto creds = channel_credentials(args, address_);
   channel_ = grpc::CreateCustomChannel(address_, creds, args);
   stub_ = proto::Coordinator::NewStub(channel_);
 }

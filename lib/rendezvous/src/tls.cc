@@ -248,9 +248,20 @@ bool tls_wanted(const std::string& mode, const std::vector<std::string>& hosts) 
   return false;
 }
 
-std::shared_ptr<grpc::ChannelCredentials> channel_credentials(grpc::ChannelArguments& args) {
+// The host part of "host:port" / "[v6]:port".
+std::string host_of(const std::string& address) {
+  size_t colon = address.rfind(':');
+  return colon == std::string::npos ? address : address.substr(0, colon);
+}
+
+std::shared_ptr<grpc::ChannelCredentials> channel_credentials(grpc::ChannelArguments& args,
+                                                              const std::string& target) {
   auto id = current_tls();
-  if (!id) return grpc::InsecureChannelCredentials();
+  // Plaintext on loopback goes through gRPC's local credentials, which lets the server check
+  // the token on the headers (an AuthMetadataProcessor needs "secure" credentials).
+  if (!id)
+    return is_loopback_host(host_of(target)) ? grpc::experimental::LocalCredentials(LOCAL_TCP)
+                                             : grpc::InsecureChannelCredentials();
   args.SetSslTargetNameOverride(kTlsServerName);
   grpc::SslCredentialsOptions o;
   o.pem_root_certs = id->ca_pem;
@@ -267,11 +278,14 @@ void configure_server(grpc::ServerBuilder& builder, const std::string& listen, i
     o.pem_root_certs = id->ca_pem;
     o.pem_key_cert_pairs.push_back({id->key_pem, id->cert_pem});
     creds = grpc::SslServerCredentials(o);
-    if (!limits.token.empty())
-      creds->SetAuthMetadataProcessor(std::make_shared<TokenCheck>(limits.token, limits.on_reject));
+  } else if (is_loopback_host(host_of(listen))) {
+    creds = grpc::experimental::LocalServerCredentials(LOCAL_TCP);
   } else {
     creds = grpc::InsecureServerCredentials();
   }
+  bool secure = current_tls() || is_loopback_host(host_of(listen));
+  if (secure && !limits.token.empty())
+    creds->SetAuthMetadataProcessor(std::make_shared<TokenCheck>(limits.token, limits.on_reject));
   builder.AddListeningPort(listen, creds, port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(limits.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(limits.max_message_bytes));

@@ -54,9 +54,11 @@ bool process_tls_enabled();
 bool tls_wanted(const std::string& mode, const std::vector<std::string>& hosts);
 bool is_loopback_host(const std::string& host);
 
-// Credentials for a client channel of this process; with TLS also sets the server-name override
-// on `args`.
-std::shared_ptr<grpc::ChannelCredentials> channel_credentials(grpc::ChannelArguments& args);
+// Credentials for a client channel of this process to `target` (host:port); with TLS also sets
+// the server-name override on `args`. Without TLS a loopback target gets gRPC's local
+// credentials (still plaintext), which let the server check the token before the body.
+std::shared_ptr<grpc::ChannelCredentials> channel_credentials(grpc::ChannelArguments& args,
+                                                              const std::string& target);
 
 // What a ptrain server accepts before any handler runs.
 struct ServerLimits {
@@ -72,9 +74,10 @@ struct ServerLimits {
   int64_t max_idle_ms = 30000;
 };
 
-// Credentials for a server of this process (mutual TLS with the token check, or plaintext), and
-// the limits above, added to `builder`. With TLS the token is checked on the headers before the
-// body is read (an AuthMetadataProcessor); with plaintext the handlers check it.
+// Credentials for a server of this process (mutual TLS, or plaintext: local credentials on a
+// loopback address, insecure elsewhere), and the limits above, added to `builder`. With TLS and
+// on loopback the token is checked on the headers before the body is read (an
+// AuthMetadataProcessor); the handlers check it again (the only check for plaintext elsewhere).
 void configure_server(grpc::ServerBuilder& builder, const std::string& listen, int* port,
                       const ServerLimits& limits);
 
