@@ -312,12 +312,12 @@ TEST_F(TlsTest, ThousandsOfConnectionsThatNeverHandshakeAreClosedAndTheJobGoesOn
     ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << i;
     fds.push_back(fd);
   }
-  // They send nothing; the server ends each after its handshake timeout (5 s).
+  // They send nothing; the server ends each after its handshake timeout (10 s).
   auto start = std::chrono::steady_clock::now();
   size_t closed = 0;
   std::vector<bool> done(fds.size(), false);
   while (closed < fds.size() &&
-         std::chrono::steady_clock::now() - start < std::chrono::seconds(20)) {
+         std::chrono::steady_clock::now() - start < std::chrono::seconds(30)) {
     std::vector<pollfd> p;
     std::vector<size_t> idx;
     for (size_t i = 0; i < fds.size(); ++i)
@@ -337,7 +337,7 @@ TEST_F(TlsTest, ThousandsOfConnectionsThatNeverHandshakeAreClosedAndTheJobGoesOn
   }
   double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(closed, fds.size()) << "after " << took << " s";
-  EXPECT_LT(took, 15.0);
+  EXPECT_LT(took, 25.0);
   for (int fd : fds) ::close(fd);
   // The coordinator still serves the job.
   GrpcStore store(coordinator->address(), opt.token);

@@ -39,6 +39,9 @@ void configure_coordinator_server(grpc::ServerBuilder& builder, const std::strin
   // A rendezvous of thousands of workers keeps one connection and a Watch stream each; a few
   // calls per connection at a time is all a worker makes.
   limits.max_concurrent_streams = 16;
+  // Thousands of workers handshaking at once queue behind each other (a mutual TLS handshake
+  // costs the coordinator a few ms of CPU): they get longer than an idle intruder would.
+  limits.handshake_timeout_ms = 10000;
   configure_server(builder, listen, port, limits);
 }
 
