@@ -15,7 +15,7 @@ PKGS=(
   libdnnl-dev
   dataset-fashion-mnist
   openssh-client openssh-server clang-format iproute2 procps patchelf file
-  libpcre2-dev chromium libxxhash-dev slurm-wlm munge
+  libpcre2-dev chromium libxxhash-dev slurm-wlm munge libssl-dev
 )
 
 if [[ "${PTRAIN_SETUP_TORCH:-0}" == 1 ]]; then PKGS+=(python3-torch python3-torchvision); fi

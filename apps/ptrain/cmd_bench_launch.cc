@@ -24,6 +24,7 @@ struct BenchLaunchArgs {
   int procs = 2;
   int repeats = 5;
   double timeout_s = 120;
+  std::string tls = "auto";
 };
 
 std::string self_exe() {
@@ -75,6 +76,9 @@ Action setup_bench_launch(CLI::App& sub) {
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
   sub.add_option("--timeout", args->timeout_s, "Seconds one run may take")->capture_default_str();
+  sub.add_option("--tls", args->tls, "rendezvous.tls of the jobs")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "on", "off"}));
   return [args] {
     namespace fs = std::filesystem;
     std::string exe = self_exe();
@@ -90,8 +94,8 @@ Action setup_bench_launch(CLI::App& sub) {
     } cleanup{dir};
     std::string common = fmt::format(
         "logging: {{dir: {}/runs, console: none}}\nnodes: {{procs_per_node: {}, device: cpu}}\n"
-        "parallel: {{data: {}}}\ndata: {{batch_size: {}}}\n",
-        dir, args->procs, args->procs, args->procs);
+        "parallel: {{data: {}}}\ndata: {{batch_size: {}}}\nrendezvous: {{tls: {}}}\n",
+        dir, args->procs, args->procs, args->procs, args->tls);
     struct Workload {
       std::string name, spec;
     };
@@ -102,8 +106,8 @@ Action setup_bench_launch(CLI::App& sub) {
     Millis timeout(static_cast<int64_t>(args->timeout_s * 1000));
     fmt::print(
         "# ptrain bench launch: {} worker(s), median of {} (wall time of `ptrain run`, "
-        "start to exit)\n",
-        args->procs, args->repeats);
+        "start to exit), rendezvous.tls {}\n",
+        args->procs, args->repeats, args->tls);
     fmt::print(
         "# reference: torchrun (PyTorch 1.13) 6.1 s for 2 no-op gloo workers; target "
         "<= 0.2 s for 2, <= 1 s for 32\n");

@@ -34,7 +34,8 @@ struct BenchRdzvArgs {
   double heartbeat_s = 0;
   double timeout_s = 120;
   bool in_process = false;
-  int serve_ranks = 0;  // > 0: be the coordinator process of one run (internal)
+  int serve_ranks = 0;      // > 0: be the coordinator process of one run (internal)
+  std::string tls = "off";  // on: mutual TLS; the coordinator then runs in this process
 };
 
 // `--serve-ranks N`: a coordinator for N ranks; prints its port, then answers "stats" lines on
@@ -177,8 +178,17 @@ Action setup(CLI::App& sub) {
   sub.add_flag("--in-process", args->in_process,
                "run the coordinator in this process (its RSS then includes the clients')");
   sub.add_option("--serve-ranks", args->serve_ranks)->group("");  // the coordinator process
+  sub.add_option("--tls", args->tls,
+                 "mutual TLS on the connections (rendezvous.tls); on runs the coordinator in this "
+                 "process, which holds the job identity")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"on", "off"}));
   return [args] {
     if (args->serve_ranks > 0) return serve(args->serve_ranks, args->timeout_s);
+    // The TLS identity is this process's (rendezvous::set_process_tls): a coordinator in a child
+    // process would not have it, so with --tls on the coordinator runs here.
+    const bool tls = args->tls == "on";
+    if (tls) args->in_process = true;
     for (int c : args->clients)
       if (c < 1)
         throw ConfigError(fmt::format("bench rdzv: --clients must be >= 1, got {}", c),
@@ -186,10 +196,10 @@ Action setup(CLI::App& sub) {
     const int k = args->ranks_per_node;
     fmt::print(
         "# ptrain bench rdzv: one coordinator on 127.0.0.1 ({}), {} ranks per node ({}), {} "
-        "repeats, medians\n",
+        "repeats, medians, tls {}\n",
         args->in_process ? "in this process" : "own process", k,
         k > 1 ? "node-level JoinNode/NodeBarrier through a NodeRelay per node" : "flat",
-        args->repeats);
+        args->repeats, args->tls);
     fmt::print("# {:>8} {:>7} {:>6} {:>10} {:>9} {:>15} {:>9} {:>11} {:>10}\n", "ranks", "nodes",
                "conns", "connect_s", "join_s", "join+barrier_s", "us/rank", "rss_B/rank",
                "hb_rpc/s");
@@ -198,6 +208,7 @@ Action setup(CLI::App& sub) {
       opt.clients = clients;
       opt.connections = args->connections;
       opt.ranks_per_node = k;
+      opt.tls = tls;
       opt.timeout = Millis(static_cast<int64_t>(args->timeout_s * 1000));
       opt.heartbeat_period = Millis(static_cast<int64_t>(args->heartbeat_s * 1000));
       std::vector<double> connect, join, total, us, rss, hb;

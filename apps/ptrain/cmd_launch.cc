@@ -106,7 +106,7 @@ Action setup_launch(CLI::App& sub) {
     launch::SshLaunchOptions options;
     options.hosts = host_list;
     options.ssh = launch::SshOptions::from_spec(spec.nodes.ssh, args->ssh_config);
-    options.spec_yaml = spec::to_yaml(spec);
+    options.spec_yaml = spec::to_yaml_redacted(spec);
     options.resume_dir = args->resume_dir;
     if (!args->resume_dir.empty() && spec.checkpoint.resume == "never")
       fmt::print(stderr,

@@ -87,7 +87,7 @@ Action setup_node(CLI::App& sub) {
     env = launch::node_environment(environment, spec.rendezvous.port);
     o.coordinator = !args->coordinator.empty() ? args->coordinator : env.coordinator;
     o.token = read_token(args->token_file);
-    o.spec_yaml = spec::to_yaml(spec);
+    o.spec_yaml = spec::to_yaml_redacted(spec);
     return launch::run_node(std::move(spec), o).exit_code;
   };
 }

@@ -55,7 +55,7 @@ Action setup_run(CLI::App& sub) {
     // Shared-memory segments a crashed earlier run left behind (creator gone) are removed.
     comm::sweep_stale_shm_segments();
     launch::LauncherOptions options;
-    options.spec_yaml = spec::to_yaml(spec);
+    options.spec_yaml = spec::to_yaml_redacted(spec);
     options.resume_dir = args->resume_dir;
     if (!args->resume_dir.empty() && spec.checkpoint.resume == "never")
       fmt::print(stderr,

@@ -398,3 +398,45 @@ TEST_F(RunTest, ATakenParameterServerPortIsRefusedBeforeAnythingStarts) {
       contains(p.err, fmt::format("port {} on 127.0.0.1 (parameter server 0) is taken", port)))
       << p.err;
 }
+
+TEST_F(RunTest, TlsJobTrainsEndToEndAndRemovesItsKeys) {
+  Ptrain p({"run", spec("nodes: {procs_per_node: 2, device: cpu}\nparallel: {data: 2}\n"
+                        "train: {steps: 3}\nrendezvous: {tls: on}\n")});
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  std::string dir = run_dir();
+  EXPECT_TRUE(contains(read_file(dir + "/launcher.log"), "mutual TLS on every gRPC channel"));
+  EXPECT_TRUE(contains(read_file(dir + "/summary.json"), "\"exit_code\": 0"));
+  EXPECT_FALSE(fs::exists(dir + "/.tls")) << "the key files outlived the job";
+}
+
+TEST_F(RunTest, TlsOffAndLoopbackAutoStayPlaintext) {
+  Ptrain p({"run", spec(kTwoBuiltin)});
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  EXPECT_FALSE(contains(read_file(run_dir() + "/launcher.log"), "mutual TLS"));
+}
+
+TEST_F(RunTest, EnvSecretsReachTheWorkersButNoFileOfTheRunFolder) {
+  const std::string secret = "s3cr3t-" + std::to_string(::getpid()) + "-value";
+  std::string expected = tmp_.path() + "/expected";
+  std::ofstream(expected) << secret;
+  // A command job compares what it got with the file outside the run folder; a built-in job's
+  // workers load job.yaml, whose env: refers to the variables they were given.
+  Ptrain cmd(
+      {"run", spec("env: {MY_SECRET: " + secret +
+                   "}\ncommand: [sh, -c, 'test \"$MY_SECRET\" = \"$(cat " + expected + ")\"']\n")});
+  ASSERT_EQ(cmd.finish(), 0) << cmd.out << cmd.err;
+  fs::remove_all(runs());
+  Ptrain builtin({"run", spec("env: {MY_SECRET: " + secret + "}\n" +
+                              "nodes: {procs_per_node: 2, device: cpu}\nparallel: {data: 2}\n"
+                              "train: {steps: 2}\n")});
+  ASSERT_EQ(builtin.finish(), 0) << builtin.out << builtin.err;
+  std::string dir = run_dir();
+  EXPECT_TRUE(contains(read_file(dir + "/job.yaml"), "MY_SECRET: ${MY_SECRET}"));
+  int files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    ++files;
+    EXPECT_FALSE(contains(read_file(e.path().string()), secret)) << e.path();
+  }
+  EXPECT_GT(files, 5);
+}

@@ -147,6 +147,27 @@ TEST(AgentSetup, RoundTripsThroughAPipeWithTheSpecAndEscapes) {
   EXPECT_EQ(got.agent.extra_env, s.agent.extra_env);
   EXPECT_EQ(got.spec_yaml, s.spec_yaml);
   EXPECT_DOUBLE_EQ(got.heartbeat_s, 0.5);
+  EXPECT_FALSE(got.tls.has_value());
+}
+
+TEST(AgentSetup, CarriesTheJobCertificateAndKeyIntact) {
+  RemoteAgentSetup s;
+  s.agent.token = "t";
+  s.agent.coordinator = "127.0.0.1:5000";
+  s.agent.run_dir = "/tmp/r";
+  s.agent.argv = {"/bin/ptrain", "worker"};
+  s.tls = rendezvous::make_job_tls();
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  std::string data = encode_agent_setup(s);
+  ASSERT_EQ(::write(fds[1], data.data(), data.size()), static_cast<ssize_t>(data.size()));
+  RemoteAgentSetup got = read_agent_setup(fds[0], Millis(1000));
+  ::close(fds[0]);
+  ::close(fds[1]);
+  ASSERT_TRUE(got.tls.has_value());
+  EXPECT_EQ(got.tls->ca_pem, s.tls->ca_pem);
+  EXPECT_EQ(got.tls->cert_pem, s.tls->cert_pem);
+  EXPECT_EQ(got.tls->key_pem, s.tls->key_pem);
 }
 
 TEST(AgentSetup, TimesOutWhenNothingArrives) {

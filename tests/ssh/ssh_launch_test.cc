@@ -245,6 +245,17 @@ TEST_F(SshLaunchTest, DataParallelGptTrainsAcrossHostsAndLogsWork) {
   EXPECT_TRUE(contains(logs.out, "[127.0.0.3:2]")) << logs.out;
 }
 
+TEST_F(SshLaunchTest, TlsJobTrainsAcrossHostsAndRemovesEveryKey) {
+  Ptrain p(launch(spec(kGpt + "train: {steps: 3, log_every: 1}\nrendezvous: {tls: on}\n")));
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  std::string dir = run_dir();
+  EXPECT_TRUE(contains(read_file(dir + "/launcher.log"), "mutual TLS on every gRPC channel"));
+  std::string metrics = read_file(dir + "/metrics.jsonl");
+  EXPECT_TRUE(contains(metrics, "\"step\": 3") || contains(metrics, "\"step\":3")) << metrics;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    EXPECT_NE(e.path().filename(), ".tls") << e.path() << " outlived the job";
+}
+
 TEST_F(SshLaunchTest, PipelineAcrossHostsTrains) {
   // dp 2 x pp 2: ranks 0-1 (stage 0) on 127.0.0.2, ranks 2-3 (stage 1) on 127.0.0.3, so every
   // activation and gradient crosses hosts.

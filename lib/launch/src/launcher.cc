@@ -8,6 +8,7 @@
 #include "ptrain/core/error.h"
 #include "ptrain/core/log.h"
 #include "ptrain/launch/console.h"
+#include "ptrain/launch/job_tls.h"
 #include "ptrain/launch/local_group.h"
 #include "ptrain/launch/mlflow.h"
 #include "ptrain/launch/node_relay_policy.h"
@@ -117,12 +118,14 @@ JobResult Launcher::Impl::run() {
   RunDir dir = opt_.resume_dir.empty() ? RunDir::create(spec_.logging.dir, spec_.name)
                                        : RunDir::open(opt_.resume_dir);
   if (!opt_.resume_dir.empty()) dir.log("resuming this run (ptrain run --resume)");
-  std::string spec_yaml = opt_.spec_yaml.empty() ? spec::to_yaml(spec_) : opt_.spec_yaml;
+  // env: values stay out of the copies (the workers get them in their environment).
+  std::string spec_yaml = opt_.spec_yaml.empty() ? spec::to_yaml_redacted(spec_) : opt_.spec_yaml;
   dir.write_file("job.yaml", spec_yaml);
   if (spec_.logging.tensorboard && builtin) dir.enable_tensorboard();
   const std::string run_id = dir.path().substr(dir.path().find_last_of('/') + 1);
   if (!spec_.logging.mlflow.empty() && builtin)
-    dir.enable_mlflow(spec_.logging.mlflow, spec_.name, run_id, flatten_json(spec::to_json(spec_)));
+    dir.enable_mlflow(spec_.logging.mlflow, spec_.name, run_id,
+                      flatten_json(spec::to_json(spec::redact_env(spec_))));
   dir.log(
       fmt::format("job {}: {} worker(s) on {}, run id {}", spec_.name, world_size, node, run_id));
 
@@ -142,6 +145,9 @@ JobResult Launcher::Impl::run() {
   co.spec_yaml = spec_yaml;
   co.join_timeout = Millis(static_cast<int64_t>(spec_.rendezvous.timeout_s * 1000));
   co.heartbeat_timeout = Millis(static_cast<int64_t>(spec_.fault_tolerance.hang_timeout_s * 1000));
+  // rendezvous.tls: made before the coordinator and declared before it, so it outlives it.
+  JobTls tls(spec_.rendezvous.tls, std::vector<std::string>{co.bind});
+  if (tls.enabled()) dir.log("rendezvous.tls: mutual TLS on every gRPC channel");
   // Declared after `dir` and `events`, so it stops (and its threads with it) before they go.
   auto coordinator = std::make_unique<rendezvous::Coordinator>(co, events.coordinator_events(dir));
   try {
@@ -179,6 +185,7 @@ JobResult Launcher::Impl::run() {
   ao.threads_per_proc = spec_.nodes.threads_per_proc;
   ao.cuda = spec_.nodes.device == "cuda";
   ao.extra_env = spec_.env;
+  tls.install(dir.path(), ao.extra_env);
   LocalWorkerGroup group(ao);
   group.agent().on_line = [&console](const WorkerLine& l) {
     console.worker_line(l.rank, "", l.is_stderr, l.text);

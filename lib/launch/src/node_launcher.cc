@@ -568,6 +568,10 @@ JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const 
   if (builtin && spec.parallel.data_mode == "async")
     throw ConfigError("data_mode: async is not supported by `ptrain node` yet",
                       "use `ptrain launch` for jobs with parameter servers");
+  // The nodes meet through the coordinator before anything could hand them a job certificate.
+  if (spec.rendezvous.tls == "on")
+    throw ConfigError("rendezvous.tls: on is not supported by `ptrain node` yet",
+                      "use `ptrain launch` (ssh) for a TLS job, or rendezvous.tls: off");
   const std::string self = opt.local_binary.empty() ? this_executable() : opt.local_binary;
 
   PollWaiter waiter;  // before any thread starts
@@ -609,7 +613,8 @@ JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const 
     }
   }
   RunDir dir = RunDir::create(root, spec.name);
-  std::string spec_yaml = opt.spec_yaml.empty() ? spec::to_yaml(spec) : opt.spec_yaml;
+  // env: values stay out of the copies (the workers get them in their environment).
+  std::string spec_yaml = opt.spec_yaml.empty() ? spec::to_yaml_redacted(spec) : opt.spec_yaml;
   dir.write_file("job.yaml", spec_yaml);
   if (spec.logging.tensorboard && builtin) dir.enable_tensorboard();
   const std::string run_id = dir.path().substr(dir.path().find_last_of('/') + 1);
@@ -642,7 +647,7 @@ JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const 
     // on a shared filesystem across machines (or set checkpoint.dir to a shared path).
     spec::JobSpec agent_spec = spec;
     agent_spec.checkpoint.dir = agent_dir(dir.path(), plan.front().host) + "/checkpoints";
-    agent_yaml = spec::to_yaml(agent_spec);
+    agent_yaml = spec::to_yaml_redacted(agent_spec);
   }
   const std::string coordinator_address = ep.address();
   auto setup = [&](size_t i, int round) {

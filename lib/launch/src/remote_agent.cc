@@ -14,6 +14,7 @@
 
 #include "agent_setup.pb.h"
 #include "ptrain/core/error.h"
+#include "ptrain/launch/job_tls.h"
 #include "ptrain/launch/launcher.h"
 #include "ptrain/launch/local_group.h"
 #include "ptrain/launch/supervisor.h"
@@ -111,6 +112,11 @@ std::string encode_agent_setup(const RemoteAgentSetup& s) {
   for (int i : a.server_indices) m.add_server_indices(i);
   for (const auto& arg : a.server_argv) m.add_server_argv(arg);
   m.set_server_bind(a.server_bind);
+  if (s.tls) {
+    m.set_tls_ca(s.tls->ca_pem);
+    m.set_tls_cert(s.tls->cert_pem);
+    m.set_tls_key(s.tls->key_pem);
+  }
   std::string bytes;
   PTRAIN_CHECK(m.SerializeToString(&bytes), "cannot serialize the agent setup");
   return fmt::format("{} {}\n", kSetupHeader, bytes.size()) + bytes;
@@ -185,6 +191,8 @@ RemoteAgentSetup read_agent_setup(int fd, Millis timeout) {
   a.server_indices.assign(m.server_indices().begin(), m.server_indices().end());
   a.server_argv.assign(m.server_argv().begin(), m.server_argv().end());
   a.server_bind = m.server_bind();
+  if (!m.tls_ca().empty() || !m.tls_cert().empty() || !m.tls_key().empty())
+    s.tls = rendezvous::TlsIdentity{m.tls_ca(), m.tls_cert(), m.tls_key()};
   if (a.token.empty() || a.coordinator.empty() || a.argv.empty() || a.run_dir.empty())
     throw ConfigError("agent: the setup lacks the token, coordinator, run folder or program");
   // Whatever followed the setup already (a signal command) is not expected this early: the
@@ -248,6 +256,21 @@ int remote_agent_main(int in_fd, int out_fd) {
     if (!job) throw IoError(fmt::format("agent on {}: cannot write {}/job.yaml", node, dir));
   }
   s.agent.run_dir = dir;
+  // rendezvous.tls: this agent's channel and its workers' use the job's certificate; the key
+  // files go when the agent does.
+  rendezvous::set_process_tls(s.tls);
+  struct TlsFiles {
+    std::string dir;
+    ~TlsFiles() {
+      std::error_code e;
+      if (!dir.empty()) std::filesystem::remove_all(dir, e);
+    }
+  } tls_files;
+  if (s.tls) {
+    tls_files.dir = tls_dir(dir);
+    rendezvous::write_tls_files(tls_files.dir, *s.tls);
+    s.agent.extra_env[rendezvous::kTlsDirEnv] = tls_files.dir;
+  }
   // A shipped binary is named relative to the home folder.
   for (auto* argv : {&s.agent.argv, &s.agent.server_argv}) {
     if (argv->empty()) continue;

@@ -8,6 +8,7 @@
 #include "ptrain/core/error.h"
 #include "ptrain/launch/console.h"
 #include "ptrain/launch/hosts.h"
+#include "ptrain/launch/job_tls.h"
 #include "ptrain/launch/mlflow.h"
 #include "ptrain/launch/node_relay_policy.h"
 #include "ptrain/launch/remote_agent.h"
@@ -134,12 +135,14 @@ JobResult SshLauncher::Impl::run() {
   RunDir dir =
       opt_.resume_dir.empty() ? RunDir::create(root, spec_.name) : RunDir::open(opt_.resume_dir);
   if (!opt_.resume_dir.empty()) dir.log("resuming this run (ptrain launch --resume)");
-  std::string spec_yaml = opt_.spec_yaml.empty() ? spec::to_yaml(spec_) : opt_.spec_yaml;
+  // env: values stay out of the copies (the workers get them in their environment).
+  std::string spec_yaml = opt_.spec_yaml.empty() ? spec::to_yaml_redacted(spec_) : opt_.spec_yaml;
   dir.write_file("job.yaml", spec_yaml);
   if (spec_.logging.tensorboard && builtin) dir.enable_tensorboard();
   const std::string run_id = dir.path().substr(dir.path().find_last_of('/') + 1);
   if (!spec_.logging.mlflow.empty() && builtin)
-    dir.enable_mlflow(spec_.logging.mlflow, spec_.name, run_id, flatten_json(spec::to_json(spec_)));
+    dir.enable_mlflow(spec_.logging.mlflow, spec_.name, run_id,
+                      flatten_json(spec::to_json(spec::redact_env(spec_))));
   dir.log(fmt::format("job {}: {} worker(s) on {} host(s), run id {}", spec_.name, world_size,
                       plan.size(), run_id));
   std::vector<std::string> host_names;
@@ -160,6 +163,11 @@ JobResult SshLauncher::Impl::run() {
   co.spec_yaml = spec_yaml;
   co.join_timeout = seconds_ms(spec_.rendezvous.timeout_s);
   co.heartbeat_timeout = seconds_ms(spec_.fault_tolerance.hang_timeout_s);
+  // rendezvous.tls: made before the coordinator and declared before it, so it outlives it.
+  std::vector<std::string> tls_addresses{bind};
+  for (const auto& p : plan) tls_addresses.push_back(ssh_target_hostname(opt_.ssh, p.host));
+  JobTls tls(spec_.rendezvous.tls, tls_addresses);
+  if (tls.enabled()) dir.log("rendezvous.tls: mutual TLS on every gRPC channel");
   auto coordinator = std::make_unique<rendezvous::Coordinator>(co, events.coordinator_events(dir));
   try {
     coordinator->start();
@@ -181,7 +189,7 @@ JobResult SshLauncher::Impl::run() {
     // filesystem (true for loopback hosts); otherwise set checkpoint.dir to a shared path.
     spec::JobSpec agent_spec = spec_;
     agent_spec.checkpoint.dir = agent_dir(dir.path(), plan.front().host) + "/checkpoints";
-    agent_yaml = spec::to_yaml(agent_spec);
+    agent_yaml = spec::to_yaml_redacted(agent_spec);
   }
 
   SshGroupOptions go;
@@ -224,6 +232,7 @@ JobResult SshLauncher::Impl::run() {
     a.cuda = spec_.nodes.device == "cuda";
     a.extra_env = spec_.env;
     a.node_relay_heartbeat = node_relay_period(spec_);
+    setup.tls = tls.identity();  // the agent writes it for its workers
     setup.spec_yaml = agent_yaml;
     setup.round = round;
     setup.umask = private_files ? 077 : -1;

@@ -11,6 +11,7 @@
 
 #include "ptrain.grpc.pb.h"
 #include "ptrain/core/error.h"
+#include "ptrain/rendezvous/tls.h"
 #include "ptrain/rendezvous/token.h"
 
 namespace ptrain::parallel {
@@ -211,11 +212,19 @@ ParamServer::~ParamServer() {
 void ParamServer::start() {
   auto& s = *impl_;
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(fmt::format("{}:{}", s.opt.bind, s.opt.port), grpc::InsecureServerCredentials(),
-                           &s.port);
-  builder.SetMaxReceiveMessageSize(kMaxMessage);
-  builder.SetMaxSendMessageSize(kMaxMessage);
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  rendezvous::ServerLimits limits;
+  limits.token = s.opt.token;
+  // A request is at most a Push: this server's shard and the buffer delta, plus slack for the
+  // other fields. (Responses, the Pulls, are as big; both directions share the limit.)
+  limits.max_message_bytes =
+      static_cast<int64_t>((s.size + s.buffers.size()) * sizeof(float)) + (int64_t{1} << 20);
+  PTRAIN_CHECK(limits.max_message_bytes < kMaxMessage, "shard of {} floats is over 1 GiB", s.size);
+  // Every worker may have one Push in flight (the synchronous server holds a thread per call).
+  limits.memory_bytes =
+      std::max<int64_t>(int64_t{256} << 20, (s.opt.workers + 2) * limits.max_message_bytes);
+  limits.max_concurrent_streams = 8;
+  rendezvous::configure_server(builder, fmt::format("{}:{}", s.opt.bind, s.opt.port), &s.port,
+                               limits);
   builder.RegisterService(&s);
   s.server = builder.BuildAndStart();
   if (!s.server || s.port == 0)
@@ -280,7 +289,8 @@ ParamClient::ParamClient(int index, std::string address, std::string token, Mill
   args.SetMaxSendMessageSize(kMaxMessage);
   impl_->token = std::move(token);
   impl_->deadline = rpc_deadline;
-  impl_->channel = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+  auto creds = rendezvous::channel_credentials(args, address_);
+  impl_->channel = grpc::CreateCustomChannel(address_, creds, args);
   impl_->stub = proto::ParamServer::NewStub(impl_->channel);
 }
 

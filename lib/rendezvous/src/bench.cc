@@ -12,6 +12,7 @@
 #include "ptrain/core/error.h"
 #include "ptrain/rendezvous/coordinator.h"
 #include "ptrain/rendezvous/node_relay.h"
+#include "ptrain/rendezvous/tls.h"
 #include "ptrain/rendezvous/token.h"
 #include "timer_queue.h"
 
@@ -186,6 +187,16 @@ RdzvBenchResult run_rdzv_bench(const RdzvBenchOptions& options) {
   if (options.ranks_per_node < 1)
     throw ConfigError(
         fmt::format("bench rdzv: --ranks-per-node must be >= 1, got {}", options.ranks_per_node));
+  if (options.tls && options.target)
+    throw ConfigError("bench rdzv: tls needs the coordinator in this process",
+                      "run it with --in-process (--tls on implies it)");
+  // The process's identity for this run only (the bench is the process's sole gRPC user).
+  struct TlsScope {
+    explicit TlsScope(bool on) {
+      set_process_tls(on ? std::optional<TlsIdentity>(make_job_tls()) : std::nullopt);
+    }
+    ~TlsScope() { set_process_tls(std::nullopt); }
+  } tls_scope(options.tls);
   std::unique_ptr<Coordinator> local;
   Meeting coordinator;
   if (options.target) {

@@ -109,12 +109,10 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
     detail::route_grpc_logs();
     std::string listen = detail::host_port(opt_.bind, opt_.port);
     grpc::ServerBuilder builder;
-    builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port_);
+    detail::configure_coordinator_server(
+        builder, listen, &port_, opt_.token,
+        [this](const char* why) { count_rejected("a call (on its headers)", "a client", why); });
     builder.RegisterService(this);
-    builder.SetMaxReceiveMessageSize(detail::kMaxMessageBytes);
-    builder.SetMaxSendMessageSize(detail::kMaxMessageBytes);
-    // Without this, a second server could silently share an explicit port (SO_REUSEPORT).
-    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     server_ = builder.BuildAndStart();
     if (!server_ || port_ == 0) {
       server_.reset();
@@ -575,15 +573,17 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
     auto it = md.find(kTokenMetadataKey);
     bool ok = it != md.end() &&
               token_equal(std::string_view(it->second.data(), it->second.size()), opt_.token);
-    if (!ok) {
-      // Thousands of misconfigured clients must not flood the console: the first few, then
-      // every thousandth.
-      uint64_t n = rejected_.fetch_add(1) + 1;
-      if (ev_.on_warning && (n <= 5 || n % 1000 == 0))
-        ev_.on_warning(fmt::format("rejected {} from {}: {} job token ({} rejected so far)", method,
-                                   ctx->peer(), it == md.end() ? "missing" : "wrong", n));
-    }
+    if (!ok) count_rejected(method, ctx->peer(), it == md.end() ? "missing" : "wrong");
     return ok;
+  }
+
+  void count_rejected(const char* method, const std::string& peer, const char* why) {
+    // Thousands of misconfigured clients must not flood the console: the first few, then
+    // every thousandth.
+    uint64_t n = rejected_.fetch_add(1) + 1;
+    if (ev_.on_warning && (n <= 5 || n % 1000 == 0))
+      ev_.on_warning(fmt::format("rejected {} from {}: {} job token ({} rejected so far)", method,
+                                 peer, why, n));
   }
 
   // With mu_ held: the refusal for a waiting call while aborted or stopped.

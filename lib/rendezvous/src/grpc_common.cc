@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "ptrain/core/error.h"
+#include "ptrain/rendezvous/tls.h"
 #include "ptrain/rendezvous/token.h"
 
 namespace ptrain::rendezvous::detail {
@@ -26,6 +27,22 @@ void route_grpc_logs() {
     // mutexes are gRPC's business; turn the check off before the first channel or server.
     absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   });
+}
+
+void configure_coordinator_server(grpc::ServerBuilder& builder, const std::string& listen,
+                                  int* port, const std::string& token,
+                                  std::function<void(const char*)> on_reject) {
+  ServerLimits limits;
+  limits.token = token;
+  limits.on_reject = std::move(on_reject);
+  limits.max_message_bytes = kMaxMessageBytes;
+  // A rendezvous of thousands of workers keeps one connection and a Watch stream each; a few
+  // calls per connection at a time is all a worker makes.
+  limits.max_concurrent_streams = 16;
+  // Thousands of workers handshaking at once queue behind each other (a mutual TLS handshake
+  // costs the coordinator a few ms of CPU): they get longer than an idle intruder would.
+  limits.handshake_timeout_ms = 10000;
+  configure_server(builder, listen, port, limits);
 }
 
 std::string host_port(const std::string& host, int port) {
@@ -48,7 +65,8 @@ Connection::Connection(std::string address, std::string token)
   // loaded coordinator accepting thousands of connections needs more than a few ms per handshake.)
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  channel_ = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+  auto creds = channel_credentials(args, address_);
+  channel_ = grpc::CreateCustomChannel(address_, creds, args);
   stub_ = proto::Coordinator::NewStub(channel_);
 }
 

@@ -4,6 +4,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -20,6 +21,13 @@ inline constexpr int kMaxMessageBytes = static_cast<int>(kMaxValueBytes + (1 << 
 // Routes gRPC's own log lines into spdlog at debug level (our errors say what failed) and turns
 // off abseil's mutex deadlock detection (a debug aid that costs every gRPC lock); once.
 void route_grpc_logs();
+
+// The coordinator's listening port with its credentials (tls.h) and limits: messages up to
+// kMaxMessageBytes, the token checked on the headers (with TLS), a memory quota, handshake and
+// idle timeouts.
+void configure_coordinator_server(grpc::ServerBuilder& builder, const std::string& listen,
+                                  int* port, const std::string& token,
+                                  std::function<void(const char*)> on_reject);
 
 // "[::1]:port" for IPv6 literals, "host:port" otherwise.
 std::string host_port(const std::string& host, int port);

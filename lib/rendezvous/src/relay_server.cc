@@ -10,6 +10,7 @@
 #include "grpc_common.h"
 #include "ptrain/core/error.h"
 #include "ptrain/rendezvous/node_relay.h"
+#include "ptrain/rendezvous/tls.h"
 #include "ptrain/rendezvous/token.h"
 
 namespace ptrain::rendezvous {
@@ -41,10 +42,15 @@ class RelayServer::Impl final : public proto::Coordinator::CallbackService {
     std::filesystem::remove(socket_path_, ec);  // a previous round's socket
     grpc::ServerBuilder builder;
     int port = 0;
-    builder.AddListeningPort(address(), grpc::InsecureServerCredentials(), &port);
+    // Local (UDS) credentials: the token is checked on the headers, as at the coordinator; the
+    // handlers check it again. The upward channel is the coordinator client's (TLS with a job
+    // identity).
+    ServerLimits limits;
+    limits.token = token_;
+    limits.max_message_bytes = detail::kMaxMessageBytes;
+    limits.max_concurrent_streams = 16;
+    configure_server(builder, address(), &port, limits);
     builder.RegisterService(this);
-    builder.SetMaxReceiveMessageSize(detail::kMaxMessageBytes);
-    builder.SetMaxSendMessageSize(detail::kMaxMessageBytes);
     server_ = builder.BuildAndStart();
     if (!server_)
       throw IoError(fmt::format("cannot listen on the node relay socket {}", socket_path_),

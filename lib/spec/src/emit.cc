@@ -84,6 +84,7 @@ Value tree(const JobSpec& s) {
   rdzv.add("bind", Value::str(s.rendezvous.bind));
   rdzv.add("port", Value::num(s.rendezvous.port));
   rdzv.add("timeout_s", Value::num(s.rendezvous.timeout_s));
+  rdzv.add("tls", Value::str(s.rendezvous.tls));
 
   const ParallelSpec& p = s.parallel;
   Value& par = root.add("parallel", Value::map());
@@ -284,6 +285,23 @@ std::string to_yaml(const JobSpec& spec) {
   YAML::Emitter out;
   emit_yaml(out, tree(spec));
   return std::string(out.c_str()) + "\n";
+}
+
+std::string to_yaml_redacted(const JobSpec& spec) {
+  Value root = tree(spec);
+  for (auto& [key, v] : root.fields) {
+    if (key != "env") continue;
+    // kNumber: written verbatim, so the loader resolves the reference (strings escape `${`).
+    for (auto& [name, value] : v.fields) value = Value{Value::kNumber, "${" + name + "}", {}, {}};
+  }
+  YAML::Emitter out;
+  emit_yaml(out, root);
+  return std::string(out.c_str()) + "\n";
+}
+
+JobSpec redact_env(JobSpec spec) {
+  for (auto& [name, value] : spec.env) value = "<redacted>";
+  return spec;
 }
 
 std::string to_json(const JobSpec& spec) {

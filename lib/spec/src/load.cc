@@ -36,6 +36,7 @@ const std::vector<std::string> kReservedEnv = {"PTRAIN_COORDINATOR",
                                                "PTRAIN_NODE",
                                                "PTRAIN_RESTART",
                                                "PTRAIN_SERVER_INDEX",
+                                               "PTRAIN_TLS_DIR",
                                                "RANK",
                                                "LOCAL_RANK",
                                                "WORLD_SIZE",
@@ -717,10 +718,11 @@ JobSpec build(Reader& r, const YAML::Node& root, const std::string& base_dir) {
   if (!s.nodes.hostfile.empty()) s.nodes.hosts = resolve_hosts(s);
   {
     MapView m = section("rendezvous");
-    m.allow({"bind", "port", "timeout_s"});
+    m.allow({"bind", "port", "timeout_s", "tls"});
     m.read("bind", s.rendezvous.bind);
     m.read("port", s.rendezvous.port, 0, 65535);
     m.read("timeout_s", s.rendezvous.timeout_s, kMinSeconds, 86400);
+    m.read_enum("tls", s.rendezvous.tls, {"auto", "on", "off"});
   }
   read_parallel(r, section("parallel"), s.parallel);
   if (s.launcher_only()) {

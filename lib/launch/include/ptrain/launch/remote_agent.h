@@ -6,11 +6,13 @@
 
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
 
 #include "ptrain/core/time.h"
 #include "ptrain/launch/agent.h"
 #include "ptrain/rendezvous/store.h"
+#include "ptrain/rendezvous/tls.h"
 
 namespace ptrain::launch {
 
@@ -26,6 +28,9 @@ struct RemoteAgentSetup {
   int round = 0;                   // the rendezvous round (restart count) the workers start in
   int umask = -1;                  // >= 0: the agent's umask (logging.mode: private)
   bool restore_umask = false;      // `command:` programs run with the agent's umask from before
+  // rendezvous.tls: the job's CA and certificate (PEM); the agent uses it for its own channel and
+  // writes it 0600 into its folder for its workers (job_tls.h).
+  std::optional<rendezvous::TlsIdentity> tls;
 };
 
 // The stdin stream the launcher sends: "key value" lines (values escaped), "end", then the spec.

@@ -24,6 +24,9 @@ struct RdzvBenchOptions {
   int clients = 1024;
   int connections = 0;     // TCP connections the clients spread over; 0 = one per client (node)
   int ranks_per_node = 1;  // 1: every rank joins the coordinator itself (the flat path)
+  // Mutual TLS with a fresh job identity (rendezvous.tls: on). The identity is this process's, so
+  // it needs the coordinator in this process: `target` must then be null.
+  bool tls = false;
   Millis timeout{std::chrono::seconds(120)};
   // > 0 (ranks_per_node > 1 only): afterwards every rank heartbeats to its relay every
   // heartbeat_period for heartbeat_window, and the coordinator's heartbeat RPCs are counted.

@@ -47,6 +47,8 @@ struct RendezvousSpec {
   std::string bind;  // empty = 127.0.0.1 for `run`, the route to hosts for `launch`
   int port = 0;      // 0 = kernel-chosen
   double timeout_s = 60;
+  // auto|on|off: mutual TLS on every gRPC channel; auto = on when an address is not loopback.
+  std::string tls = "auto";
 
   bool operator==(const RendezvousSpec&) const = default;
 };

@@ -30,6 +30,13 @@ JobSpec load_string(const std::string& yaml, const std::string& display_name,
 std::string to_yaml(const JobSpec& spec);
 // The resolved spec as one JSON object (same keys as the YAML).
 std::string to_json(const JobSpec& spec);
+// The copies ptrain writes (job.yaml in run folders, what the coordinator hands out): like
+// to_yaml, but every `env:` value is written as a `${KEY}` reference to the variable of the same
+// name, which the workers have in their environment (the launcher exports it); a later load
+// (`--resume`) needs those variables exported.
+std::string to_yaml_redacted(const JobSpec& spec);
+// The spec with every `env:` value replaced by `<redacted>` (for JSON copies: mlflow params).
+JobSpec redact_env(JobSpec spec);
 
 // Fingerprints of the parts of a spec a checkpoint depends on: "model" (the family and its
 // keys), "data" (the data set, batch and split) and "train" (seed, precision, optimizer,
