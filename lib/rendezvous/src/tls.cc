@@ -254,6 +254,14 @@ std::string host_of(const std::string& address) {
   return colon == std::string::npos ? address : address.substr(0, colon);
 }
 
+// gRPC's local TCP credentials accept exactly 127.0.0.1 and ::1 (a connection to another
+// 127.0.0.0/8 address, such as a test host 127.0.0.2, is closed): only those use them.
+static bool local_tcp_host(const std::string& host) {
+  std::string h = host;
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  return h == "127.0.0.1" || h == "::1" || h == "localhost";
+}
+
 bool is_unix_address(const std::string& address) {
   return address.rfind("unix:", 0) == 0;
 }
@@ -267,8 +275,8 @@ std::shared_ptr<grpc::ChannelCredentials> channel_credentials(grpc::ChannelArgum
   // Plaintext on loopback goes through gRPC's local credentials, which lets the server check
   // the token on the headers (an AuthMetadataProcessor needs "secure" credentials).
   if (!id)
-    return is_loopback_host(host_of(target)) ? grpc::experimental::LocalCredentials(LOCAL_TCP)
-                                             : grpc::InsecureChannelCredentials();
+    return local_tcp_host(host_of(target)) ? grpc::experimental::LocalCredentials(LOCAL_TCP)
+                                           : grpc::InsecureChannelCredentials();
   args.SetSslTargetNameOverride(kTlsServerName);
   grpc::SslCredentialsOptions o;
   o.pem_root_certs = id->ca_pem;
@@ -288,12 +296,12 @@ void configure_server(grpc::ServerBuilder& builder, const std::string& listen, i
     o.pem_root_certs = id->ca_pem;
     o.pem_key_cert_pairs.push_back({id->key_pem, id->cert_pem});
     creds = grpc::SslServerCredentials(o);
-  } else if (is_loopback_host(host_of(listen))) {
+  } else if (local_tcp_host(host_of(listen))) {
     creds = grpc::experimental::LocalServerCredentials(LOCAL_TCP);
   } else {
     creds = grpc::InsecureServerCredentials();
   }
-  bool secure = unix_socket || current_tls() || is_loopback_host(host_of(listen));
+  bool secure = unix_socket || current_tls() || local_tcp_host(host_of(listen));
   if (secure && !limits.token.empty())
     creds->SetAuthMetadataProcessor(std::make_shared<TokenCheck>(limits.token, limits.on_reject));
   builder.AddListeningPort(listen, creds, port);

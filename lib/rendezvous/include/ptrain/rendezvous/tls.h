@@ -57,10 +57,10 @@ bool is_loopback_host(const std::string& host);
 bool is_unix_address(const std::string& address);
 
 // Credentials for a client channel of this process to `target` (host:port); with TLS also sets
-// the server-name override on `args`. Without TLS a loopback target gets gRPC's local
-// credentials (still plaintext), which let the server check the token before the body. A
-// "unix:" target always gets local credentials (UDS), TLS or not: the socket is node-local and
-// lives in the run folder's private part, so only this user's processes reach it.
+// the server-name override on `args`. Without TLS a target on 127.0.0.1, ::1 or localhost gets
+// gRPC's local credentials (still plaintext), which let the server check the token before the
+// body. A "unix:" target always gets local credentials (UDS), TLS or not: the socket is
+// node-local and lives in the run folder, so only this user's processes reach it.
 std::shared_ptr<grpc::ChannelCredentials> channel_credentials(grpc::ChannelArguments& args,
                                                               const std::string& target);
 
@@ -78,11 +78,12 @@ struct ServerLimits {
   int64_t max_idle_ms = 30000;
 };
 
-// Credentials for a server of this process (mutual TLS, or plaintext: local credentials on a
-// loopback address, insecure elsewhere; a "unix:" address always gets local credentials, UDS),
-// and the limits above, added to `builder`. With TLS, on loopback and on a unix socket the token
-// is checked on the headers before the body is read (an AuthMetadataProcessor); the handlers
-// check it again (the only check for plaintext elsewhere).
+// Credentials for a server of this process (mutual TLS, or plaintext: local credentials on
+// 127.0.0.1, ::1 or localhost, the addresses gRPC's local TCP credentials accept, insecure
+// elsewhere; a "unix:" address always gets local credentials, UDS), and the limits above, added
+// to `builder`. With TLS, on those addresses and on a unix socket the token is checked on the
+// headers before the body is read (an AuthMetadataProcessor); the handlers check it again (the
+// only check for plaintext elsewhere).
 void configure_server(grpc::ServerBuilder& builder, const std::string& listen, int* port,
                       const ServerLimits& limits);
 
