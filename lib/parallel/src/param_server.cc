@@ -211,8 +211,8 @@ ParamServer::~ParamServer() {
 void ParamServer::start() {
   auto& s = *impl_;
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(fmt::format("{}:{}", s.opt.bind, s.opt.port), grpc::InsecureServerCredentials(),
-                           &s.port);
+  builder.AddListeningPort(fmt::format("{}:{}", s.opt.bind, s.opt.port),
+                           grpc::InsecureServerCredentials(), &s.port);
   builder.SetMaxReceiveMessageSize(kMaxMessage);
   builder.SetMaxSendMessageSize(kMaxMessage);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
