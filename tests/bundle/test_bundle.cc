@@ -45,14 +45,6 @@ class Bundle : public ::testing::Test {
   static inline Result result_;
 };
 
-uintmax_t tree_bytes(const fs::path& dir) {
-  uintmax_t total = 0;
-  for (const auto& e : fs::recursive_directory_iterator(dir)) {
-    if (e.is_regular_file() && !e.is_symlink()) total += e.file_size();
-  }
-  return total;
-}
-
 TEST_F(Bundle, ScriptSucceedsAndWritesFolderAndArchive) {
   ASSERT_EQ(result_.status, 0) << result_.output;
   EXPECT_TRUE(fs::is_regular_file(root_ / "libexec" / "ptrain"));
@@ -96,7 +88,8 @@ TEST_F(Bundle, VersionFindsThePluginBesideTheBinary) {
   EXPECT_NE(r.output.find(expected), std::string::npos) << r.output;
 }
 
-TEST_F(Bundle, ItsArchiveStaysUnderSixtyMiB) {  // scripts/bundle.sh's limit; a device check carries 64
+TEST_F(Bundle,
+       ItsArchiveStaysUnderSixtyMiB) {  // scripts/bundle.sh's limit; a device check carries 64
   ASSERT_EQ(result_.status, 0) << result_.output;
   const fs::path archive = root_.string() + ".tar.gz";
   ASSERT_TRUE(fs::is_regular_file(archive)) << result_.output;

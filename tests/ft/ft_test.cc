@@ -385,7 +385,7 @@ const char* kAsync =
 
 // The job above as an async job (its checkpoint section replaced by kAsync's), written to `path`.
 std::string async_spec(const std::string& path, const std::string& runs) {
-  const std::string sync_checkpoint = "checkpoint: {every: 4, keep: 2}\n";
+  const std::string sync_checkpoint = "checkpoint: {every: 4, keep: 2, async: false}\n";
   std::string yaml = job_yaml(runs, kAsync);
   yaml.erase(yaml.find(sync_checkpoint), sync_checkpoint.size());
   // A pull waits up to hang_timeout_s for the slowest worker: room for a loaded machine.

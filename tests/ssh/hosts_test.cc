@@ -225,9 +225,10 @@ TEST(PlaceServers, RejectsUnknownHostsAndMoreServersThanAHostRunsRanks) {
     place_servers(plan, 1, {"c"});
     FAIL() << "no error";
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("parameter server host `c` is not a host of this job "
-                                         "(a, b)"),
-              std::string::npos)
+    EXPECT_NE(
+        std::string(e.what()).find("parallel.server_hosts names host `c`, which is not a host of "
+                                   "this job (a, b)"),
+        std::string::npos)
         << e.what();
   }
   try {

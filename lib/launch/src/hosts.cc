@@ -212,7 +212,8 @@ std::vector<size_t> place_servers(const std::vector<HostPlan>& plan, int servers
     while (i < plan.size() && plan[i].host != h) ++i;
     if (i == plan.size())
       throw ConfigError(
-          fmt::format("parameter server host `{}` is not a host of this job ({})", h, names),
+          fmt::format("parallel.server_hosts names host `{}`, which is not a host of this job ({})",
+                      h, names),
           "name hosts of --hosts / nodes.hosts");
     named.push_back(i);
   }

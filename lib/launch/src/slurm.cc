@@ -102,7 +102,8 @@ std::string sbatch_script(const SbatchOptions& o) {
   s += "set -euo pipefail\n";
   s += "export PTRAIN_TOKEN=\"$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')\"\n";
   std::string cmd = "exec";
-  for (const auto& a : srun_argv(o.program, o.nodes, o.spec_path, {})) cmd += fmt::format(" {}", quote(a));
+  for (const auto& a : srun_argv(o.program, o.nodes, o.spec_path, {}))
+    cmd += fmt::format(" {}", quote(a));
   return s + cmd + "\n";
 }
 

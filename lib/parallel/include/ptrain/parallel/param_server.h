@@ -32,7 +32,7 @@ struct ParamServerOptions {
   int index = 0;    // which server (shard) this is
   int workers = 1;  // data-parallel ranks that push
   std::string bind = "127.0.0.1";
-  int port = 0;  // 0 = kernel-chosen (parallel.server_port + index otherwise)
+  int port = 0;       // 0 = kernel-chosen (parallel.server_port + index otherwise)
   std::string token;  // the job token every RPC must carry ("" = none required)
   // Longest a Pull may wait for the slowest worker (the client asks for less).
   Millis max_wait{std::chrono::minutes(10)};

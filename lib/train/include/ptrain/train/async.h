@@ -24,7 +24,7 @@ struct ServerContext {
   std::shared_ptr<rendezvous::Store> store;
   std::string token;
   std::string bind = "127.0.0.1";
-  int port = 0;  // parallel.server_port + index, or 0 = kernel-chosen
+  int port = 0;                          // parallel.server_port + index, or 0 = kernel-chosen
   std::function<bool()> stop_requested;  // polled; true once the job is aborted
   std::function<void(const std::string& line)> log;
 };
