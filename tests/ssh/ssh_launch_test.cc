@@ -682,9 +682,14 @@ TEST_F(SshLaunchTest, AsyncJobOnTwoHostsIsKilledRestartsFromItsCheckpointAndResu
   EXPECT_LT(after, before + 0.5 * (initial - before));
   EXPECT_EQ(curve.back().first, 20);
 
-  Ptrain again(
-      {"launch", "--resume", dir, "--set", "train.steps=24", "--ssh-config", farm->ssh_config});
-  ASSERT_EQ(again.finish(), 0) << again.out << again.err;
+  // job.yaml keeps env: values as ${KEY} references: the resume needs the variable exported
+  // (steps 21-24 are past the injected failure at step 10).
+  ptrain::testing::PtrainProcess again(
+      {"launch", "--resume", dir, "--set", "train.steps=24", "--ssh-config", farm->ssh_config},
+      {"PTRAIN_TEST_FAIL_AT_STEP=1:10"},
+      ptrain::testing::PtrainProcess::Bounds{Millis(60000), Millis(120000)});
+  const int again_code = again.finish();
+  ASSERT_EQ(again_code, 0) << again.out << again.err;
   EXPECT_TRUE(contains(read_file(dir + "/launcher.log"), "resuming this run"));
   EXPECT_TRUE(contains(read_file(dir + "/metrics.jsonl"), "\"step\": 24"));
 }
