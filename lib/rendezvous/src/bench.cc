@@ -187,6 +187,18 @@ RdzvBenchResult run_rdzv_bench(const RdzvBenchOptions& options) {
   if (options.ranks_per_node < 1)
     throw ConfigError(
         fmt::format("bench rdzv: --ranks-per-node must be >= 1, got {}", options.ranks_per_node));
+  {
+    // Every rank (or node relay) of a connection holds a stream with its waiting Join.
+    const int callers = (n + options.ranks_per_node - 1) / options.ranks_per_node;
+    const int conns = options.connections > 0 ? std::min(options.connections, callers) : callers;
+    const int per_conn = (callers + conns - 1) / conns;
+    if (per_conn > detail::kMaxStreamsPerConnection / 2)
+      throw ConfigError(
+          fmt::format("bench rdzv: {} callers per connection; the coordinator allows {} streams "
+                      "per connection",
+                      per_conn, detail::kMaxStreamsPerConnection),
+          "give more --connections");
+  }
   if (options.tls && options.target)
     throw ConfigError("bench rdzv: tls needs the coordinator in this process",
                       "run it with --in-process (--tls on implies it)");

@@ -36,9 +36,11 @@ void configure_coordinator_server(grpc::ServerBuilder& builder, const std::strin
   limits.token = token;
   limits.on_reject = std::move(on_reject);
   limits.max_message_bytes = kMaxMessageBytes;
-  // A rendezvous of thousands of workers keeps one connection and a Watch stream each; a few
-  // calls per connection at a time is all a worker makes.
-  limits.max_concurrent_streams = 16;
+  // A worker keeps one connection with a Watch stream and makes a few calls at a time, but a
+  // Join or JoinNode waits for the whole world on its stream: a connection that multiplexes
+  // many ranks or node relays (ptrain bench rdzv --connections) needs a stream for each, or the
+  // ones past the cap never reach the coordinator and the rendezvous times out.
+  limits.max_concurrent_streams = kMaxStreamsPerConnection;
   // Thousands of workers handshaking at once queue behind each other (a mutual TLS handshake
   // costs the coordinator a few ms of CPU): they get longer than an idle intruder would.
   limits.handshake_timeout_ms = 10000;

@@ -22,6 +22,9 @@ inline constexpr int kMaxMessageBytes = static_cast<int>(kMaxValueBytes + (1 << 
 // off abseil's mutex deadlock detection (a debug aid that costs every gRPC lock); once.
 void route_grpc_logs();
 
+// The coordinator's cap on concurrent calls (streams) per client connection.
+inline constexpr int kMaxStreamsPerConnection = 4096;
+
 // The coordinator's listening port with its credentials (tls.h) and limits: messages up to
 // kMaxMessageBytes, the token checked on the headers (with TLS), a memory quota, handshake and
 // idle timeouts.
