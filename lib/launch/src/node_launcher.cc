@@ -497,6 +497,9 @@ JobResult run_node(spec::JobSpec spec, NodeLaunchOptions options) {
   if (options.procs_per_node > 0) spec.nodes.procs_per_node = options.procs_per_node;
   check_node_options(options, spec);
   Endpoint ep = coordinator_endpoint(options, spec);
+  // A write to an agent or a peer that has gone is that one's failure, reported as such, not a
+  // SIGPIPE of this node (children start with every signal at its default).
+  ::signal(SIGPIPE, SIG_IGN);
   if (options.node_rank == 0) return run_node_zero(std::move(spec), options, ep);
   return run_other_node(spec, options, ep);
 }
