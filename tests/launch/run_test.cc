@@ -94,10 +94,21 @@ TEST_F(RunTest, CommandJobGetsTheTorchrunEnvironmentAndLogsEachRank) {
 }
 
 TEST_F(RunTest, WorkersGetPassiveOpenMpWaitingUnlessSet) {
-  if (std::getenv("OMP_WAIT_POLICY")) GTEST_SKIP() << "OMP_WAIT_POLICY is set for this test run";
-  Ptrain p({"run", spec(kTwoCommand + "command: [sh, -c, 'echo wait=$OMP_WAIT_POLICY']\n")});
-  ASSERT_EQ(p.finish(), 0) << p.err;
-  EXPECT_TRUE(contains(p.out, "[rank 1] wait=passive")) << p.out;
+  // The launcher's environment decides: this test's own OMP_WAIT_POLICY (if any) is taken out
+  // for both runs, then given explicitly to the second.
+  const char* had = std::getenv("OMP_WAIT_POLICY");
+  const std::string saved = had ? had : "";
+  ::unsetenv("OMP_WAIT_POLICY");
+  const std::string s = spec(kTwoCommand + "command: [sh, -c, 'echo wait=$OMP_WAIT_POLICY']\n");
+  Ptrain unset({"run", s});
+  const int unset_code = unset.finish();
+  Ptrain set({"run", s}, {"OMP_WAIT_POLICY=active"});
+  const int set_code = set.finish();
+  if (had) ::setenv("OMP_WAIT_POLICY", saved.c_str(), 1);
+  ASSERT_EQ(unset_code, 0) << unset.err;
+  EXPECT_TRUE(contains(unset.out, "[rank 1] wait=passive")) << unset.out;
+  ASSERT_EQ(set_code, 0) << set.err;
+  EXPECT_TRUE(contains(set.out, "[rank 1] wait=active")) << set.out;
 }
 
 TEST_F(RunTest, RanksLogsMergeInTimeOrder) {
