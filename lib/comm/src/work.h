@@ -2,6 +2,8 @@
 // per-communicator FIFO worker thread that runs host-side operations in issue order.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -12,6 +14,7 @@
 #include <thread>
 
 #include "ptrain/comm/communicator.h"
+#include "ptrain/core/error.h"
 
 namespace ptrain::comm::detail {
 
@@ -78,5 +81,34 @@ class OpQueue {
   bool stop_ = false;
   std::thread thread_;
 };
+
+// The pieces every host-side backend (Gloo, shm) builds its collectives from. `Core` has
+// `abort(reason)`, `queue()` (an OpQueue) and `run(meta, what, body)`, which checks the op's
+// metadata against the peers' and runs the body.
+
+// Aborts `core` if it still exists when a Work times out.
+template <class Core>
+AbortFn abort_of(const std::shared_ptr<Core>& core) {
+  return [weak = std::weak_ptr<Core>(core)](const std::string& reason) {
+    if (auto c = weak.lock()) c->abort(reason);
+  };
+}
+
+// Queues `body` on the core's FIFO thread (in issue order) and returns its Work.
+template <class Core, class Meta>
+std::unique_ptr<Work> submit_op(const std::shared_ptr<Core>& core, Meta meta, std::string what,
+                                std::function<void()> body) {
+  Core* c = core.get();  // the queue lives inside the core and is joined first
+  auto state = core->queue().submit(
+      what, [c, meta, what, body = std::move(body)] { c->run(meta, what, body); });
+  return std::make_unique<StateWork>(std::move(state), abort_of(core));
+}
+
+// A point-to-point peer or root must be a rank of the group.
+inline void check_peer(int peer, int size, const char* role, const std::string& what) {
+  if (peer < 0 || peer >= size)
+    throw ConfigError(
+        fmt::format("{}: {} {} is outside the group (size {})", what, role, peer, size));
+}
 
 }  // namespace ptrain::comm::detail

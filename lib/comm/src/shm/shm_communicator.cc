@@ -714,22 +714,13 @@ class ShmCommunicator : public Communicator {
   }
 
   void check_rank(int peer, const char* role, const std::string& what) const {
-    if (peer < 0 || peer >= size())
-      throw ConfigError(
-          fmt::format("{}: {} {} is outside the group (size {})", what, role, peer, size()));
+    detail::check_peer(peer, size(), role, what);
   }
 
-  detail::AbortFn abort_fn() const {
-    return [weak = std::weak_ptr<ShmCore>(core_)](const std::string& reason) {
-      if (auto core = weak.lock()) core->abort(reason);
-    };
-  }
+  detail::AbortFn abort_fn() const { return detail::abort_of(core_); }
 
   std::unique_ptr<Work> submit(OpMeta meta, std::string what, std::function<void()> body) {
-    ShmCore* core = core_.get();  // the queue lives inside the core and is joined first
-    auto state = core_->queue().submit(
-        what, [core, meta, what, body = std::move(body)] { core->run(meta, what, body); });
-    return std::make_unique<StateWork>(std::move(state), abort_fn());
+    return detail::submit_op(core_, meta, std::move(what), std::move(body));
   }
 
   // Point-to-point runs outside the queue (it is matched by tag, not order) on a thread owned
