@@ -291,7 +291,11 @@ TEST(AsyncDataParallel, DeadServerStopsWorkersWithAnErrorNamingIt) {
   Faults f;
   f.kill_server = 1;
   f.at_step = 3;
+  // Worker 1 takes 20 ms a step (and worker 0, within staleness 1, keeps pace), so the 40 steps
+  // cannot end inside the 100 ms in which the server notices it is to stop.
+  ::setenv("PTRAIN_TEST_SLOW_RANK", "1:20", 1);
   auto run = run_async(async_gpt(2, 2, 1, 40), f);
+  ::unsetenv("PTRAIN_TEST_SLOW_RANK");
   EXPECT_EQ(run.server_codes[1], 1);
   for (int w = 0; w < 2; ++w)
     EXPECT_NE(run.errors[w].find("parameter server 1"), std::string::npos)

@@ -16,6 +16,7 @@
 #include "ptrain/launch/hosts.h"
 #include "ptrain/launch/remote_agent.h"
 #include "ptrain/launch/run_dir.h"
+#include "ptrain/launch/ssh_group.h"
 #include "ptrain/launch/supervisor.h"
 #include "ptrain/rendezvous/client.h"
 #include "ptrain/rendezvous/coordinator.h"
@@ -350,32 +351,8 @@ class NodeWorkerGroup : public WorkerGroup {
     pending_.push_back(std::move(e));
   }
   void on_agent_line(NodeState& n, const std::string& line) {
-    AgentMessage m = parse_agent_message(line);
-    GroupEvent e;
-    e.host = n.plan.host;
-    e.rank = m.rank;
-    e.pid = m.pid;
-    switch (m.kind) {
-      case AgentMessage::Kind::Started:
-        n.pids[m.rank] = m.pid;
-        e.kind = GroupEvent::Kind::Started;
-        break;
-      case AgentMessage::Kind::Exit:
-        n.finished.insert(m.rank);
-        e.kind = GroupEvent::Kind::Exited;
-        e.status = m.status;
-        e.text = m.text;
-        break;
-      case AgentMessage::Kind::Done:
-        n.done = true;
-        return;
-      case AgentMessage::Kind::Other:
-        e.kind = GroupEvent::Kind::Message;
-        e.rank = -1;
-        e.text = line;
-        break;
-    }
-    pending_.push_back(std::move(e));
+    if (auto e = agent_line_event(n.plan.host, line, n.pids, n.finished, n.done))
+      pending_.push_back(std::move(*e));
   }
 
   rendezvous::Store& store_;

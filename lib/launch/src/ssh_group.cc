@@ -134,33 +134,40 @@ void SshWorkerGroup::handle_ready(const std::vector<struct pollfd>& fds) {
   }
 }
 
-void SshWorkerGroup::on_agent_line(Session& s, const std::string& line) {
+std::optional<GroupEvent> agent_line_event(const std::string& host, const std::string& line,
+                                           std::map<int, pid_t>& pids, std::set<int>& finished,
+                                           bool& done) {
   AgentMessage m = parse_agent_message(line);
   GroupEvent e;
-  e.host = s.plan.host;
+  e.host = host;
   e.rank = m.rank;
   e.pid = m.pid;
   switch (m.kind) {
     case AgentMessage::Kind::Started:
-      s.pids[m.rank] = m.pid;
+      pids[m.rank] = m.pid;
       e.kind = GroupEvent::Kind::Started;
       break;
     case AgentMessage::Kind::Exit:
-      s.finished.insert(m.rank);
+      finished.insert(m.rank);
       e.kind = GroupEvent::Kind::Exited;
       e.status = m.status;
       e.text = m.text;
       break;
     case AgentMessage::Kind::Done:
-      s.done = true;
-      return;
+      done = true;
+      return std::nullopt;
     case AgentMessage::Kind::Other:
       e.kind = GroupEvent::Kind::Message;
       e.rank = -1;
       e.text = line;
       break;
   }
-  pending_.push_back(std::move(e));
+  return e;
+}
+
+void SshWorkerGroup::on_agent_line(Session& s, const std::string& line) {
+  if (auto e = agent_line_event(s.plan.host, line, s.pids, s.finished, s.done))
+    pending_.push_back(std::move(*e));
 }
 
 void SshWorkerGroup::read_session(Session& s, bool is_err) {

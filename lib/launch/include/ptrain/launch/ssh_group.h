@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -30,6 +31,13 @@ struct SshGroupOptions {
   // The setup of host `i`'s agent for round `round` (the coordinator's expect() is done there).
   std::function<RemoteAgentSetup(size_t i, int round)> setup;
 };
+
+// One line of a `ptrain agent`'s event stream (`ptrain launch` over ssh, `ptrain node` through the
+// store) as the event it means for the supervisor, keeping the host's tally: the pid of each
+// started rank, the ranks that ended, whether the agent said it is done. Nothing for "done".
+std::optional<GroupEvent> agent_line_event(const std::string& host, const std::string& line,
+                                           std::map<int, pid_t>& pids, std::set<int>& finished,
+                                           bool& done);
 
 class SshWorkerGroup : public WorkerGroup {
  public:
