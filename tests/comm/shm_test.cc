@@ -14,6 +14,8 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "harness.h"
 #include "ptrain/comm/mesh.h"
@@ -130,6 +132,52 @@ TEST(Shm, MessagesOfManyFramesMatchByTagAcrossEachOther) {
     for (size_t i = 0; i < big.size(); ++i) ASSERT_EQ(got_big[i], value(peer, i));
     for (size_t i = 0; i < small.size(); ++i) ASSERT_EQ(got_small[i], value(peer + 7, i));
   }));
+}
+
+// The sender finishes and closes before the receiver asks; its messages are still in the ring
+// and receives running together, later messages first, must all get theirs (a receive that
+// waits while another one pulls frames must not take the closed peer for a failure).
+TEST(Shm, MessagesSentBeforeThePeerClosedAreStillDelivered) {
+  auto store = std::make_shared<rendezvous::MemoryStore>();
+  constexpr int kRounds = 12, kMessages = 3;
+  constexpr size_t kCount = 20000;  // one frame each; the three fit in the ring together
+  for (int round = 0; round < kRounds; ++round) {
+    const std::string name = fmt::format("late{}", round);
+    expect_all_ok(run_ranks(2, [&](int r) {
+      ShmOptions o;
+      o.comm.timeout = kFast;
+      o.tag = "test";
+      auto comm = create_shm_communicator(
+          {name, r, 2}, std::make_shared<rendezvous::PrefixStore>(name, store), o);
+      std::vector<std::vector<float>> msg(kMessages, std::vector<float>(kCount));
+      if (r == 1) {
+        std::vector<std::unique_ptr<Work>> sends;
+        for (int m = 0; m < kMessages; ++m) {
+          for (size_t i = 0; i < kCount; ++i) msg[m][i] = value(m, i);
+          sends.push_back(comm->send_async(msg[m].data(), kCount, DType::kF32, 0, m + 1));
+          sends.back()->wait(kFast);  // in order: the ring holds 1, 2, 3
+        }
+        return;  // closes the communicator
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      std::vector<std::unique_ptr<Work>> recvs;
+      for (int m = kMessages - 1; m >= 0; --m)
+        recvs.push_back(comm->recv_async(msg[m].data(), kCount, DType::kF32, 1, m + 1));
+      for (auto& w : recvs) w->wait(kFast);
+      for (int m = 0; m < kMessages; ++m)
+        for (size_t i = 0; i < kCount; ++i) ASSERT_EQ(msg[m][i], value(m, i)) << m;
+      // Nothing more will come: a further receive fails at once, naming the rank that left.
+      float x = 0;
+      auto late = comm->recv_async(&x, 1, DType::kF32, 1, 9);
+      try {
+        late->wait(kFast);
+        ADD_FAILURE() << "a receive from a closed peer succeeded";
+      } catch (const RemoteError& e) {
+        EXPECT_NE(std::string(e.what()).find("rank 1 left the group"), std::string::npos)
+            << e.what();
+      }
+    }));
+  }
 }
 
 TEST(Shm, TheSegmentNameIsGoneOnceEveryRankMappedIt) {

@@ -258,17 +258,26 @@ class ShmCore {
     if (hdr_->sleepers.load() > 0) futex_wake_all(&hdr_->bell);
   }
 
-  // Throws when a peer published a failure, when `peer` (-1: any) left the group, or when a
-  // peer process is gone.
-  void check_peers(const std::string& what, PeerWatch& watch, int peer) {
+  // The first rank, `peer` or (-1) any, that closed its communicator; -1 if none did.
+  int left_peer(int peer) const {
+    for (int q = 0; q < group_.size; ++q)
+      if (q != group_.rank && (peer < 0 || q == peer) && ctl(q)->left.load()) return q;
+    return -1;
+  }
+
+  // A rank stores `left` after its last op's writes, so a waiter that sees it and then still
+  // finds its condition unmet knows the condition can never be met.
+  [[noreturn]] void throw_left(const std::string& what, int q) {
+    throw RemoteError(
+        fmt::format("{} failed: rank {} left the group (its communicator was closed)", what, q),
+        "every rank of a group must issue the same operations before closing it");
+  }
+
+  // Throws when a peer published a failure or when a peer process is gone.
+  void check_peers(const std::string& what, PeerWatch& watch) {
     if (hdr_->abort_state.load() == 2)
       throw RemoteError(fmt::format("{} failed: {}", what, hdr_->abort_reason),
                         "a peer failed or timed out; see its log");
-    for (int q = 0; q < group_.size; ++q)
-      if (q != group_.rank && (peer < 0 || q == peer) && ctl(q)->left.load())
-        throw RemoteError(
-            fmt::format("{} failed: rank {} left the group (its communicator was closed)", what, q),
-            "every rank of a group must issue the same operations before closing it");
     const auto now = Clock::now();
     if (now - watch.last_check < kPeerCheckEvery) return;
     watch.last_check = now;
@@ -301,7 +310,8 @@ class ShmCore {
     PeerWatch watch;
     for (;;) {
       if (ready()) return;
-      check_peers(what, watch, peer);
+      check_peers(what, watch);
+      if (const int q = left_peer(peer); q >= 0 && !ready()) throw_left(what, q);
       if (deadline.expired())
         throw TimeoutError(fmt::format("{} timed out after {} ms", what, options_.timeout.count()),
                            "a peer may have died, stalled, or issued a different operation");
@@ -546,7 +556,9 @@ void ShmCore::recv_msg(char* buf, size_t bytes, int src, uint32_t tag, const std
         std::unique_lock<std::mutex> lock(side.mu);
         side.cv.wait_for(lock, Millis(5));
       }
-      check_peers(what, watch, src);
+      // Only the puller decides that `src` left for good: it may still be reading frames
+      // that `src` wrote before it closed, ours among them.
+      check_peers(what, watch);
       if (deadline.expired())
         throw TimeoutError(fmt::format("{} timed out after {} ms", what, options_.timeout.count()),
                            "the peer may have died, stalled, or sent a different message");
