@@ -153,7 +153,7 @@ class MlmData : public DataSet {
   bool has_eval_ = false;
 };
 
-class BertFamily : public Family {
+class BertFamily : public TokenSequenceFamily {
  public:
   std::string type() const override { return "bert"; }
   std::string summary() const override {
@@ -263,16 +263,6 @@ class BertFamily : public Family {
     if (stage == p.pipeline - 1) f.activation_bytes += (3 * N * D + N * Vr) * elem;
     return f;
   }
-  std::string sample_word() const override { return "sequences"; }
-  std::string target_word() const override { return "tokens"; }
-  int64_t targets_per_sample(const ModelSpec& m) const override { return m.integer("seq_len"); }
-
-  std::vector<TensorSpec> batch_schema(const JobSpec& s, int64_t rows) const override {
-    const int64_t T = s.model.integer("seq_len");
-    return {{"tokens", tensor::DType::kI32, {rows, T}},
-            {"targets", tensor::DType::kI32, {rows, T}}};
-  }
-  int seq_len(const ModelSpec& m) const override { return m.i("seq_len"); }
   std::unique_ptr<DataSet> make_data(const JobSpec& s) const override {
     return std::make_unique<MlmData>(s);
   }

@@ -133,7 +133,7 @@ class TokenData : public DataSet {
   std::unique_ptr<data::TokenSampler> train_, eval_;
 };
 
-class GptFamily : public Family {
+class GptFamily : public TokenSequenceFamily {
  public:
   std::string type() const override { return "gpt"; }
   std::string summary() const override {
@@ -210,16 +210,6 @@ class GptFamily : public Family {
       f.activation_bytes += 2.0 * S * double(b) * double(m.integer("vocab")) / tp * 4;
     return f;
   }
-  std::string sample_word() const override { return "sequences"; }
-  std::string target_word() const override { return "tokens"; }
-  int64_t targets_per_sample(const ModelSpec& m) const override { return m.integer("seq_len"); }
-
-  std::vector<TensorSpec> batch_schema(const JobSpec& s, int64_t rows) const override {
-    const int64_t T = s.model.integer("seq_len");
-    return {{"tokens", tensor::DType::kI32, {rows, T}},
-            {"targets", tensor::DType::kI32, {rows, T}}};
-  }
-  int seq_len(const ModelSpec& m) const override { return m.i("seq_len"); }
   std::unique_ptr<DataSet> make_data(const JobSpec& s) const override {
     return std::make_unique<TokenData>(s);
   }

@@ -106,4 +106,21 @@ class Family : public spec::ModelSchema {
   virtual std::string checkpoint_config(const spec::ModelSpec& m) const;
 };
 
+// A family whose samples are token sequences of `seq_len` and whose targets are their tokens
+// (GPT, BERT): the batch is `tokens` and `targets`, both int32 [rows, seq_len].
+class TokenSequenceFamily : public Family {
+ public:
+  std::string sample_word() const override { return "sequences"; }
+  std::string target_word() const override { return "tokens"; }
+  int64_t targets_per_sample(const spec::ModelSpec& m) const override {
+    return m.integer("seq_len");
+  }
+  std::vector<TensorSpec> batch_schema(const spec::JobSpec& s, int64_t rows) const override {
+    const int64_t T = s.model.integer("seq_len");
+    return {{"tokens", tensor::DType::kI32, {rows, T}},
+            {"targets", tensor::DType::kI32, {rows, T}}};
+  }
+  int seq_len(const spec::ModelSpec& m) const override { return m.i("seq_len"); }
+};
+
 }  // namespace ptrain::models
