@@ -133,9 +133,11 @@ TEST_F(FaultToleranceTest, KilledWorkerRestartsAndTheLossCurveEqualsTheUninterru
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   std::string dir = run_dir();
   expect_same_curve(dir);
-  // Steps 5 and 6 ran twice (the checkpoint was at 4): at most checkpoint.every steps lost.
+  // Steps 5 (and 6, when rank 0 logged it before the abort reached it) ran twice: the
+  // checkpoint was at 4, so at most checkpoint.every steps are lost.
   auto all = losses(dir);
-  EXPECT_EQ(all.size(), 14u);
+  EXPECT_GE(all.size(), 13u);
+  EXPECT_LE(all.size(), 14u);
   std::string summary = read_file(dir + "/summary.json");
   EXPECT_TRUE(contains(summary, R"("restarts": [{"round": 1, "rank": 1, "reason": "was killed by)"))
       << summary;
