@@ -20,15 +20,59 @@ namespace ptrain::rendezvous {
 
 namespace {
 
-// One simulated worker: its calls' state lives here until both callbacks ran.
+// The connections of ranks that would each be a process of their own: without gRPC's per-call
+// deadline timers, whose cost in one process grows with every call it has pending (the
+// coordinator answers each wait before its deadline anyway).
+constexpr int kClientQueues = 16;
+
+detail::ConnectionOptions simulated_ranks() {
+  detail::ConnectionOptions o;
+  o.deadline_timers = false;
+  return o;
+}
+
+// One simulated worker: its calls' state lives here until both answers came. Its calls run on
+// one of the bench's completion queues (ClientQueues): each would be a process of its own, and
+// gRPC's callback API puts every call of a process on one queue, whose bookkeeping (Debian's
+// gRPC scans the queue's pending operations at every completion) then grows with the square of
+// the simulated ranks.
 struct SimClient {
   int rank = 0;
   detail::Connection* conn = nullptr;
+  grpc::CompletionQueue* cq = nullptr;
   grpc::ClientContext join_ctx, barrier_ctx;
   proto::JoinRequest join_req;
   proto::JoinResponse join_resp;
   proto::BarrierRequest barrier_req;
   proto::Empty barrier_resp;
+  grpc::Status status;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<proto::JoinResponse>> join_call;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<proto::Empty>> barrier_call;
+  bool in_barrier = false;
+};
+
+// Completion queues with a thread each that drive the SimClients' Join -> Barrier chains.
+class ClientQueues {
+ public:
+  ClientQueues(int n, std::function<void(SimClient*)> on_event) : on_event_(std::move(on_event)) {
+    for (int i = 0; i < n; ++i) queues_.push_back(std::make_unique<grpc::CompletionQueue>());
+    for (auto& q : queues_)
+      threads_.emplace_back([cq = q.get(), this] {
+        void* tag = nullptr;
+        bool ok = false;
+        while (cq->Next(&tag, &ok)) on_event_(static_cast<SimClient*>(tag));
+      });
+  }
+  ~ClientQueues() {
+    for (auto& q : queues_) q->Shutdown();
+    for (auto& t : threads_) t.join();
+  }
+  grpc::CompletionQueue* queue(int i) { return queues_[i % queues_.size()].get(); }
+
+ private:
+  std::function<void(SimClient*)> on_event_;
+  std::vector<std::unique_ptr<grpc::CompletionQueue>> queues_;
+  std::vector<std::thread> threads_;
 };
 
 class Tracker {
@@ -54,9 +98,15 @@ class Tracker {
   std::string wait(Millis timeout) {
     std::unique_lock<std::mutex> lock(mu_);
     if (!cv_.wait_for(lock, timeout, [&] { return left_barriers_ == 0 || !error_.empty(); }))
-      return fmt::format("timed out after {} ms with {} joins and {} barriers outstanding",
-                         timeout.count(), left_joins_, left_barriers_);
+      error_ = fmt::format("timed out after {} ms with {} joins and {} barriers outstanding",
+                           timeout.count(), left_joins_, left_barriers_);
     return error_;
+  }
+  // Runs f unless a client failed or the wait gave up: no call starts once the bench unwinds.
+  template <class F>
+  void unless_failed(F&& f) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (error_.empty()) f();
   }
   Clock::time_point join_end() const { return join_end_; }
   Clock::time_point end() const { return end_; }
@@ -102,7 +152,8 @@ RdzvBenchResult run_hierarchical(const RdzvBenchOptions& options, const Meeting&
   std::vector<std::shared_ptr<detail::Connection>> conns;
   conns.reserve(nconn);
   for (int i = 0; i < nconn; ++i) {
-    conns.push_back(std::make_shared<detail::Connection>(coordinator.address, token));
+    conns.push_back(
+        std::make_shared<detail::Connection>(coordinator.address, token, simulated_ranks()));
     conns.back()->channel().GetState(true);
   }
   for (auto& c : conns) c->connect(options.timeout);
@@ -244,7 +295,8 @@ RdzvBenchResult run_rdzv_bench(const RdzvBenchOptions& options) {
   std::vector<std::unique_ptr<detail::Connection>> conns;
   conns.reserve(nconn);
   for (int i = 0; i < nconn; ++i) {
-    conns.push_back(std::make_unique<detail::Connection>(coordinator.address, coordinator.token));
+    conns.push_back(std::make_unique<detail::Connection>(coordinator.address, coordinator.token,
+                                                         simulated_ranks()));
     conns.back()->channel().GetState(true);  // start connecting; they proceed in parallel
   }
   for (auto& c : conns) c->connect(options.timeout);
@@ -270,29 +322,38 @@ RdzvBenchResult run_rdzv_bench(const RdzvBenchOptions& options) {
   }
 
   Tracker tracker(n);
+  // A queue's thread runs each client's next step: its Join answered -> its Barrier.
+  ClientQueues queues(kClientQueues, [&tracker](SimClient* c) {
+    if (!c->status.ok()) {
+      tracker.failed(fmt::format("rank {} {}: {}", c->rank, c->in_barrier ? "Barrier" : "Join",
+                                 c->status.error_message()));
+      return;
+    }
+    if (c->in_barrier) {
+      tracker.passed();
+      return;
+    }
+    tracker.joined();
+    tracker.unless_failed([c] {
+      c->in_barrier = true;
+      c->barrier_call = c->conn->stub().PrepareAsyncBarrier(&c->barrier_ctx, c->barrier_req, c->cq);
+      c->barrier_call->StartCall();
+      c->barrier_call->Finish(&c->barrier_resp, &c->status, c);
+    });
+  });
+  for (int r = 0; r < n; ++r) clients[r]->cq = queues.queue(r);
   double rss0 = coordinator.rss();
   auto t0 = Clock::now();
   for (auto& cp : clients) {
     SimClient* c = cp.get();
-    c->conn->stub().async()->Join(
-        &c->join_ctx, &c->join_req, &c->join_resp, [c, &tracker](grpc::Status st) {
-          if (!st.ok()) {
-            tracker.failed(fmt::format("rank {} Join: {}", c->rank, st.error_message()));
-            return;
-          }
-          tracker.joined();
-          c->conn->stub().async()->Barrier(
-              &c->barrier_ctx, &c->barrier_req, &c->barrier_resp, [c, &tracker](grpc::Status bst) {
-                if (!bst.ok())
-                  tracker.failed(fmt::format("rank {} Barrier: {}", c->rank, bst.error_message()));
-                else
-                  tracker.passed();
-              });
-        });
+    c->join_call = c->conn->stub().PrepareAsyncJoin(&c->join_ctx, c->join_req, c->cq);
+    c->join_call->StartCall();
+    c->join_call->Finish(&c->join_resp, &c->status, c);
   }
   std::string error = tracker.wait(options.timeout + Millis(5000));
   if (!error.empty()) {
-    // Unblock any call still in flight before the clients' state goes away.
+    // Unblock any call still in flight before the clients' state goes away (the queues drain
+    // their answers before `queues` is destroyed, which happens before `clients`).
     for (auto& c : clients) {
       c->join_ctx.TryCancel();
       c->barrier_ctx.TryCancel();

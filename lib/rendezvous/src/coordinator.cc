@@ -14,6 +14,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -33,6 +34,46 @@ namespace {
 
 // The server ends a wait this long before the client's deadline, so the client gets our message.
 constexpr Millis kDeadlineMargin{200};
+
+// Completion queues (one thread each) that serve the calls that wait for the world. Debian's
+// gRPC checks every completion against the list of operations pending on its queue (a linear
+// scan), and a call waiting in Join or Barrier keeps one there: with all 65,536 ranks of a flat
+// rendezvous on gRPC's single callback queue, that scan was ~40% of the coordinator's CPU and
+// made the rendezvous grow with the square of the ranks. Spread over 16 queues it is negligible.
+constexpr int kWaitQueues = 16;
+// Calls of each waiting method requested ahead on every queue: a burst of joins finds a request
+// waiting instead of queueing until a queue's thread asks for the next one.
+constexpr int kRequestsPerQueue = 32;
+
+using PC = proto::Coordinator;
+// Join, JoinNode, Barrier and NodeBarrier (the calls that wait for others) are async methods on
+// the coordinator's own completion queues; every other method uses gRPC's callback API.
+using CoordinatorService = PC::WithAsyncMethod_Join<PC::WithAsyncMethod_JoinNode<
+    PC::WithAsyncMethod_Barrier<PC::WithAsyncMethod_NodeBarrier<PC::WithCallbackMethod_Heartbeat<
+        PC::WithCallbackMethod_Leave<PC::WithCallbackMethod_Watch<PC::WithCallbackMethod_Set<
+            PC::WithCallbackMethod_Get<PC::WithCallbackMethod_Add<PC::WithCallbackMethod_CompareSet<
+                PC::WithCallbackMethod_Wait<PC::WithCallbackMethod_MultiGet<
+                    PC::WithCallbackMethod_Check<PC::WithCallbackMethod_Delete<
+                        PC::WithCallbackMethod_Report<PC::WithCallbackMethod_StreamLogs<
+                            PC::WithCallbackMethod_NodeHeartbeat<PC::Service>>>>>>>>>>>>>>>>>>;
+
+// The answer of a unary call that waits (AsyncCall below): send() once, from any thread.
+class Reply {
+ public:
+  virtual void send(const grpc::Status& st) = 0;
+
+ protected:
+  ~Reply() = default;
+};
+
+// An event on one of the wait queues.
+class QueueEvent {
+ public:
+  virtual void proceed(bool ok) = 0;
+
+ protected:
+  ~QueueEvent() = default;
+};
 
 std::string list_ranks(const std::vector<int>& ranks, const std::map<int, std::string>& nodes,
                        size_t max_named = 8) {
@@ -83,7 +124,7 @@ grpc::Status unauthenticated() {
 
 }  // namespace
 
-class Coordinator::Impl final : public proto::Coordinator::CallbackService {
+class Coordinator::Impl final : public CoordinatorService {
  public:
   Impl(CoordinatorOptions options, CoordinatorEvents events)
       : opt_(std::move(options)), ev_(std::move(events)), store_(timers_) {
@@ -113,13 +154,23 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
         builder, listen, &port_, opt_.token,
         [this](const char* why) { count_rejected("a call (on its headers)", "a client", why); });
     builder.RegisterService(this);
+    for (int i = 0; i < kWaitQueues; ++i) queues_.push_back(builder.AddCompletionQueue());
     server_ = builder.BuildAndStart();
     if (!server_ || port_ == 0) {
       server_.reset();
+      shutdown_queues();
       throw IoError(
           fmt::format("cannot listen on {}: {}", listen, bind_failure(opt_.bind, opt_.port)),
           opt_.port ? "choose another rendezvous.port, or 0 to let the kernel pick"
                     : "check rendezvous.bind");
+    }
+    for (auto& q : queues_) {
+      request_waits(q.get());
+      threads_.emplace_back([cq = q.get()] {
+        void* tag = nullptr;
+        bool ok = false;
+        while (cq->Next(&tag, &ok)) static_cast<QueueEvent*>(tag)->proceed(ok);
+      });
     }
     schedule_watchdog();
   }
@@ -136,8 +187,9 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
     if (server_) {
       server_->Shutdown(std::chrono::system_clock::now() + Millis(1000));
       server_->Wait();
-      server_.reset();
     }
+    shutdown_queues();
+    server_.reset();
   }
 
   int port() const { return port_; }
@@ -207,12 +259,11 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
 
   // ---- gRPC handlers -------------------------------------------------------------------
 
-  grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* ctx, const proto::JoinRequest* req,
-                                 proto::JoinResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
+  void join(const grpc::ServerContextBase* ctx, const proto::JoinRequest* req,
+            proto::JoinResponse* resp, Reply* reactor) {
     if (!authorized(ctx, "Join")) return finish(reactor, unauthenticated());
     join_rpcs_.fetch_add(1, std::memory_order_relaxed);
-    std::vector<grpc::ServerUnaryReactor*> done;
+    std::vector<Reply*> done;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (auto st = refuse_locked(); !st.ok()) return finish(reactor, st);
@@ -232,17 +283,14 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
       pending->ranks = {req->rank()};
       wait_for_round_locked(ctx, std::move(pending), done);
     }
-    for (auto* r : done) r->Finish(grpc::Status::OK);
-    return reactor;
+    for (auto* r : done) r->send(grpc::Status::OK);
   }
 
-  grpc::ServerUnaryReactor* JoinNode(grpc::CallbackServerContext* ctx,
-                                     const proto::JoinNodeRequest* req,
-                                     proto::JoinNodeResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
+  void join_node(const grpc::ServerContextBase* ctx, const proto::JoinNodeRequest* req,
+                 proto::JoinNodeResponse* resp, Reply* reactor) {
     if (!authorized(ctx, "JoinNode")) return finish(reactor, unauthenticated());
     join_rpcs_.fetch_add(1, std::memory_order_relaxed);
-    std::vector<grpc::ServerUnaryReactor*> done;
+    std::vector<Reply*> done;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (auto st = refuse_locked(); !st.ok()) return finish(reactor, st);
@@ -272,8 +320,7 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
       }
       wait_for_round_locked(ctx, std::move(pending), done);
     }
-    for (auto* r : done) r->Finish(grpc::Status::OK);
-    return reactor;
+    for (auto* r : done) r->send(grpc::Status::OK);
   }
 
   grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx,
@@ -405,11 +452,10 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
     return finish(reactor, grpc::Status::OK);
   }
 
-  grpc::ServerUnaryReactor* Barrier(grpc::CallbackServerContext* ctx,
-                                    const proto::BarrierRequest* req, proto::Empty*) override;
-  grpc::ServerUnaryReactor* NodeBarrier(grpc::CallbackServerContext* ctx,
-                                        const proto::NodeBarrierRequest* req,
-                                        proto::Empty*) override;
+  void barrier(const grpc::ServerContextBase* ctx, const proto::BarrierRequest* req, proto::Empty*,
+               Reply* reactor);
+  void node_barrier(const grpc::ServerContextBase* ctx, const proto::NodeBarrierRequest* req,
+                    proto::Empty*, Reply* reactor);
 
   grpc::ServerUnaryReactor* Report(grpc::CallbackServerContext* ctx,
                                    const proto::ReportRequest* req, proto::Empty*) override {
@@ -438,7 +484,7 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
   // A unary call that waits for others (Join, JoinNode, Barrier, NodeBarrier); finished exactly
   // once under mu_.
   struct Pending {
-    grpc::ServerUnaryReactor* reactor = nullptr;
+    Reply* reactor = nullptr;
     proto::JoinResponse* join_response = nullptr;      // Join
     proto::JoinNodeResponse* node_response = nullptr;  // JoinNode
     std::vector<int> ranks;                            // the ranks this call stands for
@@ -505,8 +551,8 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
 
   // With mu_ held: parks `p` until the round is complete, or completes the round (every parked
   // call goes to `done`, to be finished outside mu_).
-  void wait_for_round_locked(grpc::CallbackServerContext* ctx, std::shared_ptr<Pending> p,
-                             std::vector<grpc::ServerUnaryReactor*>& done) {
+  void wait_for_round_locked(const grpc::ServerContextBase* ctx, std::shared_ptr<Pending> p,
+                             std::vector<Reply*>& done) {
     if (joined_count_ < static_cast<int>(members_.size())) {
       auto deadline = wait_deadline(ctx, opt_.join_timeout);
       std::weak_ptr<Pending> weak = p;
@@ -544,6 +590,7 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
     r->Finish(st);
     return r;
   }
+  static void finish(Reply* r, const grpc::Status& st) { r->send(st); }
 
   static grpc::Status to_status(const WaitOutcome& out) {
     switch (out.code) {
@@ -568,7 +615,7 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
     }
   }
 
-  bool authorized(grpc::CallbackServerContext* ctx, const char* method) {
+  bool authorized(const grpc::ServerContextBase* ctx, const char* method) {
     const auto& md = ctx->client_metadata();
     auto it = md.find(kTokenMetadataKey);
     bool ok = it != md.end() &&
@@ -594,7 +641,7 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
   }
 
   // The server-side end of a wait: its own timeout, but before the client's deadline.
-  static Clock::time_point wait_deadline(grpc::CallbackServerContext* ctx, Millis timeout) {
+  static Clock::time_point wait_deadline(const grpc::ServerContextBase* ctx, Millis timeout) {
     auto ours = Clock::now() + std::max(timeout, Millis(0));
     auto theirs_sys = ctx->deadline();
     if (theirs_sys < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) {
@@ -660,7 +707,7 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
       }
       st = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, join_timeout_msg_);
     }
-    p->reactor->Finish(st);
+    p->reactor->send(st);
   }
 
   void barrier_timed_out(const std::shared_ptr<Pending>& p, Millis timeout) {
@@ -693,12 +740,12 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
                         fmt::format("barrier '{}' timed out after {} ms: {}", p->barrier,
                                     timeout.count(), detail));
     }
-    p->reactor->Finish(st);
+    p->reactor->send(st);
   }
 
   // Fails every pending Join and Barrier with st.
   void fail_pending(const grpc::Status& st, bool /*shutdown*/) {
-    std::vector<grpc::ServerUnaryReactor*> reactors;
+    std::vector<Reply*> reactors;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto take = [&](std::vector<std::shared_ptr<Pending>>& list) {
@@ -714,17 +761,35 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
       for (auto& [name, b] : barriers_) take(b.waiting);
       barriers_.clear();
     }
-    for (auto* r : reactors) r->Finish(st);
+    for (auto* r : reactors) r->send(st);
+  }
+
+  template <class Req, class Resp>
+  class AsyncCall;
+  // Asks for the next call of every waiting method on `cq`.
+  void request_waits(grpc::ServerCompletionQueue* cq);
+  void request_waits_once(grpc::ServerCompletionQueue* cq);
+
+  void shutdown_queues() {
+    for (auto& q : queues_) q->Shutdown();
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+    // Drains what no thread took (a server that never started has no threads).
+    for (auto& q : queues_) {
+      void* tag = nullptr;
+      bool ok = false;
+      while (q->Next(&tag, &ok)) static_cast<QueueEvent*>(tag)->proceed(false);
+    }
+    queues_.clear();
   }
 
   void end_watches(std::optional<proto::WatchEvent> event);
 
   // With mu_ held: `ranks` arrive at barrier `name`; either parks the call (reactor) or releases
   // every waiter into `release` (finished outside mu_). A non-OK status refuses the call.
-  grpc::Status arrive_locked(grpc::CallbackServerContext* ctx, const std::string& name,
-                             std::vector<int> ranks, int count, Millis timeout,
-                             grpc::ServerUnaryReactor* reactor,
-                             std::vector<grpc::ServerUnaryReactor*>& release);
+  grpc::Status arrive_locked(const grpc::ServerContextBase* ctx, const std::string& name,
+                             std::vector<int> ranks, int count, Millis timeout, Reply* reactor,
+                             std::vector<Reply*>& release);
 
   void schedule_watchdog() {
     Millis interval = std::clamp(opt_.heartbeat_timeout / 4, Millis(10), Millis(1000));
@@ -766,6 +831,8 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
   TimerQueue timers_;  // before store_ and server_: both use it until they stop
   ServerStore store_;
   std::unique_ptr<grpc::Server> server_;
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
+  std::vector<std::thread> threads_;  // one per queue
   int port_ = 0;
   std::atomic<uint64_t> rejected_{0};
 
@@ -790,13 +857,11 @@ class Coordinator::Impl final : public proto::Coordinator::CallbackService {
 
 // ---- Barrier ---------------------------------------------------------------------------
 
-grpc::ServerUnaryReactor* Coordinator::Impl::Barrier(grpc::CallbackServerContext* ctx,
-                                                     const proto::BarrierRequest* req,
-                                                     proto::Empty*) {
-  auto* reactor = ctx->DefaultReactor();
+void Coordinator::Impl::barrier(const grpc::ServerContextBase* ctx,
+                                const proto::BarrierRequest* req, proto::Empty*, Reply* reactor) {
   if (!authorized(ctx, "Barrier")) return finish(reactor, unauthenticated());
   barrier_rpcs_.fetch_add(1, std::memory_order_relaxed);
-  std::vector<grpc::ServerUnaryReactor*> release;
+  std::vector<Reply*> release;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (auto st = arrive_locked(ctx, req->name(), {req->rank()}, req->count(),
@@ -804,21 +869,19 @@ grpc::ServerUnaryReactor* Coordinator::Impl::Barrier(grpc::CallbackServerContext
         !st.ok())
       return finish(reactor, st);
   }
-  for (auto* r : release) r->Finish(grpc::Status::OK);
-  return reactor;
+  for (auto* r : release) r->send(grpc::Status::OK);
 }
 
-grpc::ServerUnaryReactor* Coordinator::Impl::NodeBarrier(grpc::CallbackServerContext* ctx,
-                                                         const proto::NodeBarrierRequest* req,
-                                                         proto::Empty*) {
-  auto* reactor = ctx->DefaultReactor();
+void Coordinator::Impl::node_barrier(const grpc::ServerContextBase* ctx,
+                                     const proto::NodeBarrierRequest* req, proto::Empty*,
+                                     Reply* reactor) {
   if (!authorized(ctx, "NodeBarrier")) return finish(reactor, unauthenticated());
   barrier_rpcs_.fetch_add(1, std::memory_order_relaxed);
   if (req->ranks().empty())
     return finish(reactor, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                         fmt::format("barrier '{}': NodeBarrier names no ranks",
                                                     req->name())));
-  std::vector<grpc::ServerUnaryReactor*> release;
+  std::vector<Reply*> release;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (auto st = arrive_locked(ctx, req->name(), {req->ranks().begin(), req->ranks().end()},
@@ -826,15 +889,13 @@ grpc::ServerUnaryReactor* Coordinator::Impl::NodeBarrier(grpc::CallbackServerCon
         !st.ok())
       return finish(reactor, st);
   }
-  for (auto* r : release) r->Finish(grpc::Status::OK);
-  return reactor;
+  for (auto* r : release) r->send(grpc::Status::OK);
 }
 
-grpc::Status Coordinator::Impl::arrive_locked(grpc::CallbackServerContext* ctx,
+grpc::Status Coordinator::Impl::arrive_locked(const grpc::ServerContextBase* ctx,
                                               const std::string& name, std::vector<int> ranks,
-                                              int count, Millis timeout,
-                                              grpc::ServerUnaryReactor* reactor,
-                                              std::vector<grpc::ServerUnaryReactor*>& release) {
+                                              int count, Millis timeout, Reply* reactor,
+                                              std::vector<Reply*>& release) {
   if (auto st = refuse_locked(); !st.ok()) return st;
   if (count < 1)
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -881,6 +942,64 @@ grpc::Status Coordinator::Impl::arrive_locked(grpc::CallbackServerContext* ctx,
   b.waiting.push_back(std::move(p));
   ++b.live;
   return grpc::Status::OK;
+}
+
+// ---- The waiting methods on the coordinator's completion queues ------------------------
+
+// One call of a waiting method: requested on a queue, handled when it arrives (the next one is
+// requested first), answered by send() from whichever thread completes the wait, and deleted
+// when its answer has gone out, or when the queue shuts down before a call came.
+template <class Req, class Resp>
+class Coordinator::Impl::AsyncCall final : public QueueEvent, public Reply {
+ public:
+  using RequestFn = void (Impl::*)(grpc::ServerContext*, Req*,
+                                   grpc::ServerAsyncResponseWriter<Resp>*, grpc::CompletionQueue*,
+                                   grpc::ServerCompletionQueue*, void*);
+  using HandleFn = void (Impl::*)(const grpc::ServerContextBase*, const Req*, Resp*, Reply*);
+
+  AsyncCall(Impl* impl, grpc::ServerCompletionQueue* cq, RequestFn request, HandleFn handle)
+      : impl_(impl), cq_(cq), request_(request), handle_(handle) {
+    (impl_->*request_)(&ctx_, &req_, &writer_, cq_, cq_, static_cast<QueueEvent*>(this));
+  }
+
+  void proceed(bool ok) override {
+    if (!arrived_ && ok) {
+      arrived_ = true;
+      new AsyncCall(impl_, cq_, request_, handle_);
+      (impl_->*handle_)(&ctx_, &req_, &resp_, this);  // `this` may be answered (not deleted)
+      return;
+    }
+    delete this;  // answered, or the queue shut down
+  }
+
+  void send(const grpc::Status& st) override {
+    writer_.Finish(resp_, st, static_cast<QueueEvent*>(this));
+  }
+
+ private:
+  Impl* impl_;
+  grpc::ServerCompletionQueue* cq_;
+  RequestFn request_;
+  HandleFn handle_;
+  grpc::ServerContext ctx_;
+  Req req_;
+  Resp resp_;
+  grpc::ServerAsyncResponseWriter<Resp> writer_{&ctx_};
+  bool arrived_ = false;
+};
+
+void Coordinator::Impl::request_waits(grpc::ServerCompletionQueue* cq) {
+  for (int i = 0; i < kRequestsPerQueue; ++i) request_waits_once(cq);
+}
+
+void Coordinator::Impl::request_waits_once(grpc::ServerCompletionQueue* cq) {
+  new AsyncCall<proto::JoinRequest, proto::JoinResponse>(this, cq, &Impl::RequestJoin, &Impl::join);
+  new AsyncCall<proto::JoinNodeRequest, proto::JoinNodeResponse>(this, cq, &Impl::RequestJoinNode,
+                                                                 &Impl::join_node);
+  new AsyncCall<proto::BarrierRequest, proto::Empty>(this, cq, &Impl::RequestBarrier,
+                                                     &Impl::barrier);
+  new AsyncCall<proto::NodeBarrierRequest, proto::Empty>(this, cq, &Impl::RequestNodeBarrier,
+                                                         &Impl::node_barrier);
 }
 
 // ---- Watch -----------------------------------------------------------------------------

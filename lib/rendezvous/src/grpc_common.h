@@ -35,9 +35,17 @@ void configure_coordinator_server(grpc::ServerBuilder& builder, const std::strin
 // "[::1]:port" for IPv6 literals, "host:port" otherwise.
 std::string host_port(const std::string& host, int port);
 
+struct ConnectionOptions {
+  // gRPC arms a timer per call to enforce its deadline. A worker has a handful of calls in flight
+  // and keeps them; a process that simulates thousands of ranks (ptrain bench rdzv) turns them
+  // off: the coordinator ends every wait itself before the deadline (and a dead coordinator
+  // closes the connection), and gRPC's timer lists cost time that grows with the calls pending.
+  bool deadline_timers = true;
+};
+
 class Connection {
  public:
-  Connection(std::string address, std::string token);
+  Connection(std::string address, std::string token, ConnectionOptions options = {});
   // Blocks until the channel is connected; RemoteError "cannot reach the coordinator at ADDR
   // after N s" otherwise.
   void connect(Millis timeout);
