@@ -84,6 +84,9 @@ TEST_F(NodeTest, TwoNodesTrainToCompletion) {
   std::string summary = read_file(dir + "/summary.json");
   EXPECT_TRUE(contains(summary, "\"status\": \"succeeded\"")) << summary;
   EXPECT_TRUE(contains(summary, "\"exit_codes\": [0, 0]")) << summary;
+  // Each node's relay joined once for its rank; no rank joined the coordinator itself.
+  EXPECT_TRUE(contains(summary, "\"rendezvous\": {\"rank_joins\": 0, \"node_joins\": 2}"))
+      << summary;
   EXPECT_TRUE(fs::exists(dir + "/hosts/node-1/rank-1.log"));
   EXPECT_FALSE(fs::exists(dir + "/hosts/node-0/rank-1.log"));
   EXPECT_TRUE(contains(read_file(dir + "/rank-1.log"), "rank 1/2 joined on node-1"))

@@ -451,3 +451,21 @@ TEST_F(RunTest, EnvSecretsReachTheWorkersButNoFileOfTheRunFolder) {
   }
   EXPECT_GT(files, 5);
 }
+
+// Built-in workers meet the coordinator through their node's relay: one JoinNode for the host.
+TEST_F(RunTest, BuiltinWorkersJoinThroughTheNodeRelay) {
+  Ptrain p({"run", spec(kTwoBuiltin)});
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  std::string summary = read_file(run_dir() + "/summary.json");
+  EXPECT_TRUE(contains(summary, "\"rendezvous\": {\"rank_joins\": 0, \"node_joins\": 1}"))
+      << summary;
+}
+
+// PTRAIN_NODE_RELAY=0 keeps the flat path: every rank joins the coordinator itself.
+TEST_F(RunTest, WithoutTheRelayEveryRankJoinsTheCoordinator) {
+  Ptrain p({"run", spec(kTwoBuiltin)}, {"PTRAIN_NODE_RELAY=0"});
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  std::string summary = read_file(run_dir() + "/summary.json");
+  EXPECT_TRUE(contains(summary, "\"rendezvous\": {\"rank_joins\": 2, \"node_joins\": 0}"))
+      << summary;
+}

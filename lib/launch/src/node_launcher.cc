@@ -14,6 +14,7 @@
 #include "ptrain/core/error.h"
 #include "ptrain/launch/console.h"
 #include "ptrain/launch/hosts.h"
+#include "ptrain/launch/node_relay_policy.h"
 #include "ptrain/launch/remote_agent.h"
 #include "ptrain/launch/run_dir.h"
 #include "ptrain/launch/ssh_group.h"
@@ -653,6 +654,7 @@ JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const 
     a.threads_per_proc = spec.nodes.threads_per_proc;
     a.cuda = spec.nodes.device == "cuda";
     a.extra_env = spec.env;
+    a.node_relay_heartbeat = node_relay_period(spec);
     s.spec_yaml = agent_yaml;
     s.round = round;
     s.umask = spec.logging.mode == "private" ? 077 : -1;

@@ -155,6 +155,9 @@ std::vector<int> CoordinatorControl::missing_ranks() {
 bool CoordinatorControl::any_joined() {
   return !c_.joined_ranks().empty();
 }
+rendezvous::CoordinatorStats CoordinatorControl::stats() {
+  return c_.stats();
+}
 
 // ---- Supervisor ----
 
@@ -445,6 +448,11 @@ void Supervisor::write_summary(const JobResult& r) {
   if (interrupt_sig_) s["reason"] = "interrupted by " + signal_name(interrupt_sig_);
   add_progress(s, console_.has_progress() ? p.step : 0, opt_.total_steps, p, elapsed());
   s["restarts"] = restarts_.restarts_json();
+  // How the ranks met the coordinator: node_joins counts the nodes' relays joining for their
+  // ranks (the hierarchical path), rank_joins the ranks that joined it themselves.
+  auto st = rdzv_.stats();
+  s["rendezvous"] = {{"rank_joins", st.join_rpcs - st.node_join_rpcs},
+                     {"node_joins", st.node_join_rpcs}};
   dir_.write_file("summary.json", dump_line(s) + "\n");
   dir_.finish_mlflow(r.exit_code == 0);
 }

@@ -254,7 +254,8 @@ class Coordinator::Impl final : public CoordinatorService {
   Store& store() { return store_; }
 
   CoordinatorStats stats() const {
-    return {join_rpcs_.load(), heartbeat_rpcs_.load(), barrier_rpcs_.load()};
+    return {join_rpcs_.load(), node_join_rpcs_.load(), heartbeat_rpcs_.load(),
+            barrier_rpcs_.load()};
   }
 
   // ---- gRPC handlers -------------------------------------------------------------------
@@ -290,6 +291,7 @@ class Coordinator::Impl final : public CoordinatorService {
                  proto::JoinNodeResponse* resp, Reply* reactor) {
     if (!authorized(ctx, "JoinNode")) return finish(reactor, unauthenticated());
     join_rpcs_.fetch_add(1, std::memory_order_relaxed);
+    node_join_rpcs_.fetch_add(1, std::memory_order_relaxed);
     std::vector<Reply*> done;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -848,7 +850,7 @@ class Coordinator::Impl final : public CoordinatorService {
   std::vector<std::string> node_names_;
   std::string join_timeout_msg_;
   int join_timeout_msg_count_ = -1;
-  std::atomic<uint64_t> join_rpcs_{0}, heartbeat_rpcs_{0}, barrier_rpcs_{0};
+  std::atomic<uint64_t> join_rpcs_{0}, node_join_rpcs_{0}, heartbeat_rpcs_{0}, barrier_rpcs_{0};
   std::map<int, std::string> expected_nodes_;
   std::vector<std::shared_ptr<Pending>> pending_joins_;
   std::map<std::string, BarrierState> barriers_;

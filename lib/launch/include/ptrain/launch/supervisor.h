@@ -100,6 +100,8 @@ class RendezvousControl {
   virtual void begin_round(int round) = 0;
   virtual std::vector<int> missing_ranks() = 0;
   virtual bool any_joined() = 0;
+  // What the coordinator served so far (summary.json's "rendezvous").
+  virtual rendezvous::CoordinatorStats stats() { return {}; }
 };
 
 // The clock and the blocking wait of the loop.
@@ -277,6 +279,7 @@ class CoordinatorControl : public RendezvousControl {
   void begin_round(int round) override;
   std::vector<int> missing_ranks() override;
   bool any_joined() override;
+  rendezvous::CoordinatorStats stats() override;
 
  private:
   rendezvous::Coordinator& c_;

@@ -54,6 +54,7 @@ struct CoordinatorEvents {
 // RPCs served so far (all rounds): how much traffic membership costs at scale.
 struct CoordinatorStats {
   uint64_t join_rpcs = 0;       // Join + JoinNode
+  uint64_t node_join_rpcs = 0;  // JoinNode (a node's relay joining for its local ranks)
   uint64_t heartbeat_rpcs = 0;  // Heartbeat + NodeHeartbeat
   uint64_t barrier_rpcs = 0;    // Barrier + NodeBarrier
 };
