@@ -640,6 +640,35 @@ TEST_F(ElasticSupervisorTest, AHostLostBeforeItsRanksJoinIsLeftOutOfTheNextRound
   EXPECT_NE(summary().find(R"("exit_codes": [0, 0])"), std::string::npos) << summary();
 }
 
+TEST_F(ElasticSupervisorTest, AJoinTimeoutWithAHostsRanksMissingLeavesThatHostOut) {
+  // Host b's ranks never join; rank 0 (on a) gives up waiting first (its own join timeout,
+  // exit 3): b is the host that is lost, not a.
+  FakeGroup g(waiter_, 4, {"a", "b"});
+  g.on_start = [&](int round) {
+    if (round == 0) {
+      rdzv_.missing = {2, 3};
+      waiter_.after(Millis(20000), [&g] {
+        g.exit(0, kExitTimeout);
+        return 0;
+      });
+    } else {
+      for (int r = 0; r < 4; ++r)
+        waiter_.after(Millis(1000), [&g, r] {
+          g.exit(r, 0);
+          return 0;
+        });
+    }
+  };
+  g.on_shrink = [](const std::vector<std::string>&) { return ShrinkResult{2, {}}; };
+  SupervisorOptions o = elastic();
+  o.join_timeout = Millis(20000);
+  JobResult r = run(g, o);
+  EXPECT_EQ(r.exit_code, 0) << console();
+  ASSERT_EQ(g.shrinks.size(), 1u);
+  EXPECT_EQ(g.shrinks[0], std::vector<std::string>{"b"});
+  EXPECT_EQ(g.hosts(), std::vector<std::string>{"a"});
+}
+
 TEST_F(ElasticSupervisorTest, ARefusedShrinkSaysWhyAndRestartsEveryHost) {
   FakeGroup g(waiter_, 4, {"a", "b"});
   script(g);

@@ -347,14 +347,16 @@ void Supervisor::start_round(int round) {
 
 std::vector<std::string> Supervisor::lost_hosts(const Failure& f) const {
   // A host is lost for good when it failed before its ranks joined the round: its session
-  // ended (the agent died, ssh could not reach it) or the join check gave up on it. A host
-  // that fails after its ranks joined gets the next round to come back.
+  // ended (the agent died, ssh could not reach it), or the rendezvous timed out without its
+  // ranks (the join check, or a waiting rank's own join timeout: every host with missing ranks).
+  // A host that fails after its ranks joined gets the next round to come back.
   std::vector<std::string> out;
-  if (!f.host_lost) return out;
+  const bool session_ended = f.host_lost && f.exit_code == kExitRemote;
+  if (!session_ended && f.exit_code != kExitTimeout) return out;
   for (int r : missing_at_failure_) {
     if (r >= opt_.world_size) continue;
     std::string h = group_.host_of(r);
-    if (f.exit_code == kExitRemote && h != f.host) continue;  // only the session that ended
+    if (session_ended && h != f.host) continue;  // only the session that ended
     if (std::find(out.begin(), out.end(), h) == out.end()) out.push_back(h);
   }
   return out;
