@@ -88,6 +88,31 @@ TEST(Sampler, EveryMeshSeesTheSameGlobalBatch) {
   }
 }
 
+TEST(Sampler, AShrunkMeshReadsTheSameMicrobatchesPerOptimizerStep) {
+  // An elastic job that loses half its data ranks doubles grad_accum: rank d, accumulation step
+  // a of the shrunk mesh (dp/2, 2g) must read exactly what rank 2d + a / g, step a % g of the
+  // full mesh (dp, g) read, so every optimizer step sums the same per-microbatch gradients.
+  IotaStream stream(20000);
+  const int T = 4;
+  for (bool shuffle : {false, true}) {
+    TokenSampler s(stream, T, {.batch_size = 24, .shuffle = shuffle, .seed = 5});
+    for (auto [dp, g] : {std::pair{2, 1}, {4, 1}, {4, 3}, {6, 2}}) {
+      const int half = dp / 2, g2 = 2 * g;
+      for (int64_t step : {0, 3, 250}) {
+        for (int d = 0; d < half; ++d) {
+          for (int a = 0; a < g2; ++a) {
+            Batch shrunk = fill(s, T, step, d, half, a, g2);
+            Batch full = fill(s, T, step, 2 * d + a / g, dp, a % g, g);
+            EXPECT_EQ(shrunk.tokens, full.tokens) << "dp " << dp << " grad_accum " << g << " step "
+                                                  << step << " rank " << d << " micro " << a;
+            EXPECT_EQ(shrunk.targets, full.targets);
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(Sampler, RankDTakesItsContiguousShare) {
   IotaStream stream(1000);
   const int T = 2;

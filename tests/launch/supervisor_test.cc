@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -118,6 +119,35 @@ class FakeGroup : public WorkerGroup {
   std::vector<std::string> hosts() const override { return hosts_; }
   std::string log_path(int rank) const override { return fmt::format("/nonexistent/{}", rank); }
   bool multi_host() const override { return hosts_.size() > 1; }
+
+  // Elastic: what shrink() answers (unset: the interface's refusal); every call is recorded.
+  std::function<ShrinkResult(const std::vector<std::string>& lost)> on_shrink;
+  std::vector<std::vector<std::string>> shrinks;
+  ShrinkResult shrink(const std::vector<std::string>& lost) override {
+    shrinks.push_back(lost);
+    if (!on_shrink) return WorkerGroup::shrink(lost);
+    ShrinkResult r = on_shrink(lost);
+    if (r.refused.empty()) {
+      std::vector<std::string> left;
+      for (const auto& h : hosts_)
+        if (std::find(lost.begin(), lost.end(), h) == lost.end()) left.push_back(h);
+      hosts_ = left;
+      ranks_ = r.world_size;
+    }
+    return r;
+  }
+  // The session to rank `r`'s host ends: its ranks are gone, the first one Lost.
+  void lose(int r, const std::string& why) {
+    const std::string host = host_of(r);
+    for (int k : std::set<int>(running_))
+      if (host_of(k) == host) running_.erase(k);
+    GroupEvent e;
+    e.kind = GroupEvent::Kind::Lost;
+    e.rank = r;
+    e.host = host;
+    e.text = why;
+    events_.push_back(e);
+  }
 
   // Rank `r` ends now with `code` (or the signal).
   void exit(int r, int code, int sig = 0) {
@@ -550,6 +580,122 @@ TEST_F(SupervisorTest, ADeadParameterServerIsAFailureNamingIt) {
   EXPECT_EQ(r.exit_code, 137);
   EXPECT_NE(console().find("job failed: parameter server 0 (rank 2) on host a"), std::string::npos)
       << console();
+}
+
+// Elastic jobs: round 0 loses host b mid-training (its ranks had joined), so round 1 tries every
+// host again; b is lost again before its ranks join round 1, so round 2 runs on a alone.
+class ElasticSupervisorTest : public SupervisorTest {
+ protected:
+  void script(FakeGroup& g) {
+    g.on_start = [&](int round) {
+      if (round == 0) {
+        waiter_.after(Millis(1000), [&g] {
+          g.lose(2, "lost its host: the ssh session to b ended");
+          return 0;
+        });
+      } else if (round == 1) {
+        rdzv_.missing = {2, 3};  // b never joins
+        waiter_.after(Millis(50), [&g] {
+          g.lose(2, "lost its host: the ssh session to b ended (exit 255)");
+          return 0;
+        });
+      } else {
+        for (int r = 0; r < 4; ++r)  // ranks that are not running (shrunk away) are skipped
+          waiter_.after(Millis(1000), [&g, r] {
+            g.exit(r, 0);
+            return 0;
+          });
+      }
+    };
+  }
+  static SupervisorOptions elastic() {
+    SupervisorOptions o = restarts(3);
+    o.elastic = true;
+    return o;
+  }
+};
+
+TEST_F(ElasticSupervisorTest, AHostLostBeforeItsRanksJoinIsLeftOutOfTheNextRound) {
+  FakeGroup g(waiter_, 4, {"a", "b"});
+  script(g);
+  g.on_shrink = [](const std::vector<std::string>&) { return ShrinkResult{2, {}}; };
+  JobResult r = run(g, elastic());
+  EXPECT_EQ(r.exit_code, 0) << console();
+  EXPECT_EQ(g.rounds, (std::vector<int>{0, 1, 2}));
+  // Decided once, after round 1 (round 0's loss came after b's ranks had joined).
+  ASSERT_EQ(g.shrinks.size(), 1u);
+  EXPECT_EQ(g.shrinks[0], std::vector<std::string>{"b"});
+  EXPECT_EQ(restarts_, 2);  // the shrunk round is a restart
+  EXPECT_NE(launcher_log().find("shrinking to 1 host: host b lost (lost its host: the ssh "
+                                "session to b ended (exit 255))"),
+            std::string::npos)
+      << launcher_log();
+  // The failed round's rank keeps its name in the restart line.
+  EXPECT_NE(launcher_log().find("restart 2/3: rank 2 lost its host: the ssh session to b ended"),
+            std::string::npos)
+      << launcher_log();
+  EXPECT_NE(launcher_log().find("2 worker(s) from the next round"), std::string::npos)
+      << launcher_log();
+  EXPECT_NE(summary().find(R"("world_size": 2)"), std::string::npos) << summary();
+  EXPECT_NE(summary().find(R"("exit_codes": [0, 0])"), std::string::npos) << summary();
+}
+
+TEST_F(ElasticSupervisorTest, AJoinTimeoutWithAHostsRanksMissingLeavesThatHostOut) {
+  // Host b's ranks never join; rank 0 (on a) gives up waiting first (its own join timeout,
+  // exit 3): b is the host that is lost, not a.
+  FakeGroup g(waiter_, 4, {"a", "b"});
+  g.on_start = [&](int round) {
+    if (round == 0) {
+      rdzv_.missing = {2, 3};
+      waiter_.after(Millis(20000), [&g] {
+        g.exit(0, kExitTimeout);
+        return 0;
+      });
+    } else {
+      for (int r = 0; r < 4; ++r)
+        waiter_.after(Millis(1000), [&g, r] {
+          g.exit(r, 0);
+          return 0;
+        });
+    }
+  };
+  g.on_shrink = [](const std::vector<std::string>&) { return ShrinkResult{2, {}}; };
+  SupervisorOptions o = elastic();
+  o.join_timeout = Millis(20000);
+  JobResult r = run(g, o);
+  EXPECT_EQ(r.exit_code, 0) << console();
+  ASSERT_EQ(g.shrinks.size(), 1u);
+  EXPECT_EQ(g.shrinks[0], std::vector<std::string>{"b"});
+  EXPECT_EQ(g.hosts(), std::vector<std::string>{"a"});
+}
+
+TEST_F(ElasticSupervisorTest, ARefusedShrinkSaysWhyAndRestartsEveryHost) {
+  FakeGroup g(waiter_, 4, {"a", "b"});
+  script(g);
+  g.on_shrink = [](const std::vector<std::string>&) {
+    return ShrinkResult{0, "1 host left, fewer than nodes.min_nodes = 2"};
+  };
+  JobResult r = run(g, elastic());
+  EXPECT_EQ(r.exit_code, 0) << console();
+  EXPECT_EQ(g.rounds, (std::vector<int>{0, 1, 2}));
+  EXPECT_EQ(g.shrinks.size(), 1u);
+  EXPECT_NE(launcher_log().find("not shrinking: host b lost, but 1 host left, fewer than "
+                                "nodes.min_nodes = 2"),
+            std::string::npos)
+      << launcher_log();
+  EXPECT_EQ(g.hosts(), (std::vector<std::string>{"a", "b"}));
+  EXPECT_NE(summary().find(R"("exit_codes": [0, 0, 0, 0])"), std::string::npos) << summary();
+}
+
+TEST_F(ElasticSupervisorTest, AJobThatIsNotElasticNeverShrinks) {
+  FakeGroup g(waiter_, 4, {"a", "b"});
+  script(g);
+  g.on_shrink = [](const std::vector<std::string>&) { return ShrinkResult{2, {}}; };
+  JobResult r = run(g, restarts(3));
+  EXPECT_EQ(r.exit_code, 0) << console();
+  EXPECT_EQ(g.rounds, (std::vector<int>{0, 1, 2}));
+  EXPECT_TRUE(g.shrinks.empty());
+  EXPECT_EQ(console().find("shrinking"), std::string::npos) << console();
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include "ptrain/spec/elastic.h"
 #include "ptrain/spec/spec.h"
 
 namespace ptrain::spec {
@@ -115,6 +116,74 @@ TEST(Plan, FormatNamesWorldHostsAndMemory) {
   EXPECT_NE(text.find("4 workers = data 4 x tensor 1 x pipeline 1"), std::string::npos) << text;
   EXPECT_NE(text.find("h2    ranks 2-3"), std::string::npos) << text;
   EXPECT_NE(text.find("optimizer"), std::string::npos) << text;
+}
+
+TEST(Elastic, ShrinkKeepsTheGlobalBatchByRaisingGradAccum) {
+  JobSpec s = load_string(
+      "nodes: {hosts: [a, b, c, d], procs_per_node: 1, min_nodes: 1}\n"
+      "data: {batch_size: 16}\ntrain: {grad_accum: 1}\n",
+      "t.yaml");
+  Reshape r = reshape_for_hosts(s, {{"a", 0}, {"c", 0}});
+  ASSERT_TRUE(r.ok) << r.reason;
+  EXPECT_EQ(r.spec.parallel.data, 2);
+  EXPECT_EQ(r.spec.train.grad_accum, 2);
+  EXPECT_EQ(r.spec.nodes.hosts, (std::vector<HostSlots>{{"a", 0}, {"c", 0}}));
+  Plan before = make_plan(s), after = make_plan(r.spec);
+  EXPECT_EQ(after.global_batch, before.global_batch);
+  EXPECT_EQ(after.micro_batch, before.micro_batch);
+  // The shrunk spec is a valid spec in its own right (what the workers load).
+  EXPECT_EQ(load_string(to_yaml(r.spec), "t.yaml"), r.spec);
+}
+
+TEST(Elastic, ShrinkIsRefusedBelowMinNodesOrWhenTheBatchDoesNotSplit) {
+  JobSpec s = load_string(
+      "nodes: {hosts: [a, b, c], procs_per_node: 1, min_nodes: 2}\ndata: {batch_size: 6}\n",
+      "t.yaml");
+  Reshape one = reshape_for_hosts(s, {{"a", 0}});
+  EXPECT_FALSE(one.ok);
+  EXPECT_NE(one.reason.find("fewer than nodes.min_nodes = 2"), std::string::npos) << one.reason;
+  // data 3 x grad_accum 1 = 3 slices do not split over 2 data ranks.
+  Reshape two = reshape_for_hosts(s, {{"a", 0}, {"b", 0}});
+  EXPECT_FALSE(two.ok);
+  EXPECT_NE(two.reason.find("cannot share evenly"), std::string::npos) << two.reason;
+}
+
+TEST(Elastic, TensorGroupsThatCannotBeReformedRefuseTheShrink) {
+  JobSpec s = load_string(
+      "nodes: {hosts: ['a:2', 'b:1', 'c:1'], min_nodes: 1}\nparallel: {tensor: 2}\n"
+      "data: {batch_size: 8}\n",
+      "t.yaml");
+  Reshape r = reshape_for_hosts(s, {{"a", 2}, {"b", 1}});
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.reason.find("cannot be re-formed"), std::string::npos) << r.reason;
+  EXPECT_TRUE(reshape_for_hosts(s, {{"a", 2}}).ok);
+}
+
+TEST(Elastic, PlanListsTheWorldSizesTheJobCanShrinkTo) {
+  // 4 hosts x 2: the 8 slices of data 8 x grad_accum 1 split over 4 or 2 ranks, not over 6.
+  JobSpec s = load_string(
+      "nodes: {hosts: [a, b, c, d], procs_per_node: 2, min_nodes: 1}\ndata: {batch_size: 16}\n",
+      "t.yaml");
+  EXPECT_EQ(shrink_world_sizes(s), (std::vector<int>{4, 2}));
+  std::string text = format_plan(make_plan(s));
+  EXPECT_NE(text.find("elastic    min_nodes 1 of 4 hosts: can shrink to world sizes 4, 2"),
+            std::string::npos)
+      << text;
+  JobSpec fixed = load_string("nodes: {hosts: [a, b], procs_per_node: 2}\n", "t.yaml");
+  EXPECT_TRUE(shrink_world_sizes(fixed).empty());
+  EXPECT_EQ(format_plan(make_plan(fixed)).find("elastic"), std::string::npos);
+}
+
+TEST(Elastic, CheckpointFingerprintsIgnoreGradAccumAndWorldSize) {
+  JobSpec full = load_string(
+      "nodes: {hosts: [a, b], procs_per_node: 1, min_nodes: 1}\ndata: {batch_size: 8}\n", "t.yaml");
+  Reshape r = reshape_for_hosts(full, {{"a", 0}});
+  ASSERT_TRUE(r.ok) << r.reason;
+  ASSERT_EQ(r.spec.train.grad_accum, 2);
+  EXPECT_EQ(fingerprints(r.spec), fingerprints(full));
+  JobSpec other_lr = full;
+  other_lr.train.optimizer.lr *= 2;
+  EXPECT_NE(fingerprints(other_lr).at("train"), fingerprints(full).at("train"));
 }
 
 }  // namespace

@@ -119,6 +119,9 @@ inline std::vector<BadInput> bad_inputs() {
        "nodes: {procs_per_node: 2}\nparallel: {pipeline: 2, stages: [1, 2], microbatches: 2}\n"
        "model: {layers: 4}\n",
        "2:33", "parallel.stages", "stages add up to 3 blocks, but the model has 4"},
+      {"MinNodesAboveHostCount", "nodes: {hosts: [a, b], min_nodes: 3}\n", "1:35",
+       "nodes.min_nodes", "min_nodes = 3 is more than the job's 2 hosts"},
+      {"MinNodesZero", "nodes: {hosts: [a, b], min_nodes: 0}\n", "1:35", "nodes.min_nodes", ""},
       {"BatchNotDivisible", "nodes: {procs_per_node: 3}\ndata: {batch_size: 8}\n", "2:20",
        "data.batch_size", "not divisible by data x microbatches x grad_accum"},
       {"AsyncWithZero", "parallel:\n  data_mode: async\n  zero: 1\n", "3:9", "parallel.zero",

@@ -74,6 +74,17 @@ bool accepts(const std::string& addr, int port) {
   return ok;
 }
 
+pid_t parent_of(pid_t pid) {
+  std::string stat = read_file(fmt::format("/proc/{}/stat", pid));
+  auto close = stat.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream rest(stat.substr(close + 2));
+  char state;
+  pid_t ppid = -1;
+  rest >> state >> ppid;
+  return ppid;
+}
+
 // Processes of the job: workers (PTRAIN_RUN_DIR under dir) and `ptrain agent`s of our binary.
 std::vector<pid_t> processes_of(const std::string& dir) {
   const std::string tag = "PTRAIN_RUN_DIR=" + dir;
@@ -489,6 +500,117 @@ TEST_F(SshLaunchTest, KilledWorkerRestartsEveryHostAndTheLossCurveEqualsTheUnint
   EXPECT_FALSE(contains(summary, R"("round": 2)")) << summary;
   std::string launcher = read_file(dir + "/launcher.log");
   EXPECT_TRUE(contains(launcher, "restart 1/1: rank 1 on 127.0.0.3 was killed")) << launcher;
+}
+
+TEST_F(SshLaunchTest, ElasticJobLosesAHostForGoodAndFinishesOnTheOtherWithTheSameLosses) {
+  // 2 hosts x 1 worker, nodes.min_nodes 1, a checkpoint every 4 steps. Rank 1 (on 127.0.0.3)
+  // stops itself after step 10; the test then makes 127.0.0.3 unreachable (its ssh_config entry
+  // points at a closed port once a marker file exists) and kills its ssh session. Round 1 cannot
+  // reach the host, so round 2 runs on 127.0.0.2 alone: data 1 x grad_accum 2 from the step-8
+  // checkpoint, the same global batch, so the same losses as an uninterrupted 2-host run.
+  auto job = [&](const std::string& name, const std::string& extra) {
+    std::string path = tmp_ + "/" + name + ".yaml";
+    std::ofstream(path)
+        << "name: " << name << "\nlogging: {dir: " << tmp_ << "/" << name
+        << ", console: rank0}\nnodes: {procs_per_node: 1, device: cpu, threads_per_proc: 1, "
+           "min_nodes: 1}\n"
+        << "model: {type: gpt, layers: 2, heads: 2, dim: 32, seq_len: 16, vocab: 64}\n"
+           "data: {type: synthetic, batch_size: 8}\n"
+           "train: {steps: 20, seed: 7, log_every: 1}\ncheckpoint: {every: 4, keep: 2}\n"
+           "rendezvous: {timeout_s: 20}\n"
+           "fault_tolerance: {max_restarts: 3, heartbeat_s: 0.2, hang_timeout_s: 60, "
+           "term_grace_s: 2}\n"
+        << extra;
+    return path;
+  };
+  auto only_dir = [&](const std::string& name) {
+    for (const auto& e : fs::directory_iterator(tmp_ + "/" + name)) return e.path().string();
+    return std::string();
+  };
+  auto losses = [](const std::string& dir) {
+    std::vector<std::pair<int, double>> out;
+    std::ifstream in(dir + "/metrics.jsonl");
+    std::string line;
+    std::regex re(R"re("step": (\d+),.*"loss": ([^,}]+))re");
+    std::smatch m;
+    while (std::getline(in, line))
+      if (std::regex_search(line, m, re)) out.emplace_back(std::stoi(m[1]), std::stod(m[2]));
+    return out;
+  };
+  const std::string hosts = "127.0.0.2:1,127.0.0.3:1";
+
+  Ptrain ref({"launch", job("ref", ""), "--hosts", hosts, "--ssh-config", farm->ssh_config});
+  ASSERT_EQ(ref.finish(), 0) << ref.out << ref.err;
+  std::map<int, double> expected;
+  for (const auto& [step, loss] : losses(only_dir("ref"))) expected[step] = loss;
+  ASSERT_EQ(expected.size(), 20u);
+
+  const std::string marker = tmp_ + "/127.0.0.3-is-gone";
+  const std::string config = tmp_ + "/ssh_config";
+  std::ofstream(config) << "Match host 127.0.0.3 exec \"test -e " << marker << "\"\n  Port "
+                        << free_port("127.0.0.3") << "\n"
+                        << read_file(farm->ssh_config);
+  Ptrain p({"launch", job("elastic", "env: {PTRAIN_TEST_FAIL_AT_STEP: \"1:10:0:stop\"}\n"),
+            "--hosts", hosts, "--ssh-config", config});
+  ASSERT_TRUE(p.wait_for([&] {
+    auto dir = fs::exists(tmp_ + "/elastic") ? only_dir("elastic") : std::string();
+    if (dir.empty()) return false;
+    for (const auto& [step, loss] : losses(dir))
+      if (step == 10) return true;
+    return false;
+  })) << p.out
+      << p.err;
+  std::ofstream(marker) << "gone\n";
+  pid_t ssh_pid = -1;
+  for (pid_t pid : ptrain::testing::find_processes([&](pid_t pid) {
+         std::string cmd = cmdline(pid);
+         return cmd.rfind("ssh ", 0) == 0 && contains(cmd, "127.0.0.3 --") &&
+                parent_of(pid) == p.proc().pid();
+       }))
+    ssh_pid = pid;
+  ASSERT_GT(ssh_pid, 0) << "no ssh session to 127.0.0.3 under the launcher";
+  ::kill(ssh_pid, SIGKILL);
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+
+  std::string dir = only_dir("elastic");
+  std::string launcher = read_file(dir + "/launcher.log");
+  std::istringstream lines(launcher);
+  for (std::string line; std::getline(lines, line);)
+    if (contains(line, "shrinking") || contains(line, "restart ") ||
+        contains(line, "training again") || contains(line, "elastic:"))
+      std::printf("[ launcher ] %s\n", line.c_str());
+  EXPECT_TRUE(contains(launcher, "shrinking to 1 host: host 127.0.0.3 lost (")) << launcher;
+  EXPECT_TRUE(contains(launcher, "elastic: 1 worker(s) on 1 host(s), data 1 x grad_accum 2"))
+      << launcher;
+  EXPECT_TRUE(contains(p.err + p.out, "ptrain: shrinking to 1 host: host 127.0.0.3 lost"))
+      << p.out << p.err;
+  EXPECT_TRUE(contains(read_file(dir + "/rank-0.log"), "at step 8"))
+      << read_file(dir + "/rank-0.log");
+  std::string summary = read_file(dir + "/summary.json");
+  EXPECT_TRUE(contains(summary, R"("status": "succeeded")")) << summary;
+  EXPECT_TRUE(contains(summary, R"("world_size": 1)")) << summary;
+  EXPECT_TRUE(contains(summary, R"("round": 2)")) << summary;
+  // Every step's loss, before the loss and after the resume on one host, equals the 2-host run's.
+  std::map<int, int> seen;
+  for (const auto& [step, loss] : losses(dir)) {
+    ++seen[step];
+    ASSERT_TRUE(expected.count(step)) << "step " << step;
+    EXPECT_NEAR(loss, expected.at(step), 1e-5 * std::abs(expected.at(step))) << "step " << step;
+  }
+  for (int s = 1; s <= 20; ++s) EXPECT_GE(seen[s], 1) << "step " << s << " missing";
+  // Steps 9 and 10 ran twice: on 2 hosts, then again on one after the step-8 checkpoint.
+  EXPECT_GE(seen[9], 2);
+  EXPECT_GE(seen[20], 1);
+}
+
+TEST_F(SshLaunchTest, MinNodesAboveTheHostCountExitsTwoBeforeAnythingStarts) {
+  std::string path = spec("train: {steps: 2}\n", ", min_nodes: 3");
+  Ptrain p(launch(path, "127.0.0.2:1,127.0.0.3:1"));
+  EXPECT_EQ(p.finish(), 2) << p.out << p.err;
+  EXPECT_TRUE(contains(p.err, path + ":")) << p.err;
+  EXPECT_TRUE(contains(p.err, "nodes.min_nodes: min_nodes = 3 is more than the job's 2 hosts"))
+      << p.err;
+  EXPECT_FALSE(fs::exists(tmp_ + "/runs"));
 }
 
 // ---- The same behaviour as `ptrain run` (one supervision engine; tests/launch/run_test.cc) ----

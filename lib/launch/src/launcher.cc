@@ -214,6 +214,8 @@ SupervisorOptions supervisor_options(const spec::JobSpec& spec) {
   o.join_timeout = Millis(static_cast<int64_t>(spec.rendezvous.timeout_s * 1000));
   o.rendezvous_timeout_s = spec.rendezvous.timeout_s;
   o.name = spec.name;
+  o.elastic =
+      spec.nodes.min_nodes > 0 && spec.nodes.min_nodes < static_cast<int>(spec.nodes.hosts.size());
   return o;
 }
 

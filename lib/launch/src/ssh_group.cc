@@ -245,6 +245,18 @@ std::vector<GroupEvent> SshWorkerGroup::poll() {
   return out;
 }
 
+ShrinkResult SshWorkerGroup::shrink(const std::vector<std::string>& lost) {
+  if (!opt_.reshape) return {0, "the job has no elastic shape"};
+  try {
+    auto [plan, world] = opt_.reshape(lost);
+    opt_.plan = std::move(plan);
+    opt_.world_size = world;
+    return {world, {}};
+  } catch (const ConfigError& e) {
+    return {0, e.message()};
+  }
+}
+
 int SshWorkerGroup::running() const {
   int n = 0;
   for (const auto& s : sessions_)

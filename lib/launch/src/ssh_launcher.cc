@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <thread>
 
@@ -17,6 +18,7 @@
 #include "ptrain/launch/supervisor.h"
 #include "ptrain/rendezvous/coordinator.h"
 #include "ptrain/rendezvous/token.h"
+#include "ptrain/spec/elastic.h"
 #include "ptrain/spec/spec.h"
 
 namespace ptrain::launch {
@@ -77,7 +79,8 @@ void SshLauncher::Impl::check_hosts(const std::vector<HostPlan>& plan, const std
 
 JobResult SshLauncher::Impl::run() {
   const bool builtin = !spec_.launcher_only();
-  const int world_size = spec_.world_size();
+  // An elastic job that shrinks changes the world size and the plan between rounds.
+  int world_size = spec_.world_size();
   auto plan = plan_hosts(opt_.hosts, spec_.nodes.procs_per_node, world_size);
   std::string self = opt_.local_binary.empty() ? this_executable() : opt_.local_binary;
 
@@ -182,13 +185,16 @@ JobResult SshLauncher::Impl::run() {
                               plan.size(), dir.path()));
 
   std::string agent_yaml = spec_yaml;
+  std::string shared_checkpoints;
   if (builtin && spec_.fault_tolerance.max_restarts > 0 && spec_.checkpoint.dir.empty()) {
     // A restarted round resumes from rank 0's checkpoints, but each agent gives its workers its
     // own host folder as RUN_DIR: every rank is pointed at <run>/hosts/<rank 0's host>/checkpoints.
     // Every rank reads the checkpoint itself, so across machines that folder must be on a shared
     // filesystem (true for loopback hosts); otherwise set checkpoint.dir to a shared path.
+    // The folder stays the same when an elastic job shrinks (also when rank 0's host is lost).
+    shared_checkpoints = agent_dir(dir.path(), plan.front().host) + "/checkpoints";
     spec::JobSpec agent_spec = spec_;
-    agent_spec.checkpoint.dir = agent_dir(dir.path(), plan.front().host) + "/checkpoints";
+    agent_spec.checkpoint.dir = shared_checkpoints;
     agent_yaml = spec::to_yaml_redacted(agent_spec);
   }
 
@@ -247,6 +253,36 @@ JobResult SshLauncher::Impl::run() {
       dir.log(fmt::format("parameter server {} (rank {}) placed on {}, listening on {}", k,
                           world_size + k, plan[static_cast<size_t>(host)].host,
                           server_bind[static_cast<size_t>(host)]));
+  // Elastic jobs: the job without its lost hosts (spec::reshape_for_hosts), for the next rounds.
+  spec::JobSpec current = spec_;
+  std::vector<spec::HostSlots> current_hosts = opt_.hosts;
+  if (spec_.nodes.min_nodes > 0)
+    go.reshape = [&](const std::vector<std::string>& lost) {
+      std::vector<spec::HostSlots> left;
+      for (const auto& h : current_hosts)
+        if (std::find(lost.begin(), lost.end(), h.host) == lost.end()) left.push_back(h);
+      spec::Reshape r = spec::reshape_for_hosts(current, left);
+      if (!r.ok) throw ConfigError(r.reason);
+      const int new_world = r.spec.world_size();
+      std::string yaml = spec::to_yaml_redacted(r.spec);
+      coordinator->reshape(new_world,
+                           builtin
+                               ? rendezvous::MeshShape{r.spec.parallel.data, r.spec.parallel.tensor,
+                                                       r.spec.parallel.pipeline}
+                               : rendezvous::MeshShape{new_world, 1, 1},
+                           yaml);
+      spec::JobSpec agent_spec = r.spec;
+      if (!shared_checkpoints.empty()) agent_spec.checkpoint.dir = shared_checkpoints;
+      agent_yaml = spec::to_yaml_redacted(agent_spec);
+      plan = plan_hosts(left, r.spec.nodes.procs_per_node, new_world);
+      first_target = ssh_target_hostname(opt_.ssh, plan.front().host);  // MASTER_ADDR
+      world_size = new_world;
+      current = std::move(r.spec);
+      current_hosts = std::move(left);
+      dir.log(fmt::format("elastic: {} worker(s) on {} host(s), data {} x grad_accum {}", new_world,
+                          plan.size(), current.parallel.data, current.train.grad_accum));
+      return std::make_pair(plan, new_world);
+    };
   SshWorkerGroup group(go);
   CoordinatorControl control(*coordinator);
   SupervisorOptions so = supervisor_options(spec_);

@@ -11,6 +11,7 @@
 #include <deque>
 #include <fstream>
 #include <map>
+#include <utility>
 
 #include "ptrain/core/error.h"
 #include "ptrain/launch/summary.h"
@@ -254,9 +255,12 @@ void Supervisor::handle_group_events() {
                 e.status.signal ? "was killed by " + e.status.describe()
                                 : "exited with " + e.status.describe()});
         break;
-      case GroupEvent::Kind::Lost:
-        fail({e.rank, host, e.pid, kExitRemote, e.text});
+      case GroupEvent::Kind::Lost: {
+        Failure f{e.rank, host, e.pid, kExitRemote, e.text};
+        f.host_lost = true;
+        fail(std::move(f));
         break;
+      }
       case GroupEvent::Kind::Message:
         console_.message(fmt::format("[{}] {}", host, e.text), true);
         dir_.log(fmt::format("{}: {}", host, e.text));
@@ -344,6 +348,45 @@ void Supervisor::start_round(int round) {
   handle_group_events();
 }
 
+std::vector<std::string> Supervisor::lost_hosts(const Failure& f) const {
+  // A host is lost for good when it failed before its ranks joined the round: its session
+  // ended (the agent died, ssh could not reach it), or the rendezvous timed out without its
+  // ranks (the join check, or a waiting rank's own join timeout: every host with missing ranks).
+  // A host that fails after its ranks joined gets the next round to come back.
+  std::vector<std::string> out;
+  const bool session_ended = f.host_lost && f.exit_code == kExitRemote;
+  if (!session_ended && f.exit_code != kExitTimeout) return out;
+  for (int r : missing_at_failure_) {
+    if (r >= opt_.world_size) continue;
+    std::string h = group_.host_of(r);
+    if (session_ended && h != f.host) continue;  // only the session that ended
+    if (std::find(out.begin(), out.end(), h) == out.end()) out.push_back(h);
+  }
+  return out;
+}
+
+bool Supervisor::try_shrink(const Failure& f) {
+  if (!opt_.elastic) return false;
+  auto lost = lost_hosts(f);
+  if (lost.empty()) return false;
+  std::string names;
+  for (const auto& h : lost) names += (names.empty() ? "" : ", ") + h;
+  ShrinkResult r = group_.shrink(lost);
+  if (!r.refused.empty()) {
+    dir_.log(fmt::format("not shrinking: host {} lost, but {}", names, r.refused));
+    console_.message(fmt::format("ptrain: not shrinking: host {} lost, but {}", names, r.refused),
+                     true);
+    return false;
+  }
+  const size_t hosts = group_.hosts().size();
+  std::string line = fmt::format("shrinking to {} host{}: host {} lost ({})", hosts,
+                                 hosts == 1 ? "" : "s", names, f.what);
+  dir_.log(fmt::format("{}; {} worker(s) from the next round", line, r.world_size));
+  console_.message("ptrain: " + line, true);
+  next_world_size_ = r.world_size;  // the failed round's ranks keep their names until it ends
+  return true;
+}
+
 bool Supervisor::restart_if_due() {
   if (!failure_ || interrupt_sig_ || no_restart_ || !restarts_.can_restart()) {
     restart_at_.reset();
@@ -361,7 +404,10 @@ bool Supervisor::restart_if_due() {
   rec.mono_s = f.mono_s;
   rec.last_step = console_.progress().step;
   rec.block = root_cause_block(f);
-  if (auto why_not = restarts_.refuse_restart(rec)) {
+  // Elastic: a lost host is left out of the next round, decided once per failure. A shrunk
+  // round is not the failed one again, so the "same failure" refusal does not apply.
+  if (!restart_at_ && !shrunk_) shrunk_ = try_shrink(f);
+  if (auto why_not = restarts_.refuse_restart(rec); why_not && !shrunk_) {
     no_restart_ = true;
     dir_.log("not restarting: " + *why_not);
     console_.message("ptrain: not restarting: " + *why_not, true);
@@ -392,12 +438,14 @@ bool Supervisor::restart_if_due() {
                                round, restarts_.max_restarts()),
                    true);
   failure_.reset();
+  shrunk_ = false;
   missing_at_failure_.clear();
   joined_at_failure_ = false;
   grace_.reset();
   force_at_.reset();
   force_stage_ = 0;
   sent_kill_ = false;
+  if (next_world_size_ > 0) opt_.world_size = std::exchange(next_world_size_, 0);
   rdzv_.begin_round(round);
   start_round(round);
   return true;
@@ -422,11 +470,15 @@ void Supervisor::on_timers() {
   if (rendezvous_check_ && now >= *rendezvous_check_) {
     rendezvous_check_.reset();
     auto missing = rdzv_.missing_ranks();
-    if (!missing.empty())
-      fail({missing.front(), group_.host_of(missing.front()), group_.pid_of(missing.front()),
-            kExitTimeout,
-            fmt::format("never joined the rendezvous within rendezvous.timeout_s={} (missing: {})",
-                        opt_.rendezvous_timeout_s, missing_text(missing))});
+    if (!missing.empty()) {
+      Failure f{missing.front(), group_.host_of(missing.front()), group_.pid_of(missing.front()),
+                kExitTimeout,
+                fmt::format("never joined the rendezvous within rendezvous.timeout_s={} "
+                            "(missing: {})",
+                            opt_.rendezvous_timeout_s, missing_text(missing))};
+      f.host_lost = true;
+      fail(std::move(f));
+    }
   }
 }
 

@@ -238,6 +238,21 @@ class Coordinator::Impl final : public CoordinatorService {
     return round_;
   }
 
+  void reshape(int world_size, MeshShape mesh, std::string spec_yaml) {
+    if (world_size < 1 || mesh.size() != world_size)
+      throw ConfigError(
+          fmt::format("coordinator: cannot reshape to {} ranks in mesh {}x{}x{} (dp x tp x pp)",
+                      world_size, mesh.dp, mesh.tp, mesh.pp));
+    std::lock_guard<std::mutex> lock(mu_);
+    opt_.world_size = world_size;
+    opt_.mesh = mesh;
+    opt_.spec_yaml = std::move(spec_yaml);
+    members_.assign(static_cast<size_t>(world_size) + opt_.extra_roles, Member{});
+    joined_count_ = 0;
+    rendezvous_done_ = false;
+    expected_nodes_.clear();
+  }
+
   std::vector<int> missing_ranks() const {
     std::lock_guard<std::mutex> lock(mu_);
     return missing_locked();
@@ -1135,6 +1150,9 @@ void Coordinator::abort(const std::string& reason) {
 }
 void Coordinator::begin_round(int round) {
   impl_->begin_round(round);
+}
+void Coordinator::reshape(int world_size, MeshShape mesh, std::string spec_yaml) {
+  impl_->reshape(world_size, mesh, std::move(spec_yaml));
 }
 int Coordinator::round() const {
   return impl_->round();

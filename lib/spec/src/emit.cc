@@ -79,6 +79,7 @@ Value tree(const JobSpec& s) {
   ssh.add("config", Value::str(s.nodes.ssh.config));
   nodes.add("remote_ptrain", Value::str(s.nodes.remote_ptrain));
   nodes.add("ship_binary", Value::boolean(s.nodes.ship_binary));
+  if (s.nodes.min_nodes) nodes.add("min_nodes", Value::num(s.nodes.min_nodes));
 
   Value& rdzv = root.add("rendezvous", Value::map());
   rdzv.add("bind", Value::str(s.rendezvous.bind));

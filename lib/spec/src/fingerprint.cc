@@ -37,6 +37,9 @@ std::map<std::string, std::string> fingerprints(const JobSpec& spec) {
   train.train.steps = TrainSpec{}.steps;
   train.train.log_every = TrainSpec{}.log_every;
   train.train.eval_every = TrainSpec{}.eval_every;
+  // grad_accum only says how the global batch is split over time: an elastic job that shrinks
+  // raises it so the global batch stays the same, and must resume the same checkpoint.
+  train.train.grad_accum = TrainSpec{}.grad_accum;
   return {{"model", fnv1a_hex(to_yaml(model))},
           {"data", fnv1a_hex(to_yaml(data))},
           {"train", fnv1a_hex(to_yaml(train))}};

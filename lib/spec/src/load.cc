@@ -141,7 +141,7 @@ HostSlots parse_host(const Reader& r, const std::string& path, const YAML::Node&
 
 void read_nodes(Reader& r, const MapView& m, NodesSpec& nodes, const std::string& base_dir) {
   m.allow({"hosts", "hostfile", "procs_per_node", "device", "threads_per_proc", "ssh",
-           "remote_ptrain", "ship_binary"});
+           "remote_ptrain", "ship_binary", "min_nodes"});
   if (m.has("hosts")) {
     auto items = r.as_string_list(m.path("hosts"), m.get("hosts"));
     if (items.empty())
@@ -206,6 +206,7 @@ void read_nodes(Reader& r, const MapView& m, NodesSpec& nodes, const std::string
   }
   m.read("remote_ptrain", nodes.remote_ptrain);
   m.read("ship_binary", nodes.ship_binary);
+  m.read("min_nodes", nodes.min_nodes, 1, 1 << 20);
 }
 
 void read_parallel(Reader& r, const MapView& m, ParallelSpec& p) {
@@ -577,6 +578,14 @@ void check_mesh(Reader& r, JobSpec& s) {
   if (p.comm == "nccl" && s.nodes.device == "cpu")
     r.fail_at({"parallel.comm", "nodes.device"}, "nccl needs CUDA devices, but device is cpu",
               "use comm: gloo (or auto) on CPU");
+  // A hostfile's hosts are not known here; `ptrain launch` loads the spec again with them.
+  const int host_count = static_cast<int>(s.nodes.hosts.size());
+  if (s.nodes.min_nodes > host_count && s.nodes.hostfile.empty())
+    r.fail_at({"nodes.min_nodes", "nodes.hosts"},
+              fmt::format("min_nodes = {} is more than the job's {} host{}", s.nodes.min_nodes,
+                          host_count, host_count == 1 ? "" : "s"),
+              fmt::format("use at most {} (the job shrinks to no fewer hosts than min_nodes)",
+                          host_count));
   int min_slots = world;
   for (const auto& h : s.nodes.hosts)
     min_slots = std::min(min_slots, h.slots ? h.slots : s.nodes.procs_per_node);

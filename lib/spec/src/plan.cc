@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "ptrain/core/mesh.h"
+#include "ptrain/spec/elastic.h"
 #include "ptrain/spec/model_schema.h"
 #include "ptrain/spec/spec.h"
 
@@ -77,6 +78,10 @@ Plan make_plan(const JobSpec& s) {
   plan.world_size = s.world_size();
   plan.data_mode = p.data_mode;
   plan.zero = p.zero;
+  if (s.nodes.min_nodes > 0 && s.nodes.min_nodes < static_cast<int>(s.nodes.hosts.size())) {
+    plan.min_nodes = s.nodes.min_nodes;
+    plan.shrink_worlds = shrink_world_sizes(s);
+  }
 
   int rank = 0;
   for (size_t i = 0; i < s.nodes.hosts.size(); ++i) {
@@ -175,6 +180,14 @@ std::string format_plan(const Plan& plan) {
       line(fmt::format("           {:>4}  {:<{}}  {:>5}  {:>2} {:>2} {:>2}", r.rank,
                        plan.hosts[static_cast<size_t>(r.host_index)].host, width, r.local_rank,
                        r.dp, r.tp, r.pp));
+  }
+  if (plan.min_nodes > 0) {
+    std::string worlds;
+    for (int w : plan.shrink_worlds) worlds += (worlds.empty() ? "" : ", ") + std::to_string(w);
+    line(fmt::format("elastic    min_nodes {} of {} hosts: {}", plan.min_nodes, plan.hosts.size(),
+                     worlds.empty() ? std::string("cannot shrink (no smaller set of hosts keeps "
+                                                  "the mesh and the global batch)")
+                                    : "can shrink to world sizes " + worlds));
   }
   if (plan.launcher_only) return out;
   line(fmt::format("parameters {} ({:.2f} M)", with_commas(plan.parameters),

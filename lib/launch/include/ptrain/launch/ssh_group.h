@@ -30,6 +30,10 @@ struct SshGroupOptions {
   std::map<int, std::vector<int>> servers_of_host;
   // The setup of host `i`'s agent for round `round` (the coordinator's expect() is done there).
   std::function<RemoteAgentSetup(size_t i, int round)> setup;
+  // Elastic jobs: re-forms the job without the `lost` hosts and returns its new host plan and
+  // world size, or throws ConfigError with the reason it cannot. Unset: the group never shrinks.
+  std::function<std::pair<std::vector<HostPlan>, int>(const std::vector<std::string>& lost)>
+      reshape;
 };
 
 // One line of a `ptrain agent`'s event stream (`ptrain launch` over ssh, `ptrain node` through the
@@ -58,6 +62,7 @@ class SshWorkerGroup : public WorkerGroup {
   std::string log_note(int rank) const override;
   void on_streamed_line(const rendezvous::LogLineView& line) override;
   bool multi_host() const override { return true; }
+  ShrinkResult shrink(const std::vector<std::string>& lost) override;
 
  private:
   struct Session;

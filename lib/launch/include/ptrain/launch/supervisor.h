@@ -54,6 +54,12 @@ struct GroupEvent {
   std::string host;
 };
 
+// What WorkerGroup::shrink did: the new world size, or why the group cannot shrink.
+struct ShrinkResult {
+  int world_size = 0;   // > 0: the next round runs this many worker ranks
+  std::string refused;  // non-empty: the group stays as it is
+};
+
 // The workers of one job: everything the supervisor needs to know about where and how they run.
 class WorkerGroup {
  public:
@@ -90,6 +96,13 @@ class WorkerGroup {
   virtual void on_streamed_line(const rendezvous::LogLineView& line) { (void)line; }
   // True when ranks run on several machines: the restart line then names the host.
   virtual bool multi_host() const { return false; }
+  // Elastic jobs (nodes.min_nodes), between rounds: re-forms the job without the `lost` hosts,
+  // so that the next start() runs on the others (fewer data ranks, more gradient accumulation,
+  // the same global batch). Refused, with the reason, where the job cannot be re-formed.
+  virtual ShrinkResult shrink(const std::vector<std::string>& lost) {
+    (void)lost;
+    return {0, "this kind of worker group cannot shrink"};
+  }
 };
 
 // The coordinator as the policy sees it.
@@ -175,6 +188,9 @@ struct SupervisorOptions {
   Millis join_timeout{60000};  // rendezvous.timeout_s; the join check fires kJoinCheckGrace later
   Millis tick{1000};           // the longest wait (the live progress line redraws this often)
   std::string name;            // the job's name (summary.json)
+  // nodes.min_nodes is below the host count: a host that is lost and does not come back within
+  // a round's rendezvous is left out of the next round (WorkerGroup::shrink).
+  bool elastic = false;
   double rendezvous_timeout_s = 60;
   double term_grace_s = 5;
 };
@@ -231,6 +247,8 @@ class Supervisor {
     std::string what;
     int64_t unix_us = 0;
     double mono_s = 0;
+    // The host went away (its agent's session ended) or its ranks never joined the round.
+    bool host_lost = false;
   };
   void handle_group_events();
   void handle_events();
@@ -244,6 +262,8 @@ class Supervisor {
   std::string missing_text(const std::vector<int>& ranks) const;
   void write_summary(const JobResult& r);
   void start_round(int round);
+  std::vector<std::string> lost_hosts(const Failure& f) const;
+  bool try_shrink(const Failure& f);
   double mono() { return std::chrono::duration<double>(waiter_.now().time_since_epoch()).count(); }
   double elapsed() { return mono() - start_s_; }
 
@@ -269,6 +289,8 @@ class Supervisor {
   std::optional<Clock::time_point> restart_at_;
   RestartLog restarts_;
   bool no_restart_ = false;  // a signal while stopping: the job ends, whatever max_restarts says
+  int next_world_size_ = 0;  // > 0: the world size of the next (shrunk) round
+  bool shrunk_ = false;      // the group shrank for the current failure (the next round differs)
 };
 
 // The rendezvous control of a real coordinator.

@@ -84,6 +84,10 @@ class Coordinator {
   // abort flag, ends old Watch streams with RESTART; keeps the store. Joins must carry this round.
   void begin_round(int round);
   int round() const;
+  // Elastic jobs, between rounds (after abort(), before begin_round()): the next rounds have
+  // `world_size` worker ranks in `mesh` and hand out `spec_yaml`. Forgets expect()'s hosts.
+  // Throws ConfigError when the mesh does not hold world_size ranks.
+  void reshape(int world_size, MeshShape mesh, std::string spec_yaml);
 
   std::vector<int> missing_ranks() const;  // participants not yet joined in this round
   std::vector<int> joined_ranks() const;   // sorted

@@ -39,6 +39,9 @@ struct NodesSpec {
   SshSpec ssh;
   std::string remote_ptrain;  // default: the launcher's own absolute path
   bool ship_binary = false;
+  // Elastic jobs: the fewest hosts the job may shrink to when hosts are lost; 0 = all of them
+  // (the job never shrinks).
+  int min_nodes = 0;
 
   bool operator==(const NodesSpec&) const = default;
 };

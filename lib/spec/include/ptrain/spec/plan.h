@@ -50,6 +50,10 @@ struct Plan {
   std::vector<HostRanks> hosts;
   std::vector<RankPlace> ranks;   // indexed by rank
   std::vector<int> stage_layers;  // layers (gpt blocks or mlp Linear layers) per pipeline stage
+  // Elastic jobs: nodes.min_nodes (0 = not elastic) and the world sizes the job can shrink to
+  // (spec/elastic.h).
+  int min_nodes = 0;
+  std::vector<int> shrink_worlds;
 
   std::string model_type;
   std::string sample_word = "samples";  // what one sample of the batch is ("sequences")

@@ -40,8 +40,9 @@ JobSpec redact_env(JobSpec spec);
 
 // Fingerprints of the parts of a spec a checkpoint depends on: "model" (the family and its
 // keys), "data" (the data set, batch and split) and "train" (seed, precision, optimizer,
-// schedule; not steps, log_every or eval_every). Independent of the mesh, so a checkpoint
-// resumes under any parallel layout. Stable across builds and machines (FNV-1a 64, hex).
+// schedule; not steps, log_every, eval_every or grad_accum). Independent of the mesh and the
+// world size, so a checkpoint resumes under any parallel layout (and an elastic job that shrank).
+// Stable across builds and machines (FNV-1a 64, hex).
 std::map<std::string, std::string> fingerprints(const JobSpec& spec);
 
 // The hosts of the job: read from nodes.hostfile when one is named (DeepSpeed/OpenMPI
