@@ -44,7 +44,8 @@ Action setup_k8s(CLI::App& sub) {
     o.port = spec.rendezvous.port > 0 ? spec.rendezvous.port : 29500;
     o.image = args->image;
     o.program = args->program;
-    o.spec_yaml = spec::to_yaml(spec);
+    o.spec_yaml = spec::to_yaml_redacted(spec);
+    for (const auto& [key, value] : spec.env) o.env_keys.push_back(key);
     fmt::print("{}", launch::jobset_manifest(o));
     return 0;
   };

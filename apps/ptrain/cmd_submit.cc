@@ -48,7 +48,8 @@ Action setup_submit(CLI::App& sub) {
     std::error_code ec;
     std::string root = std::filesystem::absolute(spec.logging.dir, ec).string();
     launch::RunDir dir = launch::RunDir::create(root, spec.name);
-    dir.write_file("job.yaml", spec::to_yaml(spec));
+    // env: values stay out of job.yaml and the script (${KEY} references; see sbatch_env_file).
+    dir.write_file("job.yaml", spec::to_yaml_redacted(spec));
     launch::SbatchOptions o;
     o.name = spec.name;
     o.nodes = args->nodes;
@@ -57,6 +58,10 @@ Action setup_submit(CLI::App& sub) {
     o.program = launch::this_executable();
     o.spec_path = dir.path() + "/job.yaml";
     o.out_dir = dir.path();
+    if (!spec.env.empty()) {
+      dir.write_private_file(".env", launch::sbatch_env_file(spec.env));
+      o.env_file = dir.path() + "/.env";
+    }
     dir.write_file("submit.sbatch", launch::sbatch_script(o));
     const std::string script = dir.path() + "/submit.sbatch";
     ::chmod(script.c_str(), 0755);

@@ -108,3 +108,36 @@ TEST(K8sManifest, FromTheBinary) {
   EXPECT_EQ(bad.finish(), 2);
   EXPECT_EQ(ptrain::testing::count(bad.err, "\n"), 1u) << bad.err;
 }
+
+// env: values never appear in the manifest: job.yaml keeps ${KEY} references and each pod takes
+// the value from the Secret <name>-env, which the header says how to create.
+TEST(K8sManifest, EnvValuesComeFromASecretNotTheManifest) {
+  ptrain::testing::TempDir tmp("ptrain-k8s-test");
+  std::string path = tmp.path() + "/job.yaml";
+  std::ofstream(path) << "name: k\nnodes: {procs_per_node: 1, device: cpu}\nparallel: {data: 2}\n"
+                         "train: {steps: 0}\nenv: {API_KEY: s3cret-value-9, OTHER: x-y-z-42}\n";
+  ptrain::testing::PtrainProcess p({"k8s", path, "--nodes", "2", "--image", "img:1"});
+  ASSERT_EQ(p.finish(), 0) << p.err;
+  check_manifest(p.out, "k", 2, 1, 29500, "img:1");
+  EXPECT_FALSE(ptrain::testing::contains(p.out, "s3cret-value-9")) << p.out;
+  EXPECT_FALSE(ptrain::testing::contains(p.out, "x-y-z-42")) << p.out;
+  EXPECT_TRUE(
+      ptrain::testing::contains(p.out,
+                                "kubectl create secret generic k-env --from-literal=API_KEY=... "
+                                "--from-literal=OTHER=..."))
+      << p.out;
+  auto docs = by_kind(p.out);
+  std::string job = docs["ConfigMap"]["data"]["job.yaml"].as<std::string>();
+  EXPECT_TRUE(ptrain::testing::contains(job, "API_KEY: ${API_KEY}")) << job;
+  auto c = docs["JobSet"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+               ["containers"][0];
+  std::map<std::string, YAML::Node> env;
+  for (size_t i = 0; i < c["env"].size(); ++i)
+    env[c["env"][i]["name"].as<std::string>()] = c["env"][i];
+  for (const char* key : {"API_KEY", "OTHER"}) {
+    ASSERT_TRUE(env.count(key)) << key;
+    EXPECT_EQ(env[key]["valueFrom"]["secretKeyRef"]["name"].as<std::string>(), "k-env");
+    EXPECT_EQ(env[key]["valueFrom"]["secretKeyRef"]["key"].as<std::string>(), key);
+    EXPECT_FALSE(env[key]["value"]) << key;
+  }
+}

@@ -12,6 +12,7 @@
 
 #include "ptrain/core/error.h"
 #include "ptrain/launch/launcher.h"
+#include "ptrain/launch/ssh.h"
 #include "support/ptrain_process.h"
 
 using namespace ptrain;
@@ -131,4 +132,40 @@ TEST_F(SlurmBinaryTest, NodesFromTheSrunEnvironment) {
   for (const auto& e : fs::directory_iterator(runs)) dir = e.path().string();
   EXPECT_TRUE(contains(read_file(dir + "/rank-1.log"), "rank=1 world=2 master=127.0.0.1"))
       << read_file(dir + "/rank-1.log");
+}
+
+// `ptrain submit` keeps env: values out of job.yaml and the batch script: job.yaml holds ${KEY}
+// references, the values are in a 0600 .env the script sources before srun. sbatch is a stand-in
+// here that only answers a job id (the real one runs in test_slurm_cluster).
+TEST_F(SlurmBinaryTest, SubmitKeepsEnvValuesInAPrivateFileOnly) {
+  const std::string bin = tmp_.path() + "/bin";
+  fs::create_directories(bin);
+  std::ofstream(bin + "/sbatch") << "#!/bin/sh\necho '4242;cluster'\n";
+  fs::permissions(bin + "/sbatch", fs::perms::owner_all);
+  const std::string value = "s3cret 'quoted' $HOME \"v\"";
+  std::string s = spec(
+      "parallel: {data: 2}\nnodes: {procs_per_node: 1, device: cpu}\n"
+      "train: {steps: 0}\nenv: {API_KEY: '" +
+      std::string("s3cret ''quoted'' $HOME \"v\"") + "'}\n");
+  const std::string old_path = std::getenv("PATH");
+  ::setenv("PATH", (bin + ":" + old_path).c_str(), 1);
+  Ptrain p({"submit", s, "--nodes", "2", "--set", "logging.mode=shared"});
+  int code = p.finish();
+  ::setenv("PATH", old_path.c_str(), 1);
+  ASSERT_EQ(code, 0) << p.err;
+  EXPECT_TRUE(contains(p.out, "4242")) << p.out;
+  std::string dir;
+  for (const auto& e : fs::directory_iterator(tmp_.path() + "/runs")) dir = e.path().string();
+  ASSERT_FALSE(dir.empty());
+  const std::string job = read_file(dir + "/job.yaml"), script = read_file(dir + "/submit.sbatch");
+  EXPECT_FALSE(contains(job, "s3cret")) << job;
+  EXPECT_TRUE(contains(job, "API_KEY: ${API_KEY}")) << job;
+  EXPECT_FALSE(contains(script, "s3cret")) << script;
+  EXPECT_TRUE(contains(script, ". '" + dir + "/.env'")) << script;
+  // Private even though logging.mode is shared; sourcing it gives the value back exactly.
+  EXPECT_EQ(fs::status(dir + "/.env").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+  CommandResult r = run_command(
+      {"/bin/bash", "-c", ". \"$0\" && printf %s \"$API_KEY\"", dir + "/.env"}, "", Millis(10000));
+  EXPECT_EQ(r.out, value);
 }

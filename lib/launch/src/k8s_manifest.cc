@@ -30,6 +30,15 @@ void env_value(YAML::Emitter& y, const std::string& name, const std::string& val
     << YAML::Value << YAML::DoubleQuoted << value << YAML::EndMap;
 }
 
+// An environment variable from key `key` of Secret `secret`.
+void env_secret(YAML::Emitter& y, const std::string& name, const std::string& secret,
+                const std::string& key) {
+  y << YAML::BeginMap << YAML::Key << "name" << YAML::Value << name << YAML::Key << "valueFrom"
+    << YAML::Value << YAML::BeginMap << YAML::Key << "secretKeyRef" << YAML::Value << YAML::BeginMap
+    << YAML::Key << "name" << YAML::Value << secret << YAML::Key << "key" << YAML::Value << key
+    << YAML::EndMap << YAML::EndMap << YAML::EndMap;
+}
+
 }  // namespace
 
 std::string jobset_manifest(const K8sOptions& o) {
@@ -105,10 +114,9 @@ std::string jobset_manifest(const K8sOptions& o) {
     << YAML::EndMap << YAML::EndMap;
   env_value(y, "MASTER_ADDR", fmt::format("{}-node-0-0.{}", name, name));
   env_value(y, "MASTER_PORT", port);
-  y << YAML::BeginMap << YAML::Key << "name" << YAML::Value << "PTRAIN_TOKEN" << YAML::Key
-    << "valueFrom" << YAML::Value << YAML::BeginMap << YAML::Key << "secretKeyRef" << YAML::Value
-    << YAML::BeginMap << YAML::Key << "name" << YAML::Value << name + "-token" << YAML::Key << "key"
-    << YAML::Value << "token" << YAML::EndMap << YAML::EndMap << YAML::EndMap;
+  env_secret(y, "PTRAIN_TOKEN", name + "-token", "token");
+  // job.yaml refers to its env: values as ${KEY}; ptrain node resolves them from these.
+  for (const auto& key : o.env_keys) env_secret(y, key, name + "-env", key);
   y << YAML::EndSeq;
   y << YAML::Key << "ports" << YAML::Value << YAML::BeginSeq << YAML::BeginMap << YAML::Key
     << "containerPort" << YAML::Value << o.port << YAML::EndMap << YAML::EndSeq;
@@ -125,11 +133,18 @@ std::string jobset_manifest(const K8sOptions& o) {
   y << YAML::EndMap << YAML::EndSeq;  // replicatedJobs
   y << YAML::EndMap << YAML::EndMap;
   if (!y.good()) throw InternalError("cannot emit the manifest: " + y.GetLastError());
+  std::string env_secret_line;
+  if (!o.env_keys.empty()) {
+    env_secret_line = fmt::format("#   kubectl create secret generic {}-env", name);
+    for (const auto& key : o.env_keys)
+      env_secret_line += fmt::format(" --from-literal={}=...", key);
+    env_secret_line += "\n#   (the values of job.yaml's env:, which this manifest does not hold)\n";
+  }
   return fmt::format(
-      "# ptrain k8s: {} pod(s) x {} worker(s). Create the token Secret first:\n"
+      "# ptrain k8s: {} pod(s) x {} worker(s). Create the Secret{} first:\n"
       "#   kubectl create secret generic {}-token --from-literal=token=$(openssl rand -hex 16)\n"
-      "{}\n",
-      o.nodes, o.procs_per_node, name, y.c_str());
+      "{}{}\n",
+      o.nodes, o.procs_per_node, o.env_keys.empty() ? "" : "s", name, env_secret_line, y.c_str());
 }
 
 }  // namespace ptrain::launch

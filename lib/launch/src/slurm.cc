@@ -101,10 +101,21 @@ std::string sbatch_script(const SbatchOptions& o) {
   s += "# nodes through srun's environment: it is never in this file or on a command line.\n";
   s += "set -euo pipefail\n";
   s += "export PTRAIN_TOKEN=\"$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')\"\n";
+  if (!o.env_file.empty()) {
+    s += "# job.yaml's env: values (job.yaml holds ${KEY} references), from a file only you can "
+         "read.\n";
+    s += fmt::format(". {}\n", quote(o.env_file));
+  }
   std::string cmd = "exec";
   for (const auto& a : srun_argv(o.program, o.nodes, o.spec_path, {}))
     cmd += fmt::format(" {}", quote(a));
   return s + cmd + "\n";
+}
+
+std::string sbatch_env_file(const std::map<std::string, std::string>& env) {
+  std::string s;
+  for (const auto& [key, value] : env) s += fmt::format("export {}={}\n", key, quote(value));
+  return s;
 }
 
 std::string submit_sbatch(const std::string& script_path) {

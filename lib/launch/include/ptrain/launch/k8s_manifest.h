@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace ptrain::launch {
 
@@ -14,7 +15,9 @@ struct K8sOptions {
   int procs_per_node = 1;
   int port = 29500;       // the coordinator's port on pod 0
   std::string image;      // a container image with ptrain on its PATH
-  std::string spec_yaml;  // job.yaml, mounted at /etc/ptrain/job.yaml
+  std::string spec_yaml;  // job.yaml, mounted at /etc/ptrain/job.yaml (env: as ${KEY} references)
+  // The spec's env: keys: each pod gets them from the Secret <name>-env, never from the manifest.
+  std::vector<std::string> env_keys;
   std::string program = "ptrain";
 };
 

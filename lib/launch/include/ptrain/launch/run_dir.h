@@ -28,6 +28,8 @@ class RunDir {
 
   // Replaces the file atomically (write to a temporary, then rename).
   void write_file(const std::string& name, const std::string& content) const;
+  // The same, but readable by this user only (0600) whatever logging.mode says: for secrets.
+  void write_private_file(const std::string& name, const std::string& content) const;
   // Appends one line to metrics.jsonl, and its numbers to the TensorBoard events when
   // enable_tensorboard() was called. Thread-safe.
   void append_metrics(const std::string& json);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -30,7 +31,13 @@ struct SbatchOptions {
   std::string program;    // ptrain on the nodes
   std::string spec_path;  // the resolved job.yaml the nodes read (in the run folder)
   std::string out_dir;    // slurm-%j.out goes here
+  // A 0600 file of `export KEY='value'` lines (the spec's env: values) the script sources before
+  // srun, so job.yaml keeps ${KEY} references; empty: none.
+  std::string env_file;
 };
+
+// The content of SbatchOptions::env_file for these env: values.
+std::string sbatch_env_file(const std::map<std::string, std::string>& env);
 
 // The batch script: #SBATCH lines, a token made on the first node at run time (never written to
 // the script), then srun as slurm_launch runs it.
