@@ -1,0 +1,183 @@
+// Attacks from a client without the job token: the coordinator runs in its own process (this
+// binary re-executed with PTRAIN_ATTACK_SERVE set), so its peak resident memory (VmHWM in
+// /proc/PID/status) measures what the attack cost it, not what the attacking client holds.
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/credentials.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ptrain.grpc.pb.h"
+#include "ptrain/rendezvous/coordinator.h"
+#include "ptrain/rendezvous/token.h"
+
+extern char** environ;
+
+namespace ptrain::rendezvous {
+namespace {
+
+constexpr const char* kServeEnv = "PTRAIN_ATTACK_SERVE";
+constexpr const char* kTokenEnv = "PTRAIN_ATTACK_TOKEN";
+
+// The served process: a coordinator on 127.0.0.1:0 whose port goes to stdout; it stops when
+// its stdin closes (the test ended or died). Runs before main, so no test of this binary runs in
+// it.
+[[maybe_unused]] const bool kServed = [] {
+  if (!std::getenv(kServeEnv)) return false;
+  {
+    CoordinatorOptions opt;
+    opt.token = std::getenv(kTokenEnv) ? std::getenv(kTokenEnv) : make_token();
+    opt.mesh = MeshShape{1, 1, 1};
+    Coordinator coordinator(opt);
+    coordinator.start();
+    std::printf("%d\n", coordinator.port());
+    std::fflush(stdout);
+    char c;
+    while (::read(0, &c, 1) > 0) {
+    }
+  }
+  std::_Exit(0);
+}();
+
+// Peak resident set (VmHWM) of `pid` in bytes; -1 when it cannot be read.
+int64_t peak_rss_bytes(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return -1;
+}
+
+// This binary, serving a coordinator in a child process.
+class ServedCoordinator {
+ public:
+  explicit ServedCoordinator(const std::string& token) {
+    int in[2], out[2];
+    if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) return;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    std::vector<std::string> env_text{std::string(kServeEnv) + "=1",
+                                      std::string(kTokenEnv) + "=" + token};
+    std::vector<char*> envp;
+    for (char** e = environ; *e; ++e) envp.push_back(*e);
+    for (auto& e : env_text) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    char self[] = "/proc/self/exe";
+    char* argv[] = {self, nullptr};
+    if (posix_spawn(&pid_, self, &fa, nullptr, argv, envp.data()) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&fa);
+    ::close(in[0]);
+    ::close(out[1]);
+    stdin_ = in[1];
+    FILE* f = ::fdopen(out[0], "r");
+    if (f && std::fscanf(f, "%d", &port_) != 1) port_ = 0;
+    if (f) std::fclose(f);
+  }
+  ~ServedCoordinator() {
+    if (stdin_ >= 0) ::close(stdin_);
+    if (pid_ > 0) {
+      // It stops when its stdin closes; a coordinator stuck for 20 s is killed.
+      for (int i = 0; i < 200; ++i) {
+        int status = 0;
+        if (::waitpid(pid_, &status, WNOHANG) == pid_) return;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  pid_t pid() const { return pid_; }
+  int port() const { return port_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+  int stdin_ = -1;
+};
+
+grpc::Status set_value(proto::Coordinator::Stub& stub, const std::string& token,
+                       const proto::SetRequest& req, std::chrono::seconds deadline) {
+  grpc::ClientContext ctx;
+  if (!token.empty()) ctx.AddMetadata(kTokenMetadataKey, token);
+  ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+  proto::Empty resp;
+  return stub.Set(&ctx, req, &resp);
+}
+
+TEST(Attack, OversizedSetsWithoutTheTokenAreNotBufferedByTheCoordinator) {
+  const std::string token = make_token();
+  ServedCoordinator served(token);
+  ASSERT_GT(served.pid(), 0);
+  ASSERT_GT(served.port(), 0) << "the served coordinator did not report its port";
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(100 << 20);
+  // Warm up with one authenticated call, so the baseline holds the server's steady state.
+  auto channel = grpc::CreateCustomChannel(served.address(),
+                                           grpc::experimental::LocalCredentials(LOCAL_TCP), args);
+  auto stub = proto::Coordinator::NewStub(channel);
+  proto::SetRequest small;
+  small.set_key("k");
+  small.set_value("v");
+  ASSERT_TRUE(set_value(*stub, token, small, std::chrono::seconds(30)).ok());
+  const int64_t before = peak_rss_bytes(served.pid());
+  ASSERT_GT(before, 0);
+
+  // 8 x 60 MiB (480 MiB) at once, half without a token, half with a wrong one; each on its own
+  // connection, so no one connection's flow control serialises them.
+  constexpr int kAttackers = 8;
+  constexpr int64_t kBody = int64_t{60} << 20;
+  proto::SetRequest big;
+  big.set_key("intruder");
+  big.set_value(std::string(static_cast<size_t>(kBody), 'x'));
+  std::vector<grpc::StatusCode> codes(kAttackers, grpc::StatusCode::OK);
+  std::vector<std::thread> attackers;
+  for (int i = 0; i < kAttackers; ++i)
+    attackers.emplace_back([&, i] {
+      grpc::ChannelArguments a;
+      a.SetMaxSendMessageSize(100 << 20);
+      a.SetInt("ptrain.attacker", i);  // a channel (connection) of its own
+      auto ch = grpc::CreateCustomChannel(served.address(), grpc::InsecureChannelCredentials(), a);
+      auto s = proto::Coordinator::NewStub(ch);
+      codes[i] =
+          set_value(*s, i % 2 ? make_token() : "", big, std::chrono::seconds(30)).error_code();
+    });
+  for (auto& t : attackers) t.join();
+  for (int i = 0; i < kAttackers; ++i)
+    EXPECT_NE(codes[i], grpc::StatusCode::OK) << "attacker " << i;
+
+  const int64_t after = peak_rss_bytes(served.pid());
+  const int64_t growth = after - before;
+  // Buffering the bodies would cost at least kAttackers x kBody (480 MiB); refusing them on the
+  // headers costs flow-control windows.
+  std::printf("peak RSS growth %lld MiB\n", static_cast<long long>(growth >> 20));
+  EXPECT_LT(growth, int64_t{256} << 20)
+      << "the coordinator's peak RSS grew by " << (growth >> 20) << " MiB (from " << (before >> 20)
+      << " MiB) under " << kAttackers << " x " << (kBody >> 20) << " MiB unauthenticated Sets";
+  // It still serves the job, and stored nothing of the intruders.
+  EXPECT_TRUE(set_value(*stub, token, small, std::chrono::seconds(30)).ok());
+  grpc::ClientContext ctx;
+  ctx.AddMetadata(kTokenMetadataKey, token);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  proto::CheckRequest check;
+  check.add_keys("intruder");
+  proto::CheckResponse present;
+  ASSERT_TRUE(stub->Check(&ctx, check, &present).ok());
+  EXPECT_FALSE(present.all_present());
+}
+
+}  // namespace
+}  // namespace ptrain::rendezvous
