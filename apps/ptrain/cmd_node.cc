@@ -1,7 +1,8 @@
 // `ptrain node job.yaml --nnodes N --node-rank R [--coordinator HOST:PORT] [--token-file F]`:
 // this node's part of a job started once per node by a scheduler (torchrun's shape). Without the
 // flags, the node count, rank and coordinator come from the Kubernetes (PET_*, MASTER_ADDR) or
-// Slurm (SLURM_*) environment. The token comes from PTRAIN_TOKEN or --token-file, never argv.
+// Slurm (SLURM_*) environment. The token comes from PTRAIN_TOKEN or --token-file, never argv;
+// the job certificate (rendezvous.tls) from --tls-dir or PTRAIN_TLS_DIR (`ptrain tls init`).
 #include <fmt/format.h>
 
 #include <cstdlib>
@@ -24,6 +25,7 @@ struct NodeArgs {
   int nproc_per_node = -1;
   std::string coordinator;
   std::string token_file;
+  std::string tls_dir;
 };
 
 std::string read_token(const std::string& token_file) {
@@ -60,6 +62,9 @@ Action setup_node(CLI::App& sub) {
                  "rendezvous.bind:rendezvous.port)");
   sub.add_option("--token-file", args->token_file,
                  "File holding the job token (else PTRAIN_TOKEN)");
+  sub.add_option("--tls-dir", args->tls_dir,
+                 "Folder from `ptrain tls init` with the job certificate, the same on every node "
+                 "(else PTRAIN_TLS_DIR)");
   return [args] {
     // The node count comes first (flags, else the scheduler's environment): the spec is checked
     // against nnodes hosts of procs_per_node workers, as `ptrain launch` checks it against --hosts.
@@ -88,6 +93,8 @@ Action setup_node(CLI::App& sub) {
     o.coordinator = !args->coordinator.empty() ? args->coordinator : env.coordinator;
     o.token = read_token(args->token_file);
     o.spec_yaml = spec::to_yaml_redacted(spec);
+    const char* tls_env = std::getenv("PTRAIN_TLS_DIR");
+    o.tls_dir = !args->tls_dir.empty() ? args->tls_dir : tls_env ? tls_env : "";
     return launch::run_node(std::move(spec), o).exit_code;
   };
 }

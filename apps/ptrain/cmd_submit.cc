@@ -9,6 +9,7 @@
 
 #include "command.h"
 #include "ptrain/core/error.h"
+#include "ptrain/launch/job_tls.h"
 #include "ptrain/launch/process.h"
 #include "ptrain/launch/run_dir.h"
 #include "ptrain/launch/slurm.h"
@@ -61,6 +62,11 @@ Action setup_submit(CLI::App& sub) {
     if (!spec.env.empty()) {
       dir.write_private_file(".env", launch::sbatch_env_file(spec.env));
       o.env_file = dir.path() + "/.env";
+    }
+    // rendezvous.tls: the nodes of a cluster are not loopback, so auto means on.
+    if (spec.rendezvous.tls != "off") {
+      o.tls_dir = launch::tls_dir(dir.path());
+      launch::init_tls_dir(o.tls_dir);
     }
     dir.write_file("submit.sbatch", launch::sbatch_script(o));
     const std::string script = dir.path() + "/submit.sbatch";

@@ -70,6 +70,11 @@ const std::string kGpt =
     "model: {type: gpt, layers: 1, heads: 2, dim: 32, seq_len: 16, vocab: 64}\n"
     "data: {type: synthetic, batch_size: 8}\ntrain: {steps: 6}\n";
 
+std::vector<std::string> tls_on(std::vector<std::string> argv) {
+  argv.insert(argv.end(), {"--set", "rendezvous.tls=on"});
+  return argv;
+}
+
 }  // namespace
 
 TEST_F(NodeTest, TwoNodesTrainToCompletion) {
@@ -168,6 +173,67 @@ TEST_F(NodeTest, TwoNodesClaimingTheSameRank) {
   EXPECT_TRUE(contains(dup0.err, "node 0: cannot listen")) << dup0.err;
   EXPECT_EQ(n0.finish(), 0) << n0.out << n0.err;
   EXPECT_EQ(n1.finish(), 0) << n1.out << n1.err;
+}
+
+TEST_F(NodeTest, TlsNodesShareTheCertificateOfTlsInitAndRefuseOthers) {
+  std::string s = spec(kGpt);
+  const std::string job = tmp_.path() + "/job-tls", other = tmp_.path() + "/other-tls";
+  for (const auto& d : {job, other}) {
+    Ptrain init({"tls", "init", d}, {});
+    ASSERT_EQ(init.finish(), 0) << init.out << init.err;
+  }
+  EXPECT_EQ(fs::status(job).permissions() & fs::perms::all, fs::perms::owner_all);
+  EXPECT_EQ(fs::status(job + "/key.pem").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+  {
+    // A job's identity is never overwritten.
+    Ptrain again({"tls", "init", job}, {});
+    EXPECT_EQ(again.finish(), 2) << again.out << again.err;
+    EXPECT_TRUE(contains(again.err, "already holds a job certificate")) << again.err;
+  }
+  auto with_tls = [&](std::vector<std::string> argv, const std::string& dir) {
+    argv.insert(argv.end(), {"--tls-dir", dir});
+    return argv;
+  };
+  Ptrain n0(with_tls(tls_on(node(s, 2, 0)), job), {kToken});
+  // Without the certificate, and with another job's, node 1 never gets past the handshake.
+  auto intruder = node(s, 2, 1);
+  intruder.insert(intruder.end(), {"--set", "rendezvous.timeout_s=3"});
+  Ptrain plain(intruder, {kToken});
+  Ptrain foreign(with_tls(intruder, other), {kToken});
+  EXPECT_NE(plain.finish(), 0) << plain.out << plain.err;
+  EXPECT_NE(foreign.finish(), 0) << foreign.out << foreign.err;
+  for (const Ptrain* p : {&plain, &foreign}) {
+    EXPECT_TRUE(contains(p->err, "did not answer within 3 s")) << p->out << p->err;
+    EXPECT_FALSE(contains(p->out, "joined")) << p->out;
+  }
+  // The node with the job's certificate (through PTRAIN_TLS_DIR) joins and the job trains.
+  Ptrain n1(tls_on(node(s, 2, 1)), {kToken, "PTRAIN_TLS_DIR=" + job});
+  ASSERT_EQ(n0.finish(), 0) << n0.out << n0.err;
+  ASSERT_EQ(n1.finish(), 0) << n1.out << n1.err;
+  std::string dir = run_dir();
+  EXPECT_TRUE(contains(read_file(dir + "/summary.json"), "\"status\": \"succeeded\""));
+  EXPECT_TRUE(contains(read_file(dir + "/launcher.log"), "rendezvous.tls: mutual TLS"))
+      << read_file(dir + "/launcher.log");
+  EXPECT_TRUE(contains(n0.out, "step 6")) << n0.out;
+  // The agents' copies of the key go with them; the folder of `tls init` stays.
+  for (const char* host : {"node-0", "node-1"})
+    EXPECT_FALSE(fs::exists(dir + "/hosts/" + host + "/.tls")) << host;
+  EXPECT_TRUE(fs::exists(job + "/key.pem"));
+}
+
+TEST_F(NodeTest, TlsOnWithoutACertificateIsOneLineAndExitTwo) {
+  std::string s = spec(kGpt);
+  Ptrain p(tls_on(node(s, 2, 0)), {kToken});
+  EXPECT_EQ(p.finish(), 2) << p.out << p.err;
+  EXPECT_TRUE(contains(p.err, "rendezvous.tls: on, but this node was given no job certificate"))
+      << p.err;
+  EXPECT_TRUE(contains(p.err, "ptrain tls init DIR")) << p.err;
+  EXPECT_EQ(ptrain::testing::count(p.err, "\n"), 1u) << p.err;
+  Ptrain missing(tls_on(node(s, 2, 0)), {kToken, "PTRAIN_TLS_DIR=" + tmp_.path() + "/nothing"});
+  EXPECT_EQ(missing.finish(), 2) << missing.out << missing.err;
+  EXPECT_TRUE(contains(missing.err, "cannot read the job certificate file")) << missing.err;
+  EXPECT_TRUE(run_dir().empty()) << "a run folder was made for bad input";
 }
 
 TEST(NodeEnvironment, KubernetesAndSlurm) {

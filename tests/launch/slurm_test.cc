@@ -169,3 +169,33 @@ TEST_F(SlurmBinaryTest, SubmitKeepsEnvValuesInAPrivateFileOnly) {
       {"/bin/bash", "-c", ". \"$0\" && printf %s \"$API_KEY\"", dir + "/.env"}, "", Millis(10000));
   EXPECT_EQ(r.out, value);
 }
+
+TEST_F(SlurmBinaryTest, SubmitWritesAPrivateCertificateForItsNodes) {
+  std::string s = spec("parallel: {data: 2}\nnodes: {procs_per_node: 1}\ncommand: [true]\n");
+  // A stand-in sbatch: submit only needs it to answer with a job id.
+  fs::create_directories(tmp_.path() + "/bin");
+  const std::string sbatch = tmp_.path() + "/bin/sbatch";
+  std::ofstream(sbatch) << "#!/bin/sh\necho '4242;cluster'\n";
+  fs::permissions(sbatch, fs::perms::owner_all);
+  const std::string old_path = std::getenv("PATH");
+  ::setenv("PATH", (tmp_.path() + "/bin:" + old_path).c_str(), 1);
+  Ptrain p({"submit", s, "--nodes", "2"});
+  const int code = p.finish();
+  ::setenv("PATH", old_path.c_str(), 1);
+  ASSERT_EQ(code, 0) << p.out << p.err;
+  EXPECT_TRUE(contains(p.out, "4242")) << p.out;
+  std::string dir;
+  for (const auto& e : fs::directory_iterator(tmp_.path() + "/runs")) dir = e.path().string();
+  ASSERT_FALSE(dir.empty());
+  // rendezvous.tls auto: the nodes get the job certificate from the run folder's private part.
+  const std::string tls = dir + "/.tls";
+  EXPECT_EQ(fs::status(tls).permissions() & fs::perms::all, fs::perms::owner_all);
+  for (const char* f : {"ca.pem", "cert.pem", "key.pem"}) {
+    EXPECT_EQ(fs::status(tls + "/" + f).permissions() & fs::perms::all,
+              fs::perms::owner_read | fs::perms::owner_write)
+        << f;
+  }
+  const std::string script = read_file(dir + "/submit.sbatch");
+  EXPECT_TRUE(contains(script, "'--tls-dir' '" + tls + "' || status=$?\n")) << script;
+  EXPECT_TRUE(contains(script, "rm -rf '" + tls + "'\nexit \"$status\"\n")) << script;
+}

@@ -14,6 +14,7 @@
 #include "ptrain/core/error.h"
 #include "ptrain/launch/console.h"
 #include "ptrain/launch/hosts.h"
+#include "ptrain/launch/job_tls.h"
 #include "ptrain/launch/node_relay_policy.h"
 #include "ptrain/launch/remote_agent.h"
 #include "ptrain/launch/run_dir.h"
@@ -124,8 +125,10 @@ void write_blocking(int fd, const std::string& data) {
 // (the setup on its stdin, as over ssh), publishes the agent's lines and its end, and passes the
 // supervisor's commands on. Returns the job's exit code once node 0 publishes it. Store errors
 // (the coordinator went away) are thrown after the agent was stopped.
+// With `tls` (this node's identity) the agent gets it in its setup, as over ssh.
 int run_relay(rendezvous::Store& store, int node, const std::string& program,
-              const std::string& log_level, const std::atomic<bool>& cancel) {
+              const std::string& log_level, const std::optional<rendezvous::TlsIdentity>& tls,
+              const std::atomic<bool>& cancel) {
   const std::string alive = node_key(node, "alive");
   auto last_beat = Clock::now() - Millis(10000);
   auto beat = [&] {
@@ -140,10 +143,15 @@ int run_relay(rendezvous::Store& store, int node, const std::string& program,
       beat();
       ::usleep(50 * 1000);
     }
-    const std::string setup = store.get(setup_key(node, round), Millis(5000));
+    std::string setup = store.get(setup_key(node, round), Millis(5000));
+    if (tls) setup = add_agent_setup_tls(setup, *tls);
     ProcessOptions po;
     po.argv = {program, "--log-level", log_level, "agent"};
-    for (char** e = ::environ; e && *e; ++e) po.env.emplace_back(*e);
+    // The agent decides its workers' identity from its setup: a $PTRAIN_TLS_DIR inherited from
+    // this node's environment would make them use TLS in a plaintext job.
+    const std::string tls_env = std::string(rendezvous::kTlsDirEnv) + "=";
+    for (char** e = ::environ; e && *e; ++e)
+      if (std::string(*e).rfind(tls_env, 0) != 0) po.env.emplace_back(*e);
     po.pipe_input = true;
     ChildProcess agent = ChildProcess::spawn(po);
     write_blocking(agent.stdin_fd(), setup);
@@ -391,9 +399,11 @@ void claim_rank(rendezvous::Store& store, int node) {
         "give every node its own --node-rank, 0 .. nnodes-1");
 }
 
-JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const Endpoint& ep);
+using NodeTls = std::optional<rendezvous::TlsIdentity>;
+JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const Endpoint& ep,
+                        const NodeTls& tls);
 JobResult run_other_node(const spec::JobSpec& spec, const NodeLaunchOptions& opt,
-                         const Endpoint& ep);
+                         const Endpoint& ep, const NodeTls& tls);
 
 }  // namespace
 
@@ -478,14 +488,22 @@ JobResult run_node(spec::JobSpec spec, NodeLaunchOptions options) {
   // A write to an agent or a peer that has gone is that one's failure, reported as such, not a
   // SIGPIPE of this node (children start with every signal at its default).
   ::signal(SIGPIPE, SIG_IGN);
-  if (options.node_rank == 0) return run_node_zero(std::move(spec), options, ep);
-  return run_other_node(spec, options, ep);
+  // Every channel and server of this process (the coordinator on node 0, the store client
+  // elsewhere) and every agent's setup use this identity.
+  const NodeTls tls = node_tls(spec.rendezvous.tls, options.tls_dir);
+  rendezvous::set_process_tls(tls);
+  if (!tls && !rendezvous::is_loopback_host(ep.host))
+    std::fprintf(options.out,
+                 "ptrain: warning: rendezvous.tls: auto stays plaintext: no job certificate was "
+                 "given (see `ptrain tls init` and --tls-dir)\n");
+  if (options.node_rank == 0) return run_node_zero(std::move(spec), options, ep, tls);
+  return run_other_node(spec, options, ep, tls);
 }
 
 namespace {
 
 JobResult run_other_node(const spec::JobSpec& spec, const NodeLaunchOptions& opt,
-                         const Endpoint& ep) {
+                         const Endpoint& ep, const NodeTls& tls) {
   const std::string self = opt.local_binary.empty() ? this_executable() : opt.local_binary;
   Deadline deadline(seconds_ms(spec.rendezvous.timeout_s));
   std::unique_ptr<rendezvous::CoordinatorClient> client;
@@ -524,7 +542,7 @@ JobResult run_other_node(const spec::JobSpec& spec, const NodeLaunchOptions& opt
   JobResult r;
   r.run_dir = run_dir;
   try {
-    r.exit_code = run_relay(*store, opt.node_rank, self, spec.logging.level, cancel);
+    r.exit_code = run_relay(*store, opt.node_rank, self, spec.logging.level, tls, cancel);
     store->set(node_key(opt.node_rank, "bye"), "1");
   } catch (const Error& e) {
     throw RemoteError(fmt::format("node {}: lost the coordinator at {}: {}", opt.node_rank,
@@ -535,7 +553,8 @@ JobResult run_other_node(const spec::JobSpec& spec, const NodeLaunchOptions& opt
   return r;
 }
 
-JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const Endpoint& ep) {
+JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const Endpoint& ep,
+                        const NodeTls& tls) {
   const bool builtin = !spec.launcher_only();
   const int world_size = spec.world_size();
   std::vector<spec::HostSlots> hosts;
@@ -549,10 +568,6 @@ JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const 
   if (builtin && spec.parallel.data_mode == "async")
     throw ConfigError("data_mode: async is not supported by `ptrain node` yet",
                       "use `ptrain launch` for jobs with parameter servers");
-  // The nodes meet through the coordinator before anything could hand them a job certificate.
-  if (spec.rendezvous.tls == "on")
-    throw ConfigError("rendezvous.tls: on is not supported by `ptrain node` yet",
-                      "use `ptrain launch` (ssh) for a TLS job, or rendezvous.tls: off");
   const std::string self = opt.local_binary.empty() ? this_executable() : opt.local_binary;
 
   PollWaiter waiter;  // before any thread starts
@@ -619,6 +634,8 @@ JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const 
   claim_rank(store, 0);
   store.set(kRunKey, dir.path());
   dir.log("coordinator listening on " + coordinator->address());
+  if (tls)
+    dir.log("rendezvous.tls: mutual TLS on every gRPC channel (the certificate of --tls-dir)");
   console.message(fmt::format("ptrain: {} worker(s) on {} node(s), coordinator {}, run folder {}",
                               world_size, plan.size(), ep.address(), dir.path()));
 
@@ -672,7 +689,7 @@ JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const 
   std::string relay_error;
   std::thread relay([&] {
     try {
-      run_relay(store, 0, self, spec.logging.level, cancel);
+      run_relay(store, 0, self, spec.logging.level, tls, cancel);
     } catch (const std::exception& e) {
       relay_error = e.what();
     }

@@ -122,6 +122,22 @@ std::string encode_agent_setup(const RemoteAgentSetup& s) {
   return fmt::format("{} {}\n", kSetupHeader, bytes.size()) + bytes;
 }
 
+std::string add_agent_setup_tls(const std::string& encoded, const rendezvous::TlsIdentity& tls) {
+  const std::string prefix = std::string(kSetupHeader) + " ";
+  const size_t nl = encoded.find('\n');
+  proto::AgentSetup m;
+  if (encoded.rfind(prefix, 0) != 0 || nl == std::string::npos ||
+      !m.ParseFromArray(encoded.data() + nl + 1, static_cast<int>(encoded.size() - nl - 1)))
+    throw ConfigError("node relay: the agent setup in the store does not parse",
+                      "every node must run the same ptrain version");
+  m.set_tls_ca(tls.ca_pem);
+  m.set_tls_cert(tls.cert_pem);
+  m.set_tls_key(tls.key_pem);
+  std::string bytes;
+  PTRAIN_CHECK(m.SerializeToString(&bytes), "cannot serialize the agent setup");
+  return fmt::format("{} {}\n", kSetupHeader, bytes.size()) + bytes;
+}
+
 RemoteAgentSetup read_agent_setup(int fd, Millis timeout) {
   Deadline deadline(timeout);
   std::string buf;

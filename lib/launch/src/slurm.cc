@@ -106,10 +106,14 @@ std::string sbatch_script(const SbatchOptions& o) {
          "read.\n";
     s += fmt::format(". {}\n", quote(o.env_file));
   }
-  std::string cmd = "exec";
-  for (const auto& a : srun_argv(o.program, o.nodes, o.spec_path, {}))
-    cmd += fmt::format(" {}", quote(a));
-  return s + cmd + "\n";
+  std::vector<std::string> argv = srun_argv(o.program, o.nodes, o.spec_path, {});
+  if (!o.tls_dir.empty()) argv.insert(argv.end(), {"--tls-dir", o.tls_dir});
+  std::string cmd;
+  for (const auto& a : argv) cmd += fmt::format(" {}", quote(a));
+  if (o.tls_dir.empty()) return s + "exec" + cmd + "\n";
+  // The job's key lives as long as the job: removed once srun returns, whatever its status.
+  return s + "status=0\n" + cmd.substr(1) + " || status=$?\n" +
+         fmt::format("rm -rf {}\n", quote(o.tls_dir)) + "exit \"$status\"\n";
 }
 
 std::string sbatch_env_file(const std::map<std::string, std::string>& env) {

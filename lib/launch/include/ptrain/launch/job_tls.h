@@ -16,6 +16,17 @@ namespace ptrain::launch {
 // The folder of a run (or of one host's agent) that holds ca.pem, cert.pem and key.pem.
 std::string tls_dir(const std::string& run_dir);
 
+// `ptrain tls init DIR`: a fresh job CA and certificate written into DIR (created 0700, files
+// 0600) for nodes started independently (`ptrain node --tls-dir DIR`). Throws ConfigError when
+// DIR already holds a certificate (a job's identity is never overwritten) and IoError when it
+// cannot be written.
+void init_tls_dir(const std::string& dir);
+
+// The identity of one `ptrain node` (the same on every node): read from `dir` (--tls-dir or
+// $PTRAIN_TLS_DIR) unless `mode` (rendezvous.tls) is off. ConfigError for `on` without a folder,
+// or a folder without the files. Empty: plaintext.
+std::optional<rendezvous::TlsIdentity> node_tls(const std::string& mode, const std::string& dir);
+
 class JobTls {
  public:
   // mode: rendezvous.tls; hosts: every address the job's channels use (bind address, hosts).

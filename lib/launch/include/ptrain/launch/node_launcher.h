@@ -19,10 +19,13 @@ namespace ptrain::launch {
 struct NodeLaunchOptions {
   int nnodes = 1;
   int node_rank = 0;
-  std::string coordinator;   // HOST:PORT; empty = rendezvous.bind (or 127.0.0.1):rendezvous.port
-  int procs_per_node = 0;    // > 0: overrides nodes.procs_per_node (PET_NPROC_PER_NODE)
-  std::string token;         // the job token (PTRAIN_TOKEN or --token-file); never argv
-  std::string spec_yaml;     // the resolved spec (job.yaml)
+  std::string coordinator;  // HOST:PORT; empty = rendezvous.bind (or 127.0.0.1):rendezvous.port
+  int procs_per_node = 0;   // > 0: overrides nodes.procs_per_node (PET_NPROC_PER_NODE)
+  std::string token;        // the job token (PTRAIN_TOKEN or --token-file); never argv
+  std::string spec_yaml;    // the resolved spec (job.yaml)
+  // rendezvous.tls: the folder `ptrain tls init` wrote, the same identity on every node
+  // (--tls-dir or $PTRAIN_TLS_DIR); empty: none (plaintext unless rendezvous.tls is on).
+  std::string tls_dir;
   std::string local_binary;  // this ptrain; empty = /proc/self/exe
   std::FILE* out = stdout;
   int tty = -1;  // as LauncherOptions::tty

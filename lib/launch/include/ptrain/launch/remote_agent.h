@@ -38,6 +38,10 @@ std::string encode_agent_setup(const RemoteAgentSetup& setup);
 // Reads and decodes it; throws ConfigError for a malformed stream, TimeoutError when it does not
 // arrive within `timeout`.
 RemoteAgentSetup read_agent_setup(int fd, Millis timeout);
+// An encoded setup with `tls` added: a `ptrain node` relay gives its agent the job certificate
+// it loaded itself (--tls-dir), so the key never travels through the coordinator's store.
+// Throws ConfigError when `encoded` is not a setup message.
+std::string add_agent_setup_tls(const std::string& encoded, const rendezvous::TlsIdentity& tls);
 // The folder the agent of `node` writes its rank logs and job.yaml to.
 std::string agent_dir(const std::string& run_dir, const std::string& node);
 

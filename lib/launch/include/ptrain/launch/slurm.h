@@ -34,6 +34,10 @@ struct SbatchOptions {
   // A 0600 file of `export KEY='value'` lines (the spec's env: values) the script sources before
   // srun, so job.yaml keeps ${KEY} references; empty: none.
   std::string env_file;
+  // rendezvous.tls: the folder with the job certificate (`ptrain tls init`, in the run folder's
+  // private part, which the nodes share); passed as --tls-dir and removed when srun returns.
+  // Empty: none.
+  std::string tls_dir;
 };
 
 // The content of SbatchOptions::env_file for these env: values.
