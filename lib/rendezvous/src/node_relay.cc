@@ -1,10 +1,15 @@
 // NodeRelay: batches a node's Joins, barrier arrivals and heartbeats into node-level RPCs.
 #include "ptrain/rendezvous/node_relay.h"
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
+#include <netdb.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -226,6 +231,16 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
         rb->set_age_ms(std::chrono::duration_cast<Millis>(now - b.seen).count());
       }
     }
+    if (opt_.parent) {
+      HeartbeatReply reply = opt_.parent->heartbeat_subtree(call->req);
+      std::lock_guard<std::mutex> lock(mu_);
+      beat_in_flight_ = false;
+      if (reply.abort && !aborted_) {
+        aborted_ = true;
+        abort_reason_ = reply.reason;
+      }
+      return;
+    }
     begin_call(call->ctx, opt_.rpc_deadline);
     auto self = shared_from_this();
     conn_->stub().async()->NodeHeartbeat(&call->ctx, &call->req, &call->resp,
@@ -405,7 +420,9 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
       return take_joins_locked();
     if (!join_timer_) {
       std::weak_ptr<Impl> weak = shared_from_this();
-      join_timer_ = timers_->schedule(Clock::now() + opt_.batch_window, [weak] {
+      Millis window = opt_.tree_children > 0 ? std::max(opt_.batch_window, opt_.tree_window)
+                                             : opt_.batch_window;
+      join_timer_ = timers_->schedule(Clock::now() + window, [weak] {
         if (auto self = weak.lock()) self->flush_joins();
       });
     }
@@ -452,26 +469,37 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
       std::lock_guard<std::mutex> lock(mu_);
       ++counters_.upward_joins;
     }
+    auto answer = [call](const RelayStatus& rs) {
+      for (auto& j : call->joins.local) {
+        JoinResult res = rs.ok() ? result_of(j.req.rank, call->resp) : JoinResult{};
+        j.done(rs, res);
+      }
+      for (auto& c : call->joins.children) {
+        proto::JoinNodeResponse resp;
+        if (rs.ok()) {
+          resp = call->resp;
+          resp.clear_ranks();
+          add_joined_ranks(c.req, resp);
+        }
+        c.done(rs, resp);
+      }
+    };
+    if (opt_.parent) {
+      opt_.parent->join_subtree(
+          call->req, timeout,
+          [call, answer](const RelayStatus& rs, const proto::JoinNodeResponse& resp) {
+            call->resp = resp;
+            answer(rs);
+          });
+      return;
+    }
     begin_call(call->ctx, timeout);
     auto self = shared_from_this();
-    conn_->stub().async()->JoinNode(
-        &call->ctx, &call->req, &call->resp, [self, call](grpc::Status st) {
-          self->end_call(call->ctx);
-          RelayStatus rs = from_grpc(st);
-          for (auto& j : call->joins.local) {
-            JoinResult res = st.ok() ? result_of(j.req.rank, call->resp) : JoinResult{};
-            j.done(rs, res);
-          }
-          for (auto& c : call->joins.children) {
-            proto::JoinNodeResponse resp;
-            if (st.ok()) {
-              resp = call->resp;
-              resp.clear_ranks();
-              add_joined_ranks(c.req, resp);
-            }
-            c.done(rs, resp);
-          }
-        });
+    conn_->stub().async()->JoinNode(&call->ctx, &call->req, &call->resp,
+                                    [self, call, answer](grpc::Status st) {
+                                      self->end_call(call->ctx);
+                                      answer(from_grpc(st));
+                                    });
   }
 
   void join_direct(const JoinRequestView& req, JoinDone done) {
@@ -505,24 +533,31 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
       std::lock_guard<std::mutex> lock(mu_);
       ++counters_.upward_barriers;
     }
-    begin_call(call->ctx, timeout + opt_.rpc_deadline);
     auto self = shared_from_this();
-    conn_->stub().async()->NodeBarrier(
-        &call->ctx, &call->req, &call->resp, [self, call, name](grpc::Status st) {
-          self->end_call(call->ctx);
-          {
-            std::lock_guard<std::mutex> lock(self->mu_);
-            auto it = self->barriers_.find(name);
-            // Done with this name once nothing is in flight or waiting: it may be used again.
-            if (it != self->barriers_.end() && --it->second.in_flight == 0 &&
-                it->second.unsent.empty()) {
-              if (it->second.timer) self->timers_->cancel(it->second.timer);
-              self->barriers_.erase(it);
-            }
-          }
-          RelayStatus rs = from_grpc(st);
-          for (auto& a : call->arrivals) a.done(rs);
-        });
+    auto answer = [self, call, name](const RelayStatus& rs) {
+      {
+        std::lock_guard<std::mutex> lock(self->mu_);
+        auto it = self->barriers_.find(name);
+        // Done with this name once nothing is in flight or waiting: it may be used again.
+        if (it != self->barriers_.end() && --it->second.in_flight == 0 &&
+            it->second.unsent.empty()) {
+          if (it->second.timer) self->timers_->cancel(it->second.timer);
+          self->barriers_.erase(it);
+        }
+      }
+      for (auto& a : call->arrivals) a.done(rs);
+    };
+    if (opt_.parent) {
+      std::vector<int> ranks(call->req.ranks().begin(), call->req.ranks().end());
+      opt_.parent->barrier_subtree(name, std::move(ranks), count, timeout, answer);
+      return;
+    }
+    begin_call(call->ctx, timeout + opt_.rpc_deadline);
+    conn_->stub().async()->NodeBarrier(&call->ctx, &call->req, &call->resp,
+                                       [self, call, answer](grpc::Status st) {
+                                         self->end_call(call->ctx);
+                                         answer(from_grpc(st));
+                                       });
   }
 
   void watch_loop() {
@@ -690,6 +725,43 @@ RelayTreePosition relay_tree_position(int node, int nodes, int fanout) {
 
 std::string relay_tree_key(int round, int node) {
   return fmt::format("ptrain/relay-tree/{}/{}", round, node);
+}
+
+std::string relay_tree_listen(const std::string& coordinator) {
+  std::string host = coordinator, port = "0";
+  if (auto colon = coordinator.rfind(':'); colon != std::string::npos) {
+    host = coordinator.substr(0, colon);
+    port = coordinator.substr(colon + 1);
+  }
+  if (host.size() > 1 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* res = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0)
+    throw IoError(fmt::format("node relay: cannot resolve the coordinator host '{}': {}", host,
+                              ::gai_strerror(rc)));
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(res, ::freeaddrinfo);
+  // A connected UDP socket sends nothing; it only asks the kernel which source address it would
+  // use on the route to the coordinator.
+  int fd = ::socket(res->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw IoError(fmt::format("node relay: socket: {}", std::strerror(errno)));
+  sockaddr_storage local{};
+  socklen_t len = sizeof(local);
+  int rc = ::connect(fd, res->ai_addr, res->ai_addrlen);
+  if (rc == 0) rc = ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0)
+    throw IoError(fmt::format("node relay: no route to the coordinator host '{}': {}", host,
+                              std::strerror(err)));
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (local.ss_family == AF_INET6) {
+    ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&local)->sin6_addr, buf, sizeof(buf));
+    return fmt::format("[{}]:0", buf);
+  }
+  ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&local)->sin_addr, buf, sizeof(buf));
+  return fmt::format("{}:0", buf);
 }
 
 std::string relay_socket_path(const std::string& run_dir, int node_rank) {

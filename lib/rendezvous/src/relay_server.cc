@@ -90,25 +90,28 @@ class RelayServer::Impl final : public proto::Coordinator::CallbackService {
     view.round = req->round();
     view.role = req->role().empty() ? "worker" : req->role();
     view.timeout = time_left(ctx, view.timeout);
-    relay_.join(view, [reactor, resp, upstream = relay_.upstream().address()](const RelayStatus& st,
-                                                                              const JoinResult& r) {
-      if (st.ok()) {
-        resp->set_rank(r.rank);
-        resp->set_world_size(r.world_size);
-        resp->mutable_coords()->set_dp(r.coords.dp);
-        resp->mutable_coords()->set_tp(r.coords.tp);
-        resp->mutable_coords()->set_pp(r.coords.pp);
-        resp->mutable_mesh()->set_dp(r.mesh.dp);
-        resp->mutable_mesh()->set_tp(r.mesh.tp);
-        resp->mutable_mesh()->set_pp(r.mesh.pp);
-        resp->set_run_id(r.run_id);
-        resp->set_run_dir(r.run_dir);
-        resp->set_spec_yaml(r.spec_yaml);
-        resp->set_round(r.round);
-        resp->set_upstream(upstream);
-      }
-      reactor->Finish(to_grpc(st));
-    });
+    const NodeRelayOptions& ro = relay_.options();
+    relay_.join(view,
+                [reactor, resp,
+                 upstream = ro.coordinator.empty() ? relay_.upstream().address() : ro.coordinator](
+                    const RelayStatus& st, const JoinResult& r) {
+                  if (st.ok()) {
+                    resp->set_rank(r.rank);
+                    resp->set_world_size(r.world_size);
+                    resp->mutable_coords()->set_dp(r.coords.dp);
+                    resp->mutable_coords()->set_tp(r.coords.tp);
+                    resp->mutable_coords()->set_pp(r.coords.pp);
+                    resp->mutable_mesh()->set_dp(r.mesh.dp);
+                    resp->mutable_mesh()->set_tp(r.mesh.tp);
+                    resp->mutable_mesh()->set_pp(r.mesh.pp);
+                    resp->set_run_id(r.run_id);
+                    resp->set_run_dir(r.run_dir);
+                    resp->set_spec_yaml(r.spec_yaml);
+                    resp->set_round(r.round);
+                    resp->set_upstream(upstream);
+                  }
+                  reactor->Finish(to_grpc(st));
+                });
     return reactor;
   }
 

@@ -35,6 +35,8 @@ struct RelayStatus {
   bool ok() const { return code == 0; }
 };
 
+class NodeRelay;
+
 struct NodeRelayOptions {
   std::string node;  // host name, as the ranks' own Joins would name it
   int node_rank = 0;
@@ -48,6 +50,17 @@ struct NodeRelayOptions {
   // every local rank and every child has sent one (or after batch_window), so the relay above
   // sees one call for the whole subtree.
   int tree_children = 0;
+  // How long a relay with children holds its join batch for children still starting (a round
+  // completes only when every rank joined, so waiting costs nothing; sending early costs the
+  // relay above one more call).
+  Millis tree_window{5000};
+  // The coordinator's address when the upstream is a parent relay (what a local rank's Join
+  // reports as the coordinator); empty: the upstream is the coordinator.
+  std::string coordinator;
+  // A parent relay in this process: join and barrier batches go to its join_subtree and
+  // barrier_subtree instead of over gRPC (`ptrain bench rdzv --tree-fanout` simulates a tree of
+  // agents this way; the coordinator sees what it would see from real ones).
+  NodeRelay* parent = nullptr;
 };
 
 // Where a node sits in the relay tree of `nodes` nodes with `fanout` children per relay: nodes
@@ -60,6 +73,9 @@ struct RelayTreePosition {
 RelayTreePosition relay_tree_position(int node, int nodes, int fanout);
 // The store key under which relay `node` of restart round `round` publishes its tree address.
 std::string relay_tree_key(int round, int node);
+// Where a relay with children listens for them: "ADDR:0" with this host's address on the route
+// to the coordinator at `coordinator` (host:port), the one its peers reach it by.
+std::string relay_tree_listen(const std::string& coordinator);
 
 // Thread-safe; callbacks run on gRPC or timer threads and must be quick.
 class NodeRelay {
