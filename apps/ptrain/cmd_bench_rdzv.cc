@@ -31,6 +31,7 @@ struct BenchRdzvArgs {
   int repeats = 5;
   int connections = 0;
   int ranks_per_node = 1;
+  int tree_fanout = 0;
   double heartbeat_s = 0;
   double timeout_s = 120;
   bool in_process = false;
@@ -169,6 +170,11 @@ Action setup(CLI::App& sub) {
                  "their K ranks")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  sub.add_option("--tree-fanout", args->tree_fanout,
+                 "F >= 2, with --ranks-per-node: the node relays form a relay tree of fanout F "
+                 "(rendezvous.tree_fanout) in this process; only the top F call the coordinator "
+                 "(0 = every relay calls it)")
+      ->capture_default_str();
   sub.add_option("--heartbeat-s", args->heartbeat_s,
                  "with --ranks-per-node: heartbeat period for 3 s after the rendezvous; prints "
                  "the coordinator's heartbeat RPCs/s (0 = skip)")
@@ -194,12 +200,20 @@ Action setup(CLI::App& sub) {
         throw ConfigError(fmt::format("bench rdzv: --clients must be >= 1, got {}", c),
                           "give sizes such as --clients 4096,65536");
     const int k = args->ranks_per_node;
+    if (args->tree_fanout == 1 || args->tree_fanout < 0 || (args->tree_fanout && k < 2))
+      throw ConfigError(
+          fmt::format("bench rdzv: --tree-fanout {} needs F >= 2 and --ranks-per-node >= 2",
+                      args->tree_fanout),
+          "e.g. --ranks-per-node 8 --tree-fanout 32");
+    const std::string shape =
+        k < 2 ? "flat"
+        : args->tree_fanout
+            ? fmt::format("node relays in a relay tree of fanout {}", args->tree_fanout)
+            : std::string("node-level JoinNode/NodeBarrier through a NodeRelay per node");
     fmt::print(
         "# ptrain bench rdzv: one coordinator on 127.0.0.1 ({}), {} ranks per node ({}), {} "
         "repeats, medians, tls {}\n",
-        args->in_process ? "in this process" : "own process", k,
-        k > 1 ? "node-level JoinNode/NodeBarrier through a NodeRelay per node" : "flat",
-        args->repeats, args->tls);
+        args->in_process ? "in this process" : "own process", k, shape, args->repeats, args->tls);
     fmt::print("# {:>8} {:>7} {:>6} {:>10} {:>9} {:>15} {:>9} {:>11} {:>10}\n", "ranks", "nodes",
                "conns", "connect_s", "join_s", "join+barrier_s", "us/rank", "rss_B/rank",
                "hb_rpc/s");
@@ -208,6 +222,7 @@ Action setup(CLI::App& sub) {
       opt.clients = clients;
       opt.connections = args->connections;
       opt.ranks_per_node = k;
+      opt.tree_fanout = args->tree_fanout;
       opt.tls = tls;
       opt.timeout = Millis(static_cast<int64_t>(args->timeout_s * 1000));
       opt.heartbeat_period = Millis(static_cast<int64_t>(args->heartbeat_s * 1000));

@@ -102,6 +102,53 @@ TEST_F(NodeTest, TwoNodesTrainToCompletion) {
   EXPECT_FALSE(contains(read_file(dir + "/launcher.log"), "node-test-token"));
 }
 
+// The losses of metrics.jsonl, one per logged step.
+std::vector<std::string> losses(const std::string& metrics) {
+  std::vector<std::string> out;
+  for (size_t at = metrics.find("\"loss\": "); at != std::string::npos;
+       at = metrics.find("\"loss\": ", at + 1)) {
+    size_t from = at + 8, to = metrics.find_first_of(",}", from);
+    out.push_back(metrics.substr(from, to - from));
+  }
+  return out;
+}
+
+TEST_F(NodeTest, ThreeNodesInARelayTreeTrainLikeTheFlatJobAndOnlyTheTopNodesJoinTheCoordinator) {
+  // tree_fanout 2 with 3 nodes: nodes 0 and 1 talk to the coordinator, node 2 to node 0's relay.
+  const std::string three =
+      "nodes: {procs_per_node: 1, device: cpu}\nparallel: {data: 3}\n"
+      "model: {type: gpt, layers: 1, heads: 2, dim: 32, seq_len: 16, vocab: 64}\n"
+      "data: {type: synthetic, batch_size: 6}\ntrain: {steps: 6}\n";
+  std::string s = spec(three);
+  auto run = [&](int fanout, const std::string& logs) {
+    std::vector<std::unique_ptr<Ptrain>> nodes;
+    for (int r = 2; r >= 0; --r) {
+      auto argv = node(s, 3, r);
+      argv.insert(argv.end(), {"--set", fmt::format("rendezvous.tree_fanout={}", fanout), "--set",
+                               "logging.dir=" + logs});
+      nodes.push_back(std::make_unique<Ptrain>(argv, std::vector<std::string>{kToken}));
+    }
+    for (auto& n : nodes) EXPECT_EQ(n->finish(), 0) << n->out << n->err;
+    for (const auto& e : fs::directory_iterator(logs)) return e.path().string();
+    return std::string();
+  };
+  std::string tree = run(2, tmp_.path() + "/tree");
+  ASSERT_FALSE(tree.empty());
+  std::string summary = read_file(tree + "/summary.json");
+  EXPECT_TRUE(contains(summary, "\"status\": \"succeeded\"")) << summary;
+  EXPECT_TRUE(contains(summary, "\"rendezvous\": {\"rank_joins\": 0, \"node_joins\": 2}"))
+      << summary;
+  EXPECT_TRUE(contains(read_file(tree + "/job.yaml"), "tree_fanout: 2"));
+  port_ = free_tcp_port("127.0.0.1");
+  std::string flat = run(0, tmp_.path() + "/flat");
+  ASSERT_FALSE(flat.empty());
+  EXPECT_TRUE(contains(read_file(flat + "/summary.json"),
+                       "\"rendezvous\": {\"rank_joins\": 0, \"node_joins\": 3}"));
+  auto a = losses(read_file(tree + "/metrics.jsonl"));
+  EXPECT_EQ(a.size(), 6u);
+  EXPECT_EQ(a, losses(read_file(flat + "/metrics.jsonl")));
+}
+
 TEST_F(NodeTest, AFailingRankOnNodeOneFailsTheJobOnEveryNode) {
   std::string s = spec(
       "nodes: {procs_per_node: 1}\nparallel: {data: 2}\n"

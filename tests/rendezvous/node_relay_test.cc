@@ -34,14 +34,24 @@ class NodeRelayTest : public ::testing::Test {
   std::unique_ptr<RelayServer> relay(const Coordinator& c, const std::string& token, int node_rank,
                                      std::vector<int> ranks, Millis heartbeat = Millis(0),
                                      int round = 0) {
+    return relay_to(c.address(), token, node_rank, std::move(ranks), heartbeat, round);
+  }
+  // One with its upstream at `upstream` (the coordinator or a parent relay), listening for
+  // `tree_children` child relays on 127.0.0.1 when there are any.
+  std::unique_ptr<RelayServer> relay_to(const std::string& upstream, const std::string& token,
+                                        int node_rank, std::vector<int> ranks,
+                                        Millis heartbeat = Millis(0), int round = 0,
+                                        int tree_children = 0, Millis window = Millis(50)) {
     NodeRelayOptions ro;
     ro.node = fmt::format("node{}", node_rank);
     ro.node_rank = node_rank;
     ro.round = round;
     ro.ranks = std::move(ranks);
-    ro.batch_window = Millis(50);
-    return std::make_unique<RelayServer>(
-        c.address(), token, ro, (dir_ / fmt::format("r{}.sock", node_rank)).string(), heartbeat);
+    ro.batch_window = window;
+    ro.tree_children = tree_children;
+    return std::make_unique<RelayServer>(upstream, token, ro,
+                                         (dir_ / fmt::format("r{}.sock", node_rank)).string(),
+                                         heartbeat, tree_children > 0 ? "127.0.0.1:0" : "");
   }
 
   static JoinRequestView join_req(int rank, const std::string& node, Millis timeout) {
@@ -271,6 +281,99 @@ TEST_F(NodeRelayTest, StoreWritesAndReportsAreForwarded) {
   EXPECT_EQ(reports, std::vector<std::string>{R"({"step":1})"});
 }
 
+TEST_F(NodeRelayTest, ARelayTreeJoinsBeatsPassesBarriersAndAbortsWithCallsOnlyFromItsTop) {
+  // 5 nodes x 2 ranks, fanout 2: nodes 0 and 1 talk to the coordinator, 2 and 3 to node 0,
+  // 4 to node 1. The coordinator sees one JoinNode and one NodeBarrier from each top node.
+  std::mutex mu;
+  std::vector<int> hung;
+  testing::Latch hung_latch;
+  CoordinatorEvents ev;
+  ev.on_hang = [&](int rank, const std::string&) {
+    std::lock_guard<std::mutex> lock(mu);
+    hung.push_back(rank);
+    hung_latch.set();
+  };
+  constexpr int kNodes = 5, kFanout = 2;
+  CoordinatorOptions opt;
+  opt.token = make_token();
+  opt.world_size = 2 * kNodes;
+  opt.mesh = {kNodes, 2, 1};
+  opt.run_id = "tree-run";
+  opt.heartbeat_timeout = Millis(1500);
+  auto c = testing::start_coordinator(opt, ev);
+  std::vector<std::unique_ptr<RelayServer>> nodes;
+  for (int n = 0; n < kNodes; ++n) {
+    auto pos = relay_tree_position(n, kNodes, kFanout);
+    std::string up = pos.parent < 0 ? c->address() : nodes[pos.parent]->tree_address();
+    // A long window: each batch must go upward because its subtree is complete, not on a timer.
+    nodes.push_back(
+        relay_to(up, opt.token, n, {2 * n, 2 * n + 1}, Millis(50), 0, pos.children, Millis(20000)));
+    EXPECT_EQ(nodes.back()->tree_address().empty(), pos.children == 0) << "node " << n;
+  }
+  std::vector<JoinResult> results(opt.world_size);
+  std::vector<std::string> errors(opt.world_size);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < opt.world_size; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        CoordinatorClient client(nodes[r / 2]->address(), opt.token, Millis(5000));
+        results[r] = client.join(join_req(r, fmt::format("node{}", r / 2), Millis(15000)));
+        client.barrier("start", r, opt.world_size, Millis(15000));
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < opt.world_size; ++r) {
+    ASSERT_EQ(errors[r], "") << "rank " << r;
+    EXPECT_EQ(results[r].rank, r);
+    EXPECT_EQ(results[r].world_size, opt.world_size);
+    EXPECT_EQ(results[r].run_id, "tree-run");
+    EXPECT_EQ(results[r].coords.dp, r / 2);
+  }
+  EXPECT_EQ(c->joined_ranks().size(), static_cast<size_t>(opt.world_size));
+  auto stats = c->stats();
+  EXPECT_EQ(stats.join_rpcs, 2u);
+  EXPECT_EQ(stats.node_join_rpcs, 2u);
+  EXPECT_EQ(stats.barrier_rpcs, 2u);
+  EXPECT_EQ(nodes[0]->relay().counters().subtree_joins, 2u);
+  EXPECT_EQ(nodes[1]->relay().counters().subtree_joins, 1u);
+  EXPECT_EQ(nodes[0]->relay().counters().subtree_barriers, 2u);
+
+  // Liveness crosses two levels: every rank but 9 (node 4, below node 1) keeps beating.
+  std::vector<std::unique_ptr<CoordinatorClient>> beaters;
+  for (int n = 0; n < kNodes; ++n)
+    beaters.push_back(
+        std::make_unique<CoordinatorClient>(nodes[n]->address(), opt.token, Millis(5000)));
+  auto start = Clock::now();
+  bool reported = false;
+  while (Clock::now() - start < Millis(6000) && !reported) {
+    for (int r = 0; r < opt.world_size; ++r)
+      if (r != 9) beaters[r / 2]->heartbeat(r, 3, 0);
+    reported = hung_latch.wait_for(Millis(20));
+  }
+  ASSERT_TRUE(reported) << "the silent rank below two relays was never reported";
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(hung, std::vector<int>{9});
+  }
+  EXPECT_GT(nodes[1]->relay().counters().subtree_heartbeats, 0u);
+
+  // An abort reaches a watch on the deepest node through its parents' streams.
+  testing::Latch got;
+  std::string reason;
+  CoordinatorClient watcher(nodes[4]->address(), opt.token, Millis(5000));
+  watcher.watch(8, [&](const WatchEventView& ev) {
+    if (ev.kind == WatchEventView::Kind::Abort) reason = ev.reason;
+    got.set();
+  });
+  std::this_thread::sleep_for(Millis(200));
+  c->abort("rank 9 hung");
+  ASSERT_TRUE(got.wait_for(Millis(5000)));
+  EXPECT_EQ(reason, "rank 9 hung");
+}
+
 TEST_F(NodeRelayTest, WrongTokenAtTheRelayIsRefused) {
   CoordinatorOptions opt;
   opt.token = make_token();
@@ -279,6 +382,47 @@ TEST_F(NodeRelayTest, WrongTokenAtTheRelayIsRefused) {
   auto n0 = relay(*c, opt.token, 0, {0});
   CoordinatorClient client(n0->address(), make_token(), Millis(5000));
   EXPECT_THROW(client.join(join_req(0, "node0", Millis(5000))), RemoteError);
+}
+
+}  // namespace
+}  // namespace ptrain::rendezvous
+
+namespace ptrain::rendezvous {
+namespace {
+
+TEST(RelayTree, PositionsAreABreadthFirstTreeBelowTheCoordinator) {
+  // Up to `fanout` nodes: all talk to the coordinator.
+  for (int n = 0; n < 4; ++n) {
+    EXPECT_EQ(relay_tree_position(n, 4, 4).parent, -1);
+    EXPECT_EQ(relay_tree_position(n, 4, 4).children, 0);
+    EXPECT_EQ(relay_tree_position(n, 4, 0).parent, -1);
+  }
+  // 7 nodes, fanout 2: 0,1 -> coordinator; 2,3 -> 0; 4,5 -> 1; 6 -> 2.
+  std::vector<int> parents, children;
+  for (int n = 0; n < 7; ++n) {
+    parents.push_back(relay_tree_position(n, 7, 2).parent);
+    children.push_back(relay_tree_position(n, 7, 2).children);
+  }
+  EXPECT_EQ(parents, (std::vector<int>{-1, -1, 0, 0, 1, 1, 2}));
+  EXPECT_EQ(children, (std::vector<int>{2, 2, 1, 0, 0, 0, 0}));
+  // Every node below the top has a parent that counts it: the tree covers all nodes once.
+  for (int nodes : {5, 33, 100, 1025, 16384}) {
+    std::vector<int> count(static_cast<size_t>(nodes), 0);
+    int top = 0;
+    for (int n = 0; n < nodes; ++n) {
+      auto p = relay_tree_position(n, nodes, 32);
+      if (p.parent < 0)
+        ++top;
+      else
+        ++count[static_cast<size_t>(p.parent)];
+      EXPECT_LT(p.parent, n);
+    }
+    EXPECT_EQ(top, std::min(nodes, 32)) << nodes;
+    for (int n = 0; n < nodes; ++n)
+      EXPECT_EQ(count[static_cast<size_t>(n)], relay_tree_position(n, nodes, 32).children)
+          << nodes << " nodes, node " << n;
+  }
+  EXPECT_EQ(relay_tree_key(3, 17), "ptrain/relay-tree/3/17");
 }
 
 }  // namespace

@@ -67,5 +67,23 @@ TEST(RendezvousScalingTest, HeartbeatRpcsAtTheCoordinatorAreOnePerNodeAndPeriod)
       << res.heartbeat_rpcs_per_s << " heartbeat RPCs/s for " << res.nodes << " nodes";
 }
 
+TEST(RendezvousScalingTest, InARelayTreeOnlyTheTopRelaysCallTheCoordinator) {
+  // 1,024 relays of 8 ranks with fanout 4: the coordinator hears the heartbeats of 4 relays,
+  // which carry every rank of their subtrees (three levels below them).
+  RdzvBenchOptions opt;
+  opt.clients = 8192;
+  opt.ranks_per_node = 8;
+  opt.tree_fanout = 4;
+  opt.connections = 64;
+  opt.timeout = Millis(60000);
+  opt.heartbeat_period = Millis(250);
+  opt.heartbeat_window = Millis(1000);
+  auto res = run_rdzv_bench(opt);
+  EXPECT_EQ(res.nodes, 1024);
+  EXPECT_GT(res.heartbeat_rpcs_per_s, 0.0);
+  EXPECT_LE(res.heartbeat_rpcs_per_s, 1.25 * 4 / 0.25)
+      << res.heartbeat_rpcs_per_s << " heartbeat RPCs/s from a tree topped by 4 relays";
+}
+
 }  // namespace
 }  // namespace ptrain::rendezvous

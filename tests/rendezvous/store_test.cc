@@ -153,6 +153,29 @@ TEST(GrpcStoreTest, ServerRefusesOverSizeValueWithInvalidArgument) {
   EXPECT_FALSE(coordinator->store().check({"big"}));
 }
 
+TEST(GrpcStoreTest, ServerRefusesAMessageOverItsLimitBeforeReadingIt) {
+  // The coordinator's receive limit (the largest value plus 1 MiB) holds for an authenticated
+  // client too, so no call can make the server buffer more than that.
+  CoordinatorOptions opt;
+  opt.token = make_token();
+  auto coordinator = testing::start_coordinator(opt);
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(static_cast<int>(kMaxValueBytes + (8 << 20)));
+  auto channel =
+      grpc::CreateCustomChannel(coordinator->address(), grpc::InsecureChannelCredentials(), args);
+  auto stub = proto::Coordinator::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.AddMetadata(kTokenMetadataKey, opt.token);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  proto::SetRequest req;
+  req.set_key("huge");
+  req.set_value(std::string(kMaxValueBytes + (4 << 20), 'x'));
+  proto::Empty resp;
+  auto st = stub->Set(&ctx, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_FALSE(coordinator->store().check({"huge"}));
+}
+
 TEST(GrpcStoreTest, WrongTokenIsRefusedAndWarnedWithoutTheToken) {
   std::mutex mu;
   std::vector<std::string> warnings;

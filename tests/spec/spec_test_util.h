@@ -70,6 +70,8 @@ inline std::vector<BadInput> bad_inputs() {
        "the job name is 101 characters long; at most 100"},
       {"RendezvousTimeoutTooSmall", "rendezvous:\n  timeout_s: 1e-300\n", "2:14",
        "rendezvous.timeout_s", "must be at least 0.1 and at most 86400, got 1e-300"},
+      {"RelayTreeOfFanoutOne", "rendezvous:\n  tree_fanout: 1\n", "2:16", "rendezvous.tree_fanout",
+       "would chain every node behind the next"},
       {"HeartbeatTooSmall", "fault_tolerance:\n  heartbeat_s: 1e-300\n", "2:16",
        "fault_tolerance.heartbeat_s", "must be at least 0.1"},
       {"ReservedEnvToken", "env:\n  PTRAIN_TOKEN: abc\n", "2:3", "env.PTRAIN_TOKEN",

@@ -11,6 +11,7 @@
 
 #include "ptrain/launch/group_watchdog.h"
 #include "ptrain/launch/run_dir.h"
+#include "ptrain/rendezvous/grpc_store.h"
 #include "ptrain/rendezvous/node_relay.h"
 
 extern char** environ;
@@ -140,6 +141,37 @@ std::vector<std::string> Agent::worker_env(int local_rank, int round) const {
   return out;
 }
 
+// The node's relay; in a relay tree its upstream is its parent's relay, whose address the parent
+// publishes in the store (and so does this one, when it has children of its own).
+void Agent::start_relay(rendezvous::NodeRelayOptions ro, int round) {
+  const auto pos = rendezvous::relay_tree_position(options_.node_rank, options_.num_nodes,
+                                                   options_.relay_tree_fanout);
+  ro.tree_children = pos.children;
+  std::string upstream = options_.coordinator;
+  std::unique_ptr<rendezvous::GrpcStore> store;
+  if (pos.parent >= 0 || pos.children > 0)
+    store = std::make_unique<rendezvous::GrpcStore>(options_.coordinator, options_.token);
+  if (pos.parent >= 0) {
+    try {
+      upstream =
+          store->get(rendezvous::relay_tree_key(round, pos.parent), options_.relay_tree_timeout);
+    } catch (const Error& e) {
+      throw RemoteError(fmt::format("node {}: the relay of its parent node {} did not start "
+                                    "(round {}): {}",
+                                    options_.node_rank, pos.parent, round, e.what()),
+                        "the parent node's agent failed or is late; see its log");
+    }
+    ro.coordinator = options_.coordinator;
+  }
+  relay_ = std::make_unique<rendezvous::RelayServer>(
+      upstream, options_.token, std::move(ro),
+      rendezvous::relay_socket_path(options_.run_dir, options_.node_rank),
+      options_.node_relay_heartbeat,
+      pos.children > 0 ? rendezvous::relay_tree_listen(options_.coordinator) : "");
+  if (pos.children > 0)
+    store->set(rendezvous::relay_tree_key(round, options_.node_rank), relay_->tree_address());
+}
+
 void Agent::spawn_all(int round) {
   workers_.clear();
   spawn_failures_.clear();
@@ -150,10 +182,7 @@ void Agent::spawn_all(int round) {
     ro.node_rank = options_.node_rank;
     ro.round = round;
     for (int l = 0; l < options_.local_world_size; ++l) ro.ranks.push_back(options_.first_rank + l);
-    relay_ = std::make_unique<rendezvous::RelayServer>(
-        options_.coordinator, options_.token, std::move(ro),
-        rendezvous::relay_socket_path(options_.run_dir, options_.node_rank),
-        options_.node_relay_heartbeat);
+    start_relay(std::move(ro), round);
   }
   const std::vector<int> servers = server_list();
   const int total = options_.local_world_size + static_cast<int>(servers.size());

@@ -170,7 +170,7 @@ JobResult Launcher::Impl::run() {
     ao.argv = {exe, "--log-level", spec_.logging.level, "worker"};
     ao.servers = servers;
     ao.server_argv = {exe, "--log-level", spec_.logging.level, "param-server"};
-    ao.node_relay_heartbeat = node_relay_period(spec_);
+    set_node_relay(spec_, ao);
   } else {
     ao.argv = spec_.command;
     ao.child_umask = static_cast<int>(user_umask);  // the user's program, the user's umask

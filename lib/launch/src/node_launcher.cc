@@ -671,7 +671,7 @@ JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const 
     a.threads_per_proc = spec.nodes.threads_per_proc;
     a.cuda = spec.nodes.device == "cuda";
     a.extra_env = spec.env;
-    a.node_relay_heartbeat = node_relay_period(spec);
+    set_node_relay(spec, a);
     s.spec_yaml = agent_yaml;
     s.round = round;
     s.umask = spec.logging.mode == "private" ? 077 : -1;

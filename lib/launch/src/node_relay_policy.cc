@@ -13,4 +13,10 @@ Millis node_relay_period(const spec::JobSpec& spec) {
   return Millis(std::max<int64_t>(ms, 1));
 }
 
+void set_node_relay(const spec::JobSpec& spec, AgentOptions& agent) {
+  agent.node_relay_heartbeat = node_relay_period(spec);
+  agent.relay_tree_fanout = spec.rendezvous.tree_fanout;
+  agent.relay_tree_timeout = Millis(static_cast<int64_t>(spec.rendezvous.timeout_s * 1000));
+}
+
 }  // namespace ptrain::launch

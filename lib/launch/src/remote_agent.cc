@@ -103,6 +103,8 @@ std::string encode_agent_setup(const RemoteAgentSetup& s) {
   for (const auto& [k, v] : a.extra_env) m.add_env(k + "=" + v);
   m.set_heartbeat_s(s.heartbeat_s);
   m.set_node_relay_heartbeat_ms(a.node_relay_heartbeat.count());
+  m.set_relay_tree_fanout(a.relay_tree_fanout);
+  m.set_relay_tree_timeout_ms(a.relay_tree_timeout.count());
   m.set_coordinator_loss_s(s.coordinator_loss_s);
   m.set_term_grace_s(s.term_grace_s);
   m.set_round(s.round);
@@ -198,6 +200,8 @@ RemoteAgentSetup read_agent_setup(int fd, Millis timeout) {
   }
   s.heartbeat_s = m.heartbeat_s();
   a.node_relay_heartbeat = Millis(m.node_relay_heartbeat_ms());
+  a.relay_tree_fanout = m.relay_tree_fanout();
+  a.relay_tree_timeout = Millis(m.relay_tree_timeout_ms());
   s.coordinator_loss_s = m.coordinator_loss_s();
   s.term_grace_s = m.term_grace_s();
   s.round = m.round();

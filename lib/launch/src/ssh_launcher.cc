@@ -237,7 +237,7 @@ JobResult SshLauncher::Impl::run() {
     a.threads_per_proc = spec_.nodes.threads_per_proc;
     a.cuda = spec_.nodes.device == "cuda";
     a.extra_env = spec_.env;
-    a.node_relay_heartbeat = node_relay_period(spec_);
+    set_node_relay(spec_, a);
     setup.tls = tls.identity();  // the agent writes it for its workers
     setup.spec_yaml = agent_yaml;
     setup.round = round;

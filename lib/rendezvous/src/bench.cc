@@ -166,6 +166,9 @@ RdzvBenchResult run_hierarchical(const RdzvBenchOptions& options, const Meeting&
     NodeRelayOptions ro;
     ro.node = fmt::format("node{}", i);
     ro.node_rank = i;
+    const auto pos = relay_tree_position(i, nodes, options.tree_fanout);
+    ro.tree_children = pos.children;
+    if (pos.parent >= 0) ro.parent = relays[static_cast<size_t>(pos.parent)].get();
     for (int r = i * k; r < std::min(n, (i + 1) * k); ++r) ro.ranks.push_back(r);
     relays.push_back(std::make_unique<NodeRelay>(conns[i % nconn], timers, std::move(ro)));
   }

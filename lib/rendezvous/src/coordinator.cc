@@ -311,29 +311,39 @@ class Coordinator::Impl final : public CoordinatorService {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (auto st = refuse_locked(); !st.ok()) return finish(reactor, st);
-      if (req->ranks().empty())
+      // The node's own ranks, then those of the nodes below it in a relay tree.
+      std::vector<const proto::JoinNodeRequest*> entries{req};
+      for (const auto& sub : req->subtree()) entries.push_back(&sub);
+      size_t total = 0;
+      for (const auto* e : entries) total += static_cast<size_t>(e->ranks_size());
+      if (total == 0)
         return finish(reactor,
                       grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                    fmt::format("JoinNode from {} names no ranks", req->node())));
       // All or nothing: check every rank before admitting any.
       std::unordered_set<int> seen;
-      for (const auto& r : req->ranks()) {
-        if (!seen.insert(r.rank()).second)
-          return finish(reactor, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                              fmt::format("JoinNode from {} names rank {} twice",
-                                                          req->node(), r.rank())));
-        if (auto st = admissible_locked(r.rank(), false, req->round(), req->node(), r.pid());
-            !st.ok())
-          return finish(reactor, st);
+      for (const auto* e : entries) {
+        for (const auto& r : e->ranks()) {
+          if (!seen.insert(r.rank()).second)
+            return finish(reactor, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                                fmt::format("JoinNode from {} names rank {} twice",
+                                                            e->node(), r.rank())));
+          if (auto st = admissible_locked(r.rank(), false, e->round(), e->node(), r.pid());
+              !st.ok())
+            return finish(reactor, st);
+        }
       }
-      int node = node_id_locked(req->node());
       auto pending = std::make_shared<Pending>();
       pending->reactor = reactor;
       pending->node_response = resp;
-      pending->ranks.reserve(req->ranks_size());
-      for (const auto& r : req->ranks()) {
-        admit_locked(r.rank(), node, r.pid());
-        pending->ranks.push_back(r.rank());
+      pending->ranks.reserve(total);
+      for (const auto* e : entries) {
+        if (e->ranks().empty()) continue;
+        int node = node_id_locked(e->node());
+        for (const auto& r : e->ranks()) {
+          admit_locked(r.rank(), node, r.pid());
+          pending->ranks.push_back(r.rank());
+        }
       }
       wait_for_round_locked(ctx, std::move(pending), done);
     }

@@ -1,10 +1,15 @@
 // NodeRelay: batches a node's Joins, barrier arrivals and heartbeats into node-level RPCs.
 #include "ptrain/rendezvous/node_relay.h"
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
+#include <netdb.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -88,7 +93,7 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
       join_direct(req, std::move(done));  // not one of this node's ranks: the flat path
       return;
     }
-    std::vector<LocalJoin> batch;
+    JoinBatch batch;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!joined_.insert(req.rank).second) {
@@ -100,20 +105,27 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
         return;
       }
       unsent_joins_.push_back({req, std::move(done)});
-      if (joined_.size() == local_.size()) {
-        batch = take_joins_locked();
-      } else if (!join_timer_) {
-        std::weak_ptr<Impl> weak = shared_from_this();
-        join_timer_ = timers_->schedule(Clock::now() + opt_.batch_window, [weak] {
-          if (auto self = weak.lock()) self->flush_joins();
-        });
-      }
+      batch = take_joins_if_ready_locked();
+    }
+    if (!batch.empty()) send_join_node(std::move(batch));
+  }
+
+  void join_subtree(const proto::JoinNodeRequest& req, Millis timeout, SubtreeJoinDone done) {
+    JoinBatch batch;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++counters_.subtree_joins;
+      children_seen_.insert(req.node_rank());
+      subtree_ranks_ += req.ranks_size();
+      for (const auto& sub : req.subtree()) subtree_ranks_ += sub.ranks_size();
+      unsent_children_.push_back({req, timeout, std::move(done)});
+      batch = take_joins_if_ready_locked();
     }
     if (!batch.empty()) send_join_node(std::move(batch));
   }
 
   void flush_joins() {
-    std::vector<LocalJoin> batch;
+    JoinBatch batch;
     {
       std::lock_guard<std::mutex> lock(mu_);
       join_timer_ = 0;
@@ -125,20 +137,32 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
   // ---- Barrier -------------------------------------------------------------------------
 
   void barrier(const std::string& name, int rank, int count, Millis timeout, Done done) {
-    std::vector<std::pair<int, Done>> batch;
+    arrive(name, {rank}, count, timeout, std::move(done), false);
+  }
+
+  void barrier_subtree(const std::string& name, std::vector<int> ranks, int count, Millis timeout,
+                       Done done) {
+    arrive(name, std::move(ranks), count, timeout, std::move(done), true);
+  }
+
+  void arrive(const std::string& name, std::vector<int> ranks, int count, Millis timeout, Done done,
+              bool subtree) {
+    std::vector<Arrival> batch;
     int batch_count = count;
     Millis batch_timeout = timeout;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      if (subtree) ++counters_.subtree_barriers;
       BarrierBatch& b = barriers_[name];
       if (b.arrived == 0) {
         b.count = count;
         b.timeout = timeout;
       }
-      ++b.arrived;
-      b.unsent.emplace_back(rank, std::move(done));
-      // Complete for this node: every local rank is in, or the barrier needs no more than that.
-      if (b.arrived >= static_cast<int>(local_.size()) || b.arrived >= b.count) {
+      b.arrived += static_cast<int>(ranks.size());
+      b.unsent.push_back({std::move(ranks), std::move(done)});
+      // Complete for this node: every local rank and every rank of the subtree below it is in,
+      // or the barrier needs no more than that.
+      if (b.arrived >= static_cast<int>(local_.size()) + subtree_ranks_ || b.arrived >= b.count) {
         if (b.timer) timers_->cancel(b.timer);
         b.timer = 0;
         batch = take_barrier_locked(b);
@@ -155,7 +179,7 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
   }
 
   void flush_barrier(const std::string& name) {
-    std::vector<std::pair<int, Done>> batch;
+    std::vector<Arrival> batch;
     int count = 0;
     Millis timeout{0};
     {
@@ -179,6 +203,17 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
     return {aborted_, abort_reason_};
   }
 
+  HeartbeatReply heartbeat_subtree(const proto::NodeHeartbeatRequest& req) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++counters_.subtree_heartbeats;
+    if (req.round() == opt_.round) {
+      auto now = Clock::now();
+      for (const auto& b : req.ranks())
+        beats_[b.rank()] = {b.step(), now - Millis(std::max<int64_t>(b.age_ms(), 0))};
+    }
+    return {aborted_, abort_reason_};
+  }
+
   void flush_heartbeat() {
     auto call = std::make_shared<BeatCall>();
     {
@@ -195,6 +230,16 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
         rb->set_step(b.step);
         rb->set_age_ms(std::chrono::duration_cast<Millis>(now - b.seen).count());
       }
+    }
+    if (opt_.parent) {
+      HeartbeatReply reply = opt_.parent->heartbeat_subtree(call->req);
+      std::lock_guard<std::mutex> lock(mu_);
+      beat_in_flight_ = false;
+      if (reply.abort && !aborted_) {
+        aborted_ = true;
+        abort_reason_ = reply.reason;
+      }
+      return;
     }
     begin_call(call->ctx, opt_.rpc_deadline);
     auto self = shared_from_this();
@@ -294,11 +339,26 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
     JoinRequestView req;
     JoinDone done;
   };
+  struct ChildJoin {
+    proto::JoinNodeRequest req;
+    Millis timeout;
+    SubtreeJoinDone done;
+  };
+  struct JoinBatch {
+    std::vector<LocalJoin> local;
+    std::vector<ChildJoin> children;
+    bool empty() const { return local.empty() && children.empty(); }
+  };
   struct JoinCall {
     grpc::ClientContext ctx;
     proto::JoinNodeRequest req;
     proto::JoinNodeResponse resp;
-    std::vector<LocalJoin> joins;
+    JoinBatch joins;
+  };
+  // Ranks that arrive at a barrier together: one local rank, or a child relay's batch.
+  struct Arrival {
+    std::vector<int> ranks;
+    Done done;
   };
   struct DirectJoinCall {
     grpc::ClientContext ctx;
@@ -310,14 +370,14 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
     Millis timeout{0};
     int arrived = 0;    // local arrivals so far
     int in_flight = 0;  // NodeBarrier calls not answered yet
-    std::vector<std::pair<int, Done>> unsent;
+    std::vector<Arrival> unsent;
     detail::TimerQueue::Id timer = 0;
   };
   struct BarrierCall {
     grpc::ClientContext ctx;
     proto::NodeBarrierRequest req;
     proto::Empty resp;
-    std::vector<std::pair<int, Done>> ranks;
+    std::vector<Arrival> arrivals;
   };
   struct BeatCall {
     grpc::ClientContext ctx;
@@ -346,46 +406,100 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
     in_flight_.erase(&ctx);
   }
 
-  std::vector<LocalJoin> take_joins_locked() {
+  JoinBatch take_joins_locked() {
     if (join_timer_) timers_->cancel(join_timer_);
     join_timer_ = 0;
-    return std::move(unsent_joins_);
+    return {std::move(unsent_joins_), std::move(unsent_children_)};
   }
 
-  std::vector<std::pair<int, Done>> take_barrier_locked(BarrierBatch& b) {
+  // Every local rank and every child relay has joined at least once: send what waits now.
+  // Otherwise the batch goes upward when the window ends.
+  JoinBatch take_joins_if_ready_locked() {
+    if (joined_.size() == local_.size() &&
+        static_cast<int>(children_seen_.size()) >= opt_.tree_children)
+      return take_joins_locked();
+    if (!join_timer_) {
+      std::weak_ptr<Impl> weak = shared_from_this();
+      Millis window = opt_.tree_children > 0 ? std::max(opt_.batch_window, opt_.tree_window)
+                                             : opt_.batch_window;
+      join_timer_ = timers_->schedule(Clock::now() + window, [weak] {
+        if (auto self = weak.lock()) self->flush_joins();
+      });
+    }
+    return {};
+  }
+
+  std::vector<Arrival> take_barrier_locked(BarrierBatch& b) {
     if (!b.unsent.empty()) ++b.in_flight;
     return std::move(b.unsent);
   }
 
-  void send_join_node(std::vector<LocalJoin> batch) {
+  // The ranks a JoinNode request names, in the order its answer lists them.
+  static void add_joined_ranks(const proto::JoinNodeRequest& req, proto::JoinNodeResponse& resp) {
+    for (const auto& r : req.ranks()) resp.add_ranks(r.rank());
+    for (const auto& sub : req.subtree())
+      for (const auto& r : sub.ranks()) resp.add_ranks(r.rank());
+  }
+
+  void send_join_node(JoinBatch batch) {
     auto call = std::make_shared<JoinCall>();
     call->req.set_node(opt_.node);
     call->req.set_node_rank(opt_.node_rank);
     call->req.set_round(opt_.round);
     Millis timeout{0};
-    for (const auto& j : batch) {
+    for (const auto& j : batch.local) {
       auto* r = call->req.add_ranks();
       r->set_rank(j.req.rank);
       r->set_local_rank(j.req.local_rank);
       r->set_pid(j.req.pid);
       timeout = std::max(timeout, j.req.timeout);
     }
+    // The subtree stays flat: a child's own entry, then the entries it carries.
+    for (const auto& c : batch.children) {
+      auto* e = call->req.add_subtree();
+      e->set_node(c.req.node());
+      e->set_node_rank(c.req.node_rank());
+      e->set_round(c.req.round());
+      *e->mutable_ranks() = c.req.ranks();
+      for (const auto& sub : c.req.subtree()) *call->req.add_subtree() = sub;
+      timeout = std::max(timeout, c.timeout);
+    }
     call->joins = std::move(batch);
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++counters_.upward_joins;
     }
+    auto answer = [call](const RelayStatus& rs) {
+      for (auto& j : call->joins.local) {
+        JoinResult res = rs.ok() ? result_of(j.req.rank, call->resp) : JoinResult{};
+        j.done(rs, res);
+      }
+      for (auto& c : call->joins.children) {
+        proto::JoinNodeResponse resp;
+        if (rs.ok()) {
+          resp = call->resp;
+          resp.clear_ranks();
+          add_joined_ranks(c.req, resp);
+        }
+        c.done(rs, resp);
+      }
+    };
+    if (opt_.parent) {
+      opt_.parent->join_subtree(
+          call->req, timeout,
+          [call, answer](const RelayStatus& rs, const proto::JoinNodeResponse& resp) {
+            call->resp = resp;
+            answer(rs);
+          });
+      return;
+    }
     begin_call(call->ctx, timeout);
     auto self = shared_from_this();
-    conn_->stub().async()->JoinNode(
-        &call->ctx, &call->req, &call->resp, [self, call](grpc::Status st) {
-          self->end_call(call->ctx);
-          RelayStatus rs = from_grpc(st);
-          for (auto& j : call->joins) {
-            JoinResult res = st.ok() ? result_of(j.req.rank, call->resp) : JoinResult{};
-            j.done(rs, res);
-          }
-        });
+    conn_->stub().async()->JoinNode(&call->ctx, &call->req, &call->resp,
+                                    [self, call, answer](grpc::Status st) {
+                                      self->end_call(call->ctx);
+                                      answer(from_grpc(st));
+                                    });
   }
 
   void join_direct(const JoinRequestView& req, JoinDone done) {
@@ -407,35 +521,43 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
   }
 
   void send_node_barrier(const std::string& name, int count, Millis timeout,
-                         std::vector<std::pair<int, Done>> batch) {
+                         std::vector<Arrival> batch) {
     auto call = std::make_shared<BarrierCall>();
     call->req.set_name(name);
     call->req.set_count(count);
     call->req.set_timeout_ms(timeout.count());
-    for (const auto& [rank, done] : batch) call->req.add_ranks(rank);
-    call->ranks = std::move(batch);
+    for (const auto& a : batch)
+      for (int rank : a.ranks) call->req.add_ranks(rank);
+    call->arrivals = std::move(batch);
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++counters_.upward_barriers;
     }
-    begin_call(call->ctx, timeout + opt_.rpc_deadline);
     auto self = shared_from_this();
-    conn_->stub().async()->NodeBarrier(
-        &call->ctx, &call->req, &call->resp, [self, call, name](grpc::Status st) {
-          self->end_call(call->ctx);
-          {
-            std::lock_guard<std::mutex> lock(self->mu_);
-            auto it = self->barriers_.find(name);
-            // Done with this name once nothing is in flight or waiting: it may be used again.
-            if (it != self->barriers_.end() && --it->second.in_flight == 0 &&
-                it->second.unsent.empty()) {
-              if (it->second.timer) self->timers_->cancel(it->second.timer);
-              self->barriers_.erase(it);
-            }
-          }
-          RelayStatus rs = from_grpc(st);
-          for (auto& [rank, done] : call->ranks) done(rs);
-        });
+    auto answer = [self, call, name](const RelayStatus& rs) {
+      {
+        std::lock_guard<std::mutex> lock(self->mu_);
+        auto it = self->barriers_.find(name);
+        // Done with this name once nothing is in flight or waiting: it may be used again.
+        if (it != self->barriers_.end() && --it->second.in_flight == 0 &&
+            it->second.unsent.empty()) {
+          if (it->second.timer) self->timers_->cancel(it->second.timer);
+          self->barriers_.erase(it);
+        }
+      }
+      for (auto& a : call->arrivals) a.done(rs);
+    };
+    if (opt_.parent) {
+      std::vector<int> ranks(call->req.ranks().begin(), call->req.ranks().end());
+      opt_.parent->barrier_subtree(name, std::move(ranks), count, timeout, answer);
+      return;
+    }
+    begin_call(call->ctx, timeout + opt_.rpc_deadline);
+    conn_->stub().async()->NodeBarrier(&call->ctx, &call->req, &call->resp,
+                                       [self, call, answer](grpc::Status st) {
+                                         self->end_call(call->ctx);
+                                         answer(from_grpc(st));
+                                       });
   }
 
   void watch_loop() {
@@ -503,6 +625,9 @@ class NodeRelay::Impl : public std::enable_shared_from_this<NodeRelay::Impl> {
   std::unordered_set<grpc::ClientContext*> in_flight_;
   std::unordered_set<int> joined_;
   std::vector<LocalJoin> unsent_joins_;
+  std::vector<ChildJoin> unsent_children_;
+  std::unordered_set<int> children_seen_;  // node ranks of the child relays that joined
+  int subtree_ranks_ = 0;                  // ranks joined through child relays
   detail::TimerQueue::Id join_timer_ = 0;
   std::map<std::string, BarrierBatch> barriers_;
   std::map<int, Beat> beats_;
@@ -544,6 +669,17 @@ void NodeRelay::join(const JoinRequestView& request, JoinDone done) {
 void NodeRelay::barrier(const std::string& name, int rank, int count, Millis timeout, Done done) {
   impl_->barrier(name, rank, count, timeout, std::move(done));
 }
+void NodeRelay::join_subtree(const proto::JoinNodeRequest& request, Millis timeout,
+                             SubtreeJoinDone done) {
+  impl_->join_subtree(request, timeout, std::move(done));
+}
+void NodeRelay::barrier_subtree(const std::string& name, std::vector<int> ranks, int count,
+                                Millis timeout, Done done) {
+  impl_->barrier_subtree(name, std::move(ranks), count, timeout, std::move(done));
+}
+HeartbeatReply NodeRelay::heartbeat_subtree(const proto::NodeHeartbeatRequest& request) {
+  return impl_->heartbeat_subtree(request);
+}
 HeartbeatReply NodeRelay::heartbeat(int rank, int64_t step, int round) {
   return impl_->heartbeat(rank, step, round);
 }
@@ -574,6 +710,58 @@ const NodeRelayOptions& NodeRelay::options() const {
 }
 detail::Connection& NodeRelay::upstream() {
   return impl_->upstream();
+}
+
+RelayTreePosition relay_tree_position(int node, int nodes, int fanout) {
+  RelayTreePosition pos;
+  if (fanout < 1 || nodes <= fanout || node < 0 || node >= nodes) return pos;
+  if (node >= fanout) pos.parent = node / fanout - 1;
+  // Children of node p: fanout * (p + 1) .. fanout * (p + 1) + fanout - 1, those that exist.
+  int64_t first = static_cast<int64_t>(fanout) * (node + 1);
+  int64_t end = std::min<int64_t>(nodes, first + fanout);
+  pos.children = static_cast<int>(std::max<int64_t>(0, end - first));
+  return pos;
+}
+
+std::string relay_tree_key(int round, int node) {
+  return fmt::format("ptrain/relay-tree/{}/{}", round, node);
+}
+
+std::string relay_tree_listen(const std::string& coordinator) {
+  std::string host = coordinator, port = "0";
+  if (auto colon = coordinator.rfind(':'); colon != std::string::npos) {
+    host = coordinator.substr(0, colon);
+    port = coordinator.substr(colon + 1);
+  }
+  if (host.size() > 1 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* res = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0)
+    throw IoError(fmt::format("node relay: cannot resolve the coordinator host '{}': {}", host,
+                              ::gai_strerror(rc)));
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(res, ::freeaddrinfo);
+  // A connected UDP socket sends nothing; it only asks the kernel which source address it would
+  // use on the route to the coordinator.
+  int fd = ::socket(res->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw IoError(fmt::format("node relay: socket: {}", std::strerror(errno)));
+  sockaddr_storage local{};
+  socklen_t len = sizeof(local);
+  int rc = ::connect(fd, res->ai_addr, res->ai_addrlen);
+  if (rc == 0) rc = ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0)
+    throw IoError(fmt::format("node relay: no route to the coordinator host '{}': {}", host,
+                              std::strerror(err)));
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (local.ss_family == AF_INET6) {
+    ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&local)->sin6_addr, buf, sizeof(buf));
+    return fmt::format("[{}]:0", buf);
+  }
+  ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&local)->sin_addr, buf, sizeof(buf));
+  return fmt::format("{}:0", buf);
 }
 
 std::string relay_socket_path(const std::string& run_dir, int node_rank) {

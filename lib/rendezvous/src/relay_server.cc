@@ -34,7 +34,7 @@ Millis time_left(grpc::CallbackServerContext* ctx, Millis fallback) {
 class RelayServer::Impl final : public proto::Coordinator::CallbackService {
  public:
   Impl(const std::string& coordinator, const std::string& token, NodeRelayOptions options,
-       std::string socket_path, Millis heartbeat_period)
+       std::string socket_path, Millis heartbeat_period, const std::string& tree_listen)
       : token_(token),
         socket_path_(std::move(socket_path)),
         relay_(coordinator, token, std::move(options)) {
@@ -48,19 +48,31 @@ class RelayServer::Impl final : public proto::Coordinator::CallbackService {
     ServerLimits limits;
     limits.token = token_;
     limits.max_message_bytes = detail::kMaxMessageBytes;
-    limits.max_concurrent_streams = 16;
+    // Child relays of a relay tree send their whole subtree's calls over one connection each.
+    limits.max_concurrent_streams = tree_listen.empty() ? 16 : detail::kMaxStreamsPerConnection;
     configure_server(builder, address(), &port, limits);
+    int tree_port = 0;
+    if (!tree_listen.empty()) add_listening_port(builder, tree_listen, &tree_port, limits);
     builder.RegisterService(this);
     server_ = builder.BuildAndStart();
     if (!server_)
       throw IoError(fmt::format("cannot listen on the node relay socket {}", socket_path_),
                     "check that the run folder is writable");
+    if (!tree_listen.empty()) {
+      if (tree_port == 0)
+        throw IoError(
+            fmt::format("the node relay cannot listen on {} for its child relays", tree_listen),
+            "check the node's address (the one it reaches the coordinator from)");
+      auto colon = tree_listen.rfind(':');
+      tree_address_ = tree_listen.substr(0, colon) + ":" + std::to_string(tree_port);
+    }
     if (heartbeat_period.count() > 0) relay_.start_heartbeats(heartbeat_period);
   }
 
   ~Impl() override;
 
   std::string address() const { return "unix:" + socket_path_; }
+  const std::string& tree_address() const { return tree_address_; }
   NodeRelay& relay() { return relay_; }
 
   // ---- through the relay ---------------------------------------------------------------
@@ -78,25 +90,28 @@ class RelayServer::Impl final : public proto::Coordinator::CallbackService {
     view.round = req->round();
     view.role = req->role().empty() ? "worker" : req->role();
     view.timeout = time_left(ctx, view.timeout);
-    relay_.join(view, [reactor, resp, upstream = relay_.upstream().address()](const RelayStatus& st,
-                                                                              const JoinResult& r) {
-      if (st.ok()) {
-        resp->set_rank(r.rank);
-        resp->set_world_size(r.world_size);
-        resp->mutable_coords()->set_dp(r.coords.dp);
-        resp->mutable_coords()->set_tp(r.coords.tp);
-        resp->mutable_coords()->set_pp(r.coords.pp);
-        resp->mutable_mesh()->set_dp(r.mesh.dp);
-        resp->mutable_mesh()->set_tp(r.mesh.tp);
-        resp->mutable_mesh()->set_pp(r.mesh.pp);
-        resp->set_run_id(r.run_id);
-        resp->set_run_dir(r.run_dir);
-        resp->set_spec_yaml(r.spec_yaml);
-        resp->set_round(r.round);
-        resp->set_upstream(upstream);
-      }
-      reactor->Finish(to_grpc(st));
-    });
+    const NodeRelayOptions& ro = relay_.options();
+    relay_.join(view,
+                [reactor, resp,
+                 upstream = ro.coordinator.empty() ? relay_.upstream().address() : ro.coordinator](
+                    const RelayStatus& st, const JoinResult& r) {
+                  if (st.ok()) {
+                    resp->set_rank(r.rank);
+                    resp->set_world_size(r.world_size);
+                    resp->mutable_coords()->set_dp(r.coords.dp);
+                    resp->mutable_coords()->set_tp(r.coords.tp);
+                    resp->mutable_coords()->set_pp(r.coords.pp);
+                    resp->mutable_mesh()->set_dp(r.mesh.dp);
+                    resp->mutable_mesh()->set_tp(r.mesh.tp);
+                    resp->mutable_mesh()->set_pp(r.mesh.pp);
+                    resp->set_run_id(r.run_id);
+                    resp->set_run_dir(r.run_dir);
+                    resp->set_spec_yaml(r.spec_yaml);
+                    resp->set_round(r.round);
+                    resp->set_upstream(upstream);
+                  }
+                  reactor->Finish(to_grpc(st));
+                });
     return reactor;
   }
 
@@ -195,26 +210,52 @@ class RelayServer::Impl final : public proto::Coordinator::CallbackService {
       a->Delete(c, q, r, std::move(cb));
     });
   }
+  // ---- node-level calls: merged into this relay's own when it has child relays ------------
+
   grpc::ServerUnaryReactor* JoinNode(grpc::CallbackServerContext* ctx,
                                      const proto::JoinNodeRequest* req,
                                      proto::JoinNodeResponse* resp) override {
-    return forward(ctx, req, resp, [](auto* a, auto* c, auto* q, auto* r, auto cb) {
-      a->JoinNode(c, q, r, std::move(cb));
-    });
+    if (!tree_parent())
+      return forward(ctx, req, resp, [](auto* a, auto* c, auto* q, auto* r, auto cb) {
+        a->JoinNode(c, q, r, std::move(cb));
+      });
+    auto* reactor = ctx->DefaultReactor();
+    if (!authorized(ctx)) return unauthenticated(reactor);
+    relay_.join_subtree(*req, time_left(ctx, kDefaultRpcDeadline),
+                        [reactor, resp](const RelayStatus& st, const proto::JoinNodeResponse& r) {
+                          if (st.ok()) *resp = r;
+                          reactor->Finish(to_grpc(st));
+                        });
+    return reactor;
   }
   grpc::ServerUnaryReactor* NodeHeartbeat(grpc::CallbackServerContext* ctx,
                                           const proto::NodeHeartbeatRequest* req,
                                           proto::HeartbeatResponse* resp) override {
-    return forward(ctx, req, resp, [](auto* a, auto* c, auto* q, auto* r, auto cb) {
-      a->NodeHeartbeat(c, q, r, std::move(cb));
-    });
+    if (!tree_parent())
+      return forward(ctx, req, resp, [](auto* a, auto* c, auto* q, auto* r, auto cb) {
+        a->NodeHeartbeat(c, q, r, std::move(cb));
+      });
+    auto* reactor = ctx->DefaultReactor();
+    if (!authorized(ctx)) return unauthenticated(reactor);
+    auto reply = relay_.heartbeat_subtree(*req);
+    resp->set_abort(reply.abort);
+    resp->set_reason(reply.reason);
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
   }
   grpc::ServerUnaryReactor* NodeBarrier(grpc::CallbackServerContext* ctx,
                                         const proto::NodeBarrierRequest* req,
                                         proto::Empty* resp) override {
-    return forward(ctx, req, resp, [](auto* a, auto* c, auto* q, auto* r, auto cb) {
-      a->NodeBarrier(c, q, r, std::move(cb));
-    });
+    if (!tree_parent())
+      return forward(ctx, req, resp, [](auto* a, auto* c, auto* q, auto* r, auto cb) {
+        a->NodeBarrier(c, q, r, std::move(cb));
+      });
+    auto* reactor = ctx->DefaultReactor();
+    if (!authorized(ctx)) return unauthenticated(reactor);
+    relay_.barrier_subtree(req->name(), {req->ranks().begin(), req->ranks().end()}, req->count(),
+                           Millis(req->timeout_ms()),
+                           [reactor](const RelayStatus& st) { reactor->Finish(to_grpc(st)); });
+    return reactor;
   }
 
   class LogReactor;
@@ -222,6 +263,8 @@ class RelayServer::Impl final : public proto::Coordinator::CallbackService {
                                                        proto::Empty*) override;
 
  private:
+  bool tree_parent() const { return relay_.options().tree_children > 0; }
+
   bool authorized(grpc::CallbackServerContext* ctx) const {
     const auto& md = ctx->client_metadata();
     auto it = md.find(kTokenMetadataKey);
@@ -259,6 +302,7 @@ class RelayServer::Impl final : public proto::Coordinator::CallbackService {
 
   std::string token_;
   std::string socket_path_;
+  std::string tree_address_;
   NodeRelay relay_;
   std::unique_ptr<grpc::Server> server_;
   std::mutex mu_;
@@ -401,12 +445,16 @@ RelayServer::Impl::~Impl() {
 // ---- RelayServer -------------------------------------------------------------------------
 
 RelayServer::RelayServer(const std::string& coordinator, const std::string& token,
-                         NodeRelayOptions options, std::string socket_path, Millis heartbeat_period)
+                         NodeRelayOptions options, std::string socket_path, Millis heartbeat_period,
+                         const std::string& tree_listen)
     : impl_(std::make_unique<Impl>(coordinator, token, std::move(options), std::move(socket_path),
-                                   heartbeat_period)) {}
+                                   heartbeat_period, tree_listen)) {}
 RelayServer::~RelayServer() = default;
 std::string RelayServer::address() const {
   return impl_->address();
+}
+const std::string& RelayServer::tree_address() const {
+  return impl_->tree_address();
 }
 NodeRelay& RelayServer::relay() {
   return impl_->relay();

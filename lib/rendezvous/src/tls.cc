@@ -285,8 +285,8 @@ std::shared_ptr<grpc::ChannelCredentials> channel_credentials(grpc::ChannelArgum
   return grpc::SslCredentials(o);
 }
 
-void configure_server(grpc::ServerBuilder& builder, const std::string& listen, int* port,
-                      const ServerLimits& limits) {
+void add_listening_port(grpc::ServerBuilder& builder, const std::string& listen, int* port,
+                        const ServerLimits& limits) {
   std::shared_ptr<grpc::ServerCredentials> creds;
   const bool unix_socket = is_unix_address(listen);
   if (unix_socket) {
@@ -305,6 +305,11 @@ void configure_server(grpc::ServerBuilder& builder, const std::string& listen, i
   if (secure && !limits.token.empty())
     creds->SetAuthMetadataProcessor(std::make_shared<TokenCheck>(limits.token, limits.on_reject));
   builder.AddListeningPort(listen, creds, port);
+}
+
+void configure_server(grpc::ServerBuilder& builder, const std::string& listen, int* port,
+                      const ServerLimits& limits) {
+  add_listening_port(builder, listen, port, limits);
   builder.SetMaxReceiveMessageSize(static_cast<int>(limits.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(limits.max_message_bytes));
   // Without this, a second server could silently share an explicit port (SO_REUSEPORT).

@@ -86,6 +86,7 @@ Value tree(const JobSpec& s) {
   rdzv.add("port", Value::num(s.rendezvous.port));
   rdzv.add("timeout_s", Value::num(s.rendezvous.timeout_s));
   rdzv.add("tls", Value::str(s.rendezvous.tls));
+  rdzv.add("tree_fanout", Value::num(s.rendezvous.tree_fanout));
 
   const ParallelSpec& p = s.parallel;
   Value& par = root.add("parallel", Value::map());

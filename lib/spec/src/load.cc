@@ -727,11 +727,15 @@ JobSpec build(Reader& r, const YAML::Node& root, const std::string& base_dir) {
   if (!s.nodes.hostfile.empty()) s.nodes.hosts = resolve_hosts(s);
   {
     MapView m = section("rendezvous");
-    m.allow({"bind", "port", "timeout_s", "tls"});
+    m.allow({"bind", "port", "timeout_s", "tls", "tree_fanout"});
     m.read("bind", s.rendezvous.bind);
     m.read("port", s.rendezvous.port, 0, 65535);
     m.read("timeout_s", s.rendezvous.timeout_s, kMinSeconds, 86400);
     m.read_enum("tls", s.rendezvous.tls, {"auto", "on", "off"});
+    m.read("tree_fanout", s.rendezvous.tree_fanout, 0, 65536);
+    if (s.rendezvous.tree_fanout == 1)
+      r.fail_at({m.path("tree_fanout")}, "tree_fanout = 1 would chain every node behind the next",
+                "use 0 (no relay tree) or at least 2");
   }
   read_parallel(r, section("parallel"), s.parallel);
   if (s.launcher_only()) {

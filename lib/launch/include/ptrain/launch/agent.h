@@ -17,7 +17,8 @@
 
 namespace ptrain::rendezvous {
 class RelayServer;
-}
+struct NodeRelayOptions;
+}  // namespace ptrain::rendezvous
 
 namespace ptrain::launch {
 
@@ -62,6 +63,10 @@ struct AgentOptions {
   // unix socket in the run folder; it joins, passes barriers and heartbeats (once per this period)
   // for all of them. 0: every worker talks to the coordinator itself (`command:` jobs).
   Millis node_relay_heartbeat{0};
+  // With a node relay: jobs of more than this many nodes form a relay tree (rendezvous.
+  // tree_fanout; 0 = never); a relay waits this long for its parent's address in the store.
+  int relay_tree_fanout = 0;
+  Millis relay_tree_timeout{60000};
 };
 
 // One output line of a worker.
@@ -117,6 +122,7 @@ class Agent {
 
  private:
   struct Worker;
+  void start_relay(rendezvous::NodeRelayOptions ro, int round);
   void read_pipe(Worker& w, bool is_stderr);
   void emit(Worker& w, bool is_stderr, std::string& pending, bool flush_partial);
   AgentOptions options_;

@@ -24,6 +24,9 @@ struct RdzvBenchOptions {
   int clients = 1024;
   int connections = 0;     // TCP connections the clients spread over; 0 = one per client (node)
   int ranks_per_node = 1;  // 1: every rank joins the coordinator itself (the flat path)
+  // > 1 (ranks_per_node > 1 only): the node relays form a relay tree of this fanout (in this
+  // process), so only the top `tree_fanout` relays call the coordinator.
+  int tree_fanout = 0;
   // Mutual TLS with a fresh job identity (rendezvous.tls: on). The identity is this process's, so
   // it needs the coordinator in this process: `target` must then be null.
   bool tls = false;

@@ -86,5 +86,8 @@ struct ServerLimits {
 // only check for plaintext elsewhere).
 void configure_server(grpc::ServerBuilder& builder, const std::string& listen, int* port,
                       const ServerLimits& limits);
+// One more address for a server configured above, with the credentials that address gets.
+void add_listening_port(grpc::ServerBuilder& builder, const std::string& listen, int* port,
+                        const ServerLimits& limits);
 
 }  // namespace ptrain::rendezvous

@@ -52,6 +52,9 @@ struct RendezvousSpec {
   double timeout_s = 60;
   // auto|on|off: mutual TLS on every gRPC channel; auto = on when an address is not loopback.
   std::string tls = "auto";
+  // Jobs of more nodes than this: each node's relay talks to a parent relay instead of the
+  // coordinator, which then sees only the top `tree_fanout` nodes. 0 = never.
+  int tree_fanout = 32;
 
   bool operator==(const RendezvousSpec&) const = default;
 };
