@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -177,6 +178,145 @@ TEST(Attack, OversizedSetsWithoutTheTokenAreNotBufferedByTheCoordinator) {
   proto::CheckResponse present;
   ASSERT_TRUE(stub->Check(&ctx, check, &present).ok());
   EXPECT_FALSE(present.all_present());
+}
+
+// Polls VmHWM of `pid` until it has not changed for `quiet` (or `limit` passed): the server has
+// done what the calls in flight make it do.
+int64_t settled_peak_rss(pid_t pid, std::chrono::milliseconds quiet = std::chrono::seconds(1),
+                         std::chrono::seconds limit = std::chrono::seconds(20)) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  int64_t last = peak_rss_bytes(pid);
+  auto since = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const int64_t now = peak_rss_bytes(pid);
+    if (now != last) {
+      last = now;
+      since = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - since >= quiet) {
+      break;
+    }
+  }
+  return last;
+}
+
+// Calls that a client starts and whose responses it never reads: the requests go out, and the
+// client's connection takes in no more of a response than its flow-control window. Read (and
+// ended) when this goes away.
+class UnreadGets {
+ public:
+  UnreadGets(const std::string& address, const std::string& token, const std::string& key,
+             int calls, int connections) {
+    for (int c = 0; c < connections; ++c) {
+      grpc::ChannelArguments a;
+      a.SetMaxReceiveMessageSize(100 << 20);
+      a.SetInt("ptrain.slow_reader", c);  // a connection of its own
+      stubs_.push_back(proto::Coordinator::NewStub(
+          grpc::CreateCustomChannel(address, grpc::experimental::LocalCredentials(LOCAL_TCP), a)));
+    }
+    proto::GetRequest req;
+    req.set_key(key);
+    req.set_timeout_ms(1000);
+    calls_.resize(size_t(calls));
+    for (int i = 0; i < calls; ++i) {
+      auto& call = calls_[size_t(i)];
+      call.ctx.AddMetadata(kTokenMetadataKey, token);
+      call.ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+      call.reader = stubs_[size_t(i % connections)]->PrepareAsyncGet(&call.ctx, req, &cq_);
+      call.reader->StartCall();
+      // The request goes out with the first batch of operations; this one reads no message.
+      call.reader->ReadInitialMetadata(&call);
+    }
+  }
+  ~UnreadGets() {
+    for (auto& call : calls_) {
+      call.ctx.TryCancel();
+      call.reader->Finish(&call.resp, &call.status, &call);
+    }
+    void* tag;
+    bool ok;
+    for (size_t done = 0; done < 2 * calls_.size() && cq_.Next(&tag, &ok);) ++done;
+    cq_.Shutdown();
+    while (cq_.Next(&tag, &ok)) {
+    }
+  }
+
+ private:
+  struct Call {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<proto::GetResponse>> reader;
+    proto::GetResponse resp;
+    grpc::Status status;
+  };
+  grpc::CompletionQueue cq_;
+  std::vector<std::unique_ptr<proto::Coordinator::Stub>> stubs_;
+  std::deque<Call> calls_;
+};
+
+// A job member that asks for a large value again and again and never reads the answers: the
+// coordinator must not keep a serialised copy of the value for each unread answer, and it goes
+// on serving everyone else promptly.
+TEST(Attack, UnreadGetsOfALargeValueDoNotHoldTheCoordinatorsMemory) {
+  const std::string token = make_token();
+  ServedCoordinator served(token);
+  ASSERT_GT(served.pid(), 0);
+  ASSERT_GT(served.port(), 0) << "the served coordinator did not report its port";
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(100 << 20);
+  args.SetMaxReceiveMessageSize(100 << 20);
+  auto channel = grpc::CreateCustomChannel(served.address(),
+                                           grpc::experimental::LocalCredentials(LOCAL_TCP), args);
+  auto stub = proto::Coordinator::NewStub(channel);
+  constexpr int64_t kValue = int64_t{60} << 20;
+  proto::SetRequest big;
+  big.set_key("big");
+  big.set_value(std::string(static_cast<size_t>(kValue), 'x'));
+  ASSERT_TRUE(set_value(*stub, token, big, std::chrono::seconds(30)).ok());
+  {
+    // One Get read in full, so the baseline holds what a served answer costs.
+    grpc::ClientContext ctx;
+    ctx.AddMetadata(kTokenMetadataKey, token);
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    proto::GetRequest req;
+    req.set_key("big");
+    proto::GetResponse resp;
+    ASSERT_TRUE(stub->Get(&ctx, req, &resp).ok());
+    ASSERT_EQ(int64_t(resp.value().size()), kValue);
+  }
+  const int64_t before = settled_peak_rss(served.pid());
+  ASSERT_GT(before, 0);
+
+  constexpr int kCalls = 16;
+  int64_t growth = 0;
+  double took_s = 0;
+  {
+    UnreadGets unread(served.address(), token, "big", kCalls, 4);
+    // Another member's small calls are answered in time while the unread answers wait.
+    proto::SetRequest small;
+    small.set_key("k");
+    small.set_value("v");
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 20; ++i)
+      ASSERT_TRUE(set_value(*stub, token, small, std::chrono::seconds(5)).ok()) << "call " << i;
+    took_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    growth = settled_peak_rss(served.pid()) - before;
+  }
+  std::printf("peak RSS %lld MiB before, growth %lld MiB; 20 small Sets took %.3f s\n",
+              static_cast<long long>(before >> 20), static_cast<long long>(growth >> 20), took_s);
+  EXPECT_LT(took_s, 5.0);
+  EXPECT_LT(growth, int64_t{256} << 20)
+      << "the coordinator's peak RSS grew by " << (growth >> 20) << " MiB under " << kCalls
+      << " unread Gets of a " << (kValue >> 20) << " MiB value";
+  // Once those calls ended, what they held is given back: the value is served again.
+  grpc::ClientContext ctx;
+  ctx.AddMetadata(kTokenMetadataKey, token);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  proto::GetRequest req;
+  req.set_key("big");
+  proto::GetResponse resp;
+  const grpc::Status st = stub->Get(&ctx, req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(int64_t(resp.value().size()), kValue);
 }
 
 }  // namespace

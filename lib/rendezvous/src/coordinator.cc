@@ -18,6 +18,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "answer_budget.h"
 #include "grpc_common.h"
 #include "ptrain/core/error.h"
 #include "ptrain/rendezvous/token.h"
@@ -26,6 +27,7 @@
 
 namespace ptrain::rendezvous {
 
+using detail::AnswerBudget;
 using detail::ServerStore;
 using detail::TimerQueue;
 using detail::WaitOutcome;
@@ -64,6 +66,41 @@ class Reply {
 
  protected:
   ~Reply() = default;
+};
+
+// The reactor of a Get or MultiGet: the value bytes of its answer count against the
+// coordinator's AnswerBudget until gRPC has sent the answer (OnDone), i.e. until the client's
+// flow control took it in.
+class AnswerReactor final : public grpc::ServerUnaryReactor {
+ public:
+  AnswerReactor(AnswerBudget* budget, grpc::CallbackServerContext* ctx)
+      : budget_(budget), ctx_(ctx) {}
+  // Reserves the answer's bytes; when the budget has no room, finishes the call with
+  // RESOURCE_EXHAUSTED and returns false.
+  bool reserve(const std::vector<Bytes>& values) {
+    int64_t bytes = 0;
+    for (const auto& v : values) bytes += static_cast<int64_t>(v.size());
+    if (bytes < budget_->limits().counted_from) return true;
+    std::string why;
+    peer_ = ctx_->peer();
+    if (!budget_->take(peer_, bytes, &why)) {
+      Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "the coordinator holds back this answer: " + why));
+      return false;
+    }
+    bytes_ = bytes;
+    return true;
+  }
+  void OnDone() override {
+    if (bytes_ > 0) budget_->give(peer_, bytes_);
+    delete this;
+  }
+
+ private:
+  AnswerBudget* budget_;
+  grpc::CallbackServerContext* ctx_;
+  std::string peer_;
+  int64_t bytes_ = 0;
 };
 
 // An event on one of the wait queues.
@@ -405,12 +442,14 @@ class Coordinator::Impl final : public CoordinatorService {
 
   grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* ctx, const proto::GetRequest* req,
                                 proto::GetResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
+    auto* reactor = new AnswerReactor(&answers_, ctx);
     if (!authorized(ctx, "Get")) return finish(reactor, unauthenticated());
     store_.wait_async({req->key()}, wait_deadline(ctx, Millis(req->timeout_ms())),
                       [reactor, resp](WaitOutcome out) {
-                        if (out.code == WaitOutcome::Code::Ok)
+                        if (out.code == WaitOutcome::Code::Ok) {
+                          if (!reactor->reserve(out.values)) return;
                           resp->set_value(std::move(out.values[0]));
+                        }
                         reactor->Finish(to_status(out));
                       });
     return reactor;
@@ -451,13 +490,15 @@ class Coordinator::Impl final : public CoordinatorService {
   grpc::ServerUnaryReactor* MultiGet(grpc::CallbackServerContext* ctx,
                                      const proto::MultiGetRequest* req,
                                      proto::MultiGetResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
+    auto* reactor = new AnswerReactor(&answers_, ctx);
     if (!authorized(ctx, "MultiGet")) return finish(reactor, unauthenticated());
     store_.wait_async({req->keys().begin(), req->keys().end()},
                       wait_deadline(ctx, Millis(req->timeout_ms())),
                       [reactor, resp](WaitOutcome out) {
-                        if (out.code == WaitOutcome::Code::Ok)
+                        if (out.code == WaitOutcome::Code::Ok) {
+                          if (!reactor->reserve(out.values)) return;
                           for (auto& v : out.values) resp->add_values(std::move(v));
+                        }
                         reactor->Finish(to_status(out));
                       });
     return reactor;
@@ -855,7 +896,8 @@ class Coordinator::Impl final : public CoordinatorService {
 
   CoordinatorOptions opt_;
   CoordinatorEvents ev_;
-  TimerQueue timers_;  // before store_ and server_: both use it until they stop
+  TimerQueue timers_;     // before store_ and server_: both use it until they stop
+  AnswerBudget answers_;  // before server_: its calls give back what they took when they end
   ServerStore store_;
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
