@@ -4,6 +4,7 @@
 #include "ptrain/rendezvous/node_relay.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -423,6 +424,42 @@ TEST(RelayTree, PositionsAreABreadthFirstTreeBelowTheCoordinator) {
           << nodes << " nodes, node " << n;
   }
   EXPECT_EQ(relay_tree_key(3, 17), "ptrain/relay-tree/3/17");
+}
+
+// A run folder too deep for a unix socket path puts the socket in a folder of this user's only;
+// one that another user could have made first (open to others, or a symlink) is refused.
+TEST(RelaySocket, ATooLongRunFolderUsesAPrivateFolderAndRefusesOneOpenToOthers) {
+  EXPECT_EQ(relay_socket_path("/r", 3), "/r/relay-3.sock");
+  const std::string long_dir = "/x/" + std::string(120, 'd');
+  const std::string path = relay_socket_path(long_dir, 3);
+  EXPECT_LT(path.size(), 100u);
+  const std::string dir = std::filesystem::path(path).parent_path();
+  struct stat st {};
+  ASSERT_EQ(::lstat(dir.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  EXPECT_EQ(st.st_uid, ::getuid());
+
+  const auto parent = std::filesystem::temp_directory_path() /
+                      ("ptrain-sockdir-test-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(parent);
+  const std::string mine = private_socket_dir(parent);
+  ASSERT_EQ(::lstat(mine.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  EXPECT_EQ(private_socket_dir(parent), mine);  // taken again as it is
+  ::chmod(mine.c_str(), 0755);
+  try {
+    private_socket_dir(parent);
+    ADD_FAILURE() << "a socket folder open to others was taken";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("not a private folder of this user"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("mode 755"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove(mine);
+  std::filesystem::create_directory_symlink(parent, mine);
+  EXPECT_THROW(private_socket_dir(parent), IoError);
+  std::filesystem::remove_all(parent);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <netdb.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -764,11 +765,30 @@ std::string relay_tree_listen(const std::string& coordinator) {
   return fmt::format("{}:0", buf);
 }
 
+std::string private_socket_dir(const std::string& parent) {
+  const uid_t uid = ::getuid();
+  std::string dir = fmt::format("{}/ptrain-{}", parent, uid);
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+    throw IoError(fmt::format("cannot create the socket folder {}: {}", dir, std::strerror(errno)),
+                  "check that " + parent + " is writable");
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0)
+    throw IoError(fmt::format("cannot read the socket folder {}: {}", dir, std::strerror(errno)));
+  // Another user may have made it first (to read or replace this user's sockets): refuse it.
+  if (!S_ISDIR(st.st_mode) || st.st_uid != uid || (st.st_mode & 077) != 0)
+    throw IoError(fmt::format("the socket folder {} is not a private folder of this user ({}, "
+                              "owner uid {}, mode {:o})",
+                              dir, S_ISDIR(st.st_mode) ? "a folder" : "not a folder", st.st_uid,
+                              st.st_mode & 07777),
+                  "remove it, or give the job a shorter logging.dir");
+  return dir;
+}
+
 std::string relay_socket_path(const std::string& run_dir, int node_rank) {
   std::string path = fmt::format("{}/relay-{}.sock", run_dir, node_rank);
   // sun_path holds 108 bytes with the terminating zero.
   if (path.size() < 100) return path;
-  return fmt::format("/tmp/ptrain-relay-{}-{}.sock", ::getpid(), node_rank);
+  return fmt::format("{}/relay-{}-{}.sock", private_socket_dir("/tmp"), ::getpid(), node_rank);
 }
 
 }  // namespace ptrain::rendezvous

@@ -158,8 +158,12 @@ class RelayServer {
   std::unique_ptr<Impl> impl_;
 };
 
-// Where a node's relay listens: RUN_DIR/relay-<node_rank>.sock, or a short path under /tmp when
-// that one is too long for a unix socket.
+// Where a node's relay listens: RUN_DIR/relay-<node_rank>.sock, or, when that is too long for a
+// unix socket, relay-<pid>-<node_rank>.sock in private_socket_dir("/tmp").
 std::string relay_socket_path(const std::string& run_dir, int node_rank);
+
+// PARENT/ptrain-<uid>, created 0700 when missing; throws IoError when it is not a folder owned by
+// this user with no access for others (another user made it first, or a symlink).
+std::string private_socket_dir(const std::string& parent);
 
 }  // namespace ptrain::rendezvous
