@@ -4,8 +4,11 @@
 // run's step for step. Faults come from PTRAIN_TEST_FAIL_AT_STEP (lib/train/src/fault_injection.h).
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -487,4 +490,78 @@ TEST_F(FaultToleranceTest, AsyncServerKilledDuringACheckpointSaveLeavesThePrevio
   EXPECT_TRUE(contains(read_file(dir + "/launcher.log"), "restart 1/1"));
   EXPECT_TRUE(fs::exists(dir + "/checkpoints/step-12.safetensors"));
   EXPECT_EQ(losses(dir).back().first, 12);
+}
+
+// A local client floods the coordinator of a restarting job with connections that send nothing,
+// more than the launcher's descriptor limit: the connection cap keeps descriptors for the
+// restart (without it the launcher ran out of them: pipe2 "Too many open files", exit 1), the
+// job's own connections get in past the silent ones, and it finishes with the uninterrupted
+// run's curve.
+TEST_F(FaultToleranceTest, AJobRestartsAndFinishesWhileAClientFloodsItsCoordinatorWithConnections) {
+  // A free port for the coordinator, so that the flood knows where to go.
+  int probe = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(probe, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::bind(probe, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::getsockname(probe, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  const int port = ntohs(a.sin_port);
+  ::close(probe);
+
+  // The launcher gets 1,024 descriptors (its soft limit, inherited); the flood may use more.
+  rlimit lim{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &lim), 0);
+  ASSERT_GE(lim.rlim_max, rlim_t{5000}) << "the test needs a descriptor limit of 5,000";
+  const rlimit launcher_limit{1024, lim.rlim_max};
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &launcher_limit), 0);
+  ptrain::testing::PtrainProcess job(
+      {"run",
+       spec(std::string(kDataParallel) + "rendezvous: {port: " + std::to_string(port) + "}\n")},
+      {"PTRAIN_TEST_FAIL_AT_STEP=1:6"});
+  const rlimit flood_limit{lim.rlim_max, lim.rlim_max};
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &flood_limit), 0);
+
+  // 200 connections every 50 ms, up to 4,000, held until the job ends.
+  std::vector<int> flood;
+  int code = -1;
+  Deadline d(Millis(120000));
+  while (!d.expired()) {
+    job.pump(Millis(50));
+    if (auto st = job.proc().try_wait()) {
+      code = st->shell_code();
+      break;
+    }
+    for (int i = 0; i < 200 && flood.size() < 4000; ++i) {
+      int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      ASSERT_GE(fd, 0);
+      sockaddr_in to{};
+      to.sin_family = AF_INET;
+      to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      to.sin_port = htons(static_cast<uint16_t>(port));
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
+        ::close(fd);  // not listening yet, or between rounds
+        break;
+      }
+      flood.push_back(fd);
+    }
+  }
+  if (code == -1) code = job.finish(Millis(1000));
+  for (Deadline drain(Millis(10000));
+       !drain.expired() && (job.proc().stdout_fd() >= 0 || job.proc().stderr_fd() >= 0);)
+    job.pump(Millis(100));
+  const size_t opened = flood.size();
+  for (int fd : flood) ::close(fd);
+  ::setrlimit(RLIMIT_NOFILE, &lim);
+  std::printf("connections opened: %zu\n", opened);
+  ASSERT_EQ(code, 0) << "connections opened: " << opened << "\n" << job.out << job.err;
+  EXPECT_GT(opened, 1500u) << "the flood did not pass the launcher's descriptor limit";
+  std::string dir = run_dir();
+  expect_same_curve(dir);
+  std::string summary = read_file(dir + "/summary.json");
+  EXPECT_TRUE(contains(summary, R"("restarts": [{"round": 1, "rank": 1, )")) << summary;
+  EXPECT_TRUE(contains(summary, R"("status": "succeeded")")) << summary;
+  std::string launcher = read_file(dir + "/launcher.log");
+  EXPECT_TRUE(contains(launcher, "connection(s) on port " + std::to_string(port))) << launcher;
 }

@@ -49,6 +49,7 @@ struct ParamServer::Impl final : proto::ParamServer::Service {
   double start_s = 0;
   bool stopping = false;
   std::unique_ptr<grpc::Server> server;
+  rendezvous::ServerListeners listeners;  // after server: stops accepting before the server goes
   int port = 0;
 
   int64_t min_clock() const { return *std::min_element(clock.begin(), clock.end()); }
@@ -224,7 +225,7 @@ void ParamServer::start() {
       std::max<int64_t>(int64_t{256} << 20, (s.opt.workers + 2) * limits.max_message_bytes);
   limits.max_concurrent_streams = 8;
   rendezvous::configure_server(builder, fmt::format("{}:{}", s.opt.bind, s.opt.port), &s.port,
-                               limits);
+                               limits, &s.listeners);
   builder.RegisterService(&s);
   s.server = builder.BuildAndStart();
   if (!s.server || s.port == 0)

@@ -189,7 +189,11 @@ class Coordinator::Impl final : public CoordinatorService {
     grpc::ServerBuilder builder;
     detail::configure_coordinator_server(
         builder, listen, &port_, opt_.token,
-        [this](const char* why) { count_rejected("a call (on its headers)", "a client", why); });
+        [this](const char* why) { count_rejected("a call (on its headers)", "a client", why); },
+        [this](const std::string& line) {
+          if (ev_.on_warning) ev_.on_warning(line);
+        },
+        &listeners_);
     builder.RegisterService(this);
     for (int i = 0; i < kWaitQueues; ++i) queues_.push_back(builder.AddCompletionQueue());
     server_ = builder.BuildAndStart();
@@ -900,6 +904,7 @@ class Coordinator::Impl final : public CoordinatorService {
   AnswerBudget answers_;  // before server_: its calls give back what they took when they end
   ServerStore store_;
   std::unique_ptr<grpc::Server> server_;
+  ServerListeners listeners_;  // after server_: stops accepting before the server goes
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
   std::vector<std::thread> threads_;  // one per queue
   int port_ = 0;

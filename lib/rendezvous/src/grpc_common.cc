@@ -31,10 +31,13 @@ void route_grpc_logs() {
 
 void configure_coordinator_server(grpc::ServerBuilder& builder, const std::string& listen,
                                   int* port, const std::string& token,
-                                  std::function<void(const char*)> on_reject) {
+                                  std::function<void(const char*)> on_reject,
+                                  std::function<void(const std::string&)> on_warning,
+                                  ServerListeners* listeners) {
   ServerLimits limits;
   limits.token = token;
   limits.on_reject = std::move(on_reject);
+  limits.on_warning = std::move(on_warning);
   limits.max_message_bytes = kMaxMessageBytes;
   // A worker keeps one connection with a Watch stream and makes a few calls at a time, but a
   // Join or JoinNode waits for the whole world on its stream: a connection that multiplexes
@@ -44,7 +47,7 @@ void configure_coordinator_server(grpc::ServerBuilder& builder, const std::strin
   // Thousands of workers handshaking at once queue behind each other (a mutual TLS handshake
   // costs the coordinator a few ms of CPU): they get longer than an idle intruder would.
   limits.handshake_timeout_ms = 10000;
-  configure_server(builder, listen, port, limits);
+  configure_server(builder, listen, port, limits, listeners);
   // Every wait the coordinator serves (Join, Barrier, store waits) ends on its own timer queue
   // before the client's deadline, so gRPC's per-call deadline timer is redundant here. At 65,536
   // pending Joins gRPC's timer lists (rescanned as time advances) were ~20% of the coordinator's

@@ -11,6 +11,7 @@
 #include "ptrain.grpc.pb.h"
 #include "ptrain/core/time.h"
 #include "ptrain/rendezvous/store.h"
+#include "ptrain/rendezvous/tls.h"
 
 namespace ptrain::rendezvous::detail {
 
@@ -30,7 +31,9 @@ inline constexpr int kMaxStreamsPerConnection = 4096;
 // idle timeouts.
 void configure_coordinator_server(grpc::ServerBuilder& builder, const std::string& listen,
                                   int* port, const std::string& token,
-                                  std::function<void(const char*)> on_reject);
+                                  std::function<void(const char*)> on_reject,
+                                  std::function<void(const std::string&)> on_warning,
+                                  ServerListeners* listeners);
 
 // "[::1]:port" for IPv6 literals, "host:port" otherwise.
 std::string host_port(const std::string& host, int port);

@@ -50,9 +50,10 @@ class RelayServer::Impl final : public proto::Coordinator::CallbackService {
     limits.max_message_bytes = detail::kMaxMessageBytes;
     // Child relays of a relay tree send their whole subtree's calls over one connection each.
     limits.max_concurrent_streams = tree_listen.empty() ? 16 : detail::kMaxStreamsPerConnection;
-    configure_server(builder, address(), &port, limits);
+    configure_server(builder, address(), &port, limits, &listeners_);
     int tree_port = 0;
-    if (!tree_listen.empty()) add_listening_port(builder, tree_listen, &tree_port, limits);
+    if (!tree_listen.empty())
+      add_listening_port(builder, tree_listen, &tree_port, limits, &listeners_);
     builder.RegisterService(this);
     server_ = builder.BuildAndStart();
     if (!server_)
@@ -305,6 +306,7 @@ class RelayServer::Impl final : public proto::Coordinator::CallbackService {
   std::string tree_address_;
   NodeRelay relay_;
   std::unique_ptr<grpc::Server> server_;
+  ServerListeners listeners_;  // after server_: stops accepting before the server goes
   std::mutex mu_;
   bool stopping_ = false;
   std::unordered_set<WatchReactor*> watches_;

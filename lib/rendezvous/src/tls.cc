@@ -19,6 +19,7 @@
 #include <mutex>
 #include <sstream>
 
+#include "connection_gate.h"
 #include "ptrain/core/error.h"
 #include "ptrain/rendezvous/token.h"
 
@@ -285,8 +286,29 @@ std::shared_ptr<grpc::ChannelCredentials> channel_credentials(grpc::ChannelArgum
   return grpc::SslCredentials(o);
 }
 
+ServerListeners::ServerListeners() = default;
+ServerListeners::~ServerListeners() = default;
+
+int ServerListeners::open_connections() const {
+  int n = 0;
+  for (const auto& g : gates_) n += g->counts().open;
+  return n;
+}
+
+uint64_t ServerListeners::refused_connections() const {
+  uint64_t n = 0;
+  for (const auto& g : gates_) n += g->counts().refused;
+  return n;
+}
+
+uint64_t ServerListeners::evicted_connections() const {
+  uint64_t n = 0;
+  for (const auto& g : gates_) n += g->counts().evicted;
+  return n;
+}
+
 void add_listening_port(grpc::ServerBuilder& builder, const std::string& listen, int* port,
-                        const ServerLimits& limits) {
+                        const ServerLimits& limits, ServerListeners* listeners) {
   std::shared_ptr<grpc::ServerCredentials> creds;
   const bool unix_socket = is_unix_address(listen);
   if (unix_socket) {
@@ -304,12 +326,27 @@ void add_listening_port(grpc::ServerBuilder& builder, const std::string& listen,
   bool secure = unix_socket || current_tls() || local_tcp_host(host_of(listen));
   if (secure && !limits.token.empty())
     creds->SetAuthMetadataProcessor(std::make_shared<TokenCheck>(limits.token, limits.on_reject));
-  builder.AddListeningPort(listen, creds, port);
+  if (unix_socket) {
+    builder.AddListeningPort(listen, creds, port);
+    return;
+  }
+  std::unique_ptr<detail::ConnectionGate> gate;
+  try {
+    gate =
+        std::make_unique<detail::ConnectionGate>(listen, limits.max_connections, limits.on_warning);
+  } catch (const IoError&) {
+    *port = 0;  // the caller reports that it cannot listen on `listen`
+    return;
+  }
+  gate->start(builder.experimental().AddExternalConnectionAcceptor(
+      grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD, creds));
+  *port = gate->port();
+  listeners->gates_.push_back(std::move(gate));
 }
 
 void configure_server(grpc::ServerBuilder& builder, const std::string& listen, int* port,
-                      const ServerLimits& limits) {
-  add_listening_port(builder, listen, port, limits);
+                      const ServerLimits& limits, ServerListeners* listeners) {
+  add_listening_port(builder, listen, port, limits, listeners);
   builder.SetMaxReceiveMessageSize(static_cast<int>(limits.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(limits.max_message_bytes));
   // Without this, a second server could silently share an explicit port (SO_REUSEPORT).

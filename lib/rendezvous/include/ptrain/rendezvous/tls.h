@@ -76,6 +76,34 @@ struct ServerLimits {
   int64_t handshake_timeout_ms = 5000;  // a connection that has not finished its handshake
   // A connection without any call for this long is closed (clients reconnect on their next call).
   int64_t max_idle_ms = 30000;
+  // Open TCP connections at most (0: three quarters of the descriptor limit, RLIMIT_NOFILE); at
+  // the cap the oldest connection that has sent nothing for a second makes room, or the new one is
+  // closed at once. Unix sockets have no cap (only this user reaches them).
+  int max_connections = 0;
+  std::function<void(const std::string&)> on_warning;  // connections refused at the cap
+};
+
+namespace detail {
+class ConnectionGate;
+}
+
+// The TCP listeners of one server: ptrain accepts its connections itself (libgrpc 1.51 has no
+// connection cap) and hands them to gRPC. Keep it as long as the server.
+class ServerListeners {
+ public:
+  ServerListeners();
+  ~ServerListeners();
+  ServerListeners(const ServerListeners&) = delete;
+  ServerListeners& operator=(const ServerListeners&) = delete;
+  // Connections open, refused and ended at the cap, over all listeners.
+  int open_connections() const;
+  uint64_t refused_connections() const;
+  uint64_t evicted_connections() const;
+
+ private:
+  friend void add_listening_port(grpc::ServerBuilder&, const std::string&, int*,
+                                 const ServerLimits&, ServerListeners*);
+  std::vector<std::unique_ptr<detail::ConnectionGate>> gates_;
 };
 
 // Credentials for a server of this process (mutual TLS, or plaintext: local credentials on
@@ -84,10 +112,12 @@ struct ServerLimits {
 // to `builder`. With TLS, on those addresses and on a unix socket the token is checked on the
 // headers before the body is read (an AuthMetadataProcessor); the handlers check it again (the
 // only check for plaintext elsewhere).
+// A TCP address is accepted through `listeners` (which must outlive the server); *port is set
+// at once, or stays 0 when the address cannot be bound.
 void configure_server(grpc::ServerBuilder& builder, const std::string& listen, int* port,
-                      const ServerLimits& limits);
+                      const ServerLimits& limits, ServerListeners* listeners);
 // One more address for a server configured above, with the credentials that address gets.
 void add_listening_port(grpc::ServerBuilder& builder, const std::string& listen, int* port,
-                        const ServerLimits& limits);
+                        const ServerLimits& limits, ServerListeners* listeners);
 
 }  // namespace ptrain::rendezvous
