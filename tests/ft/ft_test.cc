@@ -3,6 +3,8 @@
 // of metrics.jsonl, compared as text written with round-trip precision) equals the uninterrupted
 // run's step for step. Faults come from PTRAIN_TEST_FAIL_AT_STEP (lib/train/src/fault_injection.h).
 #include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/credentials.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -11,16 +13,21 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <regex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "ptrain.grpc.pb.h"
 #include "ptrain/core/time.h"
 #include "ptrain/launch/process.h"
+#include "ptrain/rendezvous/token.h"
 #include "support/ptrain_process.h"
 
 using namespace ptrain;
@@ -492,12 +499,22 @@ TEST_F(FaultToleranceTest, AsyncServerKilledDuringACheckpointSaveLeavesThePrevio
   EXPECT_EQ(losses(dir).back().first, 12);
 }
 
-// A local client floods the coordinator of a restarting job with connections that send nothing,
-// more than the launcher's descriptor limit: the connection cap keeps descriptors for the
-// restart (without it the launcher ran out of them: pipe2 "Too many open files", exit 1), the
-// job's own connections get in past the silent ones, and it finishes with the uninterrupted
-// run's curve.
-TEST_F(FaultToleranceTest, AJobRestartsAndFinishesWhileAClientFloodsItsCoordinatorWithConnections) {
+// Peak resident set (VmHWM) of `pid` in bytes; -1 when it cannot be read.
+static int64_t peak_rss_bytes(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return -1;
+}
+
+// A local client without the job token attacks the coordinator of a restarting job: it floods it
+// with connections that send nothing, more than the launcher's descriptor limit, and sends it
+// eight 60 MiB Sets. The connection cap keeps descriptors for the restart (without it the
+// workers could not reach the coordinator after the restart), the job's own connections get in
+// past the silent ones, the oversized calls are refused on their headers (the launcher's peak RSS
+// stays far below their 480 MiB), and the job finishes with the uninterrupted run's curve.
+TEST_F(FaultToleranceTest, AJobRestartsAndFinishesWhileAClientWithoutTheTokenAttacksIt) {
   // A free port for the coordinator, so that the flood knows where to go.
   int probe = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   ASSERT_GE(probe, 0);
@@ -523,15 +540,46 @@ TEST_F(FaultToleranceTest, AJobRestartsAndFinishesWhileAClientFloodsItsCoordinat
   const rlimit flood_limit{lim.rlim_max, lim.rlim_max};
   ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &flood_limit), 0);
 
+  // Eight 60 MiB Sets at once without the token or with a wrong one, each on a connection of its
+  // own, as soon as the coordinator listens.
+  std::vector<std::thread> big_calls;
+  std::vector<grpc::StatusCode> big_codes(8, grpc::StatusCode::OK);
+  auto send_big_calls = [&] {
+    for (int i = 0; i < 8; ++i)
+      big_calls.emplace_back([&, i] {
+        grpc::ChannelArguments args;
+        args.SetMaxSendMessageSize(100 << 20);
+        args.SetInt("ptrain.attacker", i);  // a connection of its own
+        auto stub = ptrain::proto::Coordinator::NewStub(
+            grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
+                                      grpc::experimental::LocalCredentials(LOCAL_TCP), args));
+        ptrain::proto::SetRequest req;
+        req.set_key("intruder");
+        req.set_value(std::string(size_t{60} << 20, 'x'));
+        grpc::ClientContext ctx;
+        if (i % 2) ctx.AddMetadata(rendezvous::kTokenMetadataKey, rendezvous::make_token());
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+        ptrain::proto::Empty resp;
+        big_codes[size_t(i)] = stub->Set(&ctx, req, &resp).error_code();
+      });
+  };
+
   // 200 connections every 50 ms, up to 4,000, held until the job ends.
   std::vector<int> flood;
   int code = -1;
+  int64_t peak_rss = -1;
   Deadline d(Millis(120000));
   while (!d.expired()) {
     job.pump(Millis(50));
     if (auto st = job.proc().try_wait()) {
       code = st->shell_code();
       break;
+    }
+    peak_rss = std::max(peak_rss, peak_rss_bytes(job.proc().pid()));
+    if (big_calls.empty() && !flood.empty()) {
+      // Before the flood fills the connection cap, so that they reach the coordinator.
+      send_big_calls();
+      for (auto& t : big_calls) t.join();
     }
     for (int i = 0; i < 200 && flood.size() < 4000; ++i) {
       int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -554,9 +602,16 @@ TEST_F(FaultToleranceTest, AJobRestartsAndFinishesWhileAClientFloodsItsCoordinat
   const size_t opened = flood.size();
   for (int fd : flood) ::close(fd);
   ::setrlimit(RLIMIT_NOFILE, &lim);
-  std::printf("connections opened: %zu\n", opened);
+  std::printf("connections opened: %zu; launcher peak RSS %lld MiB\n", opened,
+              static_cast<long long>(peak_rss >> 20));
   ASSERT_EQ(code, 0) << "connections opened: " << opened << "\n" << job.out << job.err;
   EXPECT_GT(opened, 1500u) << "the flood did not pass the launcher's descriptor limit";
+  ASSERT_EQ(big_calls.size(), 8u);
+  // Refused on their headers while the job ran (not merely cut off when it ended).
+  for (auto c : big_codes) EXPECT_EQ(c, grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_GT(peak_rss, 0);
+  EXPECT_LT(peak_rss, int64_t{256} << 20)
+      << "the launcher's peak RSS reached " << (peak_rss >> 20) << " MiB";
   std::string dir = run_dir();
   expect_same_curve(dir);
   std::string summary = read_file(dir + "/summary.json");
