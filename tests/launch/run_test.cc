@@ -469,3 +469,17 @@ TEST_F(RunTest, WithoutTheRelayEveryRankJoinsTheCoordinator) {
   EXPECT_TRUE(contains(summary, "\"rendezvous\": {\"rank_joins\": 2, \"node_joins\": 0}"))
       << summary;
 }
+
+TEST_F(RunTest, BuiltinJobPrintsItsStartUpTimeBeforeTheFirstStep) {
+  Ptrain p({"run", spec("nodes: {device: cpu}\ntrain: {steps: 2, log_every: 1}\n")});
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+  const std::string key = "start-up: join -> first step ";
+  const size_t at = p.out.find(key);
+  ASSERT_NE(at, std::string::npos) << p.out;
+  const double seconds = std::strtod(p.out.c_str() + at + key.size(), nullptr);
+  EXPECT_GT(seconds, 0.0) << p.out;
+  EXPECT_LT(seconds, 60.0) << p.out;
+  const size_t first_step = p.out.find("step 1/2");
+  ASSERT_NE(first_step, std::string::npos) << p.out;
+  EXPECT_LT(at, first_step) << p.out;
+}

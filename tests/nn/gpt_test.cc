@@ -4,11 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "grad_check.h"
 #include "ptrain/core/error.h"
 #include "ptrain/nn/init.h"
+#include "ptrain/tensor/ops.h"
 
 using namespace ptrain;
 using namespace ptrain::nn;
@@ -198,6 +200,35 @@ TEST(Gpt, InitDependsOnSeedAndNameOnly) {
   fill_normal(w.data(), 4, param_key(5, "h.1.mlp.c_fc.weight"), 0.0f, 0.02f);
   const auto& p = a.params()[a.find_param("h.1.mlp.c_fc.weight")];
   EXPECT_EQ(a.param_data()[p.offset + 3], w[3]);
+}
+
+TEST(Gpt, InitWritesTheReferenceValuesOverWhateverWasThere) {
+  // Large enough for the threaded, vectorised fills (wte: 1M elements over 3 threads).
+  GptConfig c = tiny_config();
+  c.dim = 256;
+  c.heads = 4;
+  c.vocab = 4096;
+  c.seq_len = 16;
+  const int threads = tensor::cpu_threads();
+  tensor::set_cpu_threads(3);
+  Gpt m(c);
+  std::fill(m.param_data(), m.param_data() + m.num_params(), std::nanf(""));
+  m.init(1337);
+  tensor::set_cpu_threads(threads);
+  const float std_proj = 0.02f / std::sqrt(2.0f * static_cast<float>(c.layers));
+  for (const auto& info : m.params()) {
+    std::vector<float> want(info.numel);
+    const std::string& n = info.name;
+    if (n.find("ln_") != std::string::npos && n.ends_with(".weight"))
+      std::fill(want.begin(), want.end(), 1.0f);
+    else if (n.ends_with(".bias"))
+      std::fill(want.begin(), want.end(), 0.0f);
+    else
+      fill_normal_reference(want.data(), want.size(), param_key(1337, n), 0.0f,
+                            n.ends_with("c_proj.weight") ? std_proj : 0.02f);
+    EXPECT_EQ(std::memcmp(want.data(), m.param_data() + info.offset, info.numel * sizeof(float)), 0)
+        << n;
+  }
 }
 
 TEST(Gpt, GradReadyHookReportsEveryParamOnceInReverseLayerOrder) {

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -16,6 +17,22 @@ TEST(Tensor, ZerosIsZeroFilledAnd64ByteAligned) {
   EXPECT_EQ(t.nbytes(), 60u);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(t.raw_data()) % 64, 0u);
   for (int i = 0; i < 15; ++i) EXPECT_EQ(t.data<float>()[i], 0.0f);
+}
+
+TEST(Tensor, ZerosIsZeroAndAlignedWhereFreedMemoryIsReused) {
+  // Small blocks come from the heap, large ones from the kernel; both may reuse what a freed,
+  // written tensor left behind.
+  for (int64_t n : {int64_t(1), int64_t(17), int64_t(4096), int64_t(1) << 20, int64_t(1) << 24}) {
+    for (int round = 0; round < 3; ++round) {
+      Tensor t = Tensor::zeros({n});
+      ASSERT_EQ(reinterpret_cast<uintptr_t>(t.raw_data()) % 64, 0u) << n;
+      float* x = t.data<float>();
+      int64_t nonzero = 0;
+      for (int64_t i = 0; i < n; ++i) nonzero += x[i] != 0.0f;
+      ASSERT_EQ(nonzero, 0) << n << " elements, round " << round;
+      std::fill(x, x + n, -1.0f);  // freed dirty at the end of the round
+    }
+  }
 }
 
 TEST(Tensor, ViewSharesStorageAtOffset) {

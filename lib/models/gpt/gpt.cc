@@ -6,7 +6,9 @@
 // the cross-entropy are vocabulary-parallel, so full logits are never gathered.
 #include "gpt/gpt.h"
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 
 #include "ptrain/core/error.h"
@@ -261,28 +263,37 @@ Gpt::~Gpt() = default;
 
 void Gpt::init(uint64_t seed) {
   const float std_proj = 0.02f / std::sqrt(2.0f * static_cast<float>(cfg_.layers));
-  std::vector<float> host, local;
+  // The full tensor's values, then this rank's part: a split model starts as the unsplit one.
+  // An unsplit tensor of a CPU model is written in place; the others go through one host buffer
+  // (not cleared first: every element is written below) and are copied.
+  size_t staging = 0;
+  for (const ParamInfo& info : params_)
+    if (device_ != tensor::Device::kCpu || info.is_split())
+      staging = std::max(staging, info.full_numel() + (info.is_split() ? info.numel : 0));
+  auto host = std::make_unique_for_overwrite<float[]>(std::max<size_t>(staging, 1));
   for (size_t i = 0; i < params_.size(); ++i) {
     const ParamInfo& info = params_[i];
-    // The full tensor's values, then this rank's part: a split model starts as the unsplit one.
-    host.assign(info.full_numel(), 0.0f);
-    const std::string& n = info.name;
-    auto ends_with = [&n](const char* s) { return n.ends_with(s); };
-    bool is_ln = n.find("ln_") != std::string::npos;
+    const bool in_place = device_ == tensor::Device::kCpu && !info.is_split();
+    float* full = in_place ? param_data() + info.offset : host.get();
+    const size_t n = info.full_numel();
+    const std::string& name = info.name;
+    auto ends_with = [&name](const char* s) { return name.ends_with(s); };
+    bool is_ln = name.find("ln_") != std::string::npos;
     if (is_ln && ends_with(".weight")) {
-      host.assign(host.size(), 1.0f);
+      std::fill_n(full, n, 1.0f);
     } else if (ends_with(".bias")) {
-      // zeros
+      std::fill_n(full, n, 0.0f);
     } else if (ends_with("c_proj.weight")) {
-      fill_normal(host.data(), host.size(), param_key(seed, n), 0.0f, std_proj);
+      fill_normal(full, n, param_key(seed, name), 0.0f, std_proj);
     } else {
-      fill_normal(host.data(), host.size(), param_key(seed, n), 0.0f, 0.02f);
+      fill_normal(full, n, param_key(seed, name), 0.0f, 0.02f);
     }
-    const float* src = host.data();
+    if (in_place) continue;
+    const float* src = full;
     if (info.is_split()) {
-      local.resize(info.numel);
-      copy_shard_from_full(info, info.split_rank, host.data(), local.data());
-      src = local.data();
+      float* local = host.get() + n;
+      copy_shard_from_full(info, info.split_rank, full, local);
+      src = local;
     }
     ops().copy_from_host(param_data() + info.offset, src, info.numel * sizeof(float));
   }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -26,15 +27,24 @@ constexpr int64_t kGrainElems = 32768;
 constexpr int64_t kGrainRows = 64;
 
 // --- memory ---
+// Zeroed and 64-byte aligned. calloc clears only memory that was used before: a large buffer
+// comes zeroed from the kernel, so it is not written twice and its pages are touched only when
+// first used (the parameters, gradients, optimizer state and activations of a large model would
+// otherwise be cleared twice before the first step). The block's own pointer sits just before
+// the aligned one, for free_.
 void* alloc(size_t bytes) {
-  size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
-  if (!p) throw IoError(fmt::format("out of host memory allocating {} bytes", bytes));
-  std::memset(p, 0, rounded);
-  return p;
+  if (bytes > SIZE_MAX - 256)
+    throw IoError(fmt::format("out of host memory allocating {} bytes", bytes));
+  size_t rounded = bytes == 0 ? 64 : (bytes + 63) / 64 * 64;
+  void* block = std::calloc(1, rounded + 64);
+  if (!block) throw IoError(fmt::format("out of host memory allocating {} bytes", bytes));
+  // calloc's alignment is at least 16, so the gap below the aligned pointer holds a pointer.
+  auto aligned = (reinterpret_cast<uintptr_t>(block) + 64) & ~uintptr_t(63);
+  reinterpret_cast<void**>(aligned)[-1] = block;
+  return reinterpret_cast<void*>(aligned);
 }
 void free_(void* ptr) {
-  std::free(ptr);
+  if (ptr) std::free(static_cast<void**>(ptr)[-1]);
 }
 void copy(void* dst, const void* src, size_t bytes) {
   std::memcpy(dst, src, bytes);

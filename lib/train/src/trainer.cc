@@ -407,7 +407,10 @@ void Trainer::save(int64_t step_done, double loss) {
 }
 
 TrainResult Trainer::run() {
+  const double started = mono_seconds();
+  const double joined = ctx_.joined_at > 0 ? ctx_.joined_at : started;
   setup();
+  const double set_up = mono_seconds();
   TrainResult result;
   int64_t step = 0;
   if (is_reporter() && !ckpt_dir_.empty()) {
@@ -445,6 +448,9 @@ TrainResult Trainer::run() {
   double flops_per_step = model_->train_flops(batches_->rows(), batches_->seq()) * micro_total_;
   int64_t last_saved = step;
   double last_loss = 0;
+  if (is_reporter())
+    log(fmt::format("start-up: join -> first step {:.2f} s (model, optimizer and data {:.2f} s)",
+                    mono_seconds() - joined, set_up - started));
 
   while (step < total) {
     if (ctx_.stop_requested && ctx_.stop_requested()) {

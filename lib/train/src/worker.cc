@@ -11,6 +11,7 @@
 #include "ptrain/comm/host_staging.h"
 #include "ptrain/comm/mesh.h"
 #include "ptrain/core/env.h"
+#include "ptrain/core/time.h"
 #include "ptrain/train/setup.h"
 #include "ptrain/train/trainer.h"
 
@@ -39,6 +40,7 @@ int ranks_per_gpu(rendezvous::Store& store, int rank, int world, int round) {
 int run_worker(launch::WorkerContext& ctx) {
   const auto& spec = ctx.spec;
   const auto& join = ctx.join;
+  const double joined_at = mono_seconds();
   comm::MeshShape shape{spec.parallel.data, spec.parallel.tensor, spec.parallel.pipeline};
 
   tensor::Device device = resolve_device(spec.nodes.device);
@@ -76,6 +78,7 @@ int run_worker(launch::WorkerContext& ctx) {
   tc.on_step = ctx.set_step;
   tc.store = ctx.store;  // data_mode: async finds its parameter servers here
   tc.token = env_or("PTRAIN_TOKEN", "");
+  tc.joined_at = joined_at;
   auto result = run_training(spec, tc);
   if (ctx.stop_requested && ctx.stop_requested()) return 1;
   std::printf("done: %lld steps, final loss %.4f, %.0f tokens/s\n",

@@ -3,6 +3,7 @@
 // or on how the model is split across pipeline stages or ranks.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string_view>
 
@@ -17,8 +18,23 @@ double uniform01(uint64_t key, uint64_t i);
 // Standard normal for element `i` (Box-Muller over counters 2i and 2i+1).
 double normal01(uint64_t key, uint64_t i);
 
-// Host fills: x[j] = mean + stddev * normal01(key, j) / lo + (hi - lo) * uniform01(key, j).
-void fill_normal(float* x, size_t n, uint64_t key, float mean, float stddev);
-void fill_uniform(float* x, size_t n, uint64_t key, float lo, float hi);
+// How a host fill runs. Every choice gives the same bits: each element depends only on its index.
+struct FillOptions {
+  int threads = 0;                          // 0: tensor::cpu_threads() (nodes.threads_per_proc)
+  size_t min_per_thread = size_t(1) << 18;  // smaller fills stay on the calling thread
+  bool vectorised = true;                   // the AVX-512 path where the CPU has it
+};
+
+// Host fills: x[j] = float(mean + stddev * normal01(key, j)) / float(lo + (hi - lo) *
+// uniform01(key, j)), computed in double as written (hi - lo in float). Threaded over contiguous
+// ranges and vectorised (init_avx512.cc), bit-identical to the references below.
+void fill_normal(float* x, size_t n, uint64_t key, float mean, float stddev,
+                 const FillOptions& options = {});
+void fill_uniform(float* x, size_t n, uint64_t key, float lo, float hi,
+                  const FillOptions& options = {});
+
+// The naive references: one element at a time through libm, on the calling thread.
+void fill_normal_reference(float* x, size_t n, uint64_t key, float mean, float stddev);
+void fill_uniform_reference(float* x, size_t n, uint64_t key, float lo, float hi);
 
 }  // namespace ptrain::nn

@@ -33,6 +33,9 @@ struct TrainContext {
   // token their RPCs carry.
   std::shared_ptr<rendezvous::Store> store;
   std::string token;
+  // mono_seconds() when this worker joined the job (0: when training starts): the start-up
+  // line reports the time from then to the first step.
+  double joined_at = 0;
 };
 
 struct StepMetrics {
