@@ -536,7 +536,9 @@ TEST_F(FaultToleranceTest, AJobRestartsAndFinishesWhileAClientWithoutTheTokenAtt
   ptrain::testing::PtrainProcess job(
       {"run",
        spec(std::string(kDataParallel) + "rendezvous: {port: " + std::to_string(port) + "}\n")},
-      {"PTRAIN_TEST_FAIL_AT_STEP=1:6"});
+      // Rank 1 hangs after step 6: the first round lasts the hang timeout (2 s) longer, time for
+      // the flood to reach the cap before the restart.
+      {"PTRAIN_TEST_FAIL_AT_STEP=1:6:0:stop"});
   const rlimit flood_limit{lim.rlim_max, lim.rlim_max};
   ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &flood_limit), 0);
 
@@ -564,34 +566,42 @@ TEST_F(FaultToleranceTest, AJobRestartsAndFinishesWhileAClientWithoutTheTokenAtt
       });
   };
 
-  // 200 connections every 50 ms, up to 4,000, held until the job ends.
+  // As soon as the coordinator listens: the big calls, then 4,000 connections at once, held until
+  // the job ends.
+  auto connect_one = [&]() -> int {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    to.sin_port = htons(static_cast<uint16_t>(port));
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
+      ::close(fd);  // not listening yet
+      return -1;
+    }
+    return fd;
+  };
   std::vector<int> flood;
   int code = -1;
   int64_t peak_rss = -1;
   Deadline d(Millis(120000));
   while (!d.expired()) {
-    job.pump(Millis(50));
+    job.pump(flood.empty() ? Millis(2) : Millis(50));
     if (auto st = job.proc().try_wait()) {
       code = st->shell_code();
       break;
     }
     peak_rss = std::max(peak_rss, peak_rss_bytes(job.proc().pid()));
-    if (big_calls.empty() && !flood.empty()) {
-      // Before the flood fills the connection cap, so that they reach the coordinator.
-      send_big_calls();
-      for (auto& t : big_calls) t.join();
-    }
-    for (int i = 0; i < 200 && flood.size() < 4000; ++i) {
-      int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      ASSERT_GE(fd, 0);
-      sockaddr_in to{};
-      to.sin_family = AF_INET;
-      to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      to.sin_port = htons(static_cast<uint16_t>(port));
-      if (::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
-        ::close(fd);  // not listening yet, or between rounds
-        break;
-      }
+    if (!flood.empty()) continue;
+    int first = connect_one();
+    if (first < 0) continue;
+    flood.push_back(first);
+    // Before the flood fills the connection cap, so that they reach the coordinator.
+    send_big_calls();
+    for (auto& t : big_calls) t.join();
+    while (flood.size() < 4000) {
+      int fd = connect_one();
+      if (fd < 0) break;
       flood.push_back(fd);
     }
   }
@@ -618,5 +628,9 @@ TEST_F(FaultToleranceTest, AJobRestartsAndFinishesWhileAClientWithoutTheTokenAtt
   EXPECT_TRUE(contains(summary, R"("restarts": [{"round": 1, "rank": 1, )")) << summary;
   EXPECT_TRUE(contains(summary, R"("status": "succeeded")")) << summary;
   std::string launcher = read_file(dir + "/launcher.log");
-  EXPECT_TRUE(contains(launcher, "connection(s) on port " + std::to_string(port))) << launcher;
+  // The cap was reached in the first round, before the restart.
+  const size_t capped =
+      launcher.find("open connections on port " + std::to_string(port) + ": refused");
+  ASSERT_NE(capped, std::string::npos) << launcher;
+  EXPECT_LT(capped, launcher.find("restart 1/1")) << launcher;
 }

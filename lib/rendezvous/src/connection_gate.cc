@@ -187,6 +187,20 @@ void ConnectionGate::loop() {
   }
 }
 
+void ConnectionGate::maybe_warn(Clock::time_point now) {
+  const uint64_t refused = refused_.load(), evicted = evicted_.load();
+  if (!warn_ || now - last_warning_ < std::chrono::seconds(10) ||
+      (refused == refused_at_warning_ && evicted == evicted_at_warning_))
+    return;
+  warn_(
+      fmt::format("at its cap of {} open connections on port {}: refused {} connection(s) and "
+                  "ended {} that sent nothing",
+                  max_, port_, refused - refused_at_warning_, evicted - evicted_at_warning_));
+  last_warning_ = now;
+  refused_at_warning_ = refused;
+  evicted_at_warning_ = evicted;
+}
+
 bool ConnectionGate::make_room() {
   const auto now = Clock::now();
   std::erase_if(open_, [](const Open& o) { return inode_of(o.fd) != o.inode; });
@@ -214,14 +228,10 @@ void ConnectionGate::admit(int listener, int fd) {
       if (now >= next_scan_) next_scan_ = now + kScanEvery;
       ::close(fd);
       ++refused_;
-      if (warn_ && now - last_warning_ >= std::chrono::seconds(10)) {
-        warn_(fmt::format("refused {} connection(s) on port {}: {} are open (at most {})",
-                          refused_.load() - refused_at_warning_, port_, open_.size(), max_));
-        last_warning_ = now;
-        refused_at_warning_ = refused_.load();
-      }
+      maybe_warn(now);
       return;
     }
+    maybe_warn(now);
   }
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

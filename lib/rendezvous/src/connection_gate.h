@@ -28,7 +28,7 @@ struct GateCounts {
 class ConnectionGate {
  public:
   // Binds `listen` (host:port; port 0 picks a free one) and listens; throws IoError.
-  // `warn` gets a line when connections were refused (at most one per 10 s).
+  // `warn` gets a line when connections were refused or ended at the cap (one per 10 s).
   ConnectionGate(const std::string& listen, int max_connections,
                  std::function<void(const std::string&)> warn);
   ~ConnectionGate();  // stops accepting and closes the listening sockets
@@ -54,6 +54,8 @@ class ConnectionGate {
   // Drops the connections gRPC has closed; ends the oldest connection that sent nothing for a
   // second, if any, and returns whether it did.
   bool make_room();
+  // Tells `warn_` what was refused or ended at the cap since its last line (one per 10 s).
+  void maybe_warn(std::chrono::steady_clock::time_point now);
 
   std::vector<int> listeners_;
   int wake_ = -1;  // eventfd that stops loop()
@@ -66,7 +68,7 @@ class ConnectionGate {
   std::atomic<int> open_count_{0};
   std::atomic<uint64_t> accepted_{0}, refused_{0}, evicted_{0};
   std::chrono::steady_clock::time_point last_warning_{};
-  uint64_t refused_at_warning_ = 0;
+  uint64_t refused_at_warning_ = 0, evicted_at_warning_ = 0;
   std::thread thread_;
 };
 
