@@ -1,13 +1,18 @@
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "ptrain/core/dtype.h"
 #include "ptrain/core/env.h"
 #include "ptrain/core/error.h"
 #include "ptrain/core/mesh.h"
+#include "ptrain/core/private_file.h"
 #include "ptrain/core/strings.h"
 #include "ptrain/core/time.h"
 
@@ -111,6 +116,30 @@ TEST(JsonQuote, PassesUtf8AndReplacesBytesThatAreNot) {
   EXPECT_EQ(json_quote("caf\xc3\xa9"), "\"caf\xc3\xa9\"");
   EXPECT_EQ(json_quote("a\xffz"), "\"a\xef\xbf\xbdz\"");
   EXPECT_EQ(json_quote("caf\xe9"), "\"caf\xef\xbf\xbd\"");
+}
+
+TEST(PrivateFile, IsWrittenWholeWithMode0600AlsoOverAFileOpenToOthers) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("ptrain-private-file-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "secret").string();
+  std::ofstream(path) << "old";
+  ::chmod(path.c_str(), 0644);
+  write_private_file(path, std::string(100000, 'k'));
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  std::stringstream text;
+  text << std::ifstream(path).rdbuf();
+  EXPECT_EQ(text.str(), std::string(100000, 'k'));
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  try {
+    write_private_file((dir / "missing" / "f").string(), "x");
+    ADD_FAILURE() << "a file in a missing folder was written";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("missing/f.tmp"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace ptrain

@@ -13,6 +13,7 @@
 #include <fstream>
 
 #include "ptrain/core/error.h"
+#include "ptrain/core/private_file.h"
 #include "ptrain/core/time.h"
 #include "ptrain/launch/mlflow.h"
 #include "ptrain/launch/report.h"
@@ -162,25 +163,7 @@ void RunDir::write_file(const std::string& name, const std::string& content) con
 }
 
 void RunDir::write_private_file(const std::string& name, const std::string& content) const {
-  std::string target = file(name);
-  std::string tmp = target + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) throw IoError(fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
-  ::fchmod(fd, 0600);  // a leftover temporary keeps its mode otherwise
-  size_t done = 0;
-  while (done < content.size()) {
-    ssize_t n = ::write(fd, content.data() + done, content.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int err = errno;
-      ::close(fd);
-      throw IoError(fmt::format("cannot write {}: {}", tmp, std::strerror(err)));
-    }
-    done += static_cast<size_t>(n);
-  }
-  ::close(fd);
-  if (::rename(tmp.c_str(), target.c_str()) != 0)
-    throw IoError(fmt::format("cannot write {}: {}", target, std::strerror(errno)));
+  ptrain::write_private_file(file(name), content);
 }
 
 void RunDir::append_metrics(const std::string& json) {

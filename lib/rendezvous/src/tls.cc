@@ -21,6 +21,7 @@
 
 #include "connection_gate.h"
 #include "ptrain/core/error.h"
+#include "ptrain/core/private_file.h"
 #include "ptrain/rendezvous/token.h"
 
 namespace ptrain::rendezvous {
@@ -186,24 +187,8 @@ void write_tls_files(const std::string& dir, const TlsIdentity& id) {
     throw IoError(fmt::format("cannot create {}: {}", dir, std::strerror(errno)));
   ::chmod(dir.c_str(), 0700);
   for (auto [name, text] : {std::pair{"ca.pem", &id.ca_pem}, std::pair{"cert.pem", &id.cert_pem},
-                            std::pair{"key.pem", &id.key_pem}}) {
-    std::string path = dir + "/" + name;
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) throw IoError(fmt::format("cannot write {}: {}", path, std::strerror(errno)));
-    ::fchmod(fd, 0600);  // an existing file keeps its mode otherwise
-    size_t done = 0;
-    while (done < text->size()) {
-      ssize_t n = ::write(fd, text->data() + done, text->size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        int err = errno;
-        ::close(fd);
-        throw IoError(fmt::format("cannot write {}: {}", path, std::strerror(err)));
-      }
-      done += static_cast<size_t>(n);
-    }
-    ::close(fd);
-  }
+                            std::pair{"key.pem", &id.key_pem}})
+    write_private_file(dir + "/" + name, *text);
 }
 
 TlsIdentity read_tls_files(const std::string& dir) {
