@@ -25,6 +25,7 @@
 #include "ptrain/parallel/param_server.h"
 #include "ptrain/rendezvous/token.h"
 #include "ptrain/tensor/ops.h"
+#include "support/served_self.h"
 
 extern char** environ;
 
@@ -59,63 +60,19 @@ constexpr const char* kTokenEnv = "PTRAIN_PS_ATTACK_TOKEN";
   std::_Exit(0);
 }();
 
-// Peak resident set (VmHWM) of `pid` in bytes; -1 when it cannot be read.
-int64_t peak_rss_bytes(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
-  return -1;
-}
+using ptrain::testing::peak_rss_bytes;
 
 // This binary, serving a parameter server in a child process.
 class ServedParamServer {
  public:
-  ServedParamServer(const std::string& token, size_t floats) {
-    int in[2], out[2];
-    if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) return;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    std::vector<std::string> env_text{std::string(kServeEnv) + "=" + std::to_string(floats),
-                                      std::string(kTokenEnv) + "=" + token};
-    std::vector<char*> envp;
-    for (char** e = environ; *e; ++e) envp.push_back(*e);
-    for (auto& e : env_text) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    char self[] = "/proc/self/exe";
-    char* argv[] = {self, nullptr};
-    if (posix_spawn(&pid_, self, &fa, nullptr, argv, envp.data()) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&fa);
-    ::close(in[0]);
-    ::close(out[1]);
-    stdin_ = in[1];
-    FILE* f = ::fdopen(out[0], "r");
-    char buf[128] = {};
-    if (f && std::fscanf(f, "%127s", buf) == 1) address_ = buf;
-    if (f) std::fclose(f);
-  }
-  ~ServedParamServer() {
-    if (stdin_ >= 0) ::close(stdin_);
-    if (pid_ > 0) {
-      // It stops when its stdin closes; a server stuck for 20 s is killed.
-      for (int i = 0; i < 200; ++i) {
-        int status = 0;
-        if (::waitpid(pid_, &status, WNOHANG) == pid_) return;
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      }
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  pid_t pid() const { return pid_; }
-  const std::string& address() const { return address_; }
+  ServedParamServer(const std::string& token, size_t floats)
+      : served_({std::string(kServeEnv) + "=" + std::to_string(floats),
+                 std::string(kTokenEnv) + "=" + token}) {}
+  pid_t pid() const { return served_.pid(); }
+  const std::string& address() const { return served_.first_line(); }
 
  private:
-  pid_t pid_ = -1;
-  std::string address_;
-  int stdin_ = -1;
+  ptrain::testing::ServedSelf served_;
 };
 
 // `attackers` Push calls of `body` gradient bytes at once, each on a connection of its own (so

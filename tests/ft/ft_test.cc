@@ -29,6 +29,7 @@
 #include "ptrain/launch/process.h"
 #include "ptrain/rendezvous/token.h"
 #include "support/ptrain_process.h"
+#include "support/served_self.h"
 
 using namespace ptrain;
 using namespace ptrain::launch;
@@ -499,15 +500,6 @@ TEST_F(FaultToleranceTest, AsyncServerKilledDuringACheckpointSaveLeavesThePrevio
   EXPECT_EQ(losses(dir).back().first, 12);
 }
 
-// Peak resident set (VmHWM) of `pid` in bytes; -1 when it cannot be read.
-static int64_t peak_rss_bytes(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
-  return -1;
-}
-
 // A local client without the job token attacks the coordinator of a restarting job: it floods it
 // with connections that send nothing, more than the launcher's descriptor limit, and sends it
 // eight 60 MiB Sets. The connection cap keeps descriptors for the restart (without it the
@@ -591,7 +583,7 @@ TEST_F(FaultToleranceTest, AJobRestartsAndFinishesWhileAClientWithoutTheTokenAtt
       code = st->shell_code();
       break;
     }
-    peak_rss = std::max(peak_rss, peak_rss_bytes(job.proc().pid()));
+    peak_rss = std::max(peak_rss, ptrain::testing::peak_rss_bytes(job.proc().pid()));
     if (!flood.empty()) continue;
     int first = connect_one();
     if (first < 0) continue;

@@ -22,6 +22,7 @@
 #include "ptrain.grpc.pb.h"
 #include "ptrain/rendezvous/coordinator.h"
 #include "ptrain/rendezvous/token.h"
+#include "support/served_self.h"
 
 extern char** environ;
 
@@ -51,63 +52,22 @@ constexpr const char* kTokenEnv = "PTRAIN_ATTACK_TOKEN";
   std::_Exit(0);
 }();
 
-// Peak resident set (VmHWM) of `pid` in bytes; -1 when it cannot be read.
-int64_t peak_rss_bytes(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
-  return -1;
-}
+using testing::peak_rss_bytes;
 
 // This binary, serving a coordinator in a child process.
 class ServedCoordinator {
  public:
-  explicit ServedCoordinator(const std::string& token) {
-    int in[2], out[2];
-    if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) return;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    std::vector<std::string> env_text{std::string(kServeEnv) + "=1",
-                                      std::string(kTokenEnv) + "=" + token};
-    std::vector<char*> envp;
-    for (char** e = environ; *e; ++e) envp.push_back(*e);
-    for (auto& e : env_text) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    char self[] = "/proc/self/exe";
-    char* argv[] = {self, nullptr};
-    if (posix_spawn(&pid_, self, &fa, nullptr, argv, envp.data()) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&fa);
-    ::close(in[0]);
-    ::close(out[1]);
-    stdin_ = in[1];
-    FILE* f = ::fdopen(out[0], "r");
-    if (f && std::fscanf(f, "%d", &port_) != 1) port_ = 0;
-    if (f) std::fclose(f);
+  explicit ServedCoordinator(const std::string& token)
+      : served_({std::string(kServeEnv) + "=1", std::string(kTokenEnv) + "=" + token}) {
+    port_ = std::atoi(served_.first_line().c_str());
   }
-  ~ServedCoordinator() {
-    if (stdin_ >= 0) ::close(stdin_);
-    if (pid_ > 0) {
-      // It stops when its stdin closes; a coordinator stuck for 20 s is killed.
-      for (int i = 0; i < 200; ++i) {
-        int status = 0;
-        if (::waitpid(pid_, &status, WNOHANG) == pid_) return;
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      }
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return served_.pid(); }
   int port() const { return port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
 
  private:
-  pid_t pid_ = -1;
+  testing::ServedSelf served_;
   int port_ = 0;
-  int stdin_ = -1;
 };
 
 grpc::Status set_value(proto::Coordinator::Stub& stub, const std::string& token,

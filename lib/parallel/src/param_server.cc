@@ -254,8 +254,10 @@ void ParamServer::shutdown() {
   }
   s.cv.notify_all();
   if (s.server) {
+    s.listeners.stop_accepting();
     s.server->Shutdown(std::chrono::system_clock::now() + Millis(1000));
     s.server->Wait();
+    s.listeners.stop();
     s.server.reset();
   }
 }

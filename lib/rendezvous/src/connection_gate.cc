@@ -137,13 +137,24 @@ ConnectionGate::ConnectionGate(const std::string& listen, int max_connections,
 }
 
 ConnectionGate::~ConnectionGate() {
-  if (thread_.joinable()) {
-    uint64_t one = 1;
-    [[maybe_unused]] auto n = ::write(wake_, &one, sizeof one);
-    thread_.join();
-  }
+  stop();
   for (int fd : listeners_) ::close(fd);
   if (wake_ >= 0) ::close(wake_);
+}
+
+void ConnectionGate::stop_accepting() {
+  if (!thread_.joinable()) return;
+  uint64_t one = 1;
+  [[maybe_unused]] auto n = ::write(wake_, &one, sizeof one);
+  thread_.join();
+}
+
+void ConnectionGate::stop() {
+  stop_accepting();
+  for (const auto& o : open_)
+    if (inode_of(o.fd) == o.inode) ::shutdown(o.fd, SHUT_RDWR);
+  open_.clear();
+  open_count_ = 0;
 }
 
 void ConnectionGate::start(

@@ -225,10 +225,12 @@ class Coordinator::Impl final : public CoordinatorService {
     fail_pending(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the coordinator shut down"), true);
     store_.cancel_all("the coordinator shut down");
     end_watches(std::nullopt);
+    listeners_.stop_accepting();
     if (server_) {
       server_->Shutdown(std::chrono::system_clock::now() + Millis(1000));
       server_->Wait();
     }
+    listeners_.stop();
     shutdown_queues();
     server_.reset();
   }

@@ -438,8 +438,10 @@ RelayServer::Impl::~Impl() {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto* c : forwarded_) c->TryCancel();
   }
+  listeners_.stop_accepting();
   server_->Shutdown(std::chrono::system_clock::now() + Millis(1000));
   server_->Wait();
+  listeners_.stop();
   std::error_code ec;
   std::filesystem::remove(socket_path_, ec);
 }

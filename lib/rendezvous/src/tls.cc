@@ -274,6 +274,14 @@ std::shared_ptr<grpc::ChannelCredentials> channel_credentials(grpc::ChannelArgum
 ServerListeners::ServerListeners() = default;
 ServerListeners::~ServerListeners() = default;
 
+void ServerListeners::stop_accepting() {
+  for (auto& g : gates_) g->stop_accepting();
+}
+
+void ServerListeners::stop() {
+  for (auto& g : gates_) g->stop();
+}
+
 int ServerListeners::open_connections() const {
   int n = 0;
   for (const auto& g : gates_) n += g->counts().open;
