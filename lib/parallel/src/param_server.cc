@@ -257,7 +257,6 @@ void ParamServer::shutdown() {
     s.listeners.stop_accepting();
     s.server->Shutdown(std::chrono::system_clock::now() + Millis(1000));
     s.server->Wait();
-    s.listeners.stop();
     s.server.reset();
   }
 }

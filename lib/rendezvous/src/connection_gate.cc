@@ -137,7 +137,7 @@ ConnectionGate::ConnectionGate(const std::string& listen, int max_connections,
 }
 
 ConnectionGate::~ConnectionGate() {
-  stop();
+  stop_accepting();
   for (int fd : listeners_) ::close(fd);
   if (wake_ >= 0) ::close(wake_);
 }
@@ -147,14 +147,6 @@ void ConnectionGate::stop_accepting() {
   uint64_t one = 1;
   [[maybe_unused]] auto n = ::write(wake_, &one, sizeof one);
   thread_.join();
-}
-
-void ConnectionGate::stop() {
-  stop_accepting();
-  for (const auto& o : open_)
-    if (inode_of(o.fd) == o.inode) ::shutdown(o.fd, SHUT_RDWR);
-  open_.clear();
-  open_count_ = 0;
 }
 
 void ConnectionGate::start(

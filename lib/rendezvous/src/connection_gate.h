@@ -42,10 +42,6 @@ class ConnectionGate {
   // arrive before its server started.
   void start(std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor);
   GateCounts counts() const;
-  // Stops accepting and shuts down every connection still open, so that gRPC closes them (its
-  // server does not end connections it got from an external acceptor when it shuts down, and
-  // their timers would hold gRPC's shutdown for up to the handshake timeout). Idempotent.
-  void stop();
   // Only stops accepting: call it before the server shuts down, since gRPC does not end a
   // connection handed to a server that is shutting down at once. Idempotent.
   void stop_accepting();

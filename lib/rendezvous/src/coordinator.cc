@@ -230,7 +230,6 @@ class Coordinator::Impl final : public CoordinatorService {
       server_->Shutdown(std::chrono::system_clock::now() + Millis(1000));
       server_->Wait();
     }
-    listeners_.stop();
     shutdown_queues();
     server_.reset();
   }

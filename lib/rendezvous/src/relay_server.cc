@@ -441,7 +441,6 @@ RelayServer::Impl::~Impl() {
   listeners_.stop_accepting();
   server_->Shutdown(std::chrono::system_clock::now() + Millis(1000));
   server_->Wait();
-  listeners_.stop();
   std::error_code ec;
   std::filesystem::remove(socket_path_, ec);
 }

@@ -278,10 +278,6 @@ void ServerListeners::stop_accepting() {
   for (auto& g : gates_) g->stop_accepting();
 }
 
-void ServerListeners::stop() {
-  for (auto& g : gates_) g->stop();
-}
-
 int ServerListeners::open_connections() const {
   int n = 0;
   for (const auto& g : gates_) n += g->counts().open;

@@ -95,10 +95,8 @@ class ServerListeners {
   ~ServerListeners();
   ServerListeners(const ServerListeners&) = delete;
   ServerListeners& operator=(const ServerListeners&) = delete;
-  // Stops accepting and ends the connections still open; call it once the server has shut down
-  // (after Server::Shutdown, before the server goes). The destructor does it too.
-  void stop();
-  // Stops accepting only; call it before Server::Shutdown.
+  // Stops accepting; call it before Server::Shutdown (gRPC does not end at once a connection
+  // handed to a server that is shutting down). The destructor does it too.
   void stop_accepting();
   // Connections open, refused and ended at the cap, over all listeners.
   int open_connections() const;
