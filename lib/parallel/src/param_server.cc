@@ -257,6 +257,7 @@ void ParamServer::shutdown() {
     s.listeners.stop_accepting();
     s.server->Shutdown(std::chrono::system_clock::now() + Millis(1000));
     s.server->Wait();
+    s.listeners.stop();  // Pushes in flight were answered first
     s.server.reset();
   }
 }

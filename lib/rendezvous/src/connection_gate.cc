@@ -137,9 +137,17 @@ ConnectionGate::ConnectionGate(const std::string& listen, int max_connections,
 }
 
 ConnectionGate::~ConnectionGate() {
-  stop_accepting();
+  stop();
   for (int fd : listeners_) ::close(fd);
   if (wake_ >= 0) ::close(wake_);
+}
+
+void ConnectionGate::stop() {
+  stop_accepting();
+  for (const auto& o : open_)
+    if (inode_of(o.fd) == o.inode) ::shutdown(o.fd, SHUT_RDWR);
+  open_.clear();
+  open_count_ = 0;
 }
 
 void ConnectionGate::stop_accepting() {

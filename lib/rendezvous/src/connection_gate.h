@@ -45,6 +45,11 @@ class ConnectionGate {
   // Only stops accepting: call it before the server shuts down, since gRPC does not end a
   // connection handed to a server that is shutting down at once. Idempotent.
   void stop_accepting();
+  // Stops accepting and shuts down every connection still open. gRPC's server does not end the
+  // connections it got from an external acceptor when it shuts down; left open, their teardown
+  // races gRPC's own (an abort in grpc_cq_internal_unref at exit). Call it just before the
+  // server shuts down. Idempotent.
+  void stop();
 
  private:
   struct Open {

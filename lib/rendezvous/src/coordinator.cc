@@ -225,7 +225,9 @@ class Coordinator::Impl final : public CoordinatorService {
     fail_pending(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the coordinator shut down"), true);
     store_.cancel_all("the coordinator shut down");
     end_watches(std::nullopt);
-    listeners_.stop_accepting();
+    // Every wait was ended above; connections left open (a client that never closes) are ended
+    // before the server shuts down, since gRPC would not end them itself.
+    listeners_.stop();
     if (server_) {
       server_->Shutdown(std::chrono::system_clock::now() + Millis(1000));
       server_->Wait();

@@ -441,6 +441,7 @@ RelayServer::Impl::~Impl() {
   listeners_.stop_accepting();
   server_->Shutdown(std::chrono::system_clock::now() + Millis(1000));
   server_->Wait();
+  listeners_.stop();  // what the calls in flight needed is done
   std::error_code ec;
   std::filesystem::remove(socket_path_, ec);
 }

@@ -274,6 +274,10 @@ std::shared_ptr<grpc::ChannelCredentials> channel_credentials(grpc::ChannelArgum
 ServerListeners::ServerListeners() = default;
 ServerListeners::~ServerListeners() = default;
 
+void ServerListeners::stop() {
+  for (auto& g : gates_) g->stop();
+}
+
 void ServerListeners::stop_accepting() {
   for (auto& g : gates_) g->stop_accepting();
 }

@@ -98,6 +98,10 @@ class ServerListeners {
   // Stops accepting; call it before Server::Shutdown (gRPC does not end at once a connection
   // handed to a server that is shutting down). The destructor does it too.
   void stop_accepting();
+  // Stops accepting and ends every connection still open (gRPC's server does not end connections
+  // from an external acceptor itself); call it just before Server::Shutdown, once the calls the
+  // server answers at shutdown have been ended.
+  void stop();
   // Connections open, refused and ended at the cap, over all listeners.
   int open_connections() const;
   uint64_t refused_connections() const;
