@@ -79,6 +79,20 @@ grpc::Status set_value(proto::Coordinator::Stub& stub, const std::string& token,
   return stub.Set(&ctx, req, &resp);
 }
 
+// A Get of `key` read in full into `value`.
+grpc::Status get_value(proto::Coordinator::Stub& stub, const std::string& token,
+                       const std::string& key, std::string* value) {
+  grpc::ClientContext ctx;
+  ctx.AddMetadata(kTokenMetadataKey, token);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  proto::GetRequest req;
+  req.set_key(key);
+  proto::GetResponse resp;
+  grpc::Status st = stub.Get(&ctx, req, &resp);
+  *value = std::move(*resp.mutable_value());
+  return st;
+}
+
 TEST(Attack, OversizedSetsWithoutTheTokenAreNotBufferedByTheCoordinator) {
   const std::string token = make_token();
   ServedCoordinator served(token);
@@ -232,17 +246,10 @@ TEST(Attack, UnreadGetsOfALargeValueDoNotHoldTheCoordinatorsMemory) {
   big.set_key("big");
   big.set_value(std::string(static_cast<size_t>(kValue), 'x'));
   ASSERT_TRUE(set_value(*stub, token, big, std::chrono::seconds(30)).ok());
-  {
-    // One Get read in full, so the baseline holds what a served answer costs.
-    grpc::ClientContext ctx;
-    ctx.AddMetadata(kTokenMetadataKey, token);
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    proto::GetRequest req;
-    req.set_key("big");
-    proto::GetResponse resp;
-    ASSERT_TRUE(stub->Get(&ctx, req, &resp).ok());
-    ASSERT_EQ(int64_t(resp.value().size()), kValue);
-  }
+  std::string value;
+  // One Get read in full, so the baseline holds what a served answer costs.
+  ASSERT_TRUE(get_value(*stub, token, "big", &value).ok());
+  ASSERT_EQ(int64_t(value.size()), kValue);
   const int64_t before = settled_peak_rss(served.pid());
   ASSERT_GT(before, 0);
 
@@ -268,15 +275,9 @@ TEST(Attack, UnreadGetsOfALargeValueDoNotHoldTheCoordinatorsMemory) {
       << "the coordinator's peak RSS grew by " << (growth >> 20) << " MiB under " << kCalls
       << " unread Gets of a " << (kValue >> 20) << " MiB value";
   // Once those calls ended, what they held is given back: the value is served again.
-  grpc::ClientContext ctx;
-  ctx.AddMetadata(kTokenMetadataKey, token);
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-  proto::GetRequest req;
-  req.set_key("big");
-  proto::GetResponse resp;
-  const grpc::Status st = stub->Get(&ctx, req, &resp);
+  const grpc::Status st = get_value(*stub, token, "big", &value);
   ASSERT_TRUE(st.ok()) << st.error_message();
-  EXPECT_EQ(int64_t(resp.value().size()), kValue);
+  EXPECT_EQ(int64_t(value.size()), kValue);
 }
 
 }  // namespace
