@@ -121,18 +121,35 @@ class FakeGroup : public WorkerGroup {
   bool multi_host() const override { return hosts_.size() > 1; }
 
   // Elastic: what shrink() answers (unset: the interface's refusal); every call is recorded.
-  std::function<ShrinkResult(const std::vector<std::string>& lost)> on_shrink;
+  std::function<ReshapeResult(const std::vector<std::string>& lost)> on_shrink;
   std::vector<std::vector<std::string>> shrinks;
-  ShrinkResult shrink(const std::vector<std::string>& lost) override {
+  ReshapeResult shrink(const std::vector<std::string>& lost) override {
     shrinks.push_back(lost);
     if (!on_shrink) return WorkerGroup::shrink(lost);
-    ShrinkResult r = on_shrink(lost);
+    ReshapeResult r = on_shrink(lost);
     if (r.refused.empty()) {
       std::vector<std::string> left;
       for (const auto& h : hosts_)
         if (std::find(lost.begin(), lost.end(), h) == lost.end()) left.push_back(h);
       hosts_ = left;
       ranks_ = r.world_size;
+    }
+    return r;
+  }
+  // Elastic growing: what joining() answers, and what grow() does (unset: the interface's
+  // refusal); every grow() is recorded.
+  std::vector<std::string> joining_hosts;
+  std::function<ReshapeResult(const std::vector<std::string>& hosts)> on_grow;
+  std::vector<std::vector<std::string>> grows;
+  std::vector<std::string> joining() override { return joining_hosts; }
+  ReshapeResult grow(const std::vector<std::string>& hosts) override {
+    grows.push_back(hosts);
+    if (!on_grow) return WorkerGroup::grow(hosts);
+    ReshapeResult r = on_grow(hosts);
+    if (r.refused.empty()) {
+      hosts_.insert(hosts_.end(), hosts.begin(), hosts.end());
+      ranks_ = r.world_size;
+      joining_hosts.clear();
     }
     return r;
   }
@@ -191,6 +208,8 @@ class FakeRendezvous : public RendezvousControl {
   }
   std::vector<int> missing_ranks() override { return missing; }
   bool any_joined() override { return true; }
+  std::optional<int64_t> checkpoint;  // what last_checkpoint() answers
+  std::optional<int64_t> last_checkpoint() override { return checkpoint; }
 };
 
 std::string read_file(const std::string& path) {
@@ -618,7 +637,7 @@ class ElasticSupervisorTest : public SupervisorTest {
 TEST_F(ElasticSupervisorTest, AHostLostBeforeItsRanksJoinIsLeftOutOfTheNextRound) {
   FakeGroup g(waiter_, 4, {"a", "b"});
   script(g);
-  g.on_shrink = [](const std::vector<std::string>&) { return ShrinkResult{2, {}}; };
+  g.on_shrink = [](const std::vector<std::string>&) { return ReshapeResult{2, {}}; };
   JobResult r = run(g, elastic());
   EXPECT_EQ(r.exit_code, 0) << console();
   EXPECT_EQ(g.rounds, (std::vector<int>{0, 1, 2}));
@@ -659,7 +678,7 @@ TEST_F(ElasticSupervisorTest, AJoinTimeoutWithAHostsRanksMissingLeavesThatHostOu
         });
     }
   };
-  g.on_shrink = [](const std::vector<std::string>&) { return ShrinkResult{2, {}}; };
+  g.on_shrink = [](const std::vector<std::string>&) { return ReshapeResult{2, {}}; };
   SupervisorOptions o = elastic();
   o.join_timeout = Millis(20000);
   JobResult r = run(g, o);
@@ -673,7 +692,7 @@ TEST_F(ElasticSupervisorTest, ARefusedShrinkSaysWhyAndRestartsEveryHost) {
   FakeGroup g(waiter_, 4, {"a", "b"});
   script(g);
   g.on_shrink = [](const std::vector<std::string>&) {
-    return ShrinkResult{0, "1 host left, fewer than nodes.min_nodes = 2"};
+    return ReshapeResult{0, "1 host left, fewer than nodes.min_nodes = 2"};
   };
   JobResult r = run(g, elastic());
   EXPECT_EQ(r.exit_code, 0) << console();
@@ -690,12 +709,190 @@ TEST_F(ElasticSupervisorTest, ARefusedShrinkSaysWhyAndRestartsEveryHost) {
 TEST_F(ElasticSupervisorTest, AJobThatIsNotElasticNeverShrinks) {
   FakeGroup g(waiter_, 4, {"a", "b"});
   script(g);
-  g.on_shrink = [](const std::vector<std::string>&) { return ShrinkResult{2, {}}; };
+  g.on_shrink = [](const std::vector<std::string>&) { return ReshapeResult{2, {}}; };
   JobResult r = run(g, restarts(3));
   EXPECT_EQ(r.exit_code, 0) << console();
   EXPECT_EQ(g.rounds, (std::vector<int>{0, 1, 2}));
   EXPECT_TRUE(g.shrinks.empty());
   EXPECT_EQ(console().find("shrinking"), std::string::npos) << console();
+}
+
+// Elastic jobs that grow: host b can join a job running on host a (2 ranks) from 1 s on.
+class GrowSupervisorTest : public SupervisorTest {
+ protected:
+  // Round 0 runs until it is stopped; later rounds end after 1 s.
+  void script(FakeGroup& g, int ranks_after = 4) {
+    g.on_start = [&g, this, ranks_after](int round) {
+      if (round == 0) {
+        waiter_.after(Millis(1000), [&g] {
+          g.joining_hosts = {"b"};
+          return 0;
+        });
+        return;
+      }
+      for (int r = 0; r < ranks_after; ++r)
+        waiter_.after(Millis(1000), [&g, r] {
+          g.exit(r, 0);
+          return 0;
+        });
+    };
+    g.on_grow = [](const std::vector<std::string>&) { return ReshapeResult{4, {}}; };
+  }
+  static SupervisorOptions grows() {
+    SupervisorOptions o = restarts(0);  // growing is not a restart: none is needed
+    o.elastic = true;
+    o.total_steps = 100;
+    o.world_size = 2;
+    return o;
+  }
+};
+
+TEST_F(GrowSupervisorTest, AHostThatCanJoinIsTakenInOnceTheNextCheckpointIsComplete) {
+  FakeGroup g(waiter_, 2, {"a"});
+  script(g);
+  rdzv_.checkpoint = 4;
+  waiter_.at(Millis(3000), [this] {
+    rdzv_.checkpoint = 8;  // the first checkpoint after b asked
+    return 0;
+  });
+  JobResult r = run(g, grows());
+  EXPECT_EQ(r.exit_code, 0) << console();
+  EXPECT_EQ(g.rounds, (std::vector<int>{0, 1}));
+  ASSERT_EQ(g.grows.size(), 1u);
+  EXPECT_EQ(g.grows[0], std::vector<std::string>{"b"});
+  // Stopped at the checkpoint, not when b asked.
+  ASSERT_TRUE(g.first(SIGTERM));
+  EXPECT_GE(*g.first(SIGTERM), Millis(3000));
+  EXPECT_LT(*g.first(SIGTERM), Millis(4500));
+  EXPECT_EQ(restarts_, 0);
+  EXPECT_EQ(g.hosts(), (std::vector<std::string>{"a", "b"}));
+  EXPECT_NE(launcher_log().find("host b can join: re-forming the job at the next checkpoint (the "
+                                "newest is step 4)"),
+            std::string::npos)
+      << launcher_log();
+  EXPECT_NE(launcher_log().find("host b joins: re-forming the job from the checkpoint of step 8"),
+            std::string::npos)
+      << launcher_log();
+  EXPECT_NE(launcher_log().find("growing to 2 hosts (b joins), 4 worker(s); starting rendezvous "
+                                "round 1"),
+            std::string::npos)
+      << launcher_log();
+  // The stopped round's exits are not failures.
+  EXPECT_EQ(launcher_log().find("aborting the job"), std::string::npos) << launcher_log();
+  EXPECT_NE(summary().find(R"("world_size": 4)"), std::string::npos) << summary();
+  EXPECT_NE(summary().find(R"("restarts": [])"), std::string::npos) << summary();
+  EXPECT_NE(summary().find(R"("grows": [{"round": 1, "hosts": ["b"], "checkpoint_step": 8)"),
+            std::string::npos)
+      << summary();
+}
+
+TEST_F(GrowSupervisorTest, ABuiltInJobWithoutCheckpointsDoesNotGrowAndSaysWhy) {
+  FakeGroup g(waiter_, 2, {"a"});
+  script(g);
+  g.on_start = [&g, this](int) {
+    waiter_.after(Millis(1000), [&g] {
+      g.joining_hosts = {"b"};
+      return 0;
+    });
+    for (int r = 0; r < 2; ++r)
+      waiter_.after(Millis(5000), [&g, r] {
+        g.exit(r, 0);
+        return 0;
+      });
+  };
+  SupervisorOptions o = grows();
+  o.checkpoints = false;
+  JobResult r = run(g, o);
+  EXPECT_EQ(r.exit_code, 0) << console();
+  EXPECT_EQ(g.rounds, std::vector<int>{0});
+  EXPECT_TRUE(g.grows.empty());
+  EXPECT_FALSE(g.sent(SIGTERM));
+  const std::string line =
+      "host b can join, but the job writes no checkpoints (checkpoint.every: 0) to resume from, "
+      "so it stays out";
+  EXPECT_NE(console().find(line), std::string::npos) << console();
+  // Said once, although b keeps asking.
+  EXPECT_EQ(launcher_log().find(line), launcher_log().rfind(line)) << launcher_log();
+}
+
+TEST_F(GrowSupervisorTest, TheLastStepsCheckpointDoesNotStopTheJob) {
+  FakeGroup g(waiter_, 2, {"a"});
+  script(g);
+  g.on_start = [&g, this](int) {
+    waiter_.after(Millis(1000), [&g] {
+      g.joining_hosts = {"b"};
+      return 0;
+    });
+    waiter_.after(Millis(3000), [this] {
+      rdzv_.checkpoint = 100;  // train.steps: the job is ending anyway
+      return 0;
+    });
+    for (int r = 0; r < 2; ++r)
+      waiter_.after(Millis(4000), [&g, r] {
+        g.exit(r, 0);
+        return 0;
+      });
+  };
+  JobResult r = run(g, grows());
+  EXPECT_EQ(r.exit_code, 0) << console();
+  EXPECT_EQ(g.rounds, std::vector<int>{0});
+  EXPECT_FALSE(g.sent(SIGTERM));
+  EXPECT_NE(summary().find(R"("world_size": 2)"), std::string::npos) << summary();
+}
+
+TEST_F(GrowSupervisorTest, ACommandJobGrowsAtOnce) {
+  // A `command:` job's program resumes itself (as under torchrun): no checkpoint to wait for.
+  FakeGroup g(waiter_, 2, {"a"});
+  script(g);
+  SupervisorOptions o = grows();
+  o.builtin = false;
+  JobResult r = run(g, o);
+  EXPECT_EQ(r.exit_code, 0) << console();
+  EXPECT_EQ(g.rounds, (std::vector<int>{0, 1}));
+  ASSERT_TRUE(g.first(SIGTERM));
+  EXPECT_LT(*g.first(SIGTERM), Millis(2100));
+  EXPECT_NE(launcher_log().find("host b joins: re-forming the job; stopping this round"),
+            std::string::npos)
+      << launcher_log();
+}
+
+TEST_F(GrowSupervisorTest, ARefusedGrowRunsTheNextRoundAsBeforeAndDoesNotAskAgain) {
+  FakeGroup g(waiter_, 2, {"a"});
+  script(g, 2);
+  g.on_grow = [](const std::vector<std::string>&) {
+    return ReshapeResult{0, "the global batch does not split"};
+  };
+  rdzv_.checkpoint = 4;
+  waiter_.at(Millis(2000), [this] {
+    rdzv_.checkpoint = 8;
+    return 0;
+  });
+  JobResult r = run(g, grows());
+  EXPECT_EQ(r.exit_code, 0) << console();
+  EXPECT_EQ(g.rounds, (std::vector<int>{0, 1}));
+  EXPECT_EQ(g.grows.size(), 1u);
+  EXPECT_EQ(g.hosts(), std::vector<std::string>{"a"});
+  EXPECT_NE(console().find("not growing: host b joins, but the global batch does not split"),
+            std::string::npos)
+      << console();
+  EXPECT_NE(summary().find(R"("world_size": 2)"), std::string::npos) << summary();
+}
+
+TEST_F(GrowSupervisorTest, ASignalWhileTheRoundStopsForAJoinEndsTheJob) {
+  FakeGroup g(waiter_, 2, {"a"});
+  script(g);
+  g.term_delay = Millis(2000);
+  rdzv_.checkpoint = 4;
+  waiter_.at(Millis(2000), [this] {
+    rdzv_.checkpoint = 8;
+    return 0;
+  });
+  waiter_.at(Millis(3000), [] { return SIGINT; });
+  JobResult r = run(g, grows());
+  EXPECT_EQ(r.exit_code, 128 + SIGINT) << console();
+  EXPECT_EQ(r.status, "interrupted");
+  EXPECT_EQ(g.rounds, std::vector<int>{0});
+  EXPECT_TRUE(g.grows.empty());
 }
 
 }  // namespace

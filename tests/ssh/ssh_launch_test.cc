@@ -502,13 +502,10 @@ TEST_F(SshLaunchTest, KilledWorkerRestartsEveryHostAndTheLossCurveEqualsTheUnint
   EXPECT_TRUE(contains(launcher, "restart 1/1: rank 1 on 127.0.0.3 was killed")) << launcher;
 }
 
-TEST_F(SshLaunchTest, ElasticJobLosesAHostForGoodAndFinishesOnTheOtherWithTheSameLosses) {
-  // 2 hosts x 1 worker, nodes.min_nodes 1, a checkpoint every 4 steps. Rank 1 (on 127.0.0.3)
-  // stops itself after step 10; the test then makes 127.0.0.3 unreachable (its ssh_config entry
-  // points at a closed port once a marker file exists) and kills its ssh session. Round 1 cannot
-  // reach the host, so round 2 runs on 127.0.0.2 alone: data 1 x grad_accum 2 from the step-8
-  // checkpoint, the same global batch, so the same losses as an uninterrupted 2-host run.
-  auto job = [&](const std::string& name, const std::string& extra) {
+// Elastic jobs: 2 hosts x 1 worker, nodes.min_nodes 1, a checkpoint every 4 steps.
+class ElasticTest : public SshLaunchTest {
+ protected:
+  std::string job(const std::string& name, int steps, const std::string& extra) {
     std::string path = tmp_ + "/" + name + ".yaml";
     std::ofstream(path)
         << "name: " << name << "\nlogging: {dir: " << tmp_ << "/" << name
@@ -516,18 +513,21 @@ TEST_F(SshLaunchTest, ElasticJobLosesAHostForGoodAndFinishesOnTheOtherWithTheSam
            "min_nodes: 1}\n"
         << "model: {type: gpt, layers: 2, heads: 2, dim: 32, seq_len: 16, vocab: 64}\n"
            "data: {type: synthetic, batch_size: 8}\n"
-           "train: {steps: 20, seed: 7, log_every: 1}\ncheckpoint: {every: 4, keep: 2}\n"
+           "train: {steps: "
+        << steps
+        << ", seed: 7, log_every: 1}\ncheckpoint: {every: 4, keep: 2}\n"
            "rendezvous: {timeout_s: 20}\n"
            "fault_tolerance: {max_restarts: 3, heartbeat_s: 0.2, hang_timeout_s: 60, "
            "term_grace_s: 2}\n"
         << extra;
     return path;
-  };
-  auto only_dir = [&](const std::string& name) {
+  }
+  std::string only_dir(const std::string& name) {
+    if (!fs::exists(tmp_ + "/" + name)) return {};
     for (const auto& e : fs::directory_iterator(tmp_ + "/" + name)) return e.path().string();
-    return std::string();
-  };
-  auto losses = [](const std::string& dir) {
+    return {};
+  }
+  static std::vector<std::pair<int, double>> losses(const std::string& dir) {
     std::vector<std::pair<int, double>> out;
     std::ifstream in(dir + "/metrics.jsonl");
     std::string line;
@@ -536,49 +536,91 @@ TEST_F(SshLaunchTest, ElasticJobLosesAHostForGoodAndFinishesOnTheOtherWithTheSam
     while (std::getline(in, line))
       if (std::regex_search(line, m, re)) out.emplace_back(std::stoi(m[1]), std::stod(m[2]));
     return out;
-  };
-  const std::string hosts = "127.0.0.2:1,127.0.0.3:1";
+  }
+  // The uninterrupted 2-host run's loss of every step.
+  std::map<int, double> reference(int steps) {
+    Ptrain ref(
+        {"launch", job("ref", steps, ""), "--hosts", kHosts, "--ssh-config", farm->ssh_config});
+    EXPECT_EQ(ref.finish(), 0) << ref.out << ref.err;
+    std::map<int, double> expected;
+    for (const auto& [step, loss] : losses(only_dir("ref"))) expected[step] = loss;
+    EXPECT_EQ(expected.size(), static_cast<size_t>(steps));
+    return expected;
+  }
+  // An ssh_config where 127.0.0.3 points at a closed port while `marker` exists.
+  std::string config_with_marker(const std::string& marker) {
+    const std::string config = tmp_ + "/ssh_config";
+    std::ofstream(config) << "Match host 127.0.0.3 exec \"test -e " << marker << "\"\n  Port "
+                          << free_port("127.0.0.3") << "\n"
+                          << read_file(farm->ssh_config);
+    return config;
+  }
+  // Once `name`'s run logged step `step`, makes 127.0.0.3 unreachable and kills its session.
+  void lose_host_after(Ptrain& p, const std::string& name, int step, const std::string& marker) {
+    ASSERT_TRUE(p.wait_for([&] {
+      auto dir = only_dir(name);
+      if (dir.empty()) return false;
+      for (const auto& [s, loss] : losses(dir))
+        if (s == step) return true;
+      return false;
+    })) << p.out
+        << p.err;
+    std::ofstream(marker) << "gone\n";
+    pid_t ssh_pid = -1;
+    for (pid_t pid : ptrain::testing::find_processes([&](pid_t pid) {
+           std::string cmd = cmdline(pid);
+           return cmd.rfind("ssh ", 0) == 0 && contains(cmd, "127.0.0.3 --") &&
+                  parent_of(pid) == p.proc().pid();
+         }))
+      ssh_pid = pid;
+    ASSERT_GT(ssh_pid, 0) << "no ssh session to 127.0.0.3 under the launcher";
+    ::kill(ssh_pid, SIGKILL);
+  }
+  static void print_elastic_lines(const std::string& launcher) {
+    std::istringstream lines(launcher);
+    for (std::string line; std::getline(lines, line);)
+      if (contains(line, "shrinking") || contains(line, "restart ") ||
+          contains(line, "training again") || contains(line, "elastic:") ||
+          contains(line, "join") || contains(line, "growing"))
+        std::printf("[ launcher ] %s\n", line.c_str());
+  }
+  // Every step's loss equals the uninterrupted run's (1e-5 relative); returns how often each
+  // step ran.
+  static std::map<int, int> check_losses(const std::string& dir,
+                                         const std::map<int, double>& expected) {
+    std::map<int, int> seen;
+    for (const auto& [step, loss] : losses(dir)) {
+      ++seen[step];
+      if (!expected.count(step)) {
+        ADD_FAILURE() << "step " << step << " is not in the reference run";
+        continue;
+      }
+      EXPECT_NEAR(loss, expected.at(step), 1e-5 * std::abs(expected.at(step))) << "step " << step;
+    }
+    for (const auto& [step, loss] : expected)
+      EXPECT_GE(seen[step], 1) << "step " << step << " missing";
+    return seen;
+  }
+  static constexpr const char* kHosts = "127.0.0.2:1,127.0.0.3:1";
+};
 
-  Ptrain ref({"launch", job("ref", ""), "--hosts", hosts, "--ssh-config", farm->ssh_config});
-  ASSERT_EQ(ref.finish(), 0) << ref.out << ref.err;
-  std::map<int, double> expected;
-  for (const auto& [step, loss] : losses(only_dir("ref"))) expected[step] = loss;
+TEST_F(ElasticTest, JobLosesAHostForGoodAndFinishesOnTheOtherWithTheSameLosses) {
+  // Rank 1 (on 127.0.0.3) stops itself after step 10; the test then makes 127.0.0.3 unreachable
+  // (its ssh_config entry points at a closed port once a marker file exists) and kills its ssh
+  // session. Round 1 cannot reach the host, so round 2 runs on 127.0.0.2 alone: data 1 x
+  // grad_accum 2 from the step-8 checkpoint, the same global batch, so the same losses as an
+  // uninterrupted 2-host run.
+  const auto expected = reference(20);
   ASSERT_EQ(expected.size(), 20u);
-
   const std::string marker = tmp_ + "/127.0.0.3-is-gone";
-  const std::string config = tmp_ + "/ssh_config";
-  std::ofstream(config) << "Match host 127.0.0.3 exec \"test -e " << marker << "\"\n  Port "
-                        << free_port("127.0.0.3") << "\n"
-                        << read_file(farm->ssh_config);
-  Ptrain p({"launch", job("elastic", "env: {PTRAIN_TEST_FAIL_AT_STEP: \"1:10:0:stop\"}\n"),
-            "--hosts", hosts, "--ssh-config", config});
-  ASSERT_TRUE(p.wait_for([&] {
-    auto dir = fs::exists(tmp_ + "/elastic") ? only_dir("elastic") : std::string();
-    if (dir.empty()) return false;
-    for (const auto& [step, loss] : losses(dir))
-      if (step == 10) return true;
-    return false;
-  })) << p.out
-      << p.err;
-  std::ofstream(marker) << "gone\n";
-  pid_t ssh_pid = -1;
-  for (pid_t pid : ptrain::testing::find_processes([&](pid_t pid) {
-         std::string cmd = cmdline(pid);
-         return cmd.rfind("ssh ", 0) == 0 && contains(cmd, "127.0.0.3 --") &&
-                parent_of(pid) == p.proc().pid();
-       }))
-    ssh_pid = pid;
-  ASSERT_GT(ssh_pid, 0) << "no ssh session to 127.0.0.3 under the launcher";
-  ::kill(ssh_pid, SIGKILL);
+  Ptrain p({"launch", job("elastic", 20, "env: {PTRAIN_TEST_FAIL_AT_STEP: \"1:10:0:stop\"}\n"),
+            "--hosts", kHosts, "--ssh-config", config_with_marker(marker)});
+  lose_host_after(p, "elastic", 10, marker);
   ASSERT_EQ(p.finish(), 0) << p.out << p.err;
 
   std::string dir = only_dir("elastic");
   std::string launcher = read_file(dir + "/launcher.log");
-  std::istringstream lines(launcher);
-  for (std::string line; std::getline(lines, line);)
-    if (contains(line, "shrinking") || contains(line, "restart ") ||
-        contains(line, "training again") || contains(line, "elastic:"))
-      std::printf("[ launcher ] %s\n", line.c_str());
+  print_elastic_lines(launcher);
   EXPECT_TRUE(contains(launcher, "shrinking to 1 host: host 127.0.0.3 lost (")) << launcher;
   EXPECT_TRUE(contains(launcher, "elastic: 1 worker(s) on 1 host(s), data 1 x grad_accum 2"))
       << launcher;
@@ -590,17 +632,62 @@ TEST_F(SshLaunchTest, ElasticJobLosesAHostForGoodAndFinishesOnTheOtherWithTheSam
   EXPECT_TRUE(contains(summary, R"("status": "succeeded")")) << summary;
   EXPECT_TRUE(contains(summary, R"("world_size": 1)")) << summary;
   EXPECT_TRUE(contains(summary, R"("round": 2)")) << summary;
-  // Every step's loss, before the loss and after the resume on one host, equals the 2-host run's.
-  std::map<int, int> seen;
-  for (const auto& [step, loss] : losses(dir)) {
-    ++seen[step];
-    ASSERT_TRUE(expected.count(step)) << "step " << step;
-    EXPECT_NEAR(loss, expected.at(step), 1e-5 * std::abs(expected.at(step))) << "step " << step;
-  }
-  for (int s = 1; s <= 20; ++s) EXPECT_GE(seen[s], 1) << "step " << s << " missing";
   // Steps 9 and 10 ran twice: on 2 hosts, then again on one after the step-8 checkpoint.
+  auto seen = check_losses(dir, expected);
   EXPECT_GE(seen[9], 2);
-  EXPECT_GE(seen[20], 1);
+}
+
+TEST_F(ElasticTest, ALostHostThatAnswersAgainIsTakenBackAtTheNextCheckpointWithTheSameLosses) {
+  // As above, but 127.0.0.3 answers again once the job runs on one host: its probe passes, the
+  // round stops after the next complete checkpoint and the job re-forms on both hosts (data 2 x
+  // grad_accum 1) from it. Steps take 100 ms so that the one-host round outlasts the probe.
+  constexpr int kSteps = 48;
+  const auto expected = reference(kSteps);
+  ASSERT_EQ(expected.size(), static_cast<size_t>(kSteps));
+  const std::string marker = tmp_ + "/127.0.0.3-is-gone";
+  Ptrain p({"launch",
+            job("grow", kSteps,
+                "env: {PTRAIN_TEST_FAIL_AT_STEP: \"1:10:0:stop\", PTRAIN_TEST_SLOW_RANK: "
+                "\"-1:100\"}\n"),
+            "--hosts", kHosts, "--ssh-config", config_with_marker(marker)});
+  lose_host_after(p, "grow", 10, marker);
+  ASSERT_TRUE(p.wait_for([&] {
+    return contains(read_file(only_dir("grow") + "/launcher.log"), "shrinking to 1 host");
+  })) << p.out
+      << p.err;
+  fs::remove(marker);  // 127.0.0.3 is back
+  ASSERT_EQ(p.finish(), 0) << p.out << p.err;
+
+  std::string dir = only_dir("grow");
+  std::string launcher = read_file(dir + "/launcher.log");
+  print_elastic_lines(launcher);
+  EXPECT_TRUE(contains(launcher, "shrinking to 1 host: host 127.0.0.3 lost (")) << launcher;
+  EXPECT_TRUE(contains(launcher,
+                       "host 127.0.0.3 can join: re-forming the job at the next "
+                       "checkpoint"))
+      << launcher;
+  EXPECT_TRUE(contains(launcher, "growing to 2 hosts (127.0.0.3 joins), 2 worker(s)")) << launcher;
+  EXPECT_TRUE(contains(launcher, "elastic: 2 worker(s) on 2 host(s), data 2 x grad_accum 1"))
+      << launcher;
+  EXPECT_TRUE(contains(p.err + p.out,
+                       "ptrain: host 127.0.0.3 joins: re-forming the job from the "
+                       "checkpoint of step"))
+      << p.out << p.err;
+  std::string summary = read_file(dir + "/summary.json");
+  EXPECT_TRUE(contains(summary, R"("status": "succeeded")")) << summary;
+  EXPECT_TRUE(contains(summary, R"("world_size": 2)")) << summary;
+  EXPECT_TRUE(contains(summary, R"("grows": [{"round": 3, "hosts": ["127.0.0.3"])")) << summary;
+  // The re-admitted rank resumed from the checkpoint the round stopped at.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(summary, m, std::regex(R"re("checkpoint_step": (\d+))re")))
+      << summary;
+  const int at = std::stoi(m[1]);
+  EXPECT_GT(at, 8);
+  EXPECT_LT(at, kSteps);
+  EXPECT_EQ(at % 4, 0);
+  EXPECT_TRUE(contains(read_file(dir + "/rank-0.log"), " at step " + std::to_string(at)))
+      << read_file(dir + "/rank-0.log");
+  check_losses(dir, expected);
 }
 
 TEST_F(SshLaunchTest, MinNodesAboveTheHostCountExitsTwoBeforeAnythingStarts) {

@@ -216,6 +216,7 @@ SupervisorOptions supervisor_options(const spec::JobSpec& spec) {
   o.name = spec.name;
   o.elastic =
       spec.nodes.min_nodes > 0 && spec.nodes.min_nodes < static_cast<int>(spec.nodes.hosts.size());
+  o.checkpoints = spec.checkpoint.every > 0;
   return o;
 }
 

@@ -25,7 +25,23 @@ int RestartLog::begin_next_round() {
   return ++round_;
 }
 
+int RestartLog::begin_grow_round(const std::vector<std::string>& hosts, int64_t at_step,
+                                 double stopped_s, int64_t unix_us) {
+  ++grows_;
+  grow_log_.push_back({round_ + 1, hosts, at_step, stopped_s, unix_us, std::nullopt, std::nullopt});
+  awaiting_report_ = false;
+  awaiting_grow_report_ = true;
+  return ++round_;
+}
+
 std::optional<double> RestartLog::on_report(double mono_s, int64_t step) {
+  if (awaiting_grow_report_) {
+    awaiting_grow_report_ = false;
+    auto& g = grow_log_.back();
+    g.recovery_s = mono_s - g.stopped_s;
+    g.first_report_step = step;
+    return g.recovery_s;
+  }
   if (!awaiting_report_) return std::nullopt;
   awaiting_report_ = false;
   auto& f = failures_.back();
@@ -49,6 +65,22 @@ Json RestartLog::restarts_json() const {
     if (f.first_report_step) o["first_report_step"] = *f.first_report_step;
     // Milliseconds are what the measurement means; more digits would be noise.
     if (f.recovery_s) o["recovery_s"] = std::round(*f.recovery_s * 1000.0) / 1000.0;
+    out.push_back(std::move(o));
+  }
+  return out;
+}
+
+Json RestartLog::grows_json() const {
+  Json out = Json::array();
+  for (const auto& g : grow_log_) {
+    Json o = {{"round", g.round},
+              {"hosts", g.hosts},
+              {"checkpoint_step", g.at_step},
+              {"time", format_timestamp(g.unix_us)},
+              {"first_report_step", nullptr},
+              {"recovery_s", nullptr}};
+    if (g.first_report_step) o["first_report_step"] = *g.first_report_step;
+    if (g.recovery_s) o["recovery_s"] = std::round(*g.recovery_s * 1000.0) / 1000.0;
     out.push_back(std::move(o));
   }
   return out;
@@ -82,8 +114,8 @@ std::optional<std::string> RestartLog::refuse_restart(const FailureRecord& f) co
 }
 
 double RestartLog::backoff_s() const {
-  if (round_ == 0) return 0;
-  return std::min(30.0, std::ldexp(1.0, round_ - 1));
+  if (restarts() == 0) return 0;
+  return std::min(30.0, std::ldexp(1.0, restarts() - 1));
 }
 
 std::string RestartLog::history_block() const {

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "ptrain/core/error.h"
@@ -29,9 +30,44 @@ struct SshWorkerGroup::Session {
   ExitStatus ssh_status;
 };
 
+// Probes the left-out hosts of an elastic job on its own thread, one pass at a time, so that
+// the supervisor's loop never waits on ssh.
+struct SshWorkerGroup::Prober {
+  std::thread thread;
+  std::atomic<bool> busy{false};
+  std::mutex mu;
+  std::set<std::string> answered;  // hosts whose last probe succeeded
+  Clock::time_point last_start{};
+
+  ~Prober() {
+    if (thread.joinable()) thread.join();
+  }
+  void start(std::vector<std::string> hosts, std::function<bool(const std::string&)> probe) {
+    if (thread.joinable()) thread.join();
+    busy = true;
+    last_start = Clock::now();
+    thread = std::thread([this, hosts = std::move(hosts), probe = std::move(probe)] {
+      for (const auto& h : hosts) {
+        bool ok = false;
+        try {
+          ok = probe(h);
+        } catch (const std::exception&) {
+        }
+        std::lock_guard lock(mu);
+        if (ok)
+          answered.insert(h);
+        else
+          answered.erase(h);
+      }
+      busy = false;
+    });
+  }
+};
+
 SshWorkerGroup::SshWorkerGroup(SshGroupOptions options) : opt_(std::move(options)) {}
 
 SshWorkerGroup::~SshWorkerGroup() {
+  prober_.reset();    // waits for a probe in flight
   sessions_.clear();  // kills and reaps ssh sessions still running
   for (auto& [r, fd] : log_fds_)
     if (fd >= 0) ::close(fd);
@@ -245,16 +281,69 @@ std::vector<GroupEvent> SshWorkerGroup::poll() {
   return out;
 }
 
-ShrinkResult SshWorkerGroup::shrink(const std::vector<std::string>& lost) {
+ReshapeResult SshWorkerGroup::shrink(const std::vector<std::string>& lost) {
   if (!opt_.reshape) return {0, "the job has no elastic shape"};
+  std::vector<std::string> next;
+  for (const auto& p : opt_.plan)
+    if (std::find(lost.begin(), lost.end(), p.host) == lost.end()) next.push_back(p.host);
   try {
-    auto [plan, world] = opt_.reshape(lost);
+    auto [plan, world] = opt_.reshape(next, false);
     opt_.plan = std::move(plan);
     opt_.world_size = world;
-    return {world, {}};
   } catch (const ConfigError& e) {
     return {0, e.message()};
   }
+  for (const auto& h : lost)
+    if (std::find(left_out_.begin(), left_out_.end(), h) == left_out_.end()) left_out_.push_back(h);
+  return {opt_.world_size, {}};
+}
+
+std::vector<std::string> SshWorkerGroup::joining() {
+  if (left_out_.empty() || !opt_.probe || !opt_.reshape) return {};
+  if (!prober_) prober_ = std::make_unique<Prober>();
+  if (!prober_->busy && Clock::now() - prober_->last_start >= opt_.probe_interval)
+    prober_->start(left_out_, opt_.probe);
+  std::set<std::string> answered;
+  {
+    std::lock_guard lock(prober_->mu);
+    answered = prober_->answered;
+  }
+  // The hosts that answer, each taken only if the job can be re-formed with it.
+  std::vector<std::string> out, next;
+  for (const auto& p : opt_.plan) next.push_back(p.host);
+  for (const auto& h : left_out_) {
+    if (!answered.count(h)) continue;
+    next.push_back(h);
+    try {
+      opt_.reshape(next, true);
+      out.push_back(h);
+    } catch (const ConfigError&) {
+      next.pop_back();
+    }
+  }
+  return out;
+}
+
+ReshapeResult SshWorkerGroup::grow(const std::vector<std::string>& hosts) {
+  if (!opt_.reshape) return {0, "the job has no elastic shape"};
+  std::vector<std::string> next;
+  for (const auto& p : opt_.plan) next.push_back(p.host);
+  next.insert(next.end(), hosts.begin(), hosts.end());
+  try {
+    auto [plan, world] = opt_.reshape(next, false);
+    opt_.plan = std::move(plan);
+    opt_.world_size = world;
+  } catch (const ConfigError& e) {
+    return {0, e.message()};
+  }
+  for (const auto& h : hosts) {
+    left_out_.erase(std::remove(left_out_.begin(), left_out_.end(), h), left_out_.end());
+    if (prober_) {
+      std::lock_guard lock(prober_->mu);
+      prober_->answered.erase(h);
+    }
+  }
+  return {opt_.world_size, {}};
 }
 
 int SshWorkerGroup::running() const {

@@ -39,9 +39,11 @@ class SshLauncher::Impl {
 
  private:
   void check_hosts(const std::vector<HostPlan>& plan, const std::string& program);
+  PreflightOptions preflight_options(const std::string& program);
 
   spec::JobSpec spec_;
   SshLaunchOptions opt_;
+  std::string version_;  // `ptrain --version` here, which every host must match
 };
 
 SshLauncher::SshLauncher(spec::JobSpec spec, SshLaunchOptions options)
@@ -51,6 +53,18 @@ JobResult SshLauncher::run() {
   return impl_->run();
 }
 
+PreflightOptions SshLauncher::Impl::preflight_options(const std::string& program) {
+  PreflightOptions po;
+  po.remote_ptrain = program;
+  po.timeout = opt_.preflight_timeout;
+  if (version_.empty()) {
+    std::string self = opt_.local_binary.empty() ? this_executable() : opt_.local_binary;
+    version_ = run_command({self, "--version"}, "", Millis(10000)).out;
+  }
+  po.expected_version = version_;
+  return po;
+}
+
 void SshLauncher::Impl::check_hosts(const std::vector<HostPlan>& plan, const std::string& program) {
   std::vector<std::string> hosts;
   std::vector<int> gpus;
@@ -58,13 +72,7 @@ void SshLauncher::Impl::check_hosts(const std::vector<HostPlan>& plan, const std
     hosts.push_back(p.host);
     gpus.push_back(spec_.nodes.device == "cuda" ? p.procs : 0);
   }
-  PreflightOptions po;
-  po.remote_ptrain = program;
-  po.timeout = opt_.preflight_timeout;
-  std::string self = opt_.local_binary.empty() ? this_executable() : opt_.local_binary;
-  CommandResult v = run_command({self, "--version"}, "", Millis(10000));
-  po.expected_version = v.out;
-  auto results = preflight(hosts, opt_.ssh, gpus, po);
+  auto results = preflight(hosts, opt_.ssh, gpus, preflight_options(program));
   std::string bad;
   int count = 0;
   for (const auto& r : results)
@@ -253,17 +261,17 @@ JobResult SshLauncher::Impl::run() {
       dir.log(fmt::format("parameter server {} (rank {}) placed on {}, listening on {}", k,
                           world_size + k, plan[static_cast<size_t>(host)].host,
                           server_bind[static_cast<size_t>(host)]));
-  // Elastic jobs: the job without its lost hosts (spec::reshape_for_hosts), for the next rounds.
-  spec::JobSpec current = spec_;
-  std::vector<spec::HostSlots> current_hosts = opt_.hosts;
-  if (spec_.nodes.min_nodes > 0)
-    go.reshape = [&](const std::vector<std::string>& lost) {
-      std::vector<spec::HostSlots> left;
-      for (const auto& h : current_hosts)
-        if (std::find(lost.begin(), lost.end(), h.host) == lost.end()) left.push_back(h);
-      spec::Reshape r = spec::reshape_for_hosts(current, left);
+  // Elastic jobs: the job on the hosts it has left, or that came back (spec::reshape_for_hosts
+  // of the job as given, so shrinking and growing back lead to the same shapes).
+  if (spec_.nodes.min_nodes > 0) {
+    go.reshape = [&](const std::vector<std::string>& names, bool dry_run) {
+      std::vector<spec::HostSlots> next;
+      for (const auto& h : opt_.hosts)
+        if (std::find(names.begin(), names.end(), h.host) != names.end()) next.push_back(h);
+      spec::Reshape r = spec::reshape_for_hosts(spec_, next);
       if (!r.ok) throw ConfigError(r.reason);
       const int new_world = r.spec.world_size();
+      if (dry_run) return std::make_pair(std::vector<HostPlan>{}, new_world);
       std::string yaml = spec::to_yaml_redacted(r.spec);
       coordinator->reshape(new_world,
                            builtin
@@ -274,15 +282,21 @@ JobResult SshLauncher::Impl::run() {
       spec::JobSpec agent_spec = r.spec;
       if (!shared_checkpoints.empty()) agent_spec.checkpoint.dir = shared_checkpoints;
       agent_yaml = spec::to_yaml_redacted(agent_spec);
-      plan = plan_hosts(left, r.spec.nodes.procs_per_node, new_world);
+      plan = plan_hosts(next, r.spec.nodes.procs_per_node, new_world);
       first_target = ssh_target_hostname(opt_.ssh, plan.front().host);  // MASTER_ADDR
       world_size = new_world;
-      current = std::move(r.spec);
-      current_hosts = std::move(left);
       dir.log(fmt::format("elastic: {} worker(s) on {} host(s), data {} x grad_accum {}", new_world,
-                          plan.size(), current.parallel.data, current.train.grad_accum));
+                          plan.size(), r.spec.parallel.data, r.spec.train.grad_accum));
       return std::make_pair(plan, new_world);
     };
+    // A left-out host is taken back once it passes the preflight again.
+    go.probe = [this, program](const std::string& host) {
+      PreflightOptions po = preflight_options(program);
+      po.timeout = std::min(po.timeout, Millis(5000));
+      const int gpus = spec_.nodes.device == "cuda" ? spec_.nodes.procs_per_node : 0;
+      return preflight({host}, opt_.ssh, {gpus}, po).front().ok;
+    };
+  }
   SshWorkerGroup group(go);
   CoordinatorControl control(*coordinator);
   SupervisorOptions so = supervisor_options(spec_);

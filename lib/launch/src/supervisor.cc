@@ -37,6 +37,17 @@ std::string join_ints(const std::vector<int>& v) {
   return out;
 }
 
+// "a", "a and b", "a, b and c".
+std::string join_words(const std::vector<std::string>& words) {
+  std::string out;
+  for (size_t i = 0; i < words.size(); ++i)
+    out += (i == 0 ? "" : i + 1 == words.size() ? " and " : ", ") + words[i];
+  return out;
+}
+
+// How often an elastic job asks its group for hosts that can join.
+constexpr Millis kJoinPollInterval{1000};
+
 Millis until(Clock::time_point t, Clock::time_point now) {
   return std::chrono::duration_cast<Millis>(t - now) + Millis(1);
 }
@@ -159,6 +170,15 @@ bool CoordinatorControl::any_joined() {
 rendezvous::CoordinatorStats CoordinatorControl::stats() {
   return c_.stats();
 }
+std::optional<int64_t> CoordinatorControl::last_checkpoint() {
+  auto& store = c_.store();
+  if (!store.check({kCheckpointSavedKey})) return std::nullopt;
+  try {
+    return std::stoll(store.get(kCheckpointSavedKey));
+  } catch (const std::exception&) {
+    return std::nullopt;  // not a number: no checkpoint to go by
+  }
+}
 
 // ---- Supervisor ----
 
@@ -187,6 +207,8 @@ void Supervisor::stop_group(int sig, const std::string& reason) {
 }
 
 void Supervisor::fail(Failure f) {
+  // The round is being stopped to take hosts in (elastic): its workers' ends are that stop's.
+  if (regroup_since_ && !interrupt_sig_) return;
   // A SIGKILL before the supervisor sent one is not the stop's own (the OOM killer, a user):
   // it can be the cause that a peer's echo only reported first.
   const bool foreign_kill = f.exit_code == 128 + SIGKILL && !sent_kill_ && failure_ &&
@@ -279,8 +301,9 @@ void Supervisor::handle_events() {
       case K::Report:
         if (auto step = console_.report(e.text, elapsed()))
           if (auto s = restarts_.on_report(mono(), *step))
-            dir_.log(fmt::format("round {}: training again at step {}, {:.3f} s after the failure",
-                                 restarts_.round(), *step, *s));
+            dir_.log(fmt::format("round {}: training again at step {}, {:.3f} s after the {}",
+                                 restarts_.round(), *step, *s,
+                                 grew_ ? "previous round was stopped" : "failure"));
         break;
       case K::Hang:
         fail({e.rank, group_.host_of(e.rank), group_.pid_of(e.rank), kExitTimeout,
@@ -371,7 +394,7 @@ bool Supervisor::try_shrink(const Failure& f) {
   if (lost.empty()) return false;
   std::string names;
   for (const auto& h : lost) names += (names.empty() ? "" : ", ") + h;
-  ShrinkResult r = group_.shrink(lost);
+  ReshapeResult r = group_.shrink(lost);
   if (!r.refused.empty()) {
     dir_.log(fmt::format("not shrinking: host {} lost, but {}", names, r.refused));
     console_.message(fmt::format("ptrain: not shrinking: host {} lost, but {}", names, r.refused),
@@ -387,7 +410,116 @@ bool Supervisor::try_shrink(const Failure& f) {
   return true;
 }
 
+void Supervisor::check_joining() {
+  if (!opt_.elastic || failure_ || interrupt_sig_ || regroup_since_ || group_.running() == 0)
+    return;
+  const auto now = waiter_.now();
+  if (!next_join_check_ || now >= *next_join_check_) {
+    next_join_check_ = now + kJoinPollInterval;
+    std::vector<std::string> hosts;
+    for (auto& h : group_.joining()) {
+      if (std::find(refused_joins_.begin(), refused_joins_.end(), h) != refused_joins_.end())
+        continue;
+      if (opt_.builtin && !opt_.checkpoints) {
+        // Growing restarts from a checkpoint: without one the job would start over.
+        const std::string why = fmt::format(
+            "host {} can join, but the job writes no checkpoints (checkpoint.every: 0) to resume "
+            "from, so it stays out",
+            h);
+        dir_.log(why);
+        console_.message("ptrain: " + why, true);
+        refused_joins_.push_back(h);
+        continue;
+      }
+      hosts.push_back(std::move(h));
+    }
+    if (hosts != joining_) {
+      joining_ = std::move(hosts);
+      join_after_step_.reset();
+      if (!joining_.empty()) {
+        join_after_step_ = rdzv_.last_checkpoint().value_or(-1);
+        const std::string names = join_words(joining_);
+        dir_.log(
+            opt_.builtin
+                ? fmt::format("host {} can join: re-forming the job at the next checkpoint (the "
+                              "newest is {})",
+                              names,
+                              *join_after_step_ < 0 ? std::string("none yet")
+                                                    : fmt::format("step {}", *join_after_step_))
+                : fmt::format("host {} can join: re-forming the job now", names));
+      }
+    }
+  }
+  if (joining_.empty()) return;
+  int64_t step = 0;
+  if (opt_.builtin) {
+    auto saved = rdzv_.last_checkpoint();
+    if (!saved || *saved <= *join_after_step_) return;
+    // The last steps' checkpoint: the job is about to end on its own.
+    if (opt_.total_steps > 0 && *saved >= opt_.total_steps) return;
+    step = *saved;
+  }
+  regroup_hosts_ = std::exchange(joining_, {});
+  join_after_step_.reset();
+  regroup_since_ = mono();
+  regroup_step_ = step;
+  const std::string names = join_words(regroup_hosts_);
+  const std::string line =
+      opt_.builtin ? fmt::format("host {} joins: re-forming the job from the checkpoint of step {}",
+                                 names, step)
+                   : fmt::format("host {} joins: re-forming the job", names);
+  dir_.log(line + "; stopping this round");
+  console_.message("ptrain: " + line, true);
+  stop_group(SIGTERM, fmt::format("the job is re-formed to take in host {}", names));
+}
+
+bool Supervisor::regroup_if_due() {
+  const std::string names = join_words(regroup_hosts_);
+  // Every worker finished before the stop reached it: the job is done, nobody joins.
+  const bool finished =
+      std::all_of(exit_codes_.begin(), exit_codes_.end(), [](int c) { return c == 0; });
+  if (interrupt_sig_ || finished) {
+    if (finished && !interrupt_sig_)
+      dir_.log(fmt::format("the job finished before host {} could join", names));
+    regroup_since_.reset();
+    return false;
+  }
+  group_.drain(Millis(1000));
+  handle_events();
+  ReshapeResult r = group_.grow(regroup_hosts_);
+  if (!r.refused.empty()) {
+    dir_.log(fmt::format("not growing: host {} joins, but {}", names, r.refused));
+    console_.message(fmt::format("ptrain: not growing: host {} joins, but {}", names, r.refused),
+                     true);
+    refused_joins_.insert(refused_joins_.end(), regroup_hosts_.begin(), regroup_hosts_.end());
+  } else {
+    opt_.world_size = r.world_size;
+  }
+  const int round =
+      restarts_.begin_grow_round(regroup_hosts_, regroup_step_, *regroup_since_, unix_micros());
+  dir_.add_scalar("hosts", static_cast<double>(group_.hosts().size()), console_.progress().step);
+  const size_t hosts = group_.hosts().size();
+  const std::string line = fmt::format("growing to {} host{} ({} joins), {} worker(s)", hosts,
+                                       hosts == 1 ? "" : "s", names, opt_.world_size);
+  dir_.log(fmt::format("{}; starting rendezvous round {} ({:.3f} s after the round was stopped)",
+                       line, round, mono() - *regroup_since_));
+  if (r.refused.empty()) console_.message("ptrain: " + line, true);
+  regroup_since_.reset();
+  regroup_hosts_.clear();
+  grew_ = true;
+  grace_.reset();
+  force_at_.reset();
+  force_stage_ = 0;
+  sent_kill_ = false;
+  missing_at_failure_.clear();
+  joined_at_failure_ = false;
+  rdzv_.begin_round(round);
+  start_round(round);
+  return true;
+}
+
 bool Supervisor::restart_if_due() {
+  if (regroup_since_) return regroup_if_due();
   if (!failure_ || interrupt_sig_ || no_restart_ || !restarts_.can_restart()) {
     restart_at_.reset();
     return false;
@@ -424,6 +556,7 @@ bool Supervisor::restart_if_due() {
   restart_at_.reset();
   restarts_.add_failure(std::move(rec));
   const int round = restarts_.begin_next_round();
+  grew_ = false;
   dir_.add_scalar("restarts", round, console_.progress().step);
   // One machine: the host goes without saying.
   std::string why = group_.multi_host()
@@ -431,11 +564,11 @@ bool Supervisor::restart_if_due() {
                         : fmt::format("{} {}", rank_name(f.rank), f.what);
   dir_.log(
       fmt::format("restart {}/{}: {}; starting rendezvous round {} ({:.3f} s after the failure)",
-                  round, restarts_.max_restarts(), why, round, mono() - f.mono_s));
+                  restarts_.restarts(), restarts_.max_restarts(), why, round, mono() - f.mono_s));
   const auto hosts = group_.hosts().size();
   console_.message(fmt::format("ptrain: {}; restarting every worker{} (restart {}/{})", why,
                                hosts > 1 ? fmt::format(" on {} host(s)", hosts) : std::string(),
-                               round, restarts_.max_restarts()),
+                               restarts_.restarts(), restarts_.max_restarts()),
                    true);
   failure_.reset();
   shrunk_ = false;
@@ -500,6 +633,7 @@ void Supervisor::write_summary(const JobResult& r) {
   if (interrupt_sig_) s["reason"] = "interrupted by " + signal_name(interrupt_sig_);
   add_progress(s, console_.has_progress() ? p.step : 0, opt_.total_steps, p, elapsed());
   s["restarts"] = restarts_.restarts_json();
+  if (auto grows = restarts_.grows_json(); !grows.empty()) s["grows"] = std::move(grows);
   // How the ranks met the coordinator: node_joins counts the nodes' relays joining for their
   // ranks (the hierarchical path), rank_joins the ranks that joined it themselves.
   auto st = rdzv_.stats();
@@ -540,6 +674,7 @@ JobResult Supervisor::run() {
     handle_events();
     handle_group_events();
     on_timers();
+    check_joining();
     console_.tick(elapsed());
   }
   group_.drain(Millis(1000));

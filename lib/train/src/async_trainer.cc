@@ -31,20 +31,6 @@
 namespace ptrain::train {
 namespace {
 
-// Test-only slowdown: PTRAIN_TEST_SLOW_RANK=R:MSms makes worker R sleep MS ms every step.
-Millis slow_delay(int rank) {
-  auto v = env_get("PTRAIN_TEST_SLOW_RANK");
-  if (!v || v->empty()) return Millis(0);
-  size_t colon = v->find(':');
-  if (colon == std::string::npos) return Millis(0);
-  try {
-    if (std::stoi(v->substr(0, colon)) != rank) return Millis(0);
-    return Millis(std::stol(v->substr(colon + 1)));
-  } catch (const std::exception&) {
-    throw ConfigError(fmt::format("PTRAIN_TEST_SLOW_RANK='{}' is not RANK:MILLISECONDS", *v));
-  }
-}
-
 Millis seconds(double s) {
   return Millis(static_cast<int64_t>(s * 1000));
 }
@@ -134,7 +120,7 @@ TrainResult run_async_training(const spec::JobSpec& spec, const TrainContext& ct
   if (worker == 0 && !resume.manifest.empty())
     print_line(ctx, fmt::format("resumed from {} at step {}", resume.manifest, resume.step));
   const FaultInjection faults = FaultInjection::from_env(ctx.rank, ctx.restart);
-  const Millis slow = slow_delay(worker);
+  const Millis slow = test_step_delay(worker);
   auto schedule = make_schedule(spec);
   const int64_t total = spec.train.steps;
   const int log_every = std::max(1, spec.train.log_every);

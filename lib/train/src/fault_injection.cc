@@ -24,6 +24,21 @@ void die(int sig, const std::string& why) {
 }
 }  // namespace
 
+Millis test_step_delay(int rank) {
+  auto v = env_get("PTRAIN_TEST_SLOW_RANK");
+  if (!v || v->empty()) return Millis(0);
+  const size_t colon = v->find(':');
+  try {
+    if (colon == std::string::npos) throw std::invalid_argument("no colon");
+    const int r = std::stoi(v->substr(0, colon));
+    if (r != rank && r != -1) return Millis(0);
+    return Millis(std::stol(v->substr(colon + 1)));
+  } catch (const std::exception&) {
+    throw ConfigError(fmt::format("PTRAIN_TEST_SLOW_RANK='{}' is not RANK:MILLISECONDS", *v),
+                      "write RANK:MILLISECONDS, e.g. 1:50 (RANK -1: every worker)");
+  }
+}
+
 FaultInjection FaultInjection::from_env(int rank, int round) {
   FaultInjection out;
   auto value = env_get(kVar);

@@ -5,6 +5,8 @@
 // itself there: a hang) or `save` (SIGKILL itself while writing the checkpoint of step STEP, as
 // soon as its first temporary file appears; RANK must be the writing rank: 0, or in
 // data_mode: async parameter server 0, whose rank is the world size). Unset: no effect.
+//   PTRAIN_TEST_SLOW_RANK=RANK:MS
+// makes worker RANK (-1: every worker) sleep MS milliseconds before every step.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +14,13 @@
 #include <string>
 #include <vector>
 
+#include "ptrain/core/time.h"
+
 namespace ptrain::train {
+
+// PTRAIN_TEST_SLOW_RANK's delay for `rank` (0 when unset or for another rank). Throws
+// ConfigError when the variable is malformed.
+Millis test_step_delay(int rank);
 
 class FaultInjection {
  public:

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <mutex>
+#include <thread>
 
 #include "fault_injection.h"
 #include "loop_common.h"
@@ -394,6 +395,7 @@ void Trainer::save(int64_t step_done, double loss) {
                                         optim_state, name, steps, meta);
     log(fmt::format("checkpoint: saved step {} to {} ({:.2f} s)", step_done, manifest.model_path(),
                     std::chrono::duration<double>(Clock::now() - t0).count()));
+    if (ctx_.on_checkpoint) ctx_.on_checkpoint(step_done);
   };
   if (!spec_.checkpoint.async) {
     write();
@@ -441,6 +443,7 @@ TrainResult Trainer::run() {
   broadcast_buffers();
   result.first_step = step;
   faults_ = FaultInjection::from_env(ctx_.rank, ctx_.restart);
+  const Millis test_delay = test_step_delay(ctx_.rank);  // test-only: PTRAIN_TEST_SLOW_RANK
   const int64_t total = spec_.train.steps;
   const int log_every = std::max(1, spec_.train.log_every);
   const int every = spec_.checkpoint.every;
@@ -459,6 +462,7 @@ TrainResult Trainer::run() {
     }
     if (ctx_.on_step) ctx_.on_step(step);
     faults_.before_step(step);
+    if (test_delay.count() > 0) std::this_thread::sleep_for(test_delay);
     if (tp_comm_) tp_comm_->reset_counters();
     if (dp_comm_) dp_comm_->reset_counters();
     double t0 = mono_seconds();

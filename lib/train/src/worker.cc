@@ -11,6 +11,7 @@
 #include "ptrain/comm/host_staging.h"
 #include "ptrain/comm/mesh.h"
 #include "ptrain/core/env.h"
+#include "ptrain/core/error.h"
 #include "ptrain/core/time.h"
 #include "ptrain/train/setup.h"
 #include "ptrain/train/trainer.h"
@@ -77,6 +78,14 @@ int run_worker(launch::WorkerContext& ctx) {
   tc.stop_requested = ctx.stop_requested;
   tc.on_step = ctx.set_step;
   tc.store = ctx.store;  // data_mode: async finds its parameter servers here
+  if (ctx.store)
+    tc.on_checkpoint = [store = ctx.store](int64_t step) {
+      try {
+        store->set(launch::kCheckpointSavedKey, std::to_string(step));
+      } catch (const Error&) {
+        // The coordinator is gone: the job is ending, and the checkpoint is on disk regardless.
+      }
+    };
   tc.token = env_or("PTRAIN_TOKEN", "");
   tc.joined_at = joined_at;
   auto result = run_training(spec, tc);

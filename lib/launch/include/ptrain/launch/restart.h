@@ -39,9 +39,10 @@ class RestartLog {
   explicit RestartLog(int max_restarts = 0) : max_restarts_(max_restarts) {}
 
   int round() const { return round_; }
-  int restarts() const { return round_; }
+  // Rounds started for failures; the rounds an elastic job started to grow are not restarts.
+  int restarts() const { return round_ - grows_; }
   int max_restarts() const { return max_restarts_; }
-  bool can_restart() const { return round_ < max_restarts_; }
+  bool can_restart() const { return restarts() < max_restarts_; }
 
   // Why the failure `f` of the current round gets no restart even though restarts are left:
   // exit code 2 (bad input: the next round would fail the same way), or the same failure as
@@ -54,8 +55,12 @@ class RestartLog {
 
   // Records the failure that stopped the current round.
   void add_failure(FailureRecord f);
-  // Starts the next round for the last failure and returns its number (the restart count).
+  // Starts the next round for the last failure and returns its number.
   int begin_next_round();
+  // Starts the next round for an elastic job that grows by `hosts` (no failure, not a restart)
+  // and returns its number; `stopped_s` is when the previous round was asked to stop.
+  int begin_grow_round(const std::vector<std::string>& hosts, int64_t at_step, double stopped_s,
+                       int64_t unix_us);
   // A report arrived at `mono_s` for `step`: the first one after a restart ends its recovery.
   // Returns the recovery time when this report ended one.
   std::optional<double> on_report(double mono_s, int64_t step);
@@ -69,12 +74,27 @@ class RestartLog {
   // [{"round": 1, "rank": 1, "reason": "...", "exit_code": 137, "time": "...", ...}, ...]:
   // one entry per restart (`round` is the round that was started).
   nlohmann::ordered_json restarts_json() const;
+  // [{"round": 3, "hosts": [...], "checkpoint_step": 12, "time": "...", "first_report_step": 13,
+  //   "recovery_s": 1.2}, ...]: one entry per round an elastic job started to take hosts back.
+  nlohmann::ordered_json grows_json() const;
 
  private:
   int max_restarts_;
+  struct Grow {
+    int round = 0;
+    std::vector<std::string> hosts;
+    int64_t at_step = 0;
+    double stopped_s = 0;
+    int64_t unix_us = 0;
+    std::optional<double> recovery_s;  // the stop → first report of the new round
+    std::optional<int64_t> first_report_step;
+  };
   int round_ = 0;
+  int grows_ = 0;
   bool awaiting_report_ = false;
+  bool awaiting_grow_report_ = false;
   std::vector<FailureRecord> failures_;
+  std::vector<Grow> grow_log_;
 };
 
 }  // namespace ptrain::launch

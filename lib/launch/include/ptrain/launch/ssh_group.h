@@ -4,12 +4,15 @@
 // on_streamed_line for the local copy of each rank log.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ptrain/launch/hosts.h"
@@ -30,10 +33,16 @@ struct SshGroupOptions {
   std::map<int, std::vector<int>> servers_of_host;
   // The setup of host `i`'s agent for round `round` (the coordinator's expect() is done there).
   std::function<RemoteAgentSetup(size_t i, int round)> setup;
-  // Elastic jobs: re-forms the job without the `lost` hosts and returns its new host plan and
-  // world size, or throws ConfigError with the reason it cannot. Unset: the group never shrinks.
-  std::function<std::pair<std::vector<HostPlan>, int>(const std::vector<std::string>& lost)>
+  // Elastic jobs: re-forms the job on `hosts` (some of the job's hosts) and returns its new host
+  // plan and world size, or throws ConfigError with the reason it cannot; with `dry_run` it only
+  // checks. Unset: the group never changes shape.
+  std::function<std::pair<std::vector<HostPlan>, int>(const std::vector<std::string>& hosts,
+                                                      bool dry_run)>
       reshape;
+  // Elastic jobs: whether a host that was left out answers again (ssh, ptrain, its version).
+  // Runs on a background thread, one host at a time.
+  std::function<bool(const std::string& host)> probe;
+  Millis probe_interval{2000};  // between two rounds of probes
 };
 
 // One line of a `ptrain agent`'s event stream (`ptrain launch` over ssh, `ptrain node` through the
@@ -62,7 +71,10 @@ class SshWorkerGroup : public WorkerGroup {
   std::string log_note(int rank) const override;
   void on_streamed_line(const rendezvous::LogLineView& line) override;
   bool multi_host() const override { return true; }
-  ShrinkResult shrink(const std::vector<std::string>& lost) override;
+  ReshapeResult shrink(const std::vector<std::string>& lost) override;
+  // The hosts left out by shrink() that answered the last probe, if the job can take them.
+  std::vector<std::string> joining() override;
+  ReshapeResult grow(const std::vector<std::string>& hosts) override;
 
  private:
   struct Session;
@@ -75,6 +87,10 @@ class SshWorkerGroup : public WorkerGroup {
   std::vector<std::unique_ptr<Session>> sessions_;
   std::vector<GroupEvent> pending_;
   std::map<int, int> log_fds_;
+  // Elastic: the hosts shrink() left out, and the background probe of them.
+  std::vector<std::string> left_out_;
+  struct Prober;
+  std::unique_ptr<Prober> prober_;
 };
 
 }  // namespace ptrain::launch

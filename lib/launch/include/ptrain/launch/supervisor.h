@@ -23,6 +23,7 @@
 #include "ptrain/launch/process.h"
 #include "ptrain/launch/restart.h"
 #include "ptrain/launch/run_dir.h"
+#include "ptrain/launch/worker.h"
 #include "ptrain/rendezvous/client.h"
 #include "ptrain/rendezvous/coordinator.h"
 #include "ptrain/spec/job_spec.h"
@@ -54,8 +55,8 @@ struct GroupEvent {
   std::string host;
 };
 
-// What WorkerGroup::shrink did: the new world size, or why the group cannot shrink.
-struct ShrinkResult {
+// What WorkerGroup::shrink or grow did: the new world size, or why the group cannot change.
+struct ReshapeResult {
   int world_size = 0;   // > 0: the next round runs this many worker ranks
   std::string refused;  // non-empty: the group stays as it is
 };
@@ -99,9 +100,19 @@ class WorkerGroup {
   // Elastic jobs (nodes.min_nodes), between rounds: re-forms the job without the `lost` hosts,
   // so that the next start() runs on the others (fewer data ranks, more gradient accumulation,
   // the same global batch). Refused, with the reason, where the job cannot be re-formed.
-  virtual ShrinkResult shrink(const std::vector<std::string>& lost) {
+  virtual ReshapeResult shrink(const std::vector<std::string>& lost) {
     (void)lost;
     return {0, "this kind of worker group cannot shrink"};
+  }
+  // Elastic jobs, while a round runs: the hosts that are ready to join it (a lost host that
+  // answers again, a node that asked to join), only those the job can be re-formed with. Called
+  // about once a second; a group that must ask the hosts does so in the background.
+  virtual std::vector<std::string> joining() { return {}; }
+  // Between rounds: re-forms the job with `hosts` (from joining()) added, so that the next
+  // start() runs on them too (more data ranks, less gradient accumulation, the same global batch).
+  virtual ReshapeResult grow(const std::vector<std::string>& hosts) {
+    (void)hosts;
+    return {0, "this kind of worker group cannot grow"};
   }
 };
 
@@ -115,6 +126,9 @@ class RendezvousControl {
   virtual bool any_joined() = 0;
   // What the coordinator served so far (summary.json's "rendezvous").
   virtual rendezvous::CoordinatorStats stats() { return {}; }
+  // The step of the newest checkpoint that is complete on disk (rank 0 publishes it once the
+  // write is done), or nullopt while the job has written none.
+  virtual std::optional<int64_t> last_checkpoint() { return std::nullopt; }
 };
 
 // The clock and the blocking wait of the loop.
@@ -190,7 +204,12 @@ struct SupervisorOptions {
   std::string name;            // the job's name (summary.json)
   // nodes.min_nodes is below the host count: a host that is lost and does not come back within
   // a round's rendezvous is left out of the next round (WorkerGroup::shrink).
+  // A host that comes back (WorkerGroup::joining) is admitted at the next checkpoint boundary:
+  // the round stops once a checkpoint newer than the one of the moment it asked is complete, and
+  // the next round, with the host, resumes from it. Without checkpoints (checkpoint.every 0) a
+  // built-in job does not grow; a `command:` job grows at once (its program resumes itself).
   bool elastic = false;
+  bool checkpoints = true;  // built-in jobs: checkpoint.every > 0
   double rendezvous_timeout_s = 60;
   double term_grace_s = 5;
 };
@@ -264,6 +283,8 @@ class Supervisor {
   void start_round(int round);
   std::vector<std::string> lost_hosts(const Failure& f) const;
   bool try_shrink(const Failure& f);
+  void check_joining();
+  bool regroup_if_due();
   double mono() { return std::chrono::duration<double>(waiter_.now().time_since_epoch()).count(); }
   double elapsed() { return mono() - start_s_; }
 
@@ -291,6 +312,16 @@ class Supervisor {
   bool no_restart_ = false;  // a signal while stopping: the job ends, whatever max_restarts says
   int next_world_size_ = 0;  // > 0: the world size of the next (shrunk) round
   bool shrunk_ = false;      // the group shrank for the current failure (the next round differs)
+  // Growing (elastic): the hosts waiting to join, the checkpoint step when they asked (the round
+  // stops after a newer one), and, once the round is being stopped for them, the hosts and when.
+  std::vector<std::string> joining_;
+  std::optional<int64_t> join_after_step_;
+  std::vector<std::string> regroup_hosts_;
+  std::optional<double> regroup_since_;
+  int64_t regroup_step_ = 0;
+  bool grew_ = false;  // the current round was started to grow (not for a failure)
+  std::optional<Clock::time_point> next_join_check_;
+  std::vector<std::string> refused_joins_;  // told once: the job cannot take them
 };
 
 // The rendezvous control of a real coordinator.
@@ -302,6 +333,7 @@ class CoordinatorControl : public RendezvousControl {
   std::vector<int> missing_ranks() override;
   bool any_joined() override;
   rendezvous::CoordinatorStats stats() override;
+  std::optional<int64_t> last_checkpoint() override;
 
  private:
   rendezvous::Coordinator& c_;

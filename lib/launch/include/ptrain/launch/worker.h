@@ -25,6 +25,10 @@ struct WorkerEnv {
   static WorkerEnv from_environment();
 };
 
+// The store key where rank 0 publishes the step of its newest checkpoint once it is complete on
+// disk (the supervisor of an elastic job re-forms it at such a boundary).
+inline constexpr const char* kCheckpointSavedKey = "ptrain/checkpoint/saved";
+
 // Everything a trainer gets. Valid for the duration of the trainer call.
 struct WorkerContext {
   const spec::JobSpec& spec;

@@ -27,6 +27,8 @@ struct TrainContext {
   std::function<bool()> stop_requested;
   // Called at the start of every step (heartbeats carry it).
   std::function<void(int64_t step)> on_step;
+  // Rank 0, once the checkpoint of `step` is complete on disk (from the thread that wrote it).
+  std::function<void(int64_t step)> on_checkpoint;
   // Print a line to this rank's log (stdout by default).
   std::function<void(const std::string& line)> log;
   // data_mode: async: the store where parameter servers advertise their addresses, and the job
