@@ -1,4 +1,5 @@
-// `ptrain node job.yaml --nnodes N --node-rank R [--coordinator HOST:PORT] [--token-file F]`:
+// `ptrain node job.yaml --nnodes N --node-rank R [--coordinator HOST:PORT] [--token-file F]`
+// (or `--join` in place of --node-rank: a node that joins a running elastic job):
 // this node's part of a job started once per node by a scheduler (torchrun's shape). Without the
 // flags, the node count, rank and coordinator come from the Kubernetes (PET_*, MASTER_ADDR) or
 // Slurm (SLURM_*) environment. The token comes from PTRAIN_TOKEN or --token-file, never argv;
@@ -26,6 +27,7 @@ struct NodeArgs {
   std::string coordinator;
   std::string token_file;
   std::string tls_dir;
+  bool join = false;
 };
 
 std::string read_token(const std::string& token_file) {
@@ -62,6 +64,9 @@ Action setup_node(CLI::App& sub) {
                  "rendezvous.bind:rendezvous.port)");
   sub.add_option("--token-file", args->token_file,
                  "File holding the job token (else PTRAIN_TOKEN)");
+  sub.add_flag("--join", args->join,
+               "Join a running elastic job (nodes.min_nodes) in the next free place, instead of "
+               "--node-rank; taken in at its next checkpoint");
   sub.add_option("--tls-dir", args->tls_dir,
                  "Folder from `ptrain tls init` with the job certificate, the same on every node "
                  "(else PTRAIN_TLS_DIR)");
@@ -72,12 +77,13 @@ Action setup_node(CLI::App& sub) {
     launch::NodeEnvironment env = launch::node_environment(environment);
     launch::NodeLaunchOptions o;
     o.nnodes = args->nnodes >= 0 ? args->nnodes : env.nnodes;
-    o.node_rank = args->node_rank >= 0 ? args->node_rank : env.node_rank;
+    o.join = args->join;
+    o.node_rank = args->node_rank >= 0 ? args->node_rank : o.join ? -1 : env.node_rank;
     o.procs_per_node = args->nproc_per_node > 0 ? args->nproc_per_node : env.procs_per_node;
     if (o.nnodes < 0)
       throw ConfigError("no node count: give --nnodes N",
                         "or run under a scheduler that sets PET_NNODES or SLURM_NNODES");
-    if (o.node_rank < 0)
+    if (o.node_rank < 0 && !o.join)
       throw ConfigError("no node rank: give --node-rank R",
                         "or run under a scheduler that sets PET_NODE_RANK or SLURM_NODEID");
     std::vector<std::string> overrides = args->overrides;

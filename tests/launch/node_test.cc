@@ -4,9 +4,13 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <regex>
+#include <sstream>
 #include <string>
 
 #include "ptrain/core/error.h"
@@ -317,4 +321,135 @@ TEST(NodeEnvironment, KubernetesAndSlurm) {
   EXPECT_THROW(node_environment({{"PET_NNODES", "two"}, {"MASTER_ADDR", "m"}}), ConfigError);
   EXPECT_THROW(node_environment({{"SLURM_JOB_NODELIST", "n[1-"}}), ConfigError);
   EXPECT_TRUE(node_environment({}).source.empty());
+}
+
+TEST_F(NodeTest, AnElasticJobShrinksWhenANodeDiesAndTakesInANodeThatJoinsWithTheSameLosses) {
+  // 2 nodes x 1 worker, nodes.min_nodes 1, a checkpoint every 4 steps, steps of 100 ms. Node 1
+  // is killed after step 10: once its relay stops beating the job re-forms on node 0 alone (data
+  // 1 x grad_accum 2 from the step-8 checkpoint). Then a third `ptrain node --join` joins: at the
+  // next complete checkpoint the job re-forms on node 0 and it (data 2 x grad_accum 1). The
+  // global batch never changes, so every step's loss equals the uninterrupted 2-node run's.
+  constexpr int kSteps = 48;
+  auto job = [&](const std::string& name, const std::string& extra) {
+    std::string path = tmp_.path() + "/" + name + ".yaml";
+    std::ofstream(path) << "name: " << name << "\nlogging: {dir: " << tmp_.path() << "/" << name
+                        << ", console: rank0}\nrendezvous: {timeout_s: 20}\n"
+                        << "nodes: {procs_per_node: 1, device: cpu, threads_per_proc: 1, "
+                           "min_nodes: 1}\nparallel: {data: 2}\n"
+                           "model: {type: gpt, layers: 2, heads: 2, dim: 32, seq_len: 16, "
+                           "vocab: 64}\ndata: {type: synthetic, batch_size: 8}\n"
+                        << "train: {steps: " << kSteps
+                        << ", seed: 7, log_every: 1}\ncheckpoint: {every: 4, keep: 2}\n"
+                           "fault_tolerance: {max_restarts: 3, heartbeat_s: 0.2, "
+                           "hang_timeout_s: 60, term_grace_s: 2}\n"
+                        << extra;
+    return path;
+  };
+  auto only_dir = [&](const std::string& name) {
+    const std::string d = tmp_.path() + "/" + name;
+    if (!fs::exists(d)) return std::string();
+    for (const auto& e : fs::directory_iterator(d)) return e.path().string();
+    return std::string();
+  };
+  auto step_losses = [](const std::string& dir) {
+    std::vector<std::pair<int, double>> out;
+    std::ifstream in(dir + "/metrics.jsonl");
+    std::string line;
+    std::regex re(R"re("step": (\d+),.*"loss": ([^,}]+))re");
+    std::smatch m;
+    while (std::getline(in, line))
+      if (std::regex_search(line, m, re)) out.emplace_back(std::stoi(m[1]), std::stod(m[2]));
+    return out;
+  };
+  std::map<int, double> expected;
+  {
+    const std::string ref = job("ref", "");
+    Ptrain n1(node(ref, 2, 1), {kToken});
+    Ptrain n0(node(ref, 2, 0), {kToken});
+    ASSERT_EQ(n0.finish(), 0) << n0.out << n0.err;
+    ASSERT_EQ(n1.finish(), 0) << n1.out << n1.err;
+    for (const auto& [step, loss] : step_losses(only_dir("ref"))) expected[step] = loss;
+    ASSERT_EQ(expected.size(), static_cast<size_t>(kSteps));
+  }
+
+  const std::string s = job("elastic", "env: {PTRAIN_TEST_SLOW_RANK: \"-1:100\"}\n");
+  Ptrain n0(node(s, 2, 0), {kToken});
+  Ptrain n1(node(s, 2, 1), {kToken});
+  ASSERT_TRUE(n0.wait_for([&] {
+    const std::string dir = only_dir("elastic");
+    if (dir.empty()) return false;
+    for (const auto& [step, loss] : step_losses(dir))
+      if (step == 10) return true;
+    return false;
+  })) << n0.out
+      << n0.err;
+  // Node 1 dies with its agent and worker (they follow their parent with PR_SET_PDEATHSIG).
+  ::kill(n1.proc().pid(), SIGKILL);
+  n1.finish();
+  const std::string dir = only_dir("elastic");
+  ASSERT_TRUE(n0.wait_for([&] {
+    return contains(read_file(dir + "/launcher.log"), "shrinking to 1 host");
+  })) << n0.out
+      << n0.err << read_file(dir + "/launcher.log");
+  std::vector<std::string> join_argv = node(s, 2, 0);
+  join_argv.erase(join_argv.begin() + 4, join_argv.begin() + 6);  // no --node-rank
+  join_argv.push_back("--join");
+  Ptrain joiner(join_argv, {kToken});
+  ASSERT_EQ(n0.finish(), 0) << n0.out << n0.err << read_file(dir + "/launcher.log");
+  ASSERT_EQ(joiner.finish(), 0) << joiner.out << joiner.err;
+
+  const std::string launcher = read_file(dir + "/launcher.log");
+  std::istringstream lines(launcher);
+  for (std::string line; std::getline(lines, line);)
+    if (contains(line, "shrinking") || contains(line, "restart ") || contains(line, "join") ||
+        contains(line, "elastic:") || contains(line, "growing") || contains(line, "training again"))
+      std::printf("[ launcher ] %s\n", line.c_str());
+  EXPECT_TRUE(contains(joiner.out, "joined the job at 127.0.0.1:")) << joiner.out;
+  EXPECT_TRUE(contains(joiner.out, " as node-2;")) << joiner.out;
+  EXPECT_TRUE(contains(launcher, "shrinking to 1 host: host node-1 lost (")) << launcher;
+  EXPECT_TRUE(contains(launcher, "elastic: 1 worker(s) on 1 node(s), data 1 x grad_accum 2"))
+      << launcher;
+  EXPECT_TRUE(contains(launcher,
+                       "host node-2 can join: re-forming the job at the next "
+                       "checkpoint"))
+      << launcher;
+  EXPECT_TRUE(contains(launcher, "growing to 2 hosts (node-2 joins), 2 worker(s)")) << launcher;
+  EXPECT_TRUE(contains(launcher, "elastic: 2 worker(s) on 2 node(s), data 2 x grad_accum 1"))
+      << launcher;
+  EXPECT_TRUE(fs::exists(dir + "/hosts/node-2/rank-1.log"));
+  const std::string summary = read_file(dir + "/summary.json");
+  EXPECT_TRUE(contains(summary, R"("status": "succeeded")")) << summary;
+  EXPECT_TRUE(contains(summary, R"("world_size": 2)")) << summary;
+  EXPECT_TRUE(contains(summary, R"("hosts": ["node-0", "node-2"])")) << summary;
+  EXPECT_TRUE(contains(summary, R"("grows": [{"round": )")) << summary;
+  std::map<int, int> seen;
+  for (const auto& [step, loss] : step_losses(dir)) {
+    ++seen[step];
+    ASSERT_TRUE(expected.count(step)) << "step " << step;
+    EXPECT_NEAR(loss, expected.at(step), 1e-5 * std::abs(expected.at(step))) << "step " << step;
+  }
+  for (int k = 1; k <= kSteps; ++k) EXPECT_GE(seen[k], 1) << "step " << k << " missing";
+}
+
+TEST_F(NodeTest, JoiningAJobThatIsNotElasticIsOneLineAndExitTwo) {
+  std::string s =
+      spec("nodes: {procs_per_node: 1}\nparallel: {data: 2}\ncommand: [sh, -c, 'sleep 4']\n");
+  Ptrain n0(node(s, 2, 0), {kToken});
+  Ptrain n1(node(s, 2, 1), {kToken});
+  ASSERT_TRUE(n1.wait_for([&] { return contains(n1.out, "joined"); })) << n1.out << n1.err;
+  std::vector<std::string> argv = node(s, 2, 0);
+  argv.erase(argv.begin() + 4, argv.begin() + 6);
+  argv.push_back("--join");
+  Ptrain j(argv, {kToken});
+  EXPECT_EQ(j.finish(), 2) << j.out << j.err;
+  EXPECT_TRUE(contains(j.err, "--join: the job at 127.0.0.1:")) << j.err;
+  EXPECT_TRUE(contains(j.err, "is not elastic, so it takes no node that joins")) << j.err;
+  EXPECT_EQ(ptrain::testing::count(j.err, "\n"), 1u) << j.err;
+  std::vector<std::string> b = node(s, 2, 1);  // --node-rank and --join together
+  b.push_back("--join");
+  Ptrain bad(b, {kToken});
+  EXPECT_EQ(bad.finish(), 2) << bad.out << bad.err;
+  EXPECT_TRUE(contains(bad.err, "--join with --node-rank 1")) << bad.err;
+  EXPECT_EQ(n0.finish(), 0) << n0.out << n0.err;
+  EXPECT_EQ(n1.finish(), 0) << n1.out << n1.err;
 }

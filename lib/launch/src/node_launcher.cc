@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <filesystem>
@@ -22,6 +23,7 @@
 #include "ptrain/launch/supervisor.h"
 #include "ptrain/rendezvous/client.h"
 #include "ptrain/rendezvous/coordinator.h"
+#include "ptrain/spec/elastic.h"
 #include "ptrain/spec/spec.h"
 
 extern char** environ;
@@ -34,9 +36,14 @@ Millis seconds_ms(double s) {
   return Millis(static_cast<int64_t>(s * 1000));
 }
 
-// The store keys between node 0's supervisor and every node's relay.
+// The store keys between node 0's supervisor and every node's relay. A node's keys are under
+// its slot: its node rank for the nodes the job started with, nnodes + k for the k-th node that
+// joined later (`ptrain node --join`); the slot stays when the node ranks are re-numbered.
 constexpr const char* kResultKey = "ptrain/node/result";
 constexpr const char* kRunKey = "ptrain/node/run";
+constexpr const char* kJoinersKey = "ptrain/node/joiners";
+// Set (to nnodes) by node 0 when the job is elastic: only then may nodes join.
+constexpr const char* kElasticKey = "ptrain/node/elastic";
 std::string node_key(int node, const std::string& what) {
   return fmt::format("ptrain/node/{}/{}", node, what);
 }
@@ -48,6 +55,10 @@ std::string event_key(int node, int round, int seq) {
 }
 std::string command_key(int node, int round, int seq) {
   return node_key(node, fmt::format("cmd/{}/{}", round, seq));
+}
+// The newest round whose setup node 0 published for the node.
+std::string next_round_key(int node) {
+  return node_key(node, "next");
 }
 std::string node_name(int node) {
   return fmt::format("node-{}", node);
@@ -136,13 +147,20 @@ int run_relay(rendezvous::Store& store, int node, const std::string& program,
     store.add(alive, 1);
     last_beat = Clock::now();
   };
-  for (int round = 0;; ++round) {
-    while (!store.check({setup_key(node, round)})) {
+  // The rounds this node takes part in: a node left out of some rounds (an elastic job that
+  // shrank) or that joined later waits for the next one that has a setup for it.
+  for (int last = -1;;) {
+    int round = -1;
+    while (round <= last) {
+      if (store.check({next_round_key(node)}))
+        round = parse_int("the node's round", store.get(next_round_key(node)));
+      if (round > last) break;
       if (store.check({kResultKey})) return parse_int("the job's result", store.get(kResultKey));
       if (cancel) return kExitFailure;
       beat();
       ::usleep(50 * 1000);
     }
+    last = round;
     std::string setup = store.get(setup_key(node, round), Millis(5000));
     if (tls) setup = add_agent_setup_tls(setup, *tls);
     ProcessOptions po;
@@ -194,6 +212,7 @@ int run_relay(rendezvous::Store& store, int node, const std::string& program,
 
 struct NodeState {
   HostPlan plan;
+  int slot = 0;  // the node's store keys
   int next_event = 0;
   int next_command = 0;
   bool ended = false;
@@ -205,17 +224,29 @@ struct NodeState {
   Clock::time_point alive_at;
 };
 
+int slot_of(const std::string& node) {
+  return parse_int("a node's slot", node.substr(node.find('-') + 1));
+}
+
+// Elastic `ptrain node` jobs: re-forms the job on the nodes named (node-<slot>) and returns the
+// new plan and world size, or throws ConfigError; with dry_run it only checks.
+using NodeReshape = std::function<std::pair<std::vector<HostPlan>, int>(
+    const std::vector<std::string>& nodes, bool dry_run)>;
+
 // Node 0's view of every node's agent, behind the WorkerGroup interface.
 class NodeWorkerGroup : public WorkerGroup {
  public:
   NodeWorkerGroup(rendezvous::Store& store, std::vector<HostPlan> plan, std::string run_dir,
-                  int world_size, Millis loss, std::function<RemoteAgentSetup(size_t, int)> setup)
+                  int world_size, Millis loss, std::function<RemoteAgentSetup(size_t, int)> setup,
+                  int nnodes = 0, NodeReshape reshape = {})
       : store_(store),
         plan_(std::move(plan)),
         run_dir_(std::move(run_dir)),
         world_size_(world_size),
         loss_(loss),
-        setup_(std::move(setup)) {}
+        setup_(std::move(setup)),
+        nnodes_(nnodes),
+        reshape_(std::move(reshape)) {}
   ~NodeWorkerGroup() override {
     for (auto& [r, fd] : log_fds_)
       if (fd >= 0) ::close(fd);
@@ -227,20 +258,21 @@ class NodeWorkerGroup : public WorkerGroup {
     for (size_t i = 0; i < plan_.size(); ++i) {
       NodeState n;
       n.plan = plan_[i];
-      n.alive = store_.add(node_key(static_cast<int>(i), "alive"), 0);
+      n.slot = slot_of(n.plan.host);
+      n.alive = store_.add(node_key(n.slot, "alive"), 0);
       n.alive_at = Clock::now();
       nodes_.push_back(n);
-      store_.set(setup_key(static_cast<int>(i), round), encode_agent_setup(setup_(i, round)));
+      store_.set(setup_key(n.slot, round), encode_agent_setup(setup_(i, round)));
+      store_.set(next_round_key(n.slot), std::to_string(round));
       note(n,
            fmt::format("agent (node {}, ranks {}..{}, round {}): setup published", n.plan.node_rank,
                        n.plan.first_rank, n.plan.first_rank + n.plan.procs - 1, round));
     }
   }
   void signal(int sig) override {
-    for (size_t i = 0; i < nodes_.size(); ++i)
-      if (!nodes_[i].ended)
-        store_.set(command_key(static_cast<int>(i), round_, nodes_[i].next_command++),
-                   agent_signal_command(sig));
+    for (auto& n : nodes_)
+      if (!n.ended)
+        store_.set(command_key(n.slot, round_, n.next_command++), agent_signal_command(sig));
   }
   void force_stop(int stage) override {
     if (stage == 1) return signal(SIGKILL);
@@ -250,9 +282,8 @@ class NodeWorkerGroup : public WorkerGroup {
   void add_poll_fds(std::vector<struct pollfd>& fds) const override { (void)fds; }
   void handle_ready(const std::vector<struct pollfd>& fds) override { (void)fds; }
   std::vector<GroupEvent> poll() override {
-    for (size_t i = 0; i < nodes_.size(); ++i) {
-      NodeState& n = nodes_[i];
-      const int node = static_cast<int>(i);
+    for (auto& n : nodes_) {
+      const int node = n.slot;
       while (!n.ended && store_.check({event_key(node, round_, n.next_event)})) {
         std::string ev = store_.get(event_key(node, round_, n.next_event++));
         const std::string text = ev.size() > 2 ? ev.substr(2) : "";
@@ -335,6 +366,68 @@ class NodeWorkerGroup : public WorkerGroup {
   }
   bool multi_host() const override { return true; }
 
+  ReshapeResult shrink(const std::vector<std::string>& lost) override {
+    if (!reshape_) return {0, "the job has no elastic shape"};
+    std::vector<std::string> next;
+    for (const auto& p : plan_)
+      if (std::find(lost.begin(), lost.end(), p.host) == lost.end()) next.push_back(p.host);
+    try {
+      auto [plan, world] = reshape_(next, false);
+      plan_ = std::move(plan);
+      world_size_ = world;
+    } catch (const ConfigError& e) {
+      return {0, e.message()};
+    }
+    for (const auto& h : lost) left_out_.insert(slot_of(h));
+    return {world_size_, {}};
+  }
+  // The nodes left out that beat again, and the nodes that joined with `ptrain node --join`,
+  // while the job has fewer than its nnodes nodes.
+  std::vector<std::string> joining() override {
+    if (!reshape_) return {};
+    std::set<int> candidates = left_out_;
+    const int joiners = static_cast<int>(store_.add(kJoinersKey, 0));
+    for (int k = 0; k < joiners; ++k) candidates.insert(nnodes_ + k);
+    std::vector<std::string> out, next;
+    for (const auto& p : plan_) next.push_back(p.host);
+    const auto now = Clock::now();
+    for (int slot : candidates) {
+      if (static_cast<int>(next.size()) >= nnodes_) break;
+      if (std::find(next.begin(), next.end(), node_name(slot)) != next.end()) continue;
+      // Alive: its relay's counter moved within the last two seconds.
+      const int64_t v = store_.add(node_key(slot, "alive"), 0);
+      // First sight of a counter: not yet a sign of life (a dead node's counter stays put).
+      auto [it, first] = beats_.try_emplace(slot, v, Clock::time_point{});
+      if (!first && v != it->second.first) it->second = {v, now};
+      if (now - it->second.second > Millis(2000)) continue;
+      next.push_back(node_name(slot));
+      try {
+        reshape_(next, true);
+        out.push_back(node_name(slot));
+      } catch (const ConfigError&) {
+        next.pop_back();
+      }
+    }
+    return out;
+  }
+  ReshapeResult grow(const std::vector<std::string>& hosts) override {
+    if (!reshape_) return {0, "the job has no elastic shape"};
+    std::vector<std::string> next;
+    for (const auto& p : plan_) next.push_back(p.host);
+    next.insert(next.end(), hosts.begin(), hosts.end());
+    std::sort(next.begin(), next.end(),
+              [](const std::string& a, const std::string& b) { return slot_of(a) < slot_of(b); });
+    try {
+      auto [plan, world] = reshape_(next, false);
+      plan_ = std::move(plan);
+      world_size_ = world;
+    } catch (const ConfigError& e) {
+      return {0, e.message()};
+    }
+    for (const auto& h : hosts) left_out_.erase(slot_of(h));
+    return {world_size_, {}};
+  }
+
  private:
   void note(const NodeState& n, const std::string& text) {
     GroupEvent e;
@@ -370,6 +463,10 @@ class NodeWorkerGroup : public WorkerGroup {
   int world_size_;
   Millis loss_;
   std::function<RemoteAgentSetup(size_t, int)> setup_;
+  int nnodes_;  // the most nodes the job runs on
+  NodeReshape reshape_;
+  std::set<int> left_out_;                                      // slots shrink() left out
+  std::map<int, std::pair<int64_t, Clock::time_point>> beats_;  // slot → alive counter, seen at
   int round_ = 0;
   std::vector<NodeState> nodes_;
   std::vector<GroupEvent> pending_;
@@ -468,7 +565,12 @@ void check_node_options(const NodeLaunchOptions& o, const spec::JobSpec& spec) {
   if (o.nnodes < 1)
     throw ConfigError(fmt::format("--nnodes {}: a job needs at least one node", o.nnodes),
                       "give --nnodes N (or PET_NNODES / SLURM_NNODES)");
-  if (o.node_rank < 0 || o.node_rank >= o.nnodes)
+  if (o.join && o.node_rank >= 0)
+    throw ConfigError(fmt::format("--join with --node-rank {}: a node that joins gets its place "
+                                  "from the job",
+                                  o.node_rank),
+                      "give either --node-rank R (the nodes the job starts with) or --join");
+  if (!o.join && (o.node_rank < 0 || o.node_rank >= o.nnodes))
     throw ConfigError(fmt::format("--node-rank {} is outside 0..{} (--nnodes {})", o.node_rank,
                                   o.nnodes - 1, o.nnodes),
                       "give each node a rank below the node count");
@@ -496,7 +598,8 @@ JobResult run_node(spec::JobSpec spec, NodeLaunchOptions options) {
     std::fprintf(options.out,
                  "ptrain: warning: rendezvous.tls: auto stays plaintext: no job certificate was "
                  "given (see `ptrain tls init` and --tls-dir)\n");
-  if (options.node_rank == 0) return run_node_zero(std::move(spec), options, ep, tls);
+  if (!options.join && options.node_rank == 0)
+    return run_node_zero(std::move(spec), options, ep, tls);
   return run_other_node(spec, options, ep, tls);
 }
 
@@ -533,21 +636,39 @@ JobResult run_other_node(const spec::JobSpec& spec, const NodeLaunchOptions& opt
           "rendezvous.timeout_s");
     ::usleep(200 * 1000);
   }
-  claim_rank(*store, opt.node_rank);
+  int slot = opt.node_rank;
   const std::string run_dir = store->get(kRunKey);
-  std::fprintf(opt.out, "ptrain: node %d of %d joined the coordinator at %s (run folder %s)\n",
-               opt.node_rank, opt.nnodes, ep.address().c_str(), run_dir.c_str());
+  if (opt.join) {
+    // A node that joins a running elastic job takes the next free slot after the nnodes ones.
+    if (!store->check({kElasticKey}))
+      throw ConfigError(
+          fmt::format("--join: the job at {} is not elastic, so it takes no node that joins",
+                      ep.address()),
+          "start the job with nodes.min_nodes below its node count (e.g. --set "
+          "nodes.min_nodes=1)");
+    const int nnodes = parse_int("the job's node count", store->get(kElasticKey));
+    slot = nnodes + static_cast<int>(store->add(kJoinersKey, 1)) - 1;
+    claim_rank(*store, slot);
+    std::fprintf(opt.out,
+                 "ptrain: joined the job at %s as %s; it is taken in at the job's next "
+                 "checkpoint while the job has fewer than %d nodes (run folder %s)\n",
+                 ep.address().c_str(), node_name(slot).c_str(), nnodes, run_dir.c_str());
+  } else {
+    claim_rank(*store, opt.node_rank);
+    std::fprintf(opt.out, "ptrain: node %d of %d joined the coordinator at %s (run folder %s)\n",
+                 opt.node_rank, opt.nnodes, ep.address().c_str(), run_dir.c_str());
+  }
   std::fflush(opt.out);
   std::atomic<bool> cancel{false};
   JobResult r;
   r.run_dir = run_dir;
   try {
-    r.exit_code = run_relay(*store, opt.node_rank, self, spec.logging.level, tls, cancel);
-    store->set(node_key(opt.node_rank, "bye"), "1");
+    r.exit_code = run_relay(*store, slot, self, spec.logging.level, tls, cancel);
+    store->set(node_key(slot, "bye"), "1");
   } catch (const Error& e) {
-    throw RemoteError(fmt::format("node {}: lost the coordinator at {}: {}", opt.node_rank,
-                                  ep.address(), e.what()),
-                      "see node 0's output and launcher.log");
+    throw RemoteError(
+        fmt::format("{}: lost the coordinator at {}: {}", node_name(slot), ep.address(), e.what()),
+        "see node 0's output and launcher.log");
   }
   r.status = r.exit_code == 0 ? "succeeded" : "failed";
   return r;
@@ -556,7 +677,7 @@ JobResult run_other_node(const spec::JobSpec& spec, const NodeLaunchOptions& opt
 JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const Endpoint& ep,
                         const NodeTls& tls) {
   const bool builtin = !spec.launcher_only();
-  const int world_size = spec.world_size();
+  int world_size = spec.world_size();  // an elastic job re-forms it between rounds
   std::vector<spec::HostSlots> hosts;
   for (int i = 0; i < opt.nnodes; ++i) hosts.push_back({node_name(i), spec.nodes.procs_per_node});
   auto plan = plan_hosts(hosts, spec.nodes.procs_per_node, world_size);
@@ -640,12 +761,43 @@ JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const 
                               world_size, plan.size(), ep.address(), dir.path()));
 
   std::string agent_yaml = spec_yaml;
+  std::string shared_checkpoints;
   if (builtin && spec.fault_tolerance.max_restarts > 0 && spec.checkpoint.dir.empty()) {
     // As with `ptrain launch`: restarted rounds resume from node 0's checkpoints, which must be
     // on a shared filesystem across machines (or set checkpoint.dir to a shared path).
+    shared_checkpoints = agent_dir(dir.path(), plan.front().host) + "/checkpoints";
     spec::JobSpec agent_spec = spec;
-    agent_spec.checkpoint.dir = agent_dir(dir.path(), plan.front().host) + "/checkpoints";
+    agent_spec.checkpoint.dir = shared_checkpoints;
     agent_yaml = spec::to_yaml_redacted(agent_spec);
+  }
+  // Elastic (nodes.min_nodes below nnodes): the job on the nodes it has left or that joined, as
+  // `ptrain launch` re-forms it on hosts (spec::reshape_for_hosts of the job as given).
+  NodeReshape reshape;
+  if (spec.nodes.min_nodes > 0 && spec.nodes.min_nodes < opt.nnodes) {
+    store.set(kElasticKey, std::to_string(opt.nnodes));
+    reshape = [&](const std::vector<std::string>& names, bool dry_run) {
+      std::vector<spec::HostSlots> next;
+      for (const auto& n : names) next.push_back({n, spec.nodes.procs_per_node});
+      spec::Reshape r = spec::reshape_for_hosts(spec, next);
+      if (!r.ok) throw ConfigError(r.reason);
+      const int new_world = r.spec.world_size();
+      auto new_plan = plan_hosts(next, r.spec.nodes.procs_per_node, new_world);
+      if (dry_run) return std::make_pair(new_plan, new_world);
+      coordinator->reshape(new_world,
+                           builtin
+                               ? rendezvous::MeshShape{r.spec.parallel.data, r.spec.parallel.tensor,
+                                                       r.spec.parallel.pipeline}
+                               : rendezvous::MeshShape{new_world, 1, 1},
+                           spec::to_yaml_redacted(r.spec));
+      spec::JobSpec agent_spec = r.spec;
+      if (!shared_checkpoints.empty()) agent_spec.checkpoint.dir = shared_checkpoints;
+      agent_yaml = spec::to_yaml_redacted(agent_spec);
+      plan = new_plan;
+      world_size = new_world;
+      dir.log(fmt::format("elastic: {} worker(s) on {} node(s), data {} x grad_accum {}", new_world,
+                          plan.size(), r.spec.parallel.data, r.spec.train.grad_accum));
+      return std::make_pair(plan, new_world);
+    };
   }
   const std::string coordinator_address = ep.address();
   auto setup = [&](size_t i, int round) {
@@ -682,7 +834,7 @@ JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const 
     return s;
   };
   const Millis loss = std::max(Millis(5000), seconds_ms(3 * spec.fault_tolerance.heartbeat_s));
-  NodeWorkerGroup group(store, plan, dir.path(), world_size, loss, setup);
+  NodeWorkerGroup group(store, plan, dir.path(), world_size, loss, setup, opt.nnodes, reshape);
 
   // Node 0's own agent runs through the same relay as every other node's.
   std::atomic<bool> cancel{false};
@@ -702,7 +854,8 @@ JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const 
   store.set(kResultKey, std::to_string(result.exit_code));
   // The other nodes read the result before the coordinator goes away.
   Deadline bye(Millis(5000));
-  for (int i = 1; i < opt.nnodes; ++i)
+  const int slots = opt.nnodes + static_cast<int>(store.add(kJoinersKey, 0));
+  for (int i = 1; i < slots; ++i)
     while (store.check({node_key(i, "claim")}) && !store.check({node_key(i, "bye")}) &&
            !bye.expired())
       ::usleep(50 * 1000);

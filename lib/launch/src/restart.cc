@@ -22,6 +22,7 @@ int RestartLog::begin_next_round() {
                "a restart needs the failure of round {}", round_);
   failures_.back().restarted = true;
   awaiting_report_ = true;
+  awaiting_grow_report_ = false;  // a grown round that failed before its first report
   return ++round_;
 }
 

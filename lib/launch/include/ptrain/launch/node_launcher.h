@@ -19,6 +19,9 @@ namespace ptrain::launch {
 struct NodeLaunchOptions {
   int nnodes = 1;
   int node_rank = 0;
+  // `ptrain node --join`: this node joins a running elastic job (nodes.min_nodes below nnodes)
+  // in the next free place, taken in at a checkpoint while the job has fewer than nnodes nodes.
+  bool join = false;
   std::string coordinator;  // HOST:PORT; empty = rendezvous.bind (or 127.0.0.1):rendezvous.port
   int procs_per_node = 0;   // > 0: overrides nodes.procs_per_node (PET_NPROC_PER_NODE)
   std::string token;        // the job token (PTRAIN_TOKEN or --token-file); never argv
