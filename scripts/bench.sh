@@ -14,6 +14,8 @@
 #   scripts/bench.sh gpt [THREADS]  the bench GPT step on the CPU against PyTorch (same model,
 #                          threads): fp32, bf16, ratios, and the model GFLOP/s over the best GEMM
 #                          rate of the same run (scripts/bench/gpt_cpu.sh).
+#   scripts/bench.sh sched  time to first step under srun (a local Slurm the script starts) against
+#                          ssh (a local sshd), the same job alternated (scripts/bench/sched.sh).
 # PTRAIN_BUILD_DIR picks the build (default build); STEPS (default 20) steps per dp run.
 # COMM (default auto = shm on one host) sets parallel.comm of the dp runs: COMM=gloo for Gloo.
 set -euo pipefail
@@ -35,8 +37,9 @@ case "$cmd" in
   dlrm) exec scripts/bench-dlrm.sh "$@" ;;  # DLRM samples/s, 1 and 2 workers, vs PyTorch
   tokenizer) exec scripts/bench/tokenizer.sh "$BIN" "$@" ;;  # GPT-2 BPE MB/s vs the reference; event writer us/step
   gpt) exec scripts/bench/gpt_cpu.sh "$BIN" "$@" ;;  # the bench GPT on the CPU vs PyTorch
+  sched) exec scripts/bench/sched.sh "$BIN" "$@" ;;  # time to first step: srun vs ssh (local Slurm, sshd)
   *)
-    echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp|bert|dlrm|resnet|gpt|tokenizer [args]" >&2
+    echo "usage: scripts/bench.sh launch|rdzv|comm|step|dp|bert|dlrm|resnet|gpt|tokenizer|sched [args]" >&2
     exit 2
     ;;
 esac
