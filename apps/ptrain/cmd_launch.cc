@@ -3,6 +3,7 @@
 // `ptrain launch --resume RUN_DIR [--hosts ...]` continues a run that ended in the same folder
 // (its job.yaml plus the overrides; the hosts from the flags, else the ones it ran on).
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -11,6 +12,7 @@
 #include "command.h"
 #include "ptrain/core/error.h"
 #include "ptrain/launch/hosts.h"
+#include "ptrain/launch/job_tls.h"
 #include "ptrain/launch/process.h"
 #include "ptrain/launch/slurm.h"
 #include "ptrain/launch/ssh_launcher.h"
@@ -59,8 +61,32 @@ Action setup_launch(CLI::App& sub) {
                         "ptrain launch job.yaml --hosts ..., or ptrain launch --resume RUN_DIR");
     }
     // Slurm: srun starts `ptrain node` on every node of the allocation (no ssh).
-    if (args->slurm && !args->dry_run)
-      return launch::slurm_launch(launch::this_executable(), args->spec_path, args->overrides);
+    if (args->slurm && !args->dry_run) {
+      // rendezvous.tls: the nodes of an allocation are not loopback, so auto means on, as for
+      // `ptrain submit`: a job certificate in a private folder under logging.dir (which every
+      // node must see, as for checkpoints), removed once srun returns; made only once
+      // slurm_launch found the allocation and srun.
+      auto make_tls = [&]() -> std::string {
+        const char* job = std::getenv("SLURM_JOB_ID");
+        const char* list = std::getenv("SLURM_JOB_NODELIST");
+        std::vector<std::string> o = args->overrides;
+        std::string hosts;
+        const size_t n = launch::expand_slurm_nodelist(list ? list : "").size();
+        for (size_t i = 0; i < n; ++i) hosts += fmt::format("{}\"node-{}\"", i ? ", " : "", i);
+        o.push_back("nodes.hosts=[" + hosts + "]");
+        spec::JobSpec spec = spec::load_file(args->spec_path, o);
+        if (spec.rendezvous.tls == "off") return {};
+        std::error_code ec;
+        const auto root = std::filesystem::absolute(spec.logging.dir, ec);
+        std::filesystem::create_directories(root, ec);
+        std::string dir =
+            (root / fmt::format(".tls-slurm-{}-{}", job ? job : "0", ::getpid())).string();
+        launch::init_tls_dir(dir);
+        return dir;
+      };
+      return launch::slurm_launch(launch::this_executable(), args->spec_path, args->overrides,
+                                  make_tls);
+    }
     // The hosts replace nodes.hosts before the spec is validated, so that the mesh is checked
     // against them.
     std::vector<spec::HostSlots> host_list;

@@ -160,6 +160,15 @@ TEST_F(SlurmCluster, TwoWorkerJobUnderSrun) {
   EXPECT_TRUE(contains(r.out, "done: 6 steps")) << r.out;
   EXPECT_TRUE(
       ptrain::testing::wait_all_gone([&] { return job_processes("ok"); }, Millis(10000)).empty());
+  // rendezvous.tls auto is on under Slurm: every node used the job certificate, gone now.
+  const std::string runs = tmp_->path() + "/runs-ok";
+  std::string log;
+  for (const auto& e : fs::directory_iterator(runs)) {
+    EXPECT_NE(e.path().filename().string().rfind(".tls", 0), 0u) << e.path() << " was left";
+    if (fs::exists(e.path() / "launcher.log"))
+      log = ptrain::testing::read_file((e.path() / "launcher.log").string());
+  }
+  EXPECT_TRUE(contains(log, "rendezvous.tls: mutual TLS on every gRPC channel")) << log;
 }
 
 TEST_F(SlurmCluster, FailingJobGivesItsExitCodeAndRootCause) {
@@ -208,9 +217,12 @@ TEST_F(SlurmCluster, SubmitThenScancelLeavesNothing) {
     if (!queue.empty()) ::usleep(200 * 1000);
   }
   EXPECT_TRUE(queue.empty()) << queue;
-  // The script and the resolved spec are in the submit folder.
+  // The script and the resolved spec are in the submit folder; the job certificate is gone.
   bool script = false;
   for (const auto& e : fs::directory_iterator(runs))
-    if (fs::exists(e.path() / "submit.sbatch")) script = true;
+    if (fs::exists(e.path() / "submit.sbatch")) {
+      script = true;
+      EXPECT_FALSE(fs::exists(e.path() / ".tls")) << "scancel left " << e.path() / ".tls";
+    }
   EXPECT_TRUE(script);
 }

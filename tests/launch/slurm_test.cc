@@ -68,9 +68,9 @@ TEST(Slurm, SbatchScript) {
 }
 
 TEST(Slurm, LaunchOutsideAnAllocation) {
-  EXPECT_THROW(
-      slurm_launch("ptrain", "job.yaml", {}, [](const char*) -> const char* { return nullptr; }),
-      ConfigError);
+  EXPECT_THROW(slurm_launch("ptrain", "job.yaml", {}, {},
+                            [](const char*) -> const char* { return nullptr; }),
+               ConfigError);
 }
 
 class SlurmBinaryTest : public ::testing::Test {
@@ -196,6 +196,7 @@ TEST_F(SlurmBinaryTest, SubmitWritesAPrivateCertificateForItsNodes) {
         << f;
   }
   const std::string script = read_file(dir + "/submit.sbatch");
-  EXPECT_TRUE(contains(script, "'--tls-dir' '" + tls + "' || status=$?\n")) << script;
-  EXPECT_TRUE(contains(script, "rm -rf '" + tls + "'\nexit \"$status\"\n")) << script;
+  EXPECT_TRUE(contains(script, "'--tls-dir' '" + tls + "'\n")) << script;
+  EXPECT_TRUE(contains(script, "tls_dir='" + tls + "'\ntrap 'rm -rf \"$tls_dir\"' EXIT\n"))
+      << script;
 }

@@ -1,8 +1,10 @@
 #include "ptrain/launch/slurm.h"
 
 #include <fmt/format.h>
+#include <signal.h>
 
 #include <cstdlib>
+#include <filesystem>
 
 #include "ptrain/core/error.h"
 #include "ptrain/launch/hosts.h"
@@ -43,6 +45,7 @@ std::vector<std::string> srun_argv(const std::string& program, int nodes,
 
 int slurm_launch(const std::string& program, const std::string& spec_path,
                  const std::vector<std::string>& overrides,
+                 const std::function<std::string()>& make_tls_dir,
                  const std::function<const char*(const char*)>& getenv_fn) {
   auto get = [&](const char* k) -> std::string {
     const char* v = getenv_fn ? getenv_fn(k) : std::getenv(k);
@@ -59,14 +62,26 @@ int slurm_launch(const std::string& program, const std::string& spec_path,
   ProcessOptions po;
   po.argv = srun_argv(program, nodes, spec_path, overrides);
   po.argv[0] = srun;
+  const std::string tls_dir = make_tls_dir ? make_tls_dir() : std::string();
+  if (!tls_dir.empty()) po.argv.insert(po.argv.end(), {"--tls-dir", tls_dir});
   for (char** e = ::environ; e && *e; ++e)
     if (std::string(*e).rfind("PTRAIN_TOKEN=", 0) != 0) po.env.emplace_back(*e);
   po.env.push_back("PTRAIN_TOKEN=" + rendezvous::make_token());  // srun passes it on
   po.pipe_output = false;
   po.new_process_group = false;  // Ctrl-C reaches srun, which cancels the step
   ChildProcess child = ChildProcess::spawn(po);
+  // Ctrl-C and scancel stop srun, which ends the step; this process outlives it to remove the
+  // job's certificate.
+  ::signal(SIGINT, SIG_IGN);
+  ::signal(SIGTERM, SIG_IGN);
   for (;;)
-    if (auto st = child.wait(Millis(1000))) return st->shell_code();
+    if (auto st = child.wait(Millis(1000))) {
+      if (!tls_dir.empty()) {
+        std::error_code ec;
+        std::filesystem::remove_all(tls_dir, ec);
+      }
+      return st->shell_code();
+    }
 }
 
 namespace {
@@ -111,9 +126,10 @@ std::string sbatch_script(const SbatchOptions& o) {
   std::string cmd;
   for (const auto& a : argv) cmd += fmt::format(" {}", quote(a));
   if (o.tls_dir.empty()) return s + "exec" + cmd + "\n";
-  // The job's key lives as long as the job: removed once srun returns, whatever its status.
-  return s + "status=0\n" + cmd.substr(1) + " || status=$?\n" +
-         fmt::format("rm -rf {}\n", quote(o.tls_dir)) + "exit \"$status\"\n";
+  // The job's key lives as long as the job: removed when the script ends, whatever its status,
+  // also when scancel (SIGTERM to the script and its steps) ends it.
+  return s + fmt::format("tls_dir={}\n", quote(o.tls_dir)) +
+         "trap 'rm -rf \"$tls_dir\"' EXIT\ntrap 'exit 143' TERM INT\n" + cmd.substr(1) + "\n";
 }
 
 std::string sbatch_env_file(const std::map<std::string, std::string>& env) {

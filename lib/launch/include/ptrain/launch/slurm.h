@@ -19,8 +19,12 @@ std::vector<std::string> srun_argv(const std::string& program, int nodes,
 // Runs the job on the allocation we are in: srun with a fresh token in its environment (never
 // on argv). Throws ConfigError outside an allocation (no SLURM_JOB_ID / SLURM_JOB_NODELIST) or
 // when srun is not on the PATH; returns srun's exit code. `getenv` is injectable for tests.
+// `make_tls_dir`, called once those checks passed, may return a folder holding a job
+// certificate (init_tls_dir, on a filesystem every node sees): the nodes get `--tls-dir` and the
+// folder is removed once srun has returned.
 int slurm_launch(const std::string& program, const std::string& spec_path,
                  const std::vector<std::string>& overrides,
+                 const std::function<std::string()>& make_tls_dir = {},
                  const std::function<const char*(const char*)>& getenv_fn = nullptr);
 
 struct SbatchOptions {
