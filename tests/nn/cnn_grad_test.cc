@@ -14,6 +14,7 @@
 #include "ptrain/core/error.h"
 #include "ptrain/nn/cnn.h"
 #include "ptrain/tensor/cpu_conv.h"
+#include "ptrain/tensor/cpu_kernels.h"
 #include "ptrain/tensor/ops.h"
 
 using namespace ptrain;
@@ -212,7 +213,8 @@ TEST_P(Conv2dGrad, ForwardAndGradientsMatchTheReference) {
 
 std::vector<ConvCase> conv_cases() {
   std::vector<ConvCase> cases;
-  for (CpuConv mode : {CpuConv::kIm2col, CpuConv::kDnnl})
+  // auto splits a backward between the paths where it keeps small weight gradients on im2col.
+  for (CpuConv mode : {CpuConv::kIm2col, CpuConv::kDnnl, CpuConv::kAuto})
     for (const Conv2dShape& s : kConvShapes) cases.push_back({s, mode});
   return cases;
 }
@@ -257,6 +259,29 @@ TEST(Conv2dPaths, OneDnnEqualsIm2colOnResNetLayers) {
       EXPECT_EQ(pass(CpuConv::kDnnl, threads), got) << what << " is not deterministic";
     }
   }
+}
+
+TEST(Conv2dPaths, AutoTakesOneDnnExceptWeightGradientsOfFewPixels) {
+  ConvModeGuard guard(CpuConv::kAuto);
+  const bool avx512 = tensor::cpu_kernels().find("(ISA avx512") != std::string::npos;
+  auto dims = [](int H, int stride) {
+    tensor::CpuConvDims d;
+    d.N = 32, d.C = 256, d.H = H, d.W = H, d.OC = 256, d.KH = 3, d.KW = 3, d.stride = stride;
+    d.pad = 1;
+    return d;
+  };
+  using tensor::ConvPass;
+  for (ConvPass pass : {ConvPass::kForward, ConvPass::kBackwardData, ConvPass::kBackwardWeights})
+    EXPECT_EQ(tensor::cpu_conv_uses_dnnl(pass, dims(8, 1)), avx512) << conv_pass_name(pass);
+  EXPECT_EQ(tensor::cpu_conv_uses_dnnl(ConvPass::kBackwardData, dims(2, 1)), avx512);
+  EXPECT_FALSE(tensor::cpu_conv_uses_dnnl(ConvPass::kBackwardWeights, dims(2, 1)));  // 4 pixels
+  EXPECT_FALSE(tensor::cpu_conv_uses_dnnl(ConvPass::kBackwardWeights, dims(4, 2)));  // 4 pixels
+  EXPECT_EQ(tensor::cpu_conv_uses_dnnl(ConvPass::kBackwardWeights, dims(5, 2)), avx512);  // 9
+  // The forced modes ignore the shape.
+  tensor::set_cpu_conv(CpuConv::kDnnl);
+  EXPECT_TRUE(tensor::cpu_conv_uses_dnnl(ConvPass::kBackwardWeights, dims(2, 1)));
+  tensor::set_cpu_conv(CpuConv::kIm2col);
+  EXPECT_FALSE(tensor::cpu_conv_uses_dnnl(ConvPass::kForward, dims(8, 1)));
 }
 
 TEST(Conv2dPaths, PrimitivesAreCreatedOncePerShape) {

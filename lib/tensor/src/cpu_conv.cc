@@ -348,10 +348,13 @@ bool cpu_conv_uses_dnnl(ConvPass pass, const CpuConvDims& d) {
     case CpuConv::kAuto:
       break;
   }
-  (void)pass, (void)d;
-  // Measured (docs/ARCHITECTURE.md §CPU kernels): oneDNN's AVX-512 direct kernels against
-  // im2col + GEMM.
-  return cpu::dnnl_has_avx512();
+  // Measured on the ResNet benches' layers (docs/ARCHITECTURE.md §CPU kernels): oneDNN's
+  // AVX-512 direct kernels run 2-4x im2col + GEMM's rate, except the weight gradient of layers
+  // with at most 4 output pixels (ResNet-18's last stages on 32x32 images), where its reduction
+  // over the few pixels runs at a third to a half of it. Without AVX-512 nothing was measured.
+  if (!cpu::dnnl_has_avx512()) return false;
+  if (pass == ConvPass::kBackwardWeights && int64_t(d.OH()) * d.OW() <= 4) return false;
+  return true;
 }
 
 }  // namespace ptrain::tensor
