@@ -17,9 +17,11 @@
 #include "ptrain/core/error.h"
 #include "ptrain/core/time.h"
 #include "ptrain/models/registry.h"
+#include "ptrain/nn/cnn.h"
 #include "ptrain/nn/model.h"
 #include "ptrain/optim/clip.h"
 #include "ptrain/spec/spec.h"
+#include "ptrain/tensor/cpu_conv.h"
 #include "ptrain/tensor/cpu_kernels.h"
 #include "ptrain/tensor/tensor.h"
 #include "ptrain/train/metrics.h"
@@ -39,6 +41,7 @@ struct BenchStepArgs {
   int batch = 0;  // 0 = the model's default
   int seq = 0;
   bool gemm_table = false;  // CPU: replay each GEMM of a step on OpenBLAS and oneDNN
+  bool conv_table = false;  // CPU: replay each convolution of a step on im2col and oneDNN
 };
 
 // A key's value as the spec would write it.
@@ -207,6 +210,75 @@ void print_gemm_table(int steps) {
       total_ms);
 }
 
+// Seconds one recorded convolution pass takes on one path (best of several runs).
+double conv_replay_seconds(const tensor::CpuConvCall& c, tensor::CpuConv mode) {
+  const tensor::Ops& o = tensor::cpu_ops();
+  const tensor::CpuConv saved = tensor::cpu_conv_mode();
+  tensor::set_cpu_conv(mode);
+  const tensor::CpuConvDims& d = c.dims;
+  nn::Conv2dShape s;
+  s.N = d.N, s.C = d.C, s.H = d.H, s.W = d.W, s.OC = d.OC, s.KH = d.KH, s.KW = d.KW;
+  s.stride = d.stride, s.pad = d.pad;
+  std::vector<float> x(size_t(s.in_numel()), 0.5f), w(size_t(s.weight_numel()), 0.25f),
+      y(size_t(s.out_numel()), 0.125f), dx(x.size()), dw(w.size());
+  auto run = [&] {
+    switch (c.pass) {
+      case tensor::ConvPass::kForward:
+        nn::conv2d_forward(o, y.data(), x.data(), w.data(), s);
+        break;
+      case tensor::ConvPass::kBackwardData:
+        nn::conv2d_backward(o, dx.data(), nullptr, y.data(), x.data(), w.data(), s);
+        break;
+      case tensor::ConvPass::kBackwardWeights:
+        nn::conv2d_backward(o, nullptr, dw.data(), y.data(), x.data(), w.data(), s);
+        break;
+    }
+  };
+  run();
+  const int reps = int(std::clamp(3e8 / std::max(c.flops(), 1.0), 3.0, 50.0));
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    double t0 = mono_seconds();
+    run();
+    best = std::min(best, mono_seconds() - t0);
+  }
+  tensor::set_cpu_conv(saved);
+  return best;
+}
+
+// The convolution passes of the timed steps, each replayed on both paths, and what auto picks.
+void print_conv_table(int steps) {
+  const auto calls = tensor::cpu_conv_recorded();
+  std::printf("convolutions of one step, replayed on each path (GFLOP/s; %zu distinct):\n",
+              calls.size());
+  std::printf("  %5s %-16s %-22s %7s %7s %6s %8s  %s\n", "calls", "pass", "N C HxW > OC KxK /s +p",
+              "im2col", "oneDNN", "auto", "ms/step", "oneDNN kernel");
+  double total_ms = 0, im2col_ms = 0, dnnl_ms = 0;
+  for (const auto& c : calls) {
+    const double per_step = double(c.calls) / steps;
+    const double a = conv_replay_seconds(c, tensor::CpuConv::kIm2col);
+    const double b = conv_replay_seconds(c, tensor::CpuConv::kDnnl);
+    const tensor::CpuConv saved = tensor::cpu_conv_mode();
+    tensor::set_cpu_conv(tensor::CpuConv::kAuto);
+    const bool pick = tensor::cpu_conv_uses_dnnl(c.pass, c.dims);
+    tensor::set_cpu_conv(saved);
+    total_ms += per_step * (pick ? b : a) * 1e3;
+    im2col_ms += per_step * a * 1e3;
+    dnnl_ms += per_step * b * 1e3;
+    const auto& d = c.dims;
+    std::printf("  %5.0f %-16s %-22s %7.1f %7.1f %6s %8.2f  %s\n", per_step,
+                tensor::conv_pass_name(c.pass),
+                fmt::format("{} {} {}x{} > {} {}x{} /{} +{}", d.N, d.C, d.H, d.W, d.OC, d.KH, d.KW,
+                            d.stride, d.pad)
+                    .c_str(),
+                c.flops() / a / 1e9, c.flops() / b / 1e9, pick ? "dnnl" : "im2col",
+                per_step * (pick ? b : a) * 1e3, tensor::dnnl_conv_impl(c.pass, c.dims).c_str());
+  }
+  std::printf(
+      "  convolution time of one step: im2col %.2f ms, oneDNN %.2f ms, auto's choices %.2f ms\n",
+      im2col_ms, dnnl_ms, total_ms);
+}
+
 // The CUDA GEMM rate this run compares against, in GFLOP/s.
 double gemm_peak_gflops(tensor::Device device, bool bf16) {
   const tensor::Ops& o = tensor::ops(device);
@@ -285,6 +357,8 @@ int bench_step(const BenchStepArgs& a) {
   for (int i = 0; i < a.warmup; ++i) step();
   const bool table = a.gemm_table && device == tensor::Device::kCpu;
   if (table) tensor::cpu_gemm_record(true);
+  const bool conv_table = a.conv_table && device == tensor::Device::kCpu;
+  if (conv_table) tensor::cpu_conv_record(true);
   std::vector<double> ms;
   for (int i = 0; i < a.steps; ++i) {
     double t0 = mono_seconds();
@@ -294,6 +368,7 @@ int bench_step(const BenchStepArgs& a) {
   if (!std::isfinite(loss))
     throw Error(fmt::format("bench step: the loss became {}", loss), "lower the learning rate");
   if (table) tensor::cpu_gemm_record(false);
+  if (conv_table) tensor::cpu_conv_record(false);
   std::sort(ms.begin(), ms.end());
   double median = ms[ms.size() / 2];
   double flops = model->train_flops(B, T);
@@ -319,7 +394,9 @@ int bench_step(const BenchStepArgs& a) {
   std::string extra;
   if (cpu) {
     const char* mode = tensor::cpu_gemm_name(tensor::cpu_gemm_mode());
-    std::printf("cpu kernels: %s; GEMMs: %s; bf16: %s\n", tensor::cpu_kernels().c_str(), mode,
+    const char* conv = tensor::cpu_conv_name(tensor::cpu_conv_mode());
+    std::printf("cpu kernels: %s; GEMMs: %s; convolutions: %s; bf16: %s\n",
+                tensor::cpu_kernels().c_str(), mode, conv,
                 tensor::cpu_has_bf16() ? "oneDNN native" : "widened to fp32 (no bf16 ISA)");
     std::printf(
         "GEMM 1024^3/2048^3, best: OpenBLAS fp32 %.1f, oneDNN fp32 %.1f, oneDNN bf16 %s "
@@ -329,9 +406,10 @@ int bench_step(const BenchStepArgs& a) {
     std::printf("model %.1f GFLOP/s = %.3f of the best %s GEMM rate (%.1f GFLOP/s)\n", gflops,
                 gflops / peak, bf16 ? "bf16" : "fp32", peak);
     if (table) print_gemm_table(a.steps);
-    extra =
-        fmt::format(" gemm={} openblas_gflops={:.1f} dnnl_gflops={:.1f} dnnl_bf16_gflops={:.1f}",
-                    mode, rates.openblas, rates.dnnl, rates.dnnl_bf16);
+    if (conv_table) print_conv_table(a.steps);
+    extra = fmt::format(
+        " gemm={} conv={} openblas_gflops={:.1f} dnnl_gflops={:.1f} dnnl_bf16_gflops={:.1f}", mode,
+        conv, rates.openblas, rates.dnnl, rates.dnnl_bf16);
   } else {
     std::printf("%s: %.1f GFLOP/s\n", bf16 ? "bf16 GEMM 8192^3" : "fp32 GEMM 8192^3", peak);
   }
@@ -360,6 +438,8 @@ PTRAIN_BENCH({"step",
                 sub.add_option("--seq", a->seq, "tokens per sequence (default: the model's)");
                 sub.add_flag("--gemm-table", a->gemm_table,
                              "CPU: replay each GEMM of a step on OpenBLAS and oneDNN");
+                sub.add_flag("--conv-table", a->conv_table,
+                             "CPU: replay each convolution of a step on im2col and oneDNN");
                 return [a] { return bench_step(*a); };
               }});
 

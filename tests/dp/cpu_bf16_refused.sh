@@ -1,7 +1,8 @@
 #!/bin/sh
 # A CPU without bf16 instructions refuses train.precision: bf16 with one clear line and exit 2,
 # on any machine: DNNL_MAX_CPU_ISA=AVX512_CORE holds oneDNN below its bf16 kernels. fp32 still
-# trains under the same limit; --version names the kernels; a bad PTRAIN_CPU_GEMM is refused.
+# trains under the same limit; --version names the kernels; a bad PTRAIN_CPU_GEMM or
+# PTRAIN_CPU_CONV is refused.
 # Usage: cpu_bf16_refused.sh PTRAIN_BINARY
 bin=$1
 out=$(DNNL_MAX_CPU_ISA=AVX512_CORE "$bin" bench step --precision bf16 --steps 1 --warmup 0 2>&1)
@@ -20,3 +21,8 @@ rc=$?
 [ "$rc" -eq 2 ] || { echo "PTRAIN_CPU_GEMM=mkl: exit $rc, want 2:"; echo "$out"; exit 1; }
 echo "$out" | grep -q "PTRAIN_CPU_GEMM=mkl is not auto, openblas or dnnl" ||
   { echo "the PTRAIN_CPU_GEMM error does not say why:"; echo "$out"; exit 1; }
+out=$(PTRAIN_CPU_CONV=mkldnn "$bin" bench step --steps 1 --warmup 0 2>&1)
+rc=$?
+[ "$rc" -eq 2 ] || { echo "PTRAIN_CPU_CONV=mkldnn: exit $rc, want 2:"; echo "$out"; exit 1; }
+echo "$out" | grep -q "PTRAIN_CPU_CONV=mkldnn is not auto, im2col or dnnl" ||
+  { echo "the PTRAIN_CPU_CONV error does not say why:"; echo "$out"; exit 1; }

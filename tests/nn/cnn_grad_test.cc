@@ -1,5 +1,6 @@
 // The CNN layers (nn/cnn.h) against naive double-precision references: forward values
 // directly, gradients by central finite differences of loss = sum(out * R) for a fixed random R.
+// Convolutions run on both paths (im2col + GEMM and oneDNN's primitives, PTRAIN_CPU_CONV).
 // Sync batch norm over two ranks (threads) equals batch norm over the joined batch.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -12,12 +13,15 @@
 #include "grad_check.h"
 #include "ptrain/core/error.h"
 #include "ptrain/nn/cnn.h"
+#include "ptrain/tensor/cpu_conv.h"
+#include "ptrain/tensor/cpu_kernels.h"
 #include "ptrain/tensor/ops.h"
 
 using namespace ptrain;
 using namespace ptrain::nn;
 using namespace ptrain::nn::testing;
 using tensor::cpu_ops;
+using tensor::CpuConv;
 
 namespace {
 
@@ -130,12 +134,59 @@ std::vector<float> conv_fwd(const std::vector<float>& x, const std::vector<float
   return y;
 }
 
+// Forces one convolution path (and threads) for a test and restores the previous ones.
+class ConvModeGuard {
+ public:
+  explicit ConvModeGuard(CpuConv mode, int threads = 1)
+      : saved_(tensor::cpu_conv_mode()), threads_(tensor::cpu_threads()) {
+    tensor::set_cpu_conv(mode);
+    tensor::set_cpu_threads(threads);
+  }
+  ~ConvModeGuard() {
+    tensor::set_cpu_conv(saved_);
+    tensor::set_cpu_threads(threads_);
+  }
+
+ private:
+  CpuConv saved_;
+  int threads_;
+};
+
+Conv2dShape conv(int N, int C, int H, int W, int OC, int KH, int KW, int stride, int pad) {
+  Conv2dShape s;
+  s.N = N, s.C = C, s.H = H, s.W = W, s.OC = OC, s.KH = KH, s.KW = KW, s.stride = stride,
+  s.pad = pad;
+  return s;
+}
+
 // Shapes: odd sizes, strides 1-3, padding 0-3, 1x1 / 3x3 / 7x7 / non-square kernels, batches
-// that group into one GEMM and batches of one.
-class Conv2dGrad : public ::testing::TestWithParam<Conv2dShape> {};
+// that group into one GEMM and batches of one, C=3 images, channel counts oneDNN pads to its
+// 16-wide blocks, 1x1 stride-2 downsampling whose last input row no window reaches.
+const Conv2dShape kConvShapes[] = {
+    conv(2, 3, 5, 6, 4, 3, 3, 1, 1),     // 3x3 same
+    conv(3, 2, 7, 7, 3, 3, 3, 2, 1),     // stride 2
+    conv(1, 2, 9, 8, 2, 7, 7, 2, 3),     // 7x7 stem
+    conv(2, 4, 4, 5, 3, 1, 1, 1, 0),     // pointwise
+    conv(2, 4, 6, 5, 3, 1, 1, 2, 0),     // downsample
+    conv(2, 1, 6, 7, 2, 2, 3, 3, 2),     // odd
+    conv(1, 3, 3, 3, 2, 3, 3, 1, 0),     // 1x1 output
+    conv(1, 3, 11, 10, 4, 7, 7, 2, 3),   // ImageNet stem on C=3, batch 1
+    conv(2, 3, 8, 8, 5, 3, 3, 2, 1),     // C=3, stride 2, padding
+    conv(1, 5, 6, 6, 4, 1, 1, 2, 0),     // 1x1 stride 2 on an even size, batch 1
+    conv(2, 17, 5, 5, 3, 3, 3, 1, 1),    // input channels past one 16-wide block
+    conv(2, 3, 5, 5, 18, 3, 3, 1, 1),    // output channels past one 16-wide block
+    conv(1, 16, 4, 4, 32, 3, 3, 2, 1)};  // ResNet's stride-2 widening, block-aligned
+
+struct ConvCase {
+  Conv2dShape shape;
+  CpuConv mode;
+};
+
+class Conv2dGrad : public ::testing::TestWithParam<ConvCase> {};
 
 TEST_P(Conv2dGrad, ForwardAndGradientsMatchTheReference) {
-  const Conv2dShape s = GetParam();
+  const Conv2dShape s = GetParam().shape;
+  ConvModeGuard guard(GetParam().mode);
   auto x = randn(size_t(s.in_numel()), 1);
   auto w = randn(size_t(s.weight_numel()), 2, 0.5f);
   auto R = randn(size_t(s.out_numel()), 3);
@@ -160,22 +211,100 @@ TEST_P(Conv2dGrad, ForwardAndGradientsMatchTheReference) {
   for (size_t i = 0; i < dw2.size(); ++i) EXPECT_NEAR(dw2[i] + 0.25f, dw[i], 1e-4);
 }
 
-Conv2dShape conv(int N, int C, int H, int W, int OC, int KH, int KW, int stride, int pad) {
-  Conv2dShape s;
-  s.N = N, s.C = C, s.H = H, s.W = W, s.OC = OC, s.KH = KH, s.KW = KW, s.stride = stride,
-  s.pad = pad;
-  return s;
+std::vector<ConvCase> conv_cases() {
+  std::vector<ConvCase> cases;
+  // auto splits a backward between the paths where it keeps small weight gradients on im2col.
+  for (CpuConv mode : {CpuConv::kIm2col, CpuConv::kDnnl, CpuConv::kAuto})
+    for (const Conv2dShape& s : kConvShapes) cases.push_back({s, mode});
+  return cases;
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, Conv2dGrad,
-                         ::testing::Values(conv(2, 3, 5, 6, 4, 3, 3, 1, 1),   // 3x3 same
-                                           conv(3, 2, 7, 7, 3, 3, 3, 2, 1),   // stride 2
-                                           conv(1, 2, 9, 8, 2, 7, 7, 2, 3),   // 7x7 stem
-                                           conv(2, 4, 4, 5, 3, 1, 1, 1, 0),   // pointwise
-                                           conv(2, 4, 6, 5, 3, 1, 1, 2, 0),   // downsample
-                                           conv(2, 1, 6, 7, 2, 2, 3, 3, 2),   // odd
-                                           conv(1, 3, 3, 3, 2, 3, 3, 1, 0)),  // 1x1 output
-                         [](const auto& info) { return fmt::format("s{}", info.index); });
+INSTANTIATE_TEST_SUITE_P(Shapes, Conv2dGrad, ::testing::ValuesIn(conv_cases()),
+                         [](const auto& info) {
+                           return fmt::format("{}_s{}", tensor::cpu_conv_name(info.param.mode),
+                                              info.index % std::size(kConvShapes));
+                         });
+
+// ResNet-sized layers, too large for finite differences: oneDNN's passes equal im2col's (which
+// the shapes above check against the reference) at 1 and 2 threads, and running the same call
+// again gives the same bits.
+TEST(Conv2dPaths, OneDnnEqualsIm2colOnResNetLayers) {
+  for (const Conv2dShape& s :
+       {conv(4, 16, 28, 28, 16, 3, 3, 1, 1), conv(4, 16, 28, 28, 32, 3, 3, 2, 1),
+        conv(4, 16, 28, 28, 32, 1, 1, 2, 0), conv(2, 3, 32, 32, 64, 7, 7, 2, 3),
+        conv(2, 64, 8, 8, 64, 3, 3, 1, 1)}) {
+    const std::string what =
+        fmt::format("N={} C={} H={} OC={} K={} stride {}", s.N, s.C, s.H, s.OC, s.KH, s.stride);
+    auto x = randn(size_t(s.in_numel()), 70), w = randn(size_t(s.weight_numel()), 71, 0.1f);
+    auto dy = randn(size_t(s.out_numel()), 72);
+    auto pass = [&](CpuConv mode, int threads) {
+      ConvModeGuard guard(mode, threads);
+      std::vector<float> y(size_t(s.out_numel())), dx(x.size()), dw(w.size(), 0.5f);
+      conv2d_forward(cpu_ops(), y.data(), x.data(), w.data(), s);
+      conv2d_backward(cpu_ops(), dx.data(), dw.data(), dy.data(), x.data(), w.data(), s);
+      return std::vector<std::vector<float>>{y, dx, dw};
+    };
+    const auto ref = pass(CpuConv::kIm2col, 1);
+    for (int threads : {1, 2}) {
+      const auto got = pass(CpuConv::kDnnl, threads);
+      const char* names[] = {"forward", "d input", "d weight"};
+      for (int i = 0; i < 3; ++i) {
+        double worst = 0, scale = 0;
+        for (size_t j = 0; j < ref[i].size(); ++j) {
+          worst = std::max(worst, double(std::abs(got[i][j] - ref[i][j])));
+          scale = std::max(scale, double(std::abs(ref[i][j])));
+        }
+        EXPECT_LE(worst, 2e-5 * (1 + scale)) << what << " " << names[i] << " threads " << threads;
+      }
+      EXPECT_EQ(pass(CpuConv::kDnnl, threads), got) << what << " is not deterministic";
+    }
+  }
+}
+
+TEST(Conv2dPaths, AutoTakesOneDnnExceptWeightGradientsOfFewPixels) {
+  ConvModeGuard guard(CpuConv::kAuto);
+  const bool avx512 = tensor::cpu_kernels().find("(ISA avx512") != std::string::npos;
+  auto dims = [](int H, int stride) {
+    tensor::CpuConvDims d;
+    d.N = 32, d.C = 256, d.H = H, d.W = H, d.OC = 256, d.KH = 3, d.KW = 3, d.stride = stride;
+    d.pad = 1;
+    return d;
+  };
+  using tensor::ConvPass;
+  for (ConvPass pass : {ConvPass::kForward, ConvPass::kBackwardData, ConvPass::kBackwardWeights})
+    EXPECT_EQ(tensor::cpu_conv_uses_dnnl(pass, dims(8, 1)), avx512) << conv_pass_name(pass);
+  EXPECT_EQ(tensor::cpu_conv_uses_dnnl(ConvPass::kBackwardData, dims(2, 1)), avx512);
+  EXPECT_FALSE(tensor::cpu_conv_uses_dnnl(ConvPass::kBackwardWeights, dims(2, 1)));  // 4 pixels
+  EXPECT_FALSE(tensor::cpu_conv_uses_dnnl(ConvPass::kBackwardWeights, dims(4, 2)));  // 4 pixels
+  EXPECT_EQ(tensor::cpu_conv_uses_dnnl(ConvPass::kBackwardWeights, dims(5, 2)), avx512);  // 9
+  // The forced modes ignore the shape.
+  tensor::set_cpu_conv(CpuConv::kDnnl);
+  EXPECT_TRUE(tensor::cpu_conv_uses_dnnl(ConvPass::kBackwardWeights, dims(2, 1)));
+  tensor::set_cpu_conv(CpuConv::kIm2col);
+  EXPECT_FALSE(tensor::cpu_conv_uses_dnnl(ConvPass::kForward, dims(8, 1)));
+}
+
+TEST(Conv2dPaths, PrimitivesAreCreatedOncePerShape) {
+  ConvModeGuard guard(CpuConv::kDnnl);
+  const Conv2dShape s = conv(2, 5, 9, 9, 7, 3, 3, 2, 1);
+  auto x = randn(size_t(s.in_numel()), 80), w = randn(size_t(s.weight_numel()), 81);
+  std::vector<float> y(size_t(s.out_numel())), dx(x.size()), dw(w.size());
+  conv2d_forward(cpu_ops(), y.data(), x.data(), w.data(), s);
+  conv2d_backward(cpu_ops(), dx.data(), dw.data(), y.data(), x.data(), w.data(), s);
+  const size_t after_first = tensor::dnnl_conv_cached_primitives();
+  for (int i = 0; i < 3; ++i) {
+    conv2d_forward(cpu_ops(), y.data(), x.data(), w.data(), s);
+    conv2d_backward(cpu_ops(), dx.data(), dw.data(), y.data(), x.data(), w.data(), s);
+  }
+  EXPECT_EQ(tensor::dnnl_conv_cached_primitives(), after_first);
+  // Another shape is one more primitive per pass.
+  Conv2dShape t = s;
+  t.N = 3;
+  std::vector<float> x3(size_t(t.in_numel())), y3(size_t(t.out_numel())), dx3(x3.size());
+  conv2d_forward(cpu_ops(), y3.data(), x3.data(), w.data(), t);
+  conv2d_backward(cpu_ops(), dx3.data(), dw.data(), y3.data(), x3.data(), w.data(), t);
+  EXPECT_EQ(tensor::dnnl_conv_cached_primitives(), after_first + 3);
+}
 
 TEST(Conv2d, RefusesAnInputSmallerThanTheKernel) {
   Conv2dShape s = conv(1, 1, 2, 2, 1, 3, 3, 1, 0);

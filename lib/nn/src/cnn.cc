@@ -1,5 +1,6 @@
-// CNN layers (cnn.h): im2col convolution over the op table's GEMM, BatchNorm2d, pooling and
-// label-smoothed cross-entropy, as host loops.
+// CNN layers (cnn.h): convolution on oneDNN's primitives or as im2col over the op table's GEMM
+// (tensor/cpu_conv.h chooses per pass), BatchNorm2d, pooling and label-smoothed cross-entropy, as
+// host loops.
 #include "ptrain/nn/cnn.h"
 
 #include <fmt/format.h>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "ptrain/core/error.h"
+#include "ptrain/tensor/cpu_conv.h"
 
 namespace ptrain::nn {
 namespace {
@@ -28,6 +30,13 @@ void check_conv(const Conv2dShape& s) {
                s.W, s.OC, s.KH, s.KW, s.stride, s.pad);
   PTRAIN_CHECK(s.OH() > 0 && s.OW() > 0, "conv2d: a {}x{} input is smaller than the {}x{} kernel",
                s.H, s.W, s.KH, s.KW);
+}
+
+tensor::CpuConvDims dims_of(const Conv2dShape& s) {
+  tensor::CpuConvDims d;
+  d.N = s.N, d.C = s.C, d.H = s.H, d.W = s.W, d.OC = s.OC, d.KH = s.KH, d.KW = s.KW;
+  d.stride = s.stride, d.pad = s.pad;
+  return d;
 }
 
 // Elements of im2col scratch a group of images may take (16 MiB); at least one image.
@@ -129,12 +138,9 @@ void col2im(float* dinp, const float* col, int g, const Conv2dShape& s) {
       }
 }
 
-}  // namespace
-
-void conv2d_forward(const tensor::Ops& o, float* out, const float* inp, const float* weight,
-                    const Conv2dShape& s) {
-  require_cpu(o, "conv2d");
-  check_conv(s);
+// The im2col path: one GEMM per group of images.
+void conv2d_forward_im2col(const tensor::Ops& o, float* out, const float* inp, const float* weight,
+                           const Conv2dShape& s) {
   const int64_t OHW = int64_t(s.OH()) * s.OW(), CHW = int64_t(s.C) * s.H * s.W;
   const int K = s.C * s.KH * s.KW;
   const int g = group_of(s);
@@ -163,10 +169,10 @@ void conv2d_forward(const tensor::Ops& o, float* out, const float* inp, const fl
   }
 }
 
-void conv2d_backward(const tensor::Ops& o, float* dinp, float* dweight, const float* dout,
-                     const float* inp, const float* weight, const Conv2dShape& s) {
-  require_cpu(o, "conv2d");
-  check_conv(s);
+// dweight (when non-null) += d/dweight; dinp (when non-null) = d/dinp.
+void conv2d_backward_im2col(const tensor::Ops& o, float* dinp, float* dweight, const float* dout,
+                            const float* inp, const float* weight, const Conv2dShape& s) {
+  if (!dinp && !dweight) return;
   const int64_t OHW = int64_t(s.OH()) * s.OW(), CHW = int64_t(s.C) * s.H * s.W;
   const int K = s.C * s.KH * s.KW;
   const int g = group_of(s);
@@ -179,7 +185,7 @@ void conv2d_backward(const tensor::Ops& o, float* dinp, float* dweight, const fl
     const int cols = int(gn * OHW);
     if (is_pointwise(s)) {
       // dW [OC,C] += dy [OC,HW] x^T; dx [C,HW] = W^T dy.
-      o.gemm(false, true, s.OC, K, cols, 1.0f, dy, cols, x, cols, 1.0f, dweight, K);
+      if (dweight) o.gemm(false, true, s.OC, K, cols, 1.0f, dy, cols, x, cols, 1.0f, dweight, K);
       if (dx) o.gemm(true, false, K, cols, s.OC, 1.0f, weight, K, dy, cols, 0.0f, dx, cols);
       continue;
     }
@@ -192,13 +198,49 @@ void conv2d_backward(const tensor::Ops& o, float* dinp, float* dweight, const fl
       dy = mat;
     }
     float* col = grow(sc.col, int64_t(K) * cols);
-    im2col(col, x, gn, s);
-    o.gemm(false, true, s.OC, K, cols, 1.0f, dy, cols, col, cols, 1.0f, dweight, K);
+    if (dweight) {
+      im2col(col, x, gn, s);
+      o.gemm(false, true, s.OC, K, cols, 1.0f, dy, cols, col, cols, 1.0f, dweight, K);
+    }
     if (!dx) continue;
     o.gemm(true, false, K, cols, s.OC, 1.0f, weight, K, dy, cols, 0.0f, col, cols);
     std::fill(dx, dx + gn * CHW, 0.0f);
     col2im(dx, col, gn, s);
   }
+}
+
+}  // namespace
+
+void conv2d_forward(const tensor::Ops& o, float* out, const float* inp, const float* weight,
+                    const Conv2dShape& s) {
+  require_cpu(o, "conv2d");
+  check_conv(s);
+  const tensor::CpuConvDims d = dims_of(s);
+  tensor::cpu_conv_note(tensor::ConvPass::kForward, d);
+  if (tensor::cpu_conv_uses_dnnl(tensor::ConvPass::kForward, d)) {
+    tensor::dnnl_conv2d_forward(out, inp, weight, d);
+    return;
+  }
+  conv2d_forward_im2col(o, out, inp, weight, s);
+}
+
+void conv2d_backward(const tensor::Ops& o, float* dinp, float* dweight, const float* dout,
+                     const float* inp, const float* weight, const Conv2dShape& s) {
+  require_cpu(o, "conv2d");
+  check_conv(s);
+  const tensor::CpuConvDims d = dims_of(s);
+  if (dweight) tensor::cpu_conv_note(tensor::ConvPass::kBackwardWeights, d);
+  if (dinp) tensor::cpu_conv_note(tensor::ConvPass::kBackwardData, d);
+  // Each pass goes its own way; what oneDNN does not take is left to im2col.
+  if (dweight && tensor::cpu_conv_uses_dnnl(tensor::ConvPass::kBackwardWeights, d)) {
+    tensor::dnnl_conv2d_backward_weights(dweight, dout, inp, d);
+    dweight = nullptr;
+  }
+  if (dinp && tensor::cpu_conv_uses_dnnl(tensor::ConvPass::kBackwardData, d)) {
+    tensor::dnnl_conv2d_backward_data(dinp, dout, weight, d);
+    dinp = nullptr;
+  }
+  conv2d_backward_im2col(o, dinp, dweight, dout, inp, weight, s);
 }
 
 int64_t batchnorm_batch_stats(float* mean, float* var, const float* x, const BatchNormShape& s,

@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cpu_dnnl.h"
 #include "cpu_parallel.h"
 #include "oneapi/dnnl/dnnl.hpp"
 #include "ptrain/core/error.h"
@@ -66,14 +67,7 @@ struct Primitive {
 };
 
 dnnl::engine& engine() {
-  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
-  return e;
-}
-
-// oneDNN runs on OpenMP here: the calling thread's team size is what a primitive is created for
-// and executed with.
-void set_omp_threads(int threads) {
-  if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
+  return dnnl_engine();
 }
 
 std::shared_ptr<const Primitive> create(const Key& k) {
@@ -263,6 +257,15 @@ unsigned effective_isa() {
 }
 
 }  // namespace
+
+dnnl::engine& dnnl_engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+
+void set_omp_threads(int threads) {
+  if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
+}
 
 bool dnnl_has_avx512() {
   const unsigned bits = dnnl_cpu_isa_avx512_core;

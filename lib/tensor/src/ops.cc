@@ -10,6 +10,7 @@
 #include "cpu_gemm.h"
 #include "cpu_ops_internal.h"
 #include "ptrain/core/error.h"
+#include "ptrain/tensor/cpu_conv.h"
 #include "ptrain/tensor/cpu_kernels.h"
 #include "ptrain/tensor/cuda_plugin.h"
 
@@ -30,8 +31,18 @@ CpuGemm gemm_mode_from_env() {
                     "unset PTRAIN_CPU_GEMM, or set it to auto, openblas or dnnl");
 }
 
+CpuConv conv_mode_from_env() {
+  const char* v = std::getenv("PTRAIN_CPU_CONV");
+  if (!v || !*v || std::strcmp(v, "auto") == 0) return CpuConv::kAuto;
+  if (std::strcmp(v, "im2col") == 0) return CpuConv::kIm2col;
+  if (std::strcmp(v, "dnnl") == 0) return CpuConv::kDnnl;
+  throw ConfigError(fmt::format("PTRAIN_CPU_CONV={} is not auto, im2col or dnnl", v),
+                    "unset PTRAIN_CPU_CONV, or set it to auto, im2col or dnnl");
+}
+
 // -1 until the environment has been read.
 std::atomic<int> g_cpu_gemm{-1};
+std::atomic<int> g_cpu_conv{-1};
 }  // namespace
 
 const Ops& cpu_ops() {
@@ -64,6 +75,7 @@ void set_cpu_threads(int threads) {
   g_cpu_threads.store(threads);
   openblas_set_num_threads(threads);
   cpu_gemm_mode();  // a bad PTRAIN_CPU_GEMM fails here, at setup, not inside a kernel
+  cpu_conv_mode();  // and so does a bad PTRAIN_CPU_CONV
 }
 
 int cpu_threads() {
@@ -89,6 +101,31 @@ const char* cpu_gemm_name(CpuGemm mode) {
     case CpuGemm::kOpenBlas:
       return "openblas";
     case CpuGemm::kDnnl:
+      return "dnnl";
+    default:
+      return "auto";
+  }
+}
+
+void set_cpu_conv(CpuConv mode) {
+  g_cpu_conv.store(int(mode));
+}
+
+CpuConv cpu_conv_mode() {
+  int m = g_cpu_conv.load();
+  if (m < 0) {
+    m = int(conv_mode_from_env());
+    int unset = -1;
+    if (!g_cpu_conv.compare_exchange_strong(unset, m)) m = unset;
+  }
+  return CpuConv(m);
+}
+
+const char* cpu_conv_name(CpuConv mode) {
+  switch (mode) {
+    case CpuConv::kIm2col:
+      return "im2col";
+    case CpuConv::kDnnl:
       return "dnnl";
     default:
       return "auto";

@@ -1,8 +1,9 @@
 // Convolutional-network layers on NCHW float32 tensors in host memory (PyTorch's layouts and
 // semantics): conv2d without bias, BatchNorm2d (training and evaluation, optionally with its
 // statistics summed over a group of ranks, as SyncBatchNorm), max-pool, global average pool and
-// softmax cross-entropy with label smoothing. CPU only: the GEMMs go through the op table
-// (OpenBLAS), the rest are plain loops; a caller on another device gets a ConfigError.
+// softmax cross-entropy with label smoothing. CPU only: convolutions run on oneDNN's convolution
+// primitives or as im2col + the op table's GEMM (tensor/cpu_conv.h, PTRAIN_CPU_CONV), the rest
+// are plain loops; a caller on another device gets a ConfigError.
 // As in layers.h, backward functions WRITE dinp (when non-null) and ACCUMULATE weight gradients.
 #pragma once
 
@@ -27,11 +28,12 @@ struct Conv2dShape {
   double macs() const { return double(out_numel()) * C * KH * KW; }
 };
 
-// im2col + one GEMM per group of images (a 1x1 stride-1 unpadded convolution skips im2col).
-// Scratch memory is per thread and reused across calls.
+// Each pass on oneDNN or im2col as tensor::cpu_conv_uses_dnnl says. im2col: one GEMM per group
+// of images (a 1x1 stride-1 unpadded convolution skips im2col). Scratch memory is per thread and
+// reused across calls.
 void conv2d_forward(const tensor::Ops& o, float* out, const float* inp, const float* weight,
                     const Conv2dShape& s);
-// dweight += d/dweight; dinp (when non-null) = d/dinp.
+// dweight (when non-null) += d/dweight; dinp (when non-null) = d/dinp.
 void conv2d_backward(const tensor::Ops& o, float* dinp, float* dweight, const float* dout,
                      const float* inp, const float* weight, const Conv2dShape& s);
 
