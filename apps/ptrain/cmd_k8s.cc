@@ -46,6 +46,8 @@ Action setup_k8s(CLI::App& sub) {
     o.program = args->program;
     o.spec_yaml = spec::to_yaml_redacted(spec);
     for (const auto& [key, value] : spec.env) o.env_keys.push_back(key);
+    // Pods talk across the cluster network: rendezvous.tls auto means on, as for `ptrain submit`.
+    o.tls = spec.rendezvous.tls != "off";
     fmt::print("{}", launch::jobset_manifest(o));
     return 0;
   };

@@ -141,3 +141,40 @@ TEST(K8sManifest, EnvValuesComeFromASecretNotTheManifest) {
     EXPECT_FALSE(env[key]["value"]) << key;
   }
 }
+
+// rendezvous.tls (auto means on for pods): the job certificate comes from the Secret <name>-tls,
+// mounted read-only with mode 0400, and PTRAIN_TLS_DIR points `ptrain node` at it; off: none.
+TEST(K8sManifest, TlsCertificateComesFromASecret) {
+  ptrain::testing::TempDir tmp("ptrain-k8s-test");
+  std::string path = tmp.path() + "/job.yaml";
+  std::ofstream(path) << "name: k\nnodes: {procs_per_node: 1, device: cpu}\nparallel: {data: 2}\n"
+                         "train: {steps: 0}\n";
+  ptrain::testing::PtrainProcess p({"k8s", path, "--nodes", "2", "--image", "img:1"});
+  ASSERT_EQ(p.finish(), 0) << p.err;
+  check_manifest(p.out, "k", 2, 1, 29500, "img:1");
+  EXPECT_TRUE(ptrain::testing::contains(
+      p.out, "ptrain tls init k-tls && kubectl create secret generic k-tls --from-file=k-tls"))
+      << p.out;
+  const YAML::Node pod =
+      by_kind(p.out)["JobSet"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"];
+  const YAML::Node c = pod["containers"][0];
+  std::string tls_dir;
+  for (size_t i = 0; i < c["env"].size(); ++i)
+    if (c["env"][i]["name"].as<std::string>() == "PTRAIN_TLS_DIR")
+      tls_dir = c["env"][i]["value"].as<std::string>();
+  EXPECT_EQ(tls_dir, "/etc/ptrain-tls");
+  ASSERT_EQ(c["volumeMounts"].size(), 2u);
+  EXPECT_EQ(c["volumeMounts"][1]["mountPath"].as<std::string>(), "/etc/ptrain-tls");
+  EXPECT_TRUE(c["volumeMounts"][1]["readOnly"].as<bool>());
+  ASSERT_EQ(pod["volumes"].size(), 2u);
+  EXPECT_EQ(pod["volumes"][1]["secret"]["secretName"].as<std::string>(), "k-tls");
+  EXPECT_EQ(pod["volumes"][1]["secret"]["defaultMode"].as<int>(), 0400);
+  // No key material in the manifest.
+  EXPECT_FALSE(ptrain::testing::contains(p.out, "PRIVATE KEY")) << p.out;
+
+  ptrain::testing::PtrainProcess off(
+      {"k8s", path, "--nodes", "2", "--image", "img:1", "--set", "rendezvous.tls=off"});
+  ASSERT_EQ(off.finish(), 0) << off.err;
+  EXPECT_FALSE(ptrain::testing::contains(off.out, "PTRAIN_TLS_DIR")) << off.out;
+  EXPECT_FALSE(ptrain::testing::contains(off.out, "k-tls")) << off.out;
+}

@@ -191,6 +191,34 @@ TEST_F(NodeTest, KubernetesEnvironmentWithoutFlags) {
       << read_file(dir + "/rank-1.log");
 }
 
+TEST_F(NodeTest, KubernetesPodsWithTheCertificateOfTheirSecretTrainOverTls) {
+  // What `ptrain k8s` gives each pod when rendezvous.tls is on: the Secret's files in a folder
+  // (here written by `ptrain tls init`) and PTRAIN_TLS_DIR naming it.
+  const std::string certs = tmp_.path() + "/k-tls";
+  Ptrain init({"tls", "init", certs});
+  ASSERT_EQ(init.finish(), 0) << init.err;
+  std::string s = spec(kGpt);
+  auto pod = [&](int index) {
+    return std::vector<std::string>{kToken,
+                                    "PET_NNODES=2",
+                                    fmt::format("PET_NODE_RANK={}", index),
+                                    "PET_NPROC_PER_NODE=1",
+                                    "MASTER_ADDR=127.0.0.1",
+                                    fmt::format("MASTER_PORT={}", port_),
+                                    "PTRAIN_TLS_DIR=" + certs};
+  };
+  Ptrain p0(tls_on({"node", s}), pod(0));
+  Ptrain p1(tls_on({"node", s}), pod(1));
+  ASSERT_EQ(p0.finish(), 0) << p0.out << p0.err;
+  ASSERT_EQ(p1.finish(), 0) << p1.out << p1.err;
+  const std::string dir = run_dir();
+  EXPECT_TRUE(contains(read_file(dir + "/launcher.log"),
+                       "rendezvous.tls: mutual TLS on every gRPC channel (the certificate of "
+                       "--tls-dir)"))
+      << read_file(dir + "/launcher.log");
+  EXPECT_TRUE(contains(read_file(dir + "/summary.json"), "\"status\": \"succeeded\""));
+}
+
 TEST_F(NodeTest, BadInputIsOneLineAndExitTwo) {
   std::string s = spec(kGpt);
   {

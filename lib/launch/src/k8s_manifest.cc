@@ -25,6 +25,8 @@ std::string k8s_name(const std::string& name) {
 
 namespace {
 
+constexpr const char* kTlsMount = "/etc/ptrain-tls";
+
 void env_value(YAML::Emitter& y, const std::string& name, const std::string& value) {
   y << YAML::BeginMap << YAML::Key << "name" << YAML::Value << name << YAML::Key << "value"
     << YAML::Value << YAML::DoubleQuoted << value << YAML::EndMap;
@@ -117,17 +119,26 @@ std::string jobset_manifest(const K8sOptions& o) {
   env_secret(y, "PTRAIN_TOKEN", name + "-token", "token");
   // job.yaml refers to its env: values as ${KEY}; ptrain node resolves them from these.
   for (const auto& key : o.env_keys) env_secret(y, key, name + "-env", key);
+  if (o.tls) env_value(y, "PTRAIN_TLS_DIR", kTlsMount);
   y << YAML::EndSeq;
   y << YAML::Key << "ports" << YAML::Value << YAML::BeginSeq << YAML::BeginMap << YAML::Key
     << "containerPort" << YAML::Value << o.port << YAML::EndMap << YAML::EndSeq;
   y << YAML::Key << "volumeMounts" << YAML::Value << YAML::BeginSeq << YAML::BeginMap << YAML::Key
     << "name" << YAML::Value << "job" << YAML::Key << "mountPath" << YAML::Value << "/etc/ptrain"
-    << YAML::EndMap << YAML::EndSeq;
+    << YAML::EndMap;
+  if (o.tls)
+    y << YAML::BeginMap << YAML::Key << "name" << YAML::Value << "tls" << YAML::Key << "mountPath"
+      << YAML::Value << kTlsMount << YAML::Key << "readOnly" << YAML::Value << true << YAML::EndMap;
+  y << YAML::EndSeq;
   y << YAML::EndMap << YAML::EndSeq;  // containers
   y << YAML::Key << "volumes" << YAML::Value << YAML::BeginSeq << YAML::BeginMap << YAML::Key
     << "name" << YAML::Value << "job" << YAML::Key << "configMap" << YAML::Value << YAML::BeginMap
-    << YAML::Key << "name" << YAML::Value << name + "-job" << YAML::EndMap << YAML::EndMap
-    << YAML::EndSeq;
+    << YAML::Key << "name" << YAML::Value << name + "-job" << YAML::EndMap << YAML::EndMap;
+  if (o.tls)  // the key readable by the pod's user only (0400)
+    y << YAML::BeginMap << YAML::Key << "name" << YAML::Value << "tls" << YAML::Key << "secret"
+      << YAML::Value << YAML::BeginMap << YAML::Key << "secretName" << YAML::Value << name + "-tls"
+      << YAML::Key << "defaultMode" << YAML::Value << 0400 << YAML::EndMap << YAML::EndMap;
+  y << YAML::EndSeq;
   y << YAML::EndMap << YAML::EndMap;  // pod template
   y << YAML::EndMap << YAML::EndMap;  // job template
   y << YAML::EndMap << YAML::EndSeq;  // replicatedJobs
@@ -140,11 +151,17 @@ std::string jobset_manifest(const K8sOptions& o) {
       env_secret_line += fmt::format(" --from-literal={}=...", key);
     env_secret_line += "\n#   (the values of job.yaml's env:, which this manifest does not hold)\n";
   }
+  std::string tls_line;
+  if (o.tls)
+    tls_line = fmt::format(
+        "#   ptrain tls init {0}-tls && kubectl create secret generic {0}-tls --from-file={0}-tls\n"
+        "#   (the job certificate, rendezvous.tls; keep the folder private or delete it)\n",
+        name);
   return fmt::format(
-      "# ptrain k8s: {} pod(s) x {} worker(s). Create the Secret{} first:\n"
+      "# ptrain k8s: {} pod(s) x {} worker(s). Create the Secrets first:\n"
       "#   kubectl create secret generic {}-token --from-literal=token=$(openssl rand -hex 16)\n"
-      "{}{}\n",
-      o.nodes, o.procs_per_node, o.env_keys.empty() ? "" : "s", name, env_secret_line, y.c_str());
+      "{}{}{}\n",
+      o.nodes, o.procs_per_node, name, env_secret_line, tls_line, y.c_str());
 }
 
 }  // namespace ptrain::launch

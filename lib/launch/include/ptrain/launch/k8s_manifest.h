@@ -19,6 +19,9 @@ struct K8sOptions {
   // The spec's env: keys: each pod gets them from the Secret <name>-env, never from the manifest.
   std::vector<std::string> env_keys;
   std::string program = "ptrain";
+  // rendezvous.tls (not off): every pod mounts the job certificate from the Secret <name>-tls
+  // (ca.pem, cert.pem, key.pem of `ptrain tls init`) and finds it through PTRAIN_TLS_DIR.
+  bool tls = false;
 };
 
 // A DNS-1035 label from a job name: lower case, [a-z0-9-], starts with a letter, at most 40
