@@ -65,6 +65,7 @@ class NodeTest : public ::testing::Test {
                               << (left.empty() ? "" : ptrain::testing::cmdline(left[0]));
     for (pid_t p : left) ::kill(p, SIGKILL);
   }
+  void shrink_and_join(int procs, const std::string& parallel);
   TempDir tmp_{"ptrain-node-test"};
   int port_ = free_tcp_port("127.0.0.1");
 };
@@ -352,6 +353,42 @@ TEST(NodeEnvironment, KubernetesAndSlurm) {
 }
 
 TEST_F(NodeTest, AnElasticJobShrinksWhenANodeDiesAndTakesInANodeThatJoinsWithTheSameLosses) {
+  // 2 nodes x 1 worker, data parallel.
+  shrink_and_join(1, "{data: 2}");
+}
+
+TEST_F(NodeTest, AnElasticTensorParallelJobShrinksAndGrowsByWholeTensorGroups) {
+  // 2 nodes x 2 workers, data 2 x tensor 2: each node holds one tensor-parallel pair, so the
+  // job re-forms as data 1 x tensor 2 on node 0 and back.
+  shrink_and_join(2, "{data: 2, tensor: 2}");
+}
+
+TEST_F(NodeTest, JoiningAJobThatIsNotElasticIsOneLineAndExitTwo) {
+  std::string s =
+      spec("nodes: {procs_per_node: 1}\nparallel: {data: 2}\ncommand: [sh, -c, 'sleep 4']\n");
+  Ptrain n0(node(s, 2, 0), {kToken});
+  Ptrain n1(node(s, 2, 1), {kToken});
+  ASSERT_TRUE(n1.wait_for([&] { return contains(n1.out, "joined"); })) << n1.out << n1.err;
+  std::vector<std::string> argv = node(s, 2, 0);
+  argv.erase(argv.begin() + 4, argv.begin() + 6);
+  argv.push_back("--join");
+  Ptrain j(argv, {kToken});
+  EXPECT_EQ(j.finish(), 2) << j.out << j.err;
+  EXPECT_TRUE(contains(j.err, "--join: the job at 127.0.0.1:")) << j.err;
+  EXPECT_TRUE(contains(j.err, "is not elastic, so it takes no node that joins")) << j.err;
+  EXPECT_EQ(ptrain::testing::count(j.err, "\n"), 1u) << j.err;
+  std::vector<std::string> b = node(s, 2, 1);  // --node-rank and --join together
+  b.push_back("--join");
+  Ptrain bad(b, {kToken});
+  EXPECT_EQ(bad.finish(), 2) << bad.out << bad.err;
+  EXPECT_TRUE(contains(bad.err, "--join with --node-rank 1")) << bad.err;
+  EXPECT_EQ(n0.finish(), 0) << n0.out << n0.err;
+  EXPECT_EQ(n1.finish(), 0) << n1.out << n1.err;
+}
+
+// Elastic `ptrain node`: node 1 dies for good, the job shrinks to node 0, a node that joins is
+// taken back; `procs` workers per node, `parallel` the mesh of the whole job (data 2).
+void NodeTest::shrink_and_join(int procs, const std::string& parallel) {
   // 2 nodes x 1 worker, nodes.min_nodes 1, a checkpoint every 4 steps, steps of 100 ms. Node 1
   // is killed after step 10: once its relay stops beating the job re-forms on node 0 alone (data
   // 1 x grad_accum 2 from the step-8 checkpoint). Then a third `ptrain node --join` joins: at the
@@ -362,8 +399,10 @@ TEST_F(NodeTest, AnElasticJobShrinksWhenANodeDiesAndTakesInANodeThatJoinsWithThe
     std::string path = tmp_.path() + "/" + name + ".yaml";
     std::ofstream(path) << "name: " << name << "\nlogging: {dir: " << tmp_.path() << "/" << name
                         << ", console: rank0}\nrendezvous: {timeout_s: 20}\n"
-                        << "nodes: {procs_per_node: 1, device: cpu, threads_per_proc: 1, "
-                           "min_nodes: 1}\nparallel: {data: 2}\n"
+                        << "nodes: {procs_per_node: " << procs
+                        << ", device: cpu, threads_per_proc: 1, min_nodes: 1}\nparallel: "
+                        << parallel
+                        << "\n"
                            "model: {type: gpt, layers: 2, heads: 2, dim: 32, seq_len: 16, "
                            "vocab: 64}\ndata: {type: synthetic, batch_size: 8}\n"
                         << "train: {steps: " << kSteps
@@ -435,19 +474,25 @@ TEST_F(NodeTest, AnElasticJobShrinksWhenANodeDiesAndTakesInANodeThatJoinsWithThe
   EXPECT_TRUE(contains(joiner.out, "joined the job at 127.0.0.1:")) << joiner.out;
   EXPECT_TRUE(contains(joiner.out, " as node-2;")) << joiner.out;
   EXPECT_TRUE(contains(launcher, "shrinking to 1 host: host node-1 lost (")) << launcher;
-  EXPECT_TRUE(contains(launcher, "elastic: 1 worker(s) on 1 node(s), data 1 x grad_accum 2"))
+  EXPECT_TRUE(contains(launcher, fmt::format("elastic: {} worker(s) on 1 node(s), data 1 x "
+                                             "grad_accum 2",
+                                             procs)))
       << launcher;
   EXPECT_TRUE(contains(launcher,
                        "host node-2 can join: re-forming the job at the next "
                        "checkpoint"))
       << launcher;
-  EXPECT_TRUE(contains(launcher, "growing to 2 hosts (node-2 joins), 2 worker(s)")) << launcher;
-  EXPECT_TRUE(contains(launcher, "elastic: 2 worker(s) on 2 node(s), data 2 x grad_accum 1"))
+  EXPECT_TRUE(
+      contains(launcher, fmt::format("growing to 2 hosts (node-2 joins), {} worker(s)", 2 * procs)))
       << launcher;
-  EXPECT_TRUE(fs::exists(dir + "/hosts/node-2/rank-1.log"));
+  EXPECT_TRUE(contains(launcher, fmt::format("elastic: {} worker(s) on 2 node(s), data 2 x "
+                                             "grad_accum 1",
+                                             2 * procs)))
+      << launcher;
+  EXPECT_TRUE(fs::exists(fmt::format("{}/hosts/node-2/rank-{}.log", dir, procs)));
   const std::string summary = read_file(dir + "/summary.json");
   EXPECT_TRUE(contains(summary, R"("status": "succeeded")")) << summary;
-  EXPECT_TRUE(contains(summary, R"("world_size": 2)")) << summary;
+  EXPECT_TRUE(contains(summary, fmt::format("\"world_size\": {}", 2 * procs))) << summary;
   EXPECT_TRUE(contains(summary, R"("hosts": ["node-0", "node-2"])")) << summary;
   EXPECT_TRUE(contains(summary, R"("grows": [{"round": )")) << summary;
   std::map<int, int> seen;
@@ -457,27 +502,4 @@ TEST_F(NodeTest, AnElasticJobShrinksWhenANodeDiesAndTakesInANodeThatJoinsWithThe
     EXPECT_NEAR(loss, expected.at(step), 1e-5 * std::abs(expected.at(step))) << "step " << step;
   }
   for (int k = 1; k <= kSteps; ++k) EXPECT_GE(seen[k], 1) << "step " << k << " missing";
-}
-
-TEST_F(NodeTest, JoiningAJobThatIsNotElasticIsOneLineAndExitTwo) {
-  std::string s =
-      spec("nodes: {procs_per_node: 1}\nparallel: {data: 2}\ncommand: [sh, -c, 'sleep 4']\n");
-  Ptrain n0(node(s, 2, 0), {kToken});
-  Ptrain n1(node(s, 2, 1), {kToken});
-  ASSERT_TRUE(n1.wait_for([&] { return contains(n1.out, "joined"); })) << n1.out << n1.err;
-  std::vector<std::string> argv = node(s, 2, 0);
-  argv.erase(argv.begin() + 4, argv.begin() + 6);
-  argv.push_back("--join");
-  Ptrain j(argv, {kToken});
-  EXPECT_EQ(j.finish(), 2) << j.out << j.err;
-  EXPECT_TRUE(contains(j.err, "--join: the job at 127.0.0.1:")) << j.err;
-  EXPECT_TRUE(contains(j.err, "is not elastic, so it takes no node that joins")) << j.err;
-  EXPECT_EQ(ptrain::testing::count(j.err, "\n"), 1u) << j.err;
-  std::vector<std::string> b = node(s, 2, 1);  // --node-rank and --join together
-  b.push_back("--join");
-  Ptrain bad(b, {kToken});
-  EXPECT_EQ(bad.finish(), 2) << bad.out << bad.err;
-  EXPECT_TRUE(contains(bad.err, "--join with --node-rank 1")) << bad.err;
-  EXPECT_EQ(n0.finish(), 0) << n0.out << n0.err;
-  EXPECT_EQ(n1.finish(), 0) << n1.out << n1.err;
 }
