@@ -228,17 +228,12 @@ int slot_of(const std::string& node) {
   return parse_int("a node's slot", node.substr(node.find('-') + 1));
 }
 
-// Elastic `ptrain node` jobs: re-forms the job on the nodes named (node-<slot>) and returns the
-// new plan and world size, or throws ConfigError; with dry_run it only checks.
-using NodeReshape = std::function<std::pair<std::vector<HostPlan>, int>(
-    const std::vector<std::string>& nodes, bool dry_run)>;
-
 // Node 0's view of every node's agent, behind the WorkerGroup interface.
 class NodeWorkerGroup : public WorkerGroup {
  public:
   NodeWorkerGroup(rendezvous::Store& store, std::vector<HostPlan> plan, std::string run_dir,
                   int world_size, Millis loss, std::function<RemoteAgentSetup(size_t, int)> setup,
-                  int nnodes = 0, NodeReshape reshape = {})
+                  int nnodes = 0, GroupReshape reshape = {})
       : store_(store),
         plan_(std::move(plan)),
         run_dir_(std::move(run_dir)),
@@ -367,19 +362,13 @@ class NodeWorkerGroup : public WorkerGroup {
   bool multi_host() const override { return true; }
 
   ReshapeResult shrink(const std::vector<std::string>& lost) override {
-    if (!reshape_) return {0, "the job has no elastic shape"};
     std::vector<std::string> next;
-    for (const auto& p : plan_)
-      if (std::find(lost.begin(), lost.end(), p.host) == lost.end()) next.push_back(p.host);
-    try {
-      auto [plan, world] = reshape_(next, false);
-      plan_ = std::move(plan);
-      world_size_ = world;
-    } catch (const ConfigError& e) {
-      return {0, e.message()};
-    }
-    for (const auto& h : lost) left_out_.insert(slot_of(h));
-    return {world_size_, {}};
+    for (const auto& h : plan_host_names(plan_))
+      if (std::find(lost.begin(), lost.end(), h) == lost.end()) next.push_back(h);
+    ReshapeResult r = apply_reshape(reshape_, next, plan_, world_size_);
+    if (r.refused.empty())
+      for (const auto& h : lost) left_out_.insert(slot_of(h));
+    return r;
   }
   // The nodes left out that beat again, and the nodes that joined with `ptrain node --join`,
   // while the job has fewer than its nnodes nodes.
@@ -388,44 +377,34 @@ class NodeWorkerGroup : public WorkerGroup {
     std::set<int> candidates = left_out_;
     const int joiners = static_cast<int>(store_.add(kJoinersKey, 0));
     for (int k = 0; k < joiners; ++k) candidates.insert(nnodes_ + k);
-    std::vector<std::string> out, next;
-    for (const auto& p : plan_) next.push_back(p.host);
+    std::vector<std::string> out, next = plan_host_names(plan_);
     const auto now = Clock::now();
     for (int slot : candidates) {
       if (static_cast<int>(next.size()) >= nnodes_) break;
       if (std::find(next.begin(), next.end(), node_name(slot)) != next.end()) continue;
-      // Alive: its relay's counter moved within the last two seconds.
+      // Alive: its relay's counter moved within the last two seconds. The first sight of a
+      // counter is no sign of life (a dead node's counter stays put).
       const int64_t v = store_.add(node_key(slot, "alive"), 0);
-      // First sight of a counter: not yet a sign of life (a dead node's counter stays put).
       auto [it, first] = beats_.try_emplace(slot, v, Clock::time_point{});
       if (!first && v != it->second.first) it->second = {v, now};
       if (now - it->second.second > Millis(2000)) continue;
       next.push_back(node_name(slot));
-      try {
-        reshape_(next, true);
+      if (can_reshape(reshape_, next))
         out.push_back(node_name(slot));
-      } catch (const ConfigError&) {
+      else
         next.pop_back();
-      }
     }
     return out;
   }
   ReshapeResult grow(const std::vector<std::string>& hosts) override {
-    if (!reshape_) return {0, "the job has no elastic shape"};
-    std::vector<std::string> next;
-    for (const auto& p : plan_) next.push_back(p.host);
+    std::vector<std::string> next = plan_host_names(plan_);
     next.insert(next.end(), hosts.begin(), hosts.end());
     std::sort(next.begin(), next.end(),
               [](const std::string& a, const std::string& b) { return slot_of(a) < slot_of(b); });
-    try {
-      auto [plan, world] = reshape_(next, false);
-      plan_ = std::move(plan);
-      world_size_ = world;
-    } catch (const ConfigError& e) {
-      return {0, e.message()};
-    }
-    for (const auto& h : hosts) left_out_.erase(slot_of(h));
-    return {world_size_, {}};
+    ReshapeResult r = apply_reshape(reshape_, next, plan_, world_size_);
+    if (r.refused.empty())
+      for (const auto& h : hosts) left_out_.erase(slot_of(h));
+    return r;
   }
 
  private:
@@ -464,7 +443,7 @@ class NodeWorkerGroup : public WorkerGroup {
   Millis loss_;
   std::function<RemoteAgentSetup(size_t, int)> setup_;
   int nnodes_;  // the most nodes the job runs on
-  NodeReshape reshape_;
+  GroupReshape reshape_;
   std::set<int> left_out_;                                      // slots shrink() left out
   std::map<int, std::pair<int64_t, Clock::time_point>> beats_;  // slot → alive counter, seen at
   int round_ = 0;
@@ -772,7 +751,7 @@ JobResult run_node_zero(spec::JobSpec spec, const NodeLaunchOptions& opt, const 
   }
   // Elastic (nodes.min_nodes below nnodes): the job on the nodes it has left or that joined, as
   // `ptrain launch` re-forms it on hosts (spec::reshape_for_hosts of the job as given).
-  NodeReshape reshape;
+  GroupReshape reshape;
   if (spec.nodes.min_nodes > 0 && spec.nodes.min_nodes < opt.nnodes) {
     store.set(kElasticKey, std::to_string(opt.nnodes));
     reshape = [&](const std::vector<std::string>& names, bool dry_run) {

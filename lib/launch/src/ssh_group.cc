@@ -281,21 +281,43 @@ std::vector<GroupEvent> SshWorkerGroup::poll() {
   return out;
 }
 
-ReshapeResult SshWorkerGroup::shrink(const std::vector<std::string>& lost) {
-  if (!opt_.reshape) return {0, "the job has no elastic shape"};
-  std::vector<std::string> next;
-  for (const auto& p : opt_.plan)
-    if (std::find(lost.begin(), lost.end(), p.host) == lost.end()) next.push_back(p.host);
+ReshapeResult apply_reshape(const GroupReshape& reshape, const std::vector<std::string>& next,
+                            std::vector<HostPlan>& plan, int& world) {
+  if (!reshape) return {0, "the job has no elastic shape"};
   try {
-    auto [plan, world] = opt_.reshape(next, false);
-    opt_.plan = std::move(plan);
-    opt_.world_size = world;
+    auto [p, w] = reshape(next, false);
+    plan = std::move(p);
+    world = w;
+    return {world, {}};
   } catch (const ConfigError& e) {
     return {0, e.message()};
   }
+}
+
+bool can_reshape(const GroupReshape& reshape, const std::vector<std::string>& next) {
+  try {
+    reshape(next, true);
+    return true;
+  } catch (const ConfigError&) {
+    return false;
+  }
+}
+
+std::vector<std::string> plan_host_names(const std::vector<HostPlan>& plan) {
+  std::vector<std::string> out;
+  for (const auto& p : plan) out.push_back(p.host);
+  return out;
+}
+
+ReshapeResult SshWorkerGroup::shrink(const std::vector<std::string>& lost) {
+  std::vector<std::string> next;
+  for (const auto& h : plan_host_names(opt_.plan))
+    if (std::find(lost.begin(), lost.end(), h) == lost.end()) next.push_back(h);
+  ReshapeResult r = apply_reshape(opt_.reshape, next, opt_.plan, opt_.world_size);
+  if (!r.refused.empty()) return r;
   for (const auto& h : lost)
     if (std::find(left_out_.begin(), left_out_.end(), h) == left_out_.end()) left_out_.push_back(h);
-  return {opt_.world_size, {}};
+  return r;
 }
 
 std::vector<std::string> SshWorkerGroup::joining() {
@@ -309,33 +331,23 @@ std::vector<std::string> SshWorkerGroup::joining() {
     answered = prober_->answered;
   }
   // The hosts that answer, each taken only if the job can be re-formed with it.
-  std::vector<std::string> out, next;
-  for (const auto& p : opt_.plan) next.push_back(p.host);
+  std::vector<std::string> out, next = plan_host_names(opt_.plan);
   for (const auto& h : left_out_) {
     if (!answered.count(h)) continue;
     next.push_back(h);
-    try {
-      opt_.reshape(next, true);
+    if (can_reshape(opt_.reshape, next))
       out.push_back(h);
-    } catch (const ConfigError&) {
+    else
       next.pop_back();
-    }
   }
   return out;
 }
 
 ReshapeResult SshWorkerGroup::grow(const std::vector<std::string>& hosts) {
-  if (!opt_.reshape) return {0, "the job has no elastic shape"};
-  std::vector<std::string> next;
-  for (const auto& p : opt_.plan) next.push_back(p.host);
+  std::vector<std::string> next = plan_host_names(opt_.plan);
   next.insert(next.end(), hosts.begin(), hosts.end());
-  try {
-    auto [plan, world] = opt_.reshape(next, false);
-    opt_.plan = std::move(plan);
-    opt_.world_size = world;
-  } catch (const ConfigError& e) {
-    return {0, e.message()};
-  }
+  ReshapeResult r = apply_reshape(opt_.reshape, next, opt_.plan, opt_.world_size);
+  if (!r.refused.empty()) return r;
   for (const auto& h : hosts) {
     left_out_.erase(std::remove(left_out_.begin(), left_out_.end(), h), left_out_.end());
     if (prober_) {
@@ -343,7 +355,7 @@ ReshapeResult SshWorkerGroup::grow(const std::vector<std::string>& hosts) {
       prober_->answered.erase(h);
     }
   }
-  return {opt_.world_size, {}};
+  return r;
 }
 
 int SshWorkerGroup::running() const {

@@ -22,6 +22,21 @@
 
 namespace ptrain::launch {
 
+// Elastic jobs: re-forms the job on `hosts` (some of the job's hosts) and returns its new host
+// plan and world size, or throws ConfigError with the reason it cannot; with `dry_run` it only
+// checks. The SSH and per-node groups get one from their launcher.
+using GroupReshape = std::function<std::pair<std::vector<HostPlan>, int>(
+    const std::vector<std::string>& hosts, bool dry_run)>;
+
+// Re-forms with `reshape` on `next`: `plan` and `world` take the new shape, or the refusal is
+// returned (and they stay).
+ReshapeResult apply_reshape(const GroupReshape& reshape, const std::vector<std::string>& next,
+                            std::vector<HostPlan>& plan, int& world);
+// Whether the job could be re-formed on `next`.
+bool can_reshape(const GroupReshape& reshape, const std::vector<std::string>& next);
+// The hosts of a plan, in order.
+std::vector<std::string> plan_host_names(const std::vector<HostPlan>& plan);
+
 struct SshGroupOptions {
   std::vector<HostPlan> plan;
   SshOptions ssh;
@@ -33,12 +48,8 @@ struct SshGroupOptions {
   std::map<int, std::vector<int>> servers_of_host;
   // The setup of host `i`'s agent for round `round` (the coordinator's expect() is done there).
   std::function<RemoteAgentSetup(size_t i, int round)> setup;
-  // Elastic jobs: re-forms the job on `hosts` (some of the job's hosts) and returns its new host
-  // plan and world size, or throws ConfigError with the reason it cannot; with `dry_run` it only
-  // checks. Unset: the group never changes shape.
-  std::function<std::pair<std::vector<HostPlan>, int>(const std::vector<std::string>& hosts,
-                                                      bool dry_run)>
-      reshape;
+  // Elastic jobs (GroupReshape). Unset: the group never changes shape.
+  GroupReshape reshape;
   // Elastic jobs: whether a host that was left out answers again (ssh, ptrain, its version).
   // Runs on a background thread, one host at a time.
   std::function<bool(const std::string& host)> probe;
