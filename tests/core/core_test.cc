@@ -11,12 +11,33 @@
 #include "ptrain/core/dtype.h"
 #include "ptrain/core/env.h"
 #include "ptrain/core/error.h"
+#include "ptrain/core/host_memory.h"
 #include "ptrain/core/mesh.h"
 #include "ptrain/core/private_file.h"
 #include "ptrain/core/strings.h"
 #include "ptrain/core/time.h"
 
 namespace ptrain {
+
+TEST(HostMemory, LargeBuffersStartOnAHugePageAndKeepWhatIsCopiedIn) {
+  std::vector<float> src(3 * (kHugePageBytes / sizeof(float)) + 17);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<float>(i) * 0.5f - 3.0f;
+  for (int round = 0; round < 3; ++round) {  // freed and mapped again
+    HostVector<float> big(src.begin(), src.end());
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(big.data()) % kHugePageBytes, 0u);
+    EXPECT_EQ(std::vector<float>(big.begin(), big.end()), src);
+    big.back() = 42.0f;  // the last, partial huge page is writable
+    EXPECT_EQ(big.back(), 42.0f);
+  }
+  HostVector<float> small(100, 1.5f), none;
+  EXPECT_EQ(small[99], 1.5f);
+  none.resize(kHugePageBytes / sizeof(float) - 1, 2.0f);  // just below the threshold: malloc
+  none.resize(kHugePageBytes / sizeof(float) + 1, 3.0f);  // grows across it: mapped
+  EXPECT_EQ(none.front(), 2.0f);
+  EXPECT_EQ(none.back(), 3.0f);
+  HostVector<float> moved = std::move(none);
+  EXPECT_EQ(moved.size(), kHugePageBytes / sizeof(float) + 1);
+}
 
 TEST(Check, ThrowsInternalErrorWithFileAndLine) {
   try {

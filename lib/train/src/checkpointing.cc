@@ -96,7 +96,7 @@ FullState join_tensor_parallel_parts(const nn::Model& model, const float* flat,
   FullState out;
   for (const auto& p : model.params()) {
     auto full = parallel::gather_split_param(tp, ops, p, flat + p.offset);
-    if (tp.rank() == 0) out.push_back({p.name, p.full_shape, std::move(full)});
+    if (tp.rank() == 0) out.push_back({p.name, p.full_shape, {full.begin(), full.end()}});
   }
   return out;
 }
@@ -114,7 +114,7 @@ FullState buffer_tensors(const nn::Model& model) {
       .copy_to_host(host.data(), model.buffer_data(), host.size() * sizeof(float));
   for (const auto& b : model.buffers())
     out.push_back({b.name, b.shape,
-                   std::vector<float>(host.begin() + b.offset, host.begin() + b.offset + b.numel)});
+                   HostVector<float>(host.begin() + b.offset, host.begin() + b.offset + b.numel)});
   return out;
 }
 
@@ -130,15 +130,15 @@ FullState gather_model_state(const nn::Model& model, comm::ProcessMesh* mesh) {
   return gather_full(model, model.param_data(), mesh, with_buffers);
 }
 
-std::vector<float> gather_rows(comm::ProcessMesh* mesh, const std::vector<int64_t>& splits,
-                               size_t inner, const float* local) {
+HostVector<float> gather_rows(comm::ProcessMesh* mesh, const std::vector<int64_t>& splits,
+                              size_t inner, const float* local) {
   const int ranks = int(splits.size()) - 1;
   const int me = mesh ? mesh->coords().dp : 0;
   const size_t mine = size_t(splits[size_t(me) + 1] - splits[size_t(me)]) * inner;
   if (!mesh || mesh->shape().dp == 1) {
     PTRAIN_CHECK(ranks == 1 || mine == size_t(splits.back()) * inner,
                  "rows split over {} ranks without a data group", ranks);
-    return std::vector<float>(local, local + mine);
+    return HostVector<float>(local, local + mine);
   }
   auto& dp = mesh->dp();
   PTRAIN_CHECK(dp.size() == ranks, "rows split over {} ranks, the data group has {}", ranks,
@@ -148,7 +148,7 @@ std::vector<float> gather_rows(comm::ProcessMesh* mesh, const std::vector<int64_
   if (me == 0)
     for (int r = 0; r < ranks; ++r)
       recv[size_t(r)] = size_t(splits[size_t(r) + 1] - splits[size_t(r)]) * inner;
-  std::vector<float> full(me == 0 ? size_t(splits.back()) * inner : 0);
+  HostVector<float> full(me == 0 ? size_t(splits.back()) * inner : 0);
   float dummy = 0;
   dp.alltoallv(mine ? local : &dummy, send, full.empty() ? &dummy : full.data(), recv,
                comm::DType::kF32);
@@ -158,7 +158,7 @@ std::vector<float> gather_rows(comm::ProcessMesh* mesh, const std::vector<int64_
 FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMesh* mesh,
                       const std::function<FullState(FullState)>& add, bool sharded) {
   // Sharded parameters: every data rank's rows onto data rank 0, before the others return.
-  std::map<std::string, std::vector<float>> joined;
+  std::map<std::string, HostVector<float>> joined;
   if (sharded)
     for (const auto& p : model.params()) {
       if (p.sync != nn::ParamInfo::Sync::kSharded) continue;
@@ -181,16 +181,21 @@ FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMe
       return out;
     }
   }
-  std::vector<float> host(sharded ? model.num_params() : model.dense_numel());
-  tensor::ops(model.device()).copy_to_host(host.data(), flat, host.size() * sizeof(float));
+  // Host memory is copied once, straight into the tensors; device memory is staged first.
+  const float* host = flat;
+  std::vector<float> staged;
+  if (model.device() != tensor::Device::kCpu) {
+    staged.resize(sharded ? model.num_params() : model.dense_numel());
+    tensor::ops(model.device()).copy_to_host(staged.data(), flat, staged.size() * sizeof(float));
+    host = staged.data();
+  }
   FullState out;
   for (const auto& p : model.params()) {
     if (p.sync == nn::ParamInfo::Sync::kSharded) {
       if (sharded) out.push_back({p.name, p.full_shape, std::move(joined[p.name])});
       continue;
     }
-    out.push_back({p.name, p.shape,
-                   std::vector<float>(host.begin() + p.offset, host.begin() + p.offset + p.numel)});
+    out.push_back({p.name, p.shape, HostVector<float>(host + p.offset, host + p.offset + p.numel)});
   }
   if (add) out = add(std::move(out));
   if (mesh && mesh->shape().pp > 1) return merge_pipeline_stages(model, std::move(out), *mesh);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "ptrain/comm/mesh.h"
+#include "ptrain/core/host_memory.h"
 #include "ptrain/data/checkpoint.h"
 #include "ptrain/data/safetensors.h"
 #include "ptrain/nn/model.h"
@@ -28,7 +29,7 @@ namespace ptrain::train {
 struct FullTensor {
   std::string name;
   std::vector<int64_t> shape;
-  std::vector<float> data;
+  HostVector<float> data;  // host_memory.h: a snapshot of GBs is written once, on huge pages
 };
 using FullState = std::vector<FullTensor>;  // in model parameter order
 
@@ -45,8 +46,8 @@ FullState gather_full(const nn::Model& model, const float* flat, comm::ProcessMe
                       const std::function<FullState(FullState)>& add = {}, bool sharded = true);
 // Collective over the data group: the full [rows, inner] tensor from every data rank's rows
 // [splits[r], splits[r+1]) (`local` on the host), returned on data rank 0 (empty elsewhere).
-std::vector<float> gather_rows(comm::ProcessMesh* mesh, const std::vector<int64_t>& splits,
-                               size_t inner, const float* local);
+HostVector<float> gather_rows(comm::ProcessMesh* mesh, const std::vector<int64_t>& splits,
+                              size_t inner, const float* local);
 // The model's parameters and buffers (BatchNorm statistics), gathered like gather_full.
 FullState gather_model_state(const nn::Model& model, comm::ProcessMesh* mesh);
 
