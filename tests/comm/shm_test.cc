@@ -261,7 +261,7 @@ TEST_P(ShmCells, BackToBackOpsWithoutTheCheckNeverOverwriteCellsInUse) {
 
 INSTANTIATE_TEST_SUITE_P(Sizes, ShmCells, ::testing::Values(1, 2, 3, 5, 8));
 
-// Default slots: a 16 MiB allreduce spans 128 cells, the region wrapped eight times.
+// Default slots: a 16 MiB allreduce spans 32 cells of 512 KiB, the region of 4 wrapped 8 times.
 TEST(Shm, LargeAllreduceIsTheRankOrderSum) {
   for (int n : {2, 3}) {
     auto store = std::make_shared<rendezvous::MemoryStore>();
