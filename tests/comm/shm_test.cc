@@ -13,6 +13,8 @@
 #include <csignal>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,6 +25,7 @@
 #include "ptrain/rendezvous/coordinator.h"
 #include "ptrain/rendezvous/grpc_store.h"
 #include "ptrain/rendezvous/token.h"
+#include "shm/reduce.h"
 
 namespace ptrain::comm {
 namespace {
@@ -113,6 +116,169 @@ TEST_P(ShmRounds, EveryOpIsExactAcrossManyRounds) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, ShmRounds, ::testing::Values(2, 3, 4));
+
+// Inputs whose float sums depend on the order of the additions.
+std::vector<float> noisy(int rank, size_t count, uint32_t salt) {
+  std::mt19937 rng(uint32_t(rank * 7919) + salt);
+  std::uniform_real_distribution<float> u(-1000.f, 1000.f);
+  std::vector<float> v(count);
+  for (auto& x : v) x = u(rng);
+  return v;
+}
+
+// reduce(slice of every rank's input) in rank order, element by element.
+std::vector<float> reference(int n, size_t count, uint32_t salt, ReduceOp op, size_t from = 0,
+                             size_t len = SIZE_MAX) {
+  len = std::min(len, count - from);
+  std::vector<std::vector<float>> all;
+  std::vector<const float*> src;
+  for (int q = 0; q < n; ++q) all.push_back(noisy(q, count, salt));
+  for (auto& a : all) src.push_back(a.data() + from);
+  std::vector<float> out(len);
+  shm::reduce_f32_reference(out.data(), src.data(), n, len, op);
+  return out;
+}
+
+bool same_bits(const float* a, const float* b, size_t count) {
+  return count == 0 || std::memcmp(a, b, count * sizeof(float)) == 0;
+}
+
+// Counts around the cells of one-page slots (512 floats a cell, 4 cells a region): none, one,
+// vector tails, a cell +- 1, slices of a rank or more empty, the region wrapped several times.
+const size_t kBoundaryCounts[] = {0, 1, 3, 15, 16, 17, 511, 512, 513, 1023, 1025, 2048, 2049, 9001};
+
+class ShmCells : public ::testing::TestWithParam<int> {};
+
+TEST_P(ShmCells, AllreduceAtCellBoundariesIsTheRankOrderSumOnEveryRank) {
+  const int n = GetParam();
+  auto store = std::make_shared<rendezvous::MemoryStore>();
+  std::mutex mu;
+  std::vector<std::vector<float>> results(n);  // rank 0's, then compared with every other's
+  expect_all_ok(run_ranks(n, [&](int r) {
+    auto comm = tiny_slots(store, r, n);
+    uint32_t salt = 0;
+    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMax})
+      for (size_t count : kBoundaryCounts) {
+        ++salt;
+        auto buf = noisy(r, count, salt);
+        comm->allreduce(buf.data(), count, DType::kF32, op);
+        const auto want = reference(n, count, salt, op);
+        ASSERT_TRUE(same_bits(buf.data(), want.data(), count))
+            << to_string(op) << " count " << count << " rank " << r;
+        std::lock_guard<std::mutex> lock(mu);
+        results[r].insert(results[r].end(), buf.begin(), buf.end());
+      }
+  }));
+  for (int r = 1; r < n; ++r)
+    EXPECT_TRUE(results[r].size() == results[0].size() &&
+                same_bits(results[r].data(), results[0].data(), results[0].size()))
+        << "rank " << r << " differs from rank 0";
+}
+
+TEST_P(ShmCells, ReduceScatterAllgatherAndBroadcastAtCellBoundaries) {
+  const int n = GetParam();
+  auto store = std::make_shared<rendezvous::MemoryStore>();
+  expect_all_ok(run_ranks(n, [&](int r) {
+    auto comm = tiny_slots(store, r, n);
+    uint32_t salt = 100;
+    for (size_t chunk : kBoundaryCounts) {
+      for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMax}) {
+        ++salt;
+        const auto send = noisy(r, chunk * n, salt);
+        std::vector<float> recv(chunk, -5.f);
+        comm->reduce_scatter(send.data(), recv.data(), chunk, DType::kF32, op);
+        const auto want = reference(n, chunk * n, salt, op, r * chunk, chunk);
+        ASSERT_TRUE(same_bits(recv.data(), want.data(), chunk))
+            << "reduce_scatter " << to_string(op) << " chunk " << chunk;
+      }
+      ++salt;
+      const auto mine = noisy(r, chunk, salt);
+      std::vector<float> gathered(chunk * n, -5.f);
+      comm->allgather(mine.data(), gathered.data(), chunk, DType::kF32);
+      for (int q = 0; q < n; ++q)
+        ASSERT_TRUE(same_bits(gathered.data() + q * chunk, noisy(q, chunk, salt).data(), chunk))
+            << "allgather chunk " << chunk << " from " << q;
+      auto b = noisy(r, chunk, salt);
+      const int root = int(chunk % n);
+      comm->broadcast(b.data(), chunk, DType::kF32, root);
+      ASSERT_TRUE(same_bits(b.data(), noisy(root, chunk, salt).data(), chunk))
+          << "broadcast chunk " << chunk << " root " << root;
+    }
+  }));
+}
+
+// Without the consistency check no barrier separates the ops: a rank runs ahead into the next
+// op while the others still read its cells, so only the cell counters keep the data apart.
+TEST_P(ShmCells, BackToBackOpsWithoutTheCheckNeverOverwriteCellsInUse) {
+  const int n = GetParam();
+  auto store = std::make_shared<rendezvous::MemoryStore>();
+  expect_all_ok(run_ranks(n, [&](int r) {
+    ShmOptions o;
+    o.comm.timeout = kFast;
+    o.comm.check_consistency = false;
+    o.tag = "test";
+    o.slot_bytes = 4096;
+    auto comm = create_shm_communicator(
+        {"nocheck", r, n}, std::make_shared<rendezvous::PrefixStore>("nocheck", store), o);
+    for (uint32_t round = 0; round < 30; ++round) {
+      const size_t count = 700 + 613 * (round % 7);
+      auto buf = noisy(r, count, round);
+      comm->allreduce(buf.data(), count, DType::kF32);
+      ASSERT_TRUE(same_bits(buf.data(), reference(n, count, round, ReduceOp::kSum).data(), count))
+          << "allreduce round " << round;
+      const size_t chunk = count / 3;
+      auto send = noisy(r, chunk * n, round + 1000);
+      std::vector<float> recv(chunk);
+      comm->reduce_scatter(send.data(), recv.data(), chunk, DType::kF32, ReduceOp::kMax);
+      ASSERT_TRUE(same_bits(
+          recv.data(),
+          reference(n, chunk * n, round + 1000, ReduceOp::kMax, r * chunk, chunk).data(), chunk))
+          << "reduce_scatter round " << round;
+      std::vector<float> gathered(chunk * n);
+      comm->allgather(recv.data(), gathered.data(), chunk, DType::kF32);
+      for (int q = 0; q < n; ++q)
+        ASSERT_TRUE(same_bits(
+            gathered.data() + q * chunk,
+            reference(n, chunk * n, round + 1000, ReduceOp::kMax, q * chunk, chunk).data(), chunk))
+            << "allgather round " << round;
+      if (round % 3 == 0) {
+        std::vector<size_t> counts(n, 300 + round);
+        std::vector<int32_t> a(counts[0] * n), b(a.size(), -1);
+        for (size_t i = 0; i < a.size(); ++i) a[i] = int32_t(r * 100000 + i);
+        comm->alltoallv(a.data(), counts, b.data(), counts, DType::kI32);
+        for (int q = 0; q < n; ++q)
+          for (size_t k = 0; k < counts[0]; ++k)
+            ASSERT_EQ(b[q * counts[0] + k], int32_t(q * 100000 + r * counts[0] + k))
+                << "alltoallv round " << round;
+      }
+      auto bc = noisy(r, count, round + 2000);
+      comm->broadcast(bc.data(), count, DType::kF32, int(round % n));
+      ASSERT_TRUE(same_bits(bc.data(), noisy(int(round % n), count, round + 2000).data(), count))
+          << "broadcast round " << round;
+    }
+  }));
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, ShmCells, ::testing::Values(1, 2, 3, 5, 8));
+
+// Default slots: a 16 MiB allreduce spans 32 cells of 512 KiB, the region of 4 wrapped 8 times.
+TEST(Shm, LargeAllreduceIsTheRankOrderSum) {
+  for (int n : {2, 3}) {
+    auto store = std::make_shared<rendezvous::MemoryStore>();
+    const size_t count = (4u << 20) + 7;
+    const auto want = reference(n, count, 77, ReduceOp::kSum);
+    expect_all_ok(run_ranks(n, [&](int r) {
+      ShmOptions o;
+      o.comm.timeout = kFast;
+      o.tag = "test";
+      auto comm = create_shm_communicator(
+          {"large", r, n}, std::make_shared<rendezvous::PrefixStore>("large", store), o);
+      auto buf = noisy(r, count, 77);
+      comm->allreduce(buf.data(), count, DType::kF32);
+      ASSERT_TRUE(same_bits(buf.data(), want.data(), count)) << "n " << n << " rank " << r;
+    }));
+  }
+}
 
 TEST(Shm, MessagesOfManyFramesMatchByTagAcrossEachOther) {
   auto store = std::make_shared<rendezvous::MemoryStore>();

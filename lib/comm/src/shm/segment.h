@@ -1,12 +1,30 @@
 // Internal: the layout of one shm segment and the wait/notify primitive over it.
 //
-// [Header][RankCtl x n][slot (rank, buffer) x 2n][ring (src, dst) x n*n]
+// [Header][RankCtl x n][staging region (rank) x n][ring (src, dst) x n*n]
 //
-// A collective round writes this rank's slot, meets the others at a barrier (monotonic per-rank
-// epochs), then reads theirs; rounds alternate between each rank's two slots, so the writes of
-// round k+2 can never race the reads of round k (every rank finishes reading round k before it
-// arrives at the barrier of round k+1). Point-to-point messages go through one single-producer,
-// single-consumer ring of frames per ordered pair.
+// Staging: each rank owns a region of 2 slots, seen as a ring of K cells (Layout::cells; 512 KiB
+// each by default). allreduce, reduce_scatter, allgather and broadcast move their data through
+// cells numbered by one sequence g = 0, 1, 2, ... that runs on across ops (the same on every rank,
+// since every rank issues the same ops); cell g lives at position g % K of each rank's region.
+// Each rank publishes three monotonic counters in its RankCtl:
+//   posted  = c: it has written its input into its cells < c;
+//   reduced = c: it has written its reduced slice into its cells < c (allreduce only);
+//   done    = c: it has finished reading every rank's cells < c.
+// A reader waits for the writer's posted (or reduced) to pass g before it reads cell g, so the
+// data is there (release store / acquire load). A writer may reuse position g % K for cell g
+// only once every rank's done >= g - K + 1, i.e. every reader has consumed cell g - K, the last
+// one that lived there. No rank ever waits for a cell later than the ones it has published
+// itself, so the pipeline cannot deadlock while K >= 2; ops overlap the stages of a few
+// consecutive cells, so a rank reduces cell g while its peers still write g + 1, with the data of
+// cell g still in cache.
+// alltoallv uses the region as two slots with barriers between rounds (rounds alternate between
+// the slots, so the writes of round k+2 cannot race the reads of round k: every rank finishes
+// reading round k before it arrives at the barrier of round k+1). Before its first write it waits
+// until every rank's done reaches the current cell number (nothing in flight is still read), and
+// at its end it takes K cell numbers at once and sets done past them: so the next cell op reuses
+// no position before every rank has left the alltoallv.
+// Point-to-point messages go through one single-producer, single-consumer ring of frames per
+// ordered pair.
 #pragma once
 
 #include <algorithm>
@@ -17,7 +35,13 @@
 namespace ptrain::comm::shm {
 
 inline constexpr uint64_t kMagic = 0x70747261696e5348ull;  // "ptrainSH"
-inline constexpr uint32_t kVersion = 1;
+inline constexpr uint32_t kVersion = 2;
+// Bytes of one staging cell (at most half a slot, so a region has at least 4 cells). Each cell
+// costs three waits in an allreduce; with ranks that share busy cores a wait often means a sleep
+// and a wake, so cells are as large as the 2 MiB L2 of a core comfortably holds (a 64 MiB
+// allreduce, 2 ranks on 2 cores shared with compile jobs, two runs each: 64 KiB cells 55-84 ms,
+// 128 KiB 31-52 ms, 256 KiB 18-39 ms, 512 KiB 23-30 ms, and 14-22 ms in a later set).
+inline constexpr size_t kCellBytes = 512u << 10;
 inline constexpr int kRingFrames = 4;
 
 // What each rank says it is about to run; all ranks of a group must agree.
@@ -48,6 +72,10 @@ struct alignas(64) Header {
 
 struct alignas(64) RankCtl {
   std::atomic<uint64_t> arrive;  // the last barrier epoch this rank reached
+  // Cell counters (see the top of this file); each on its own line, as each is polled alone.
+  alignas(64) std::atomic<uint64_t> posted;
+  alignas(64) std::atomic<uint64_t> reduced;
+  alignas(64) std::atomic<uint64_t> done;
   alignas(64) std::atomic<int32_t> pid;
   std::atomic<uint32_t> left;  // 1 once this rank closed its communicator
   OpMeta meta[2];              // consistency check: alternates by op sequence
@@ -75,10 +103,14 @@ inline size_t align_up(size_t x, size_t a) {
 struct Layout {
   int n = 1;
   size_t slot = 0, frag = 0;
+  size_t cell = 0;     // bytes of one staging cell
+  uint64_t cells = 0;  // cells per rank's region (2 slots)
   size_t ctl_off = 0, slots_off = 0, rings_off = 0, ring_bytes = 0, frame_bytes = 0, total = 0;
 
   Layout(int ranks, size_t slot_bytes) : n(ranks), slot(align_up(slot_bytes, 4096)) {
     // Rings shrink with the group so the segment stays about 2n slots + n MiB.
+    cell = std::min(kCellBytes, slot / 2);
+    cells = 2 * slot / cell;
     frag = align_up(std::max<size_t>(4096, (256u << 10) / size_t(n)), 4096);
     ctl_off = align_up(sizeof(Header), 64);
     slots_off = align_up(ctl_off + sizeof(RankCtl) * size_t(n), 4096);

@@ -22,6 +22,7 @@
 #include "ptrain/comm/shm.h"
 #include "ptrain/core/env.h"
 #include "ptrain/core/error.h"
+#include "reduce.h"
 #include "segment.h"
 #include "shm_sys.h"
 
@@ -38,6 +39,12 @@ using shm::RankCtl;
 using shm::RingCtl;
 
 constexpr auto kSpin = std::chrono::microseconds(50);
+// The spin of a collective's cell waits, shorter than kSpin: its peers are in the same op and
+// answer within microseconds when they run, and when the ranks outnumber the free cores, spinning
+// only takes the CPU a peer needs. Measured (64 MiB allreduce, 2 ranks, 2 cores shared with
+// compile jobs): 10 us about 13 ms, 50 us about 18 ms, 200 us about 40 ms (but 6 ms on idle
+// cores).
+constexpr auto kCellSpin = std::chrono::microseconds(10);
 constexpr auto kNap = std::chrono::milliseconds(10);
 constexpr auto kPeerCheckEvery = std::chrono::milliseconds(100);
 // How long a rank keeps waiting after it saw a peer process gone before it fails the group.
@@ -106,30 +113,6 @@ void futex_wait(std::atomic<uint32_t>* word, uint32_t expected, Millis timeout) 
 
 void futex_wake_all(std::atomic<uint32_t>* word) {
   ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
-}
-
-// out[i] = reduce over k of src[k][i], in rank order (so the result does not depend on which
-// rank reduced the slice).
-void reduce_f32(float* out, const float* const* src, int n, size_t len, ReduceOp op) {
-  const float* a = src[0];
-  const float* b = src[1];
-  if (op == ReduceOp::kMax) {
-    for (size_t i = 0; i < len; ++i) out[i] = std::max(a[i], b[i]);
-    for (int k = 2; k < n; ++k) {
-      const float* c = src[k];
-      for (size_t i = 0; i < len; ++i) out[i] = std::max(out[i], c[i]);
-    }
-    return;
-  }
-  for (size_t i = 0; i < len; ++i) out[i] = a[i] + b[i];
-  for (int k = 2; k < n; ++k) {
-    const float* c = src[k];
-    for (size_t i = 0; i < len; ++i) out[i] += c[i];
-  }
-  if (op == ReduceOp::kAvg) {
-    const float alpha = 1.0f / static_cast<float>(n);
-    for (size_t i = 0; i < len; ++i) out[i] *= alpha;
-  }
 }
 
 // A message that arrived before its recv was posted.
@@ -234,6 +217,11 @@ class ShmCore {
   char* slot(int r, int b) const {
     return map_.base + layout_.slots_off + (size_t(r) * 2 + size_t(b)) * layout_.slot;
   }
+  // Cell g of rank r's region (see segment.h).
+  char* cell(int r, uint64_t g) const {
+    return map_.base + layout_.slots_off + size_t(r) * 2 * layout_.slot +
+           size_t(g % layout_.cells) * layout_.cell;
+  }
   RingCtl* ring(int src, int dst) const {
     return reinterpret_cast<RingCtl*>(map_.base + layout_.rings_off +
                                       (size_t(src) * group_.size + dst) * layout_.ring_bytes);
@@ -296,12 +284,12 @@ class ShmCore {
     }
   }
 
-  // Spins briefly, then sleeps on the segment's futex until ready() or a failure.
+  // Spins for `spin`, then sleeps on the segment's futex until ready() or a failure.
   template <class Ready>
   void wait_until(const Ready& ready, const std::string& what, const Deadline& deadline,
-                  int peer = -1) {
+                  int peer = -1, Clock::duration spin = kSpin) {
     if (ready()) return;
-    const auto spin_end = Clock::now() + kSpin;
+    const auto spin_end = Clock::now() + spin;
     for (int i = 1;; ++i) {
       cpu_relax();
       if (ready()) return;
@@ -320,6 +308,34 @@ class ShmCore {
       if (!ready()) futex_wait(&hdr_->bell, seen, std::min<Millis>(kNap, deadline.remaining()));
       hdr_->sleepers.fetch_sub(1);
     }
+  }
+
+  using Counter = std::atomic<uint64_t> RankCtl::*;
+
+  // Publishes one of this rank's cell counters and wakes the waiters.
+  void publish(Counter c, uint64_t value) {
+    (ctl(group_.rank)->*c).store(value, std::memory_order_release);
+    notify();
+  }
+
+  // Waits until `peer`'s (or, for -1, every other rank's) counter c reaches `target`.
+  void wait_counter(Counter c, uint64_t target, int peer, const std::string& what,
+                    const Deadline& deadline) {
+    wait_until(
+        [&] {
+          for (int q = 0; q < group_.size; ++q) {
+            if (q == group_.rank || (peer >= 0 && q != peer)) continue;
+            if ((ctl(q)->*c).load(std::memory_order_acquire) < target) return false;
+          }
+          return true;
+        },
+        what, deadline, peer, kCellSpin);
+  }
+
+  // Before this rank writes cell g: every reader has consumed cell g - K, which lived there.
+  void wait_cell_free(uint64_t g, const std::string& what, const Deadline& deadline) {
+    if (g + 1 > layout_.cells)
+      wait_counter(&RankCtl::done, g + 1 - layout_.cells, -1, what, deadline);
   }
 
   // A barrier over the segment: every rank's epoch reaches this one.
@@ -367,95 +383,155 @@ class ShmCore {
   uint64_t seq_ = 0;    // worker thread only
   uint64_t epoch_ = 0;  // worker thread only
   uint64_t phase_ = 0;  // worker thread only
+  uint64_t cell_ = 0;   // the next cell number (worker thread only)
   std::unique_ptr<std::mutex[]> tx_;
   std::unique_ptr<RxSide[]> rx_;
   std::unique_ptr<detail::OpQueue> queue_;
 };
 
-// Round r covers slot/4 elements of the buffer. Every rank copies the slices the others reduce
-// into its slot; rank q sums slice q over all ranks (its own part from its private buffer) and
-// publishes it in its slot; then every rank copies the other slices' sums out.
+// Cell by cell (`cell` bytes of the buffer each), in three stages that overlap across cells:
+// at step i this rank posts cell i (copies the slices that the others reduce into its cell),
+// reduces cell i-1 (sums slice r over all ranks in rank order, its own part from its private
+// buffer, and writes the sum both into its cell and into the buffer) and gathers cell i-2 (copies
+// the others' reduced slices out of their cells).
 void ShmCore::allreduce(float* buf, size_t count, ReduceOp op, const std::string& what) {
   const int n = group_.size, r = group_.rank;
-  const size_t per_round = layout_.slot / sizeof(float);
+  const size_t per_cell = layout_.cell / sizeof(float);
+  const uint64_t cells = (count + per_cell - 1) / per_cell, g0 = cell_;
   const Deadline deadline(options_.timeout);
   std::vector<const float*> src(n);
-  for (size_t off = 0; off < count; off += per_round) {
-    const size_t len = std::min(per_round, count - off);
-    const size_t per = shm::align_up((len + n - 1) / n, 16);  // 64-byte slices
-    auto lo = [&](int q) { return std::min(len, per * q); };
-    auto hi = [&](int q) { return std::min(len, per * (q + 1)); };
-    const int b = next_buffer();
-    float* mine = reinterpret_cast<float*>(slot(r, b));
-    float* data = buf + off;
-    for (int q = 0; q < n; ++q)
-      if (q != r && hi(q) > lo(q))
-        std::memcpy(mine + lo(q), data + lo(q), (hi(q) - lo(q)) * sizeof(float));
-    sync(what, deadline);
-    if (hi(r) > lo(r)) {
+  struct Cell {
+    size_t len, per;
+    float* data;
+    size_t lo(int q) const { return std::min(len, per * q); }
+    size_t hi(int q) const { return std::min(len, per * (q + 1)); }
+  };
+  auto at = [&](uint64_t i) {
+    const size_t off = i * per_cell, len = std::min(per_cell, count - off);
+    return Cell{len, shm::align_up((len + n - 1) / n, 16), buf + off};  // 64-byte slices
+  };
+  auto slot_of = [&](int q, uint64_t g) { return reinterpret_cast<float*>(cell(q, g)); };
+  for (uint64_t i = 0; i < cells + 2; ++i) {
+    if (i < cells) {
+      const uint64_t g = g0 + i;
+      const Cell c = at(i);
+      wait_cell_free(g, what, deadline);
+      float* mine = slot_of(r, g);
       for (int q = 0; q < n; ++q)
-        src[q] = (q == r ? data : reinterpret_cast<const float*>(slot(q, b))) + lo(r);
-      reduce_f32(mine + lo(r), src.data(), n, hi(r) - lo(r), op);
-      std::memcpy(data + lo(r), mine + lo(r), (hi(r) - lo(r)) * sizeof(float));
+        if (q != r && c.hi(q) > c.lo(q))
+          std::memcpy(mine + c.lo(q), c.data + c.lo(q), (c.hi(q) - c.lo(q)) * sizeof(float));
+      publish(&RankCtl::posted, g + 1);
     }
-    sync(what, deadline);
-    for (int q = 0; q < n; ++q)
-      if (q != r && hi(q) > lo(q))
-        std::memcpy(data + lo(q), reinterpret_cast<const float*>(slot(q, b)) + lo(q),
-                    (hi(q) - lo(q)) * sizeof(float));
+    if (i >= 1 && i - 1 < cells) {
+      const uint64_t g = g0 + i - 1;
+      const Cell c = at(i - 1);
+      wait_counter(&RankCtl::posted, g + 1, -1, what, deadline);
+      if (c.hi(r) > c.lo(r)) {
+        for (int q = 0; q < n; ++q) src[q] = (q == r ? c.data : slot_of(q, g)) + c.lo(r);
+        shm::reduce_f32(slot_of(r, g) + c.lo(r), c.data + c.lo(r), src.data(), n, c.hi(r) - c.lo(r),
+                        op);
+      }
+      publish(&RankCtl::reduced, g + 1);
+    }
+    if (i >= 2) {
+      const uint64_t g = g0 + i - 2;
+      const Cell c = at(i - 2);
+      wait_counter(&RankCtl::reduced, g + 1, -1, what, deadline);
+      for (int q = 0; q < n; ++q)
+        if (q != r && c.hi(q) > c.lo(q))
+          std::memcpy(c.data + c.lo(q), slot_of(q, g) + c.lo(q),
+                      (c.hi(q) - c.lo(q)) * sizeof(float));
+      publish(&RankCtl::done, g + 1);
+    }
   }
+  cell_ = g0 + cells;
 }
 
-// Round r covers `per_round` elements of every rank's chunk: each rank copies the parts of the
-// others' chunks into its slot (sub-block q for rank q), then reduces its own chunk's part.
+// Each cell carries `per` elements of every rank's chunk (sub-block q for rank q): at step i this
+// rank posts cell i (the parts of the others' chunks) and reduces its own chunk's part of cell
+// i-1 straight into recv.
 void ShmCore::reduce_scatter(const float* send, float* recv, size_t chunk, ReduceOp op,
                              const std::string& what) {
   const int n = group_.size, r = group_.rank;
-  const size_t per_round = std::max<size_t>(1, layout_.slot / sizeof(float) / n);
+  size_t per = std::max<size_t>(1, layout_.cell / sizeof(float) / n);
+  if (per >= 16) per = per / 16 * 16;  // 64-byte sub-blocks
+  const uint64_t cells = (chunk + per - 1) / per, g0 = cell_;
   const Deadline deadline(options_.timeout);
   std::vector<const float*> src(n);
-  for (size_t off = 0; off < chunk; off += per_round) {
-    const size_t len = std::min(per_round, chunk - off);
-    const int b = next_buffer();
-    float* mine = reinterpret_cast<float*>(slot(r, b));
-    for (int q = 0; q < n; ++q)
-      if (q != r) std::memcpy(mine + q * per_round, send + q * chunk + off, len * sizeof(float));
-    sync(what, deadline);
-    for (int q = 0; q < n; ++q)
-      src[q] = q == r ? send + r * chunk + off
-                      : reinterpret_cast<const float*>(slot(q, b)) + r * per_round;
-    reduce_f32(recv + off, src.data(), n, len, op);
-  }
-}
-
-void ShmCore::allgather(const char* send, char* recv, size_t bytes, const std::string& what) {
-  const int n = group_.size, r = group_.rank;
-  const size_t per_round = layout_.slot;
-  const Deadline deadline(options_.timeout);
-  for (size_t off = 0; off < bytes; off += per_round) {
-    const size_t len = std::min(per_round, bytes - off);
-    const int b = next_buffer();
-    std::memcpy(slot(r, b), send + off, len);
-    sync(what, deadline);
-    for (int q = 0; q < n; ++q) {
-      if (q == r)
-        std::memmove(recv + q * bytes + off, send + off, len);  // in place when they alias
-      else
-        std::memcpy(recv + q * bytes + off, slot(q, b), len);
+  for (uint64_t i = 0; i < cells + 1; ++i) {
+    if (i < cells) {
+      const uint64_t g = g0 + i;
+      const size_t off = i * per, len = std::min(per, chunk - off);
+      wait_cell_free(g, what, deadline);
+      float* mine = reinterpret_cast<float*>(cell(r, g));
+      for (int q = 0; q < n; ++q)
+        if (q != r) std::memcpy(mine + q * per, send + q * chunk + off, len * sizeof(float));
+      publish(&RankCtl::posted, g + 1);
+    }
+    if (i >= 1) {
+      const uint64_t g = g0 + i - 1;
+      const size_t off = (i - 1) * per, len = std::min(per, chunk - off);
+      wait_counter(&RankCtl::posted, g + 1, -1, what, deadline);
+      for (int q = 0; q < n; ++q)
+        src[q] =
+            q == r ? send + r * chunk + off : reinterpret_cast<const float*>(cell(q, g)) + r * per;
+      shm::reduce_f32(recv + off, nullptr, src.data(), n, len, op);
+      publish(&RankCtl::done, g + 1);
     }
   }
+  cell_ = g0 + cells;
 }
 
-void ShmCore::broadcast(char* buf, size_t bytes, int root, const std::string& what) {
-  const size_t per_round = layout_.slot;
+// At step i this rank posts cell i of its part and copies every rank's cell i-1 out.
+void ShmCore::allgather(const char* send, char* recv, size_t bytes, const std::string& what) {
+  const int n = group_.size, r = group_.rank;
+  const size_t per = layout_.cell;
+  const uint64_t cells = (bytes + per - 1) / per, g0 = cell_;
   const Deadline deadline(options_.timeout);
-  for (size_t off = 0; off < bytes; off += per_round) {
-    const size_t len = std::min(per_round, bytes - off);
-    const int b = next_buffer();
-    if (group_.rank == root) std::memcpy(slot(root, b), buf + off, len);
-    sync(what, deadline);
-    if (group_.rank != root) std::memcpy(buf + off, slot(root, b), len);
+  for (uint64_t i = 0; i < cells + 1; ++i) {
+    if (i < cells) {
+      const uint64_t g = g0 + i;
+      const size_t off = i * per, len = std::min(per, bytes - off);
+      wait_cell_free(g, what, deadline);
+      std::memcpy(cell(r, g), send + off, len);
+      publish(&RankCtl::posted, g + 1);
+    }
+    if (i >= 1) {
+      const uint64_t g = g0 + i - 1;
+      const size_t off = (i - 1) * per, len = std::min(per, bytes - off);
+      wait_counter(&RankCtl::posted, g + 1, -1, what, deadline);
+      for (int q = 0; q < n; ++q) {
+        if (q == r)
+          std::memmove(recv + q * bytes + off, send + off, len);  // in place when they alias
+        else
+          std::memcpy(recv + q * bytes + off, cell(q, g), len);
+      }
+      publish(&RankCtl::done, g + 1);
+    }
   }
+  cell_ = g0 + cells;
+}
+
+// The root posts its buffer cell by cell; the others copy each cell out as it is posted. The
+// root reads nothing, so its done follows its posts.
+void ShmCore::broadcast(char* buf, size_t bytes, int root, const std::string& what) {
+  const size_t per = layout_.cell;
+  const uint64_t cells = (bytes + per - 1) / per, g0 = cell_;
+  const Deadline deadline(options_.timeout);
+  for (uint64_t i = 0; i < cells; ++i) {
+    const uint64_t g = g0 + i;
+    const size_t off = i * per, len = std::min(per, bytes - off);
+    if (group_.rank == root) {
+      wait_cell_free(g, what, deadline);
+      std::memcpy(cell(root, g), buf + off, len);
+      publish(&RankCtl::posted, g + 1);
+    } else {
+      wait_counter(&RankCtl::posted, g + 1, root, what, deadline);
+      std::memcpy(buf + off, cell(root, g), len);
+    }
+    publish(&RankCtl::done, g + 1);
+  }
+  cell_ = g0 + cells;
 }
 
 // Counts first (every rank's send and recv counts through its slot: checked pairwise, and they
@@ -465,6 +541,11 @@ void ShmCore::alltoallv(const char* send, const std::vector<size_t>& sc, char* r
                         const std::vector<size_t>& rc, size_t esz, const std::string& what) {
   const int n = group_.size, r = group_.rank;
   const Deadline deadline(options_.timeout);
+  wait_counter(&RankCtl::done, cell_, -1, what, deadline);  // no cell is read any more
+  auto take_region = [&] {  // all K cell numbers at once: see segment.h
+    cell_ += layout_.cells;
+    publish(&RankCtl::done, cell_);
+  };
   const int cb = next_buffer();
   auto* counts = reinterpret_cast<uint64_t*>(slot(r, cb));
   for (int j = 0; j < n; ++j) counts[j] = sc[j], counts[n + j] = rc[j];
@@ -475,11 +556,13 @@ void ShmCore::alltoallv(const char* send, const std::vector<size_t>& sc, char* r
     for (int j = 0; j < n; ++j) {
       const uint64_t sent = theirs[j];
       const uint64_t expected = reinterpret_cast<const uint64_t*>(slot(j, cb))[n + i];
-      if (sent != expected)
+      if (sent != expected) {
+        take_region();  // every rank throws the same here; the group stays usable
         throw ConfigError(
             fmt::format("{}: rank {} sends {} elements to rank {}, which expects {}", what, i, sent,
                         j, expected),
             "every rank's send count to a peer must equal that peer's recv count from it");
+      }
       longest = std::max(longest, sent);
     }
   }
@@ -507,6 +590,7 @@ void ShmCore::alltoallv(const char* send, const std::vector<size_t>& sc, char* r
       std::memmove(recv + (recv_at[i] + off) * esz, from, len * esz);
     }
   }
+  take_region();
 }
 
 // Messages to one destination go out one at a time (frames of one message are contiguous).

@@ -21,8 +21,9 @@
 
 namespace ptrain::comm {
 
-// Bytes of one rank's staging slot (two per rank: rounds alternate between them). Larger slots
-// mean fewer synchronisations per op; PTRAIN_SHM_SLOT_KB overrides it.
+// Bytes of one rank's staging slot. A rank's two slots form its staging region: a ring of cells
+// of min(512 KiB, slot / 2) that collectives stream through (alltoallv alternates between the
+// two slots). PTRAIN_SHM_SLOT_KB overrides it; every rank of a group must use the same.
 inline constexpr size_t kDefaultShmSlotBytes = 1u << 20;
 
 struct ShmOptions {
