@@ -776,15 +776,27 @@ TEST(BatchNormPaths, OneDnnGradientsMatchFiniteDifferences) {
       2e-4, 1e-3, "bn d bias");
 }
 
-TEST(BatchNormPaths, AutoTakesOneDnnWhereItHasAvx512) {
+TEST(BnPoolPaths, AutoTakesOneDnnOnlyForMaxPoolForwardWithAvx512) {
   BnPoolGuard guard(CpuPath::kAuto);
   tensor::CpuBnDims d;
   d.N = 2, d.C = 3, d.HW = 4;
-  EXPECT_EQ(tensor::cpu_bn_uses_dnnl(d), tensor::cpu_kernels().find("avx512") != std::string::npos);
-  tensor::set_cpu_bn(CpuPath::kNaive);
   EXPECT_FALSE(tensor::cpu_bn_uses_dnnl(d));
+  tensor::CpuPoolDims p;
+  p.N = 2, p.C = 3, p.H = p.W = 8, p.KH = p.KW = 3, p.SH = p.SW = 2, p.PH = p.PW = 1;
+  const bool avx512 = tensor::cpu_kernels().find("avx512") != std::string::npos;
+  EXPECT_EQ(tensor::cpu_pool_uses_dnnl(false, p), avx512);
+  EXPECT_FALSE(tensor::cpu_pool_uses_dnnl(true, p));
+  p.kind = tensor::PoolKind::kAvg;
+  EXPECT_FALSE(tensor::cpu_pool_uses_dnnl(false, p));
   tensor::set_cpu_bn(CpuPath::kDnnl);
+  tensor::set_cpu_pool(CpuPath::kDnnl);
   EXPECT_TRUE(tensor::cpu_bn_uses_dnnl(d));
+  EXPECT_TRUE(tensor::cpu_pool_uses_dnnl(true, p));
+  tensor::set_cpu_bn(CpuPath::kNaive);
+  tensor::set_cpu_pool(CpuPath::kNaive);
+  EXPECT_FALSE(tensor::cpu_bn_uses_dnnl(d));
+  p.kind = tensor::PoolKind::kMax;
+  EXPECT_FALSE(tensor::cpu_pool_uses_dnnl(false, p));
 }
 
 // Max-pool shapes: the ImageNet stem's, odd sizes, stride and padding variants, batch 1.

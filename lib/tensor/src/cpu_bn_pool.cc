@@ -371,21 +371,15 @@ CpuPath cpu_pool_mode() {
   return cpu::mode_of(cpu::g_pool, "PTRAIN_CPU_POOL");
 }
 
-bool cpu_bn_uses_dnnl(const CpuBnDims& d) {
-  (void)d;
-  switch (cpu_bn_mode()) {
-    case CpuPath::kNaive:
-      return false;
-    case CpuPath::kDnnl:
-      return true;
-    case CpuPath::kAuto:
-      break;
-  }
-  return cpu::dnnl_has_avx512();
+bool cpu_bn_uses_dnnl(const CpuBnDims& /*d*/) {
+  // Measured on the ResNet benches (docs/ARCHITECTURE.md §CPU kernels): on plain NCHW oneDNN 2.6
+  // runs its batch normalization on "ncsp_bnorm:any", not a JIT kernel (those want nChw16c or
+  // NHWC, and a reorder each way would cost more than the pass), and it took 1.7-1.9x the loops'
+  // time forward and backward at 1 thread. auto keeps the loops.
+  return cpu_bn_mode() == CpuPath::kDnnl;
 }
 
 bool cpu_pool_uses_dnnl(bool backward, const CpuPoolDims& d) {
-  (void)backward;
   if (d.PH >= d.KH || d.PW >= d.KW) return false;
   switch (cpu_pool_mode()) {
     case CpuPath::kNaive:
@@ -395,7 +389,11 @@ bool cpu_pool_uses_dnnl(bool backward, const CpuPoolDims& d) {
     case CpuPath::kAuto:
       break;
   }
-  return cpu::dnnl_has_avx512();
+  // Measured as above: max pool forward (the ImageNet stem's 3x3 stride 2) ran 7-8x faster on
+  // oneDNN's AVX-512 kernel than the loops' branchy scan; its backward (a memset and a scatter
+  // in the loops) and the global average pool (an HWx1 window, oneDNN's simple_nchw kernel)
+  // were slower there. Without AVX-512 nothing was measured.
+  return d.kind == PoolKind::kMax && !backward && cpu::dnnl_has_avx512();
 }
 
 void dnnl_bn_forward_training(float* y, float* mean, float* var, const float* x,
