@@ -374,8 +374,8 @@ CpuPath cpu_pool_mode() {
 bool cpu_bn_uses_dnnl(const CpuBnDims& /*d*/) {
   // Measured on the ResNet benches (docs/ARCHITECTURE.md §CPU kernels): on plain NCHW oneDNN 2.6
   // runs its batch normalization on "ncsp_bnorm:any", not a JIT kernel (those want nChw16c or
-  // NHWC, and a reorder each way would cost more than the pass), and it took 1.7-1.9x the loops'
-  // time forward and backward at 1 thread. auto keeps the loops.
+  // NHWC, and a reorder each way would cost more than the pass), and it took 1.3x (medians) to
+  // 1.8x (best runs) the loops' time forward and backward at 1 thread. auto keeps the loops.
   return cpu_bn_mode() == CpuPath::kDnnl;
 }
 
