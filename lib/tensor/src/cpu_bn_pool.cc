@@ -511,18 +511,6 @@ void dnnl_avgpool_backward(float* dinp, const float* dout, const CpuPoolDims& d)
   execute(k, {{DNNL_ARG_DIFF_DST, mem(dst, dout)}, {DNNL_ARG_DIFF_SRC, mem(src, dinp)}}, ts, p);
 }
 
-std::string dnnl_bn_impl(bool backward, const CpuBnDims& d) {
-  return cpu::cache()
-      .get(cpu::bn_key(backward ? cpu::Pass::kBnBackward : cpu::Pass::kBnTrain, d))
-      ->impl;
-}
-
-std::string dnnl_pool_impl(bool backward, const CpuPoolDims& d) {
-  return cpu::cache()
-      .get(cpu::pool_key(backward ? cpu::Pass::kPoolBackward : cpu::Pass::kPoolForward, d))
-      ->impl;
-}
-
 size_t dnnl_bn_pool_cached_primitives() {
   return cpu::cache().size();
 }

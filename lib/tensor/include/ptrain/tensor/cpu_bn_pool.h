@@ -76,9 +76,6 @@ void dnnl_maxpool_backward(float* dinp, const float* dout, const int32_t* argmax
 void dnnl_avgpool_forward(float* out, const float* inp, const CpuPoolDims& d);
 void dnnl_avgpool_backward(float* dinp, const float* dout, const CpuPoolDims& d);
 
-// oneDNN's name for the kernel a pass runs on ("bnorm_jit:avx512_core", ...), for benches.
-std::string dnnl_bn_impl(bool backward, const CpuBnDims& d);
-std::string dnnl_pool_impl(bool backward, const CpuPoolDims& d);
 // Batch norm and pooling primitives in the cache (for tests of the cache itself).
 size_t dnnl_bn_pool_cached_primitives();
 
