@@ -21,6 +21,7 @@
 #include "ptrain/nn/model.h"
 #include "ptrain/optim/clip.h"
 #include "ptrain/spec/spec.h"
+#include "ptrain/tensor/cpu_bn_pool.h"
 #include "ptrain/tensor/cpu_conv.h"
 #include "ptrain/tensor/cpu_kernels.h"
 #include "ptrain/tensor/tensor.h"
@@ -40,8 +41,9 @@ struct BenchStepArgs {
   int warmup = 2;
   int batch = 0;  // 0 = the model's default
   int seq = 0;
-  bool gemm_table = false;  // CPU: replay each GEMM of a step on OpenBLAS and oneDNN
-  bool conv_table = false;  // CPU: replay each convolution of a step on im2col and oneDNN
+  bool gemm_table = false;     // CPU: replay each GEMM of a step on OpenBLAS and oneDNN
+  bool conv_table = false;     // CPU: replay each convolution of a step on im2col and oneDNN
+  bool bn_pool_table = false;  // CPU: time the batch norm and pooling calls of the timed steps
 };
 
 // A key's value as the spec would write it.
@@ -279,6 +281,25 @@ void print_conv_table(int steps) {
       im2col_ms, dnnl_ms, total_ms);
 }
 
+// The batch norm and pooling calls of the timed steps, timed where they ran (on the path the
+// modes chose), and their share of the steps' time.
+void print_bn_pool_table(int steps, double step_seconds) {
+  const auto times = tensor::cpu_bn_pool_recorded();
+  std::printf("batch norm and pooling in the timed steps (PTRAIN_CPU_BN=%s, PTRAIN_CPU_POOL=%s):\n",
+              tensor::cpu_path_name(tensor::cpu_bn_mode()),
+              tensor::cpu_path_name(tensor::cpu_pool_mode()));
+  std::printf("  %-28s %-5s %6s %8s %6s\n", "op", "path", "calls", "ms/step", "share");
+  double total = 0;
+  for (const auto& t : times) {
+    total += t.seconds;
+    std::printf("  %-28s %-5s %6.0f %8.2f %5.1f%%\n", tensor::bn_pool_op_name(t.op),
+                t.dnnl ? "dnnl" : "naive", double(t.calls) / steps, t.seconds / steps * 1e3,
+                100 * t.seconds / step_seconds);
+  }
+  std::printf("  batch norm and pooling: %.2f ms/step, %.1f%% of the step time\n",
+              total / steps * 1e3, 100 * total / step_seconds);
+}
+
 // The CUDA GEMM rate this run compares against, in GFLOP/s.
 double gemm_peak_gflops(tensor::Device device, bool bf16) {
   const tensor::Ops& o = tensor::ops(device);
@@ -359,6 +380,8 @@ int bench_step(const BenchStepArgs& a) {
   if (table) tensor::cpu_gemm_record(true);
   const bool conv_table = a.conv_table && device == tensor::Device::kCpu;
   if (conv_table) tensor::cpu_conv_record(true);
+  const bool bn_pool_table = a.bn_pool_table && device == tensor::Device::kCpu;
+  if (bn_pool_table) tensor::cpu_bn_pool_record(true);
   std::vector<double> ms;
   for (int i = 0; i < a.steps; ++i) {
     double t0 = mono_seconds();
@@ -369,6 +392,9 @@ int bench_step(const BenchStepArgs& a) {
     throw Error(fmt::format("bench step: the loss became {}", loss), "lower the learning rate");
   if (table) tensor::cpu_gemm_record(false);
   if (conv_table) tensor::cpu_conv_record(false);
+  if (bn_pool_table) tensor::cpu_bn_pool_record(false);
+  double step_seconds = 0;
+  for (double m : ms) step_seconds += m / 1e3;
   std::sort(ms.begin(), ms.end());
   double median = ms[ms.size() / 2];
   double flops = model->train_flops(B, T);
@@ -395,9 +421,12 @@ int bench_step(const BenchStepArgs& a) {
   if (cpu) {
     const char* mode = tensor::cpu_gemm_name(tensor::cpu_gemm_mode());
     const char* conv = tensor::cpu_conv_name(tensor::cpu_conv_mode());
-    std::printf("cpu kernels: %s; GEMMs: %s; convolutions: %s; bf16: %s\n",
-                tensor::cpu_kernels().c_str(), mode, conv,
-                tensor::cpu_has_bf16() ? "oneDNN native" : "widened to fp32 (no bf16 ISA)");
+    const char* bn = tensor::cpu_path_name(tensor::cpu_bn_mode());
+    const char* pool = tensor::cpu_path_name(tensor::cpu_pool_mode());
+    std::printf(
+        "cpu kernels: %s; GEMMs: %s; convolutions: %s; batch norm: %s; pooling: %s; bf16: %s\n",
+        tensor::cpu_kernels().c_str(), mode, conv, bn, pool,
+        tensor::cpu_has_bf16() ? "oneDNN native" : "widened to fp32 (no bf16 ISA)");
     std::printf(
         "GEMM 1024^3/2048^3, best: OpenBLAS fp32 %.1f, oneDNN fp32 %.1f, oneDNN bf16 %s "
         "GFLOP/s\n",
@@ -407,9 +436,11 @@ int bench_step(const BenchStepArgs& a) {
                 gflops / peak, bf16 ? "bf16" : "fp32", peak);
     if (table) print_gemm_table(a.steps);
     if (conv_table) print_conv_table(a.steps);
+    if (bn_pool_table) print_bn_pool_table(a.steps, step_seconds);
     extra = fmt::format(
-        " gemm={} conv={} openblas_gflops={:.1f} dnnl_gflops={:.1f} dnnl_bf16_gflops={:.1f}", mode,
-        conv, rates.openblas, rates.dnnl, rates.dnnl_bf16);
+        " gemm={} conv={} bn={} pool={} openblas_gflops={:.1f} dnnl_gflops={:.1f} "
+        "dnnl_bf16_gflops={:.1f}",
+        mode, conv, bn, pool, rates.openblas, rates.dnnl, rates.dnnl_bf16);
   } else {
     std::printf("%s: %.1f GFLOP/s\n", bf16 ? "bf16 GEMM 8192^3" : "fp32 GEMM 8192^3", peak);
   }
@@ -440,6 +471,9 @@ PTRAIN_BENCH({"step",
                              "CPU: replay each GEMM of a step on OpenBLAS and oneDNN");
                 sub.add_flag("--conv-table", a->conv_table,
                              "CPU: replay each convolution of a step on im2col and oneDNN");
+                sub.add_flag("--bn-pool-table", a->bn_pool_table,
+                             "CPU: time the batch norm and pooling calls of the timed steps and "
+                             "their share of the step");
                 return [a] { return bench_step(*a); };
               }});
 

@@ -10,6 +10,7 @@
 #include "ptrain/core/error.h"
 #include "ptrain/core/log.h"
 #include "ptrain/models/registry.h"
+#include "ptrain/tensor/cpu_bn_pool.h"
 #include "ptrain/tensor/cpu_conv.h"
 #include "ptrain/tensor/cpu_kernels.h"
 #include "ptrain/tensor/cuda_plugin.h"
@@ -57,11 +58,15 @@ static std::string version_string() {
   return fmt::format("ptrain {} (commit {})\nfeatures: cuda={} nccl={} gloo=yes{}", PTRAIN_VERSION,
                      PTRAIN_GIT_COMMIT, yes_no[PTRAIN_BUILT_WITH_CUDA],
                      yes_no[PTRAIN_BUILT_WITH_CUDA], plugin) +
-         fmt::format("\ncpu kernels: {}; GEMMs: {}; convolutions: {}; bf16: {}",
-                     ptrain::tensor::cpu_kernels(),
-                     ptrain::tensor::cpu_gemm_name(ptrain::tensor::cpu_gemm_mode()),
-                     ptrain::tensor::cpu_conv_name(ptrain::tensor::cpu_conv_mode()),
-                     ptrain::tensor::cpu_has_bf16() ? "native" : "none (fp32 only)");
+         fmt::format(
+             "\ncpu kernels: {}; GEMMs: {}; convolutions: {}; batch norm: {}; pooling: "
+             "{}; bf16: {}",
+             ptrain::tensor::cpu_kernels(),
+             ptrain::tensor::cpu_gemm_name(ptrain::tensor::cpu_gemm_mode()),
+             ptrain::tensor::cpu_conv_name(ptrain::tensor::cpu_conv_mode()),
+             ptrain::tensor::cpu_path_name(ptrain::tensor::cpu_bn_mode()),
+             ptrain::tensor::cpu_path_name(ptrain::tensor::cpu_pool_mode()),
+             ptrain::tensor::cpu_has_bf16() ? "native" : "none (fp32 only)");
 }
 
 static int run_main(int argc, char** argv) {

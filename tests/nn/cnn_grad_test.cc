@@ -1,6 +1,8 @@
 // The CNN layers (nn/cnn.h) against naive double-precision references: forward values
 // directly, gradients by central finite differences of loss = sum(out * R) for a fixed random R.
-// Convolutions run on both paths (im2col + GEMM and oneDNN's primitives, PTRAIN_CPU_CONV).
+// Convolutions run on both paths (im2col + GEMM and oneDNN's primitives, PTRAIN_CPU_CONV), and
+// so do batch norm and pooling (the loops and oneDNN's primitives, PTRAIN_CPU_BN/POOL), which
+// are also compared with each other over a table of shapes.
 // Sync batch norm over two ranks (threads) equals batch norm over the joined batch.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -13,6 +15,7 @@
 #include "grad_check.h"
 #include "ptrain/core/error.h"
 #include "ptrain/nn/cnn.h"
+#include "ptrain/tensor/cpu_bn_pool.h"
 #include "ptrain/tensor/cpu_conv.h"
 #include "ptrain/tensor/cpu_kernels.h"
 #include "ptrain/tensor/ops.h"
@@ -22,6 +25,7 @@ using namespace ptrain::nn;
 using namespace ptrain::nn::testing;
 using tensor::cpu_ops;
 using tensor::CpuConv;
+using tensor::CpuPath;
 
 namespace {
 
@@ -151,6 +155,30 @@ class ConvModeGuard {
   CpuConv saved_;
   int threads_;
 };
+
+// Forces one batch norm and pooling path (and threads) for a test and restores the previous ones.
+class BnPoolGuard {
+ public:
+  explicit BnPoolGuard(CpuPath mode, int threads = 1)
+      : bn_(tensor::cpu_bn_mode()),
+        pool_(tensor::cpu_pool_mode()),
+        threads_(tensor::cpu_threads()) {
+    tensor::set_cpu_bn(mode);
+    tensor::set_cpu_pool(mode);
+    tensor::set_cpu_threads(threads);
+  }
+  ~BnPoolGuard() {
+    tensor::set_cpu_bn(bn_);
+    tensor::set_cpu_pool(pool_);
+    tensor::set_cpu_threads(threads_);
+  }
+
+ private:
+  CpuPath bn_, pool_;
+  int threads_;
+};
+
+constexpr CpuPath kPaths[] = {CpuPath::kNaive, CpuPath::kDnnl};
 
 Conv2dShape conv(int N, int C, int H, int W, int OC, int KH, int KW, int stride, int pad) {
   Conv2dShape s;
@@ -319,90 +347,117 @@ struct BnCase {
 class BatchNormGrad : public ::testing::TestWithParam<BnCase> {};
 
 TEST_P(BatchNormGrad, TrainingModeMatchesTheReference) {
-  const auto [N, C, HW] = GetParam();
-  BatchNormShape s{N, C, HW};
-  auto x = randn(size_t(N) * C * HW, 4, 2.0f);
-  for (auto& v : x) v += 0.5f;
-  auto w = randn(size_t(C), 5), b = randn(size_t(C), 6);
-  auto R = randn(x.size(), 7);
-  std::vector<float> mean(static_cast<size_t>(C)), var(static_cast<size_t>(C)),
-      rstd(static_cast<size_t>(C)), y(x.size());
-  int64_t count = batchnorm_batch_stats(mean.data(), var.data(), x.data(), s, nullptr);
-  EXPECT_EQ(count, int64_t(N) * HW);
-  batchnorm_normalize(y.data(), rstd.data(), x.data(), mean.data(), var.data(), w.data(), b.data(),
-                      s);
-  auto bd = to_double(b), wd = to_double(w), xd = to_double(x);
-  expect_close(y, ref_bn(xd, wd, bd, N, C, HW, true), 1e-5, 1e-4, "bn forward");
+  for (CpuPath path : kPaths) {
+    SCOPED_TRACE(tensor::cpu_path_name(path));
+    BnPoolGuard guard(path);
+    const auto [N, C, HW] = GetParam();
+    BatchNormShape s{N, C, HW};
+    auto x = randn(size_t(N) * C * HW, 4, 2.0f);
+    for (auto& v : x) v += 0.5f;
+    auto w = randn(size_t(C), 5), b = randn(size_t(C), 6);
+    auto R = randn(x.size(), 7);
+    std::vector<float> mean(static_cast<size_t>(C)), var(static_cast<size_t>(C)),
+        rstd(static_cast<size_t>(C)), y(x.size());
+    int64_t count = batchnorm_batch_stats(mean.data(), var.data(), x.data(), s, nullptr);
+    EXPECT_EQ(count, int64_t(N) * HW);
+    batchnorm_normalize(y.data(), rstd.data(), x.data(), mean.data(), var.data(), w.data(),
+                        b.data(), s);
+    auto bd = to_double(b), wd = to_double(w), xd = to_double(x);
+    expect_close(y, ref_bn(xd, wd, bd, N, C, HW, true), 1e-5, 1e-4, "bn forward");
+    {
+      std::vector<float> y1(x.size()), mean1(static_cast<size_t>(C)), var1(static_cast<size_t>(C)),
+          rstd1(static_cast<size_t>(C));
+      EXPECT_EQ(batchnorm_forward_training(y1.data(), mean1.data(), var1.data(), rstd1.data(),
+                                           x.data(), w.data(), b.data(), s, nullptr),
+                count);
+      expect_close(y1, ref_bn(xd, wd, bd, N, C, HW, true), 1e-5, 1e-4, "bn one-call forward");
+      for (int c = 0; c < C; ++c) {
+        EXPECT_NEAR(mean1[c], mean[c], 1e-6 * (1 + std::abs(mean[c])));
+        EXPECT_NEAR(var1[c], var[c], 1e-5 * var[c]);
+      }
+    }
 
-  std::vector<float> dx(x.size()), dw(size_t(C), 1.0f), db(size_t(C), -1.0f);
-  batchnorm_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), mean.data(), rstd.data(),
-                     w.data(), s, true, count, nullptr);
-  auto gx = fd_grad(
-      [&](const std::vector<double>& v) { return dot(ref_bn(v, wd, bd, N, C, HW, true), R); }, xd);
-  auto gw = fd_grad(
-      [&](const std::vector<double>& v) { return dot(ref_bn(xd, v, bd, N, C, HW, true), R); }, wd);
-  auto gb = fd_grad(
-      [&](const std::vector<double>& v) { return dot(ref_bn(xd, wd, v, N, C, HW, true), R); }, bd);
-  for (auto& g : gw) g += 1.0;
-  for (auto& g : gb) g -= 1.0;
-  expect_close(dx, gx, 2e-4, 2e-3, "bn d input");
-  expect_close(dw, gw, 2e-4, 1e-3, "bn d weight");
-  expect_close(db, gb, 2e-4, 1e-3, "bn d bias");
+    std::vector<float> dx(x.size()), dw(size_t(C), 1.0f), db(size_t(C), -1.0f);
+    batchnorm_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), mean.data(),
+                       rstd.data(), w.data(), s, true, count, nullptr);
+    auto gx = fd_grad(
+        [&](const std::vector<double>& v) { return dot(ref_bn(v, wd, bd, N, C, HW, true), R); },
+        xd);
+    auto gw = fd_grad(
+        [&](const std::vector<double>& v) { return dot(ref_bn(xd, v, bd, N, C, HW, true), R); },
+        wd);
+    auto gb = fd_grad(
+        [&](const std::vector<double>& v) { return dot(ref_bn(xd, wd, v, N, C, HW, true), R); },
+        bd);
+    for (auto& g : gw) g += 1.0;
+    for (auto& g : gb) g -= 1.0;
+    expect_close(dx, gx, 2e-4, 2e-3, "bn d input");
+    expect_close(dw, gw, 2e-4, 1e-3, "bn d weight");
+    expect_close(db, gb, 2e-4, 1e-3, "bn d bias");
 
-  // One pass about a shift (what synchronised batch norm sends) gives the same statistics.
-  std::vector<float> shift(static_cast<size_t>(C), 0.4f), mean1(static_cast<size_t>(C)),
-      var1(static_cast<size_t>(C));
-  EXPECT_EQ(batchnorm_batch_stats(mean1.data(), var1.data(), x.data(), s, nullptr, shift.data()),
-            count);
-  for (int c = 0; c < C; ++c) {
-    EXPECT_NEAR(mean1[c], mean[c], 1e-6 * (1 + std::abs(mean[c])));
-    EXPECT_NEAR(var1[c], var[c], 1e-5 * var[c]);
-  }
+    // One pass about a shift (what synchronised batch norm sends) gives the same statistics.
+    std::vector<float> shift(static_cast<size_t>(C), 0.4f), mean1(static_cast<size_t>(C)),
+        var1(static_cast<size_t>(C));
+    EXPECT_EQ(batchnorm_batch_stats(mean1.data(), var1.data(), x.data(), s, nullptr, shift.data()),
+              count);
+    for (int c = 0; c < C; ++c) {
+      EXPECT_NEAR(mean1[c], mean[c], 1e-6 * (1 + std::abs(mean[c])));
+      EXPECT_NEAR(var1[c], var[c], 1e-5 * var[c]);
+    }
 
-  // Running statistics: momentum 0.1, the unbiased variance.
-  std::vector<float> rm(size_t(C), 0.5f), rv(size_t(C), 2.0f);
-  float nbt = 3;
-  batchnorm_update_running(rm.data(), rv.data(), &nbt, mean.data(), var.data(), count, s);
-  EXPECT_EQ(nbt, 4.0f);
-  for (int c = 0; c < C; ++c) {
-    double m = 0, v = 0, M = double(N) * HW;
-    for (int n = 0; n < N; ++n)
-      for (int i = 0; i < HW; ++i) m += xd[(size_t(n) * C + c) * HW + i];
-    m /= M;
-    for (int n = 0; n < N; ++n)
-      for (int i = 0; i < HW; ++i) v += std::pow(xd[(size_t(n) * C + c) * HW + i] - m, 2);
-    EXPECT_NEAR(rm[size_t(c)], 0.9 * 0.5 + 0.1 * m, 1e-5);
-    EXPECT_NEAR(rv[size_t(c)], 0.9 * 2.0 + 0.1 * v / (M - 1), 1e-4);
+    // Running statistics: momentum 0.1, the unbiased variance.
+    std::vector<float> rm(size_t(C), 0.5f), rv(size_t(C), 2.0f);
+    float nbt = 3;
+    batchnorm_update_running(rm.data(), rv.data(), &nbt, mean.data(), var.data(), count, s);
+    EXPECT_EQ(nbt, 4.0f);
+    for (int c = 0; c < C; ++c) {
+      double m = 0, v = 0, M = double(N) * HW;
+      for (int n = 0; n < N; ++n)
+        for (int i = 0; i < HW; ++i) m += xd[(size_t(n) * C + c) * HW + i];
+      m /= M;
+      for (int n = 0; n < N; ++n)
+        for (int i = 0; i < HW; ++i) v += std::pow(xd[(size_t(n) * C + c) * HW + i] - m, 2);
+      EXPECT_NEAR(rm[size_t(c)], 0.9 * 0.5 + 0.1 * m, 1e-5);
+      EXPECT_NEAR(rv[size_t(c)], 0.9 * 2.0 + 0.1 * v / (M - 1), 1e-4);
+    }
   }
 }
 
 TEST_P(BatchNormGrad, EvaluationModeUsesTheRunningStatistics) {
-  const auto [N, C, HW] = GetParam();
-  BatchNormShape s{N, C, HW};
-  auto x = randn(size_t(N) * C * HW, 8);
-  auto w = randn(size_t(C), 9), b = randn(size_t(C), 10), R = randn(x.size(), 11);
-  std::vector<float> rm = randn(size_t(C), 12), rv(static_cast<size_t>(C));
-  for (int c = 0; c < C; ++c) rv[size_t(c)] = 0.5f + 0.25f * float(c);
-  std::vector<float> y(x.size()), rstd(static_cast<size_t>(C));
-  batchnorm_normalize(y.data(), rstd.data(), x.data(), rm.data(), rv.data(), w.data(), b.data(), s);
-  auto wd = to_double(w), bd = to_double(b), rmd = to_double(rm), rvd = to_double(rv);
-  auto f = [&](const std::vector<double>& xx, const std::vector<double>& ww,
-               const std::vector<double>& bb) {
-    return ref_bn(xx, ww, bb, N, C, HW, false, rmd, rvd);
-  };
-  expect_close(y, f(to_double(x), wd, bd), 1e-5, 1e-4, "bn eval forward");
-  std::vector<float> dx(x.size()), dw(static_cast<size_t>(C)), db(static_cast<size_t>(C));
-  batchnorm_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), rm.data(), rstd.data(),
-                     w.data(), s, false, 0, nullptr);
-  expect_close(
-      dx, fd_grad([&](const std::vector<double>& v) { return dot(f(v, wd, bd), R); }, to_double(x)),
-      1e-4, 1e-3, "bn eval d input");
-  expect_close(
-      dw, fd_grad([&](const std::vector<double>& v) { return dot(f(to_double(x), v, bd), R); }, wd),
-      1e-4, 1e-3, "bn eval d weight");
-  expect_close(
-      db, fd_grad([&](const std::vector<double>& v) { return dot(f(to_double(x), wd, v), R); }, bd),
-      1e-4, 1e-3, "bn eval d bias");
+  for (CpuPath path : kPaths) {
+    SCOPED_TRACE(tensor::cpu_path_name(path));
+    BnPoolGuard guard(path);
+    const auto [N, C, HW] = GetParam();
+    BatchNormShape s{N, C, HW};
+    auto x = randn(size_t(N) * C * HW, 8);
+    auto w = randn(size_t(C), 9), b = randn(size_t(C), 10), R = randn(x.size(), 11);
+    std::vector<float> rm = randn(size_t(C), 12), rv(static_cast<size_t>(C));
+    for (int c = 0; c < C; ++c) rv[size_t(c)] = 0.5f + 0.25f * float(c);
+    std::vector<float> y(x.size()), rstd(static_cast<size_t>(C));
+    batchnorm_normalize(y.data(), rstd.data(), x.data(), rm.data(), rv.data(), w.data(), b.data(),
+                        s);
+    auto wd = to_double(w), bd = to_double(b), rmd = to_double(rm), rvd = to_double(rv);
+    auto f = [&](const std::vector<double>& xx, const std::vector<double>& ww,
+                 const std::vector<double>& bb) {
+      return ref_bn(xx, ww, bb, N, C, HW, false, rmd, rvd);
+    };
+    expect_close(y, f(to_double(x), wd, bd), 1e-5, 1e-4, "bn eval forward");
+    std::vector<float> dx(x.size()), dw(static_cast<size_t>(C)), db(static_cast<size_t>(C));
+    batchnorm_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), rm.data(), rstd.data(),
+                       w.data(), s, false, 0, nullptr);
+    expect_close(
+        dx,
+        fd_grad([&](const std::vector<double>& v) { return dot(f(v, wd, bd), R); }, to_double(x)),
+        1e-4, 1e-3, "bn eval d input");
+    expect_close(
+        dw,
+        fd_grad([&](const std::vector<double>& v) { return dot(f(to_double(x), v, bd), R); }, wd),
+        1e-4, 1e-3, "bn eval d weight");
+    expect_close(
+        db,
+        fd_grad([&](const std::vector<double>& v) { return dot(f(to_double(x), wd, v), R); }, bd),
+        1e-4, 1e-3, "bn eval d bias");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, BatchNormGrad,
@@ -506,23 +561,27 @@ TEST(SyncBatchNorm, TwoRanksEqualTheJoinedBatch) {
 class MaxPoolGrad : public ::testing::TestWithParam<PoolShape> {};
 
 TEST_P(MaxPoolGrad, ForwardAndGradientMatchTheReference) {
-  const PoolShape s = GetParam();
-  // Distinct values, so no window has a tie that finite differences could flip.
-  std::vector<float> x(size_t(s.N) * s.C * s.H * s.W);
-  auto noise = randn(x.size(), 30);
-  for (size_t i = 0; i < x.size(); ++i)
-    x[i] = float((i * 7919) % x.size()) * 0.01f + noise[i] * 1e-3f;
-  auto R = randn(size_t(s.out_numel()), 31);
-  std::vector<float> y(size_t(s.out_numel()));
-  std::vector<int32_t> idx(y.size());
-  maxpool2d_forward(y.data(), idx.data(), x.data(), s);
-  expect_close(y, ref_maxpool(to_double(x), s), 0, 0, "maxpool forward");
-  std::vector<float> dx(x.size(), 5.0f);
-  maxpool2d_backward(dx.data(), R.data(), idx.data(), s);
-  expect_close(dx,
-               fd_grad([&](const std::vector<double>& v) { return dot(ref_maxpool(v, s), R); },
-                       to_double(x), 1e-4),
-               1e-5, 1e-4, "maxpool d input");
+  for (CpuPath path : kPaths) {
+    SCOPED_TRACE(tensor::cpu_path_name(path));
+    BnPoolGuard guard(path);
+    const PoolShape s = GetParam();
+    // Distinct values, so no window has a tie that finite differences could flip.
+    std::vector<float> x(size_t(s.N) * s.C * s.H * s.W);
+    auto noise = randn(x.size(), 30);
+    for (size_t i = 0; i < x.size(); ++i)
+      x[i] = float((i * 7919) % x.size()) * 0.01f + noise[i] * 1e-3f;
+    auto R = randn(size_t(s.out_numel()), 31);
+    std::vector<float> y(size_t(s.out_numel()));
+    std::vector<int32_t> idx(y.size());
+    maxpool2d_forward(y.data(), idx.data(), x.data(), s);
+    expect_close(y, ref_maxpool(to_double(x), s), 0, 0, "maxpool forward");
+    std::vector<float> dx(x.size(), 5.0f);
+    maxpool2d_backward(dx.data(), R.data(), idx.data(), s);
+    expect_close(dx,
+                 fd_grad([&](const std::vector<double>& v) { return dot(ref_maxpool(v, s), R); },
+                         to_double(x), 1e-4),
+                 1e-5, 1e-4, "maxpool d input");
+  }
 }
 
 PoolShape pool(int N, int C, int H, int W, int K, int stride, int pad) {
@@ -538,23 +597,27 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MaxPoolGrad,
                          [](const auto& info) { return fmt::format("s{}", info.index); });
 
 TEST(GlobalAvgPool, ForwardAndGradient) {
-  const int N = 3, C = 4, HW = 6;
-  auto x = randn(size_t(N) * C * HW, 40), R = randn(size_t(N) * C, 41);
-  std::vector<float> y(size_t(N) * C), dx(x.size(), 3.0f);
-  global_avgpool_forward(y.data(), x.data(), N, C, HW);
-  auto ref = [&](const std::vector<double>& v) {
-    std::vector<double> o(size_t(N) * C);
-    for (size_t p = 0; p < o.size(); ++p) {
-      for (int i = 0; i < HW; ++i) o[p] += v[p * HW + i];
-      o[p] /= HW;
-    }
-    return o;
-  };
-  expect_close(y, ref(to_double(x)), 1e-6, 1e-5, "avgpool forward");
-  global_avgpool_backward(dx.data(), R.data(), N, C, HW);
-  expect_close(dx,
-               fd_grad([&](const std::vector<double>& v) { return dot(ref(v), R); }, to_double(x)),
-               1e-5, 1e-4, "avgpool d input");
+  for (CpuPath path : kPaths) {
+    SCOPED_TRACE(tensor::cpu_path_name(path));
+    BnPoolGuard guard(path);
+    const int N = 3, C = 4, HW = 6;
+    auto x = randn(size_t(N) * C * HW, 40), R = randn(size_t(N) * C, 41);
+    std::vector<float> y(size_t(N) * C), dx(x.size(), 3.0f);
+    global_avgpool_forward(y.data(), x.data(), N, C, HW);
+    auto ref = [&](const std::vector<double>& v) {
+      std::vector<double> o(size_t(N) * C);
+      for (size_t p = 0; p < o.size(); ++p) {
+        for (int i = 0; i < HW; ++i) o[p] += v[p * HW + i];
+        o[p] /= HW;
+      }
+      return o;
+    };
+    expect_close(y, ref(to_double(x)), 1e-6, 1e-5, "avgpool forward");
+    global_avgpool_backward(dx.data(), R.data(), N, C, HW);
+    expect_close(
+        dx, fd_grad([&](const std::vector<double>& v) { return dot(ref(v), R); }, to_double(x)),
+        1e-5, 1e-4, "avgpool d input");
+  }
 }
 
 TEST(Relu, ForwardAndGradientThroughTheOpTable) {
@@ -599,6 +662,261 @@ TEST(CrossEntropySmoothed, LossAndGradientMatchTheReference) {
       for (int n = 0; n < N; ++n) EXPECT_NEAR(l2[n], loss[n], 1e-5);
     }
   }
+}
+
+// --- oneDNN against the loops, shape by shape ---
+
+void expect_near_all(const std::vector<float>& got, const std::vector<float>& want, double rtol,
+                     double atol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int bad = 0;
+  for (size_t i = 0; i < got.size() && bad < 5; ++i)
+    if (!(std::abs(double(got[i]) - want[i]) <= atol + rtol * std::abs(double(want[i])))) {
+      ADD_FAILURE() << what << "[" << i << "]: " << got[i] << " vs " << want[i];
+      ++bad;
+    }
+}
+
+// Batch norm shapes: batch 1, odd planes, channels not a multiple of 16, ResNet's.
+std::vector<BnCase> bn_path_cases() {
+  return {{1, 3, 7},   {2, 17, 25}, {4, 64, 49},  {3, 5, 1},
+          {8, 33, 13}, {1, 1, 1},   {2, 20, 784}, {32, 512, 1}};
+}
+
+struct BnRun {
+  std::vector<float> y, mean, var, rstd, rm, rv, dx, dw, db, ey, erstd, edx, edw, edb;
+  float nbt = 3;
+};
+
+BnRun run_bn(CpuPath path, int threads, const BnCase& c) {
+  BnPoolGuard guard(path, threads);
+  const auto [N, C, HW] = c;
+  BatchNormShape s{N, C, HW};
+  const size_t n = size_t(N) * C * HW, cs = size_t(C);
+  auto x = randn(n, 70, 3.0f);
+  for (auto& v : x) v += 1.5f;
+  const auto w = randn(cs, 71), b = randn(cs, 72), dy = randn(n, 73);
+  BnRun r;
+  r.y.resize(n), r.mean.resize(cs), r.var.resize(cs), r.rstd.resize(cs);
+  const int64_t count =
+      batchnorm_forward_training(r.y.data(), r.mean.data(), r.var.data(), r.rstd.data(), x.data(),
+                                 w.data(), b.data(), s, nullptr);
+  EXPECT_EQ(count, int64_t(N) * HW);
+  r.rm.assign(cs, 0.25f), r.rv.assign(cs, 1.5f);
+  batchnorm_update_running(r.rm.data(), r.rv.data(), &r.nbt, r.mean.data(), r.var.data(), count, s);
+  r.dx.resize(n), r.dw.assign(cs, 0.5f), r.db.assign(cs, -0.5f);
+  batchnorm_backward(r.dx.data(), r.dw.data(), r.db.data(), dy.data(), x.data(), r.mean.data(),
+                     r.rstd.data(), w.data(), s, true, count, nullptr);
+  // Evaluation with fixed statistics (the same on both paths).
+  std::vector<float> em = randn(cs, 74), ev(cs);
+  for (size_t i = 0; i < cs; ++i) ev[i] = 0.5f + 0.125f * float(i % 7);
+  r.ey.resize(n), r.erstd.resize(cs), r.edx.resize(n), r.edw.assign(cs, 0.f), r.edb.assign(cs, 0.f);
+  batchnorm_normalize(r.ey.data(), r.erstd.data(), x.data(), em.data(), ev.data(), w.data(),
+                      b.data(), s);
+  batchnorm_backward(r.edx.data(), r.edw.data(), r.edb.data(), dy.data(), x.data(), em.data(),
+                     r.erstd.data(), w.data(), s, false, 0, nullptr);
+  return r;
+}
+
+TEST(BatchNormPaths, OneDnnEqualsTheLoopsOverATableOfShapes) {
+  for (const BnCase& c : bn_path_cases())
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(fmt::format("N={} C={} HW={} threads {}", c.N, c.C, c.HW, threads));
+      const BnRun a = run_bn(CpuPath::kNaive, threads, c), b = run_bn(CpuPath::kDnnl, threads, c);
+      expect_near_all(b.mean, a.mean, 1e-5, 1e-6, "mean");
+      expect_near_all(b.var, a.var, 1e-4, 1e-6, "var");
+      expect_near_all(b.rstd, a.rstd, 1e-4, 0, "rstd");
+      expect_near_all(b.y, a.y, 1e-4, 1e-4, "y");
+      // The running statistics follow the loops' update from (nearly) the same statistics.
+      expect_near_all(b.rm, a.rm, 1e-5, 1e-6, "running mean");
+      expect_near_all(b.rv, a.rv, 1e-4, 1e-6, "running var");
+      EXPECT_EQ(b.nbt, a.nbt);
+      expect_near_all(b.dx, a.dx, 1e-3, 1e-4, "d input");
+      expect_near_all(b.dw, a.dw, 1e-4, 1e-4, "d weight");
+      expect_near_all(b.db, a.db, 1e-4, 1e-4, "d bias");
+      expect_near_all(b.ey, a.ey, 1e-5, 1e-5, "eval y");
+      EXPECT_EQ(b.erstd, a.erstd);  // the loops' rounding on both paths
+      expect_near_all(b.edx, a.edx, 1e-5, 1e-6, "eval d input");
+      expect_near_all(b.edw, a.edw, 1e-4, 1e-4, "eval d weight");
+      expect_near_all(b.edb, a.edb, 1e-4, 1e-4, "eval d bias");
+    }
+}
+
+TEST(BatchNormPaths, OneDnnGradientsMatchFiniteDifferences) {
+  BnPoolGuard guard(CpuPath::kDnnl);
+  const int N = 3, C = 17, HW = 5;
+  BatchNormShape s{N, C, HW};
+  auto x = randn(size_t(N) * C * HW, 80, 2.0f);
+  auto w = randn(size_t(C), 81), b = randn(size_t(C), 82), R = randn(x.size(), 83);
+  std::vector<float> y(x.size()), mean(size_t(C) + 0), var(size_t(C) + 0), rstd(size_t(C) + 0);
+  const int64_t count = batchnorm_forward_training(y.data(), mean.data(), var.data(), rstd.data(),
+                                                   x.data(), w.data(), b.data(), s, nullptr);
+  auto xd = to_double(x), wd = to_double(w), bd = to_double(b);
+  expect_close(y, ref_bn(xd, wd, bd, N, C, HW, true), 1e-5, 1e-4, "bn forward");
+  std::vector<float> dx(x.size()), dw(size_t(C) + 0), db(size_t(C) + 0);
+  batchnorm_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), mean.data(), rstd.data(),
+                     w.data(), s, true, count, nullptr);
+  expect_close(
+      dx,
+      fd_grad(
+          [&](const std::vector<double>& v) { return dot(ref_bn(v, wd, bd, N, C, HW, true), R); },
+          xd),
+      2e-4, 2e-3, "bn d input");
+  expect_close(
+      dw,
+      fd_grad(
+          [&](const std::vector<double>& v) { return dot(ref_bn(xd, v, bd, N, C, HW, true), R); },
+          wd),
+      2e-4, 1e-3, "bn d weight");
+  expect_close(
+      db,
+      fd_grad(
+          [&](const std::vector<double>& v) { return dot(ref_bn(xd, wd, v, N, C, HW, true), R); },
+          bd),
+      2e-4, 1e-3, "bn d bias");
+}
+
+TEST(BnPoolPaths, AutoTakesOneDnnOnlyForMaxPoolForwardWithAvx512) {
+  BnPoolGuard guard(CpuPath::kAuto);
+  tensor::CpuBnDims d;
+  d.N = 2, d.C = 3, d.HW = 4;
+  EXPECT_FALSE(tensor::cpu_bn_uses_dnnl(d));
+  tensor::CpuPoolDims p;
+  p.N = 2, p.C = 3, p.H = p.W = 8, p.KH = p.KW = 3, p.SH = p.SW = 2, p.PH = p.PW = 1;
+  const bool avx512 = tensor::cpu_kernels().find("avx512") != std::string::npos;
+  EXPECT_EQ(tensor::cpu_pool_uses_dnnl(false, p), avx512);
+  EXPECT_FALSE(tensor::cpu_pool_uses_dnnl(true, p));
+  p.kind = tensor::PoolKind::kAvg;
+  EXPECT_FALSE(tensor::cpu_pool_uses_dnnl(false, p));
+  tensor::set_cpu_bn(CpuPath::kDnnl);
+  tensor::set_cpu_pool(CpuPath::kDnnl);
+  EXPECT_TRUE(tensor::cpu_bn_uses_dnnl(d));
+  EXPECT_TRUE(tensor::cpu_pool_uses_dnnl(true, p));
+  tensor::set_cpu_bn(CpuPath::kNaive);
+  tensor::set_cpu_pool(CpuPath::kNaive);
+  EXPECT_FALSE(tensor::cpu_bn_uses_dnnl(d));
+  p.kind = tensor::PoolKind::kMax;
+  EXPECT_FALSE(tensor::cpu_pool_uses_dnnl(false, p));
+}
+
+// Max-pool shapes: the ImageNet stem's, odd sizes, stride and padding variants, batch 1.
+std::vector<PoolShape> pool_path_cases() {
+  return {pool(2, 3, 8, 8, 3, 2, 1), pool(1, 17, 7, 9, 3, 2, 1),   pool(2, 5, 6, 6, 2, 2, 0),
+          pool(1, 2, 5, 5, 3, 1, 1), pool(3, 20, 11, 13, 3, 2, 1), pool(1, 1, 1, 1, 1, 1, 0),
+          pool(2, 3, 9, 7, 3, 3, 0), pool(2, 64, 56, 56, 3, 2, 1), pool(1, 3, 10, 10, 5, 2, 2)};
+}
+
+TEST(MaxPoolPaths, OneDnnEqualsTheLoopsOverATableOfShapes) {
+  for (const PoolShape& s : pool_path_cases())
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(fmt::format("N={} C={} {}x{} window {} stride {} pad {} threads {}", s.N, s.C,
+                               s.H, s.W, s.K, s.stride, s.pad, threads));
+      const size_t n = size_t(s.N) * s.C * s.H * s.W, m = size_t(s.out_numel());
+      // Distinct values except for a run of ties, where both take the first maximum.
+      std::vector<float> x(n);
+      for (size_t i = 0; i < n; ++i) x[i] = float((i * 7919) % n) * 0.01f - 3.0f;
+      for (size_t i = 0; i < std::min<size_t>(n, 12); ++i) x[i] = 100.0f;
+      const auto dy = randn(m, 90);
+      std::vector<float> y[2], dx[2], cross(n);
+      std::vector<int32_t> idx[2];
+      for (int p = 0; p < 2; ++p) {
+        BnPoolGuard guard(kPaths[p], threads);
+        y[p].resize(m), idx[p].resize(m), dx[p].assign(n, 7.0f);
+        maxpool2d_forward(y[p].data(), idx[p].data(), x.data(), s);
+        maxpool2d_backward(dx[p].data(), dy.data(), idx[p].data(), s);
+      }
+      EXPECT_EQ(y[1], y[0]);
+      EXPECT_EQ(idx[1], idx[0]);
+      expect_near_all(dx[1], dx[0], 1e-6, 1e-6, "d input");
+      // The argmax of one path drives the other's backward.
+      {
+        BnPoolGuard guard(CpuPath::kDnnl, threads);
+        maxpool2d_backward(cross.data(), dy.data(), idx[0].data(), s);
+      }
+      expect_near_all(cross, dx[0], 1e-6, 1e-6, "d input from the loops' argmax");
+    }
+}
+
+TEST(MaxPoolPaths, OneDnnGradientMatchesFiniteDifferences) {
+  BnPoolGuard guard(CpuPath::kDnnl);
+  const PoolShape s = pool(2, 17, 7, 9, 3, 2, 1);
+  std::vector<float> x(size_t(s.N) * s.C * s.H * s.W);
+  auto noise = randn(x.size(), 91);
+  for (size_t i = 0; i < x.size(); ++i)
+    x[i] = float((i * 7919) % x.size()) * 0.01f + noise[i] * 1e-3f;
+  auto R = randn(size_t(s.out_numel()), 92);
+  std::vector<float> y(size_t(s.out_numel())), dx(x.size());
+  std::vector<int32_t> idx(y.size());
+  maxpool2d_forward(y.data(), idx.data(), x.data(), s);
+  expect_close(y, ref_maxpool(to_double(x), s), 0, 0, "maxpool forward");
+  maxpool2d_backward(dx.data(), R.data(), idx.data(), s);
+  expect_close(dx,
+               fd_grad([&](const std::vector<double>& v) { return dot(ref_maxpool(v, s), R); },
+                       to_double(x), 1e-4),
+               1e-5, 1e-4, "maxpool d input");
+}
+
+TEST(MaxPoolPaths, PaddingAsWideAsTheWindowStaysOnTheLoops) {
+  BnPoolGuard guard(CpuPath::kDnnl);
+  tensor::CpuPoolDims d;
+  d.N = 1, d.C = 1, d.H = d.W = 4, d.KH = d.KW = 2, d.SH = d.SW = 1, d.PH = d.PW = 2;
+  EXPECT_FALSE(tensor::cpu_pool_uses_dnnl(false, d));
+  d.PH = d.PW = 1;
+  EXPECT_TRUE(tensor::cpu_pool_uses_dnnl(false, d));
+}
+
+TEST(GlobalAvgPoolPaths, OneDnnEqualsTheLoopsAndFiniteDifferences) {
+  for (auto [N, C, HW] : std::vector<BnCase>{{1, 3, 1}, {2, 17, 49}, {3, 64, 16}, {32, 512, 4}})
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(fmt::format("N={} C={} HW={} threads {}", N, C, HW, threads));
+      auto x = randn(size_t(N) * C * HW, 95), dy = randn(size_t(N) * C, 96);
+      std::vector<float> y[2], dx[2];
+      for (int p = 0; p < 2; ++p) {
+        BnPoolGuard guard(kPaths[p], threads);
+        y[p].resize(size_t(N) * C), dx[p].assign(x.size(), 2.0f);
+        global_avgpool_forward(y[p].data(), x.data(), N, C, HW);
+        global_avgpool_backward(dx[p].data(), dy.data(), N, C, HW);
+      }
+      expect_near_all(y[1], y[0], 1e-5, 1e-6, "y");
+      expect_near_all(dx[1], dx[0], 1e-6, 0, "d input");
+    }
+  BnPoolGuard guard(CpuPath::kDnnl);
+  const int N = 2, C = 5, HW = 9;
+  auto x = randn(size_t(N) * C * HW, 97), R = randn(size_t(N) * C, 98);
+  std::vector<float> dx(x.size());
+  global_avgpool_backward(dx.data(), R.data(), N, C, HW);
+  auto ref = [&](const std::vector<double>& v) {
+    std::vector<double> o(size_t(N) * C);
+    for (size_t p = 0; p < o.size(); ++p) {
+      for (int i = 0; i < HW; ++i) o[p] += v[p * HW + i];
+      o[p] /= HW;
+    }
+    return o;
+  };
+  expect_close(dx,
+               fd_grad([&](const std::vector<double>& v) { return dot(ref(v), R); }, to_double(x)),
+               1e-5, 1e-4, "avgpool d input");
+}
+
+TEST(BnPoolPaths, PrimitivesAreCreatedOncePerShape) {
+  BnPoolGuard guard(CpuPath::kDnnl);
+  const int N = 3, C = 7, HW = 11;
+  BatchNormShape s{N, C, HW};
+  auto x = randn(size_t(N) * C * HW, 99);
+  std::vector<float> y(x.size()), dx(x.size()), v(4 * size_t(C), 1.0f);
+  float* mean = v.data();
+  float* var = mean + C;
+  float* rstd = var + C;
+  float* wb = rstd + C;
+  auto step = [&] {
+    batchnorm_forward_training(y.data(), mean, var, rstd, x.data(), wb, wb, s, nullptr);
+    batchnorm_backward(dx.data(), wb, wb, x.data(), x.data(), mean, rstd, wb, s, true, N * HW,
+                       nullptr);
+  };
+  step();
+  const size_t after_first = tensor::dnnl_bn_pool_cached_primitives();
+  step();
+  EXPECT_EQ(tensor::dnnl_bn_pool_cached_primitives(), after_first);
 }
 
 }  // namespace

@@ -273,9 +273,8 @@ double ResNet::forward(const Batch& batch, Activations& base) {
     float* rvar = buf + buffers_[n.var].offset;
     if (training_) {
       // Synchronised: one allreduce, shifted by the running mean (identical on every rank).
-      st.count = batchnorm_batch_stats(st.mean.data(), st.var.data(), x, s, group,
-                                       cfg_.sync_bn ? rmean : nullptr);
-      batchnorm_normalize(y, st.rstd.data(), x, st.mean.data(), st.var.data(), gamma, beta, s);
+      st.count = batchnorm_forward_training(y, st.mean.data(), st.var.data(), st.rstd.data(), x,
+                                            gamma, beta, s, group, cfg_.sync_bn ? rmean : nullptr);
       batchnorm_update_running(rmean, rvar, buf + buffers_[n.count].offset, st.mean.data(),
                                st.var.data(), st.count, s);
       st.batch = true;

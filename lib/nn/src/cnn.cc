@@ -1,6 +1,6 @@
 // CNN layers (cnn.h): convolution on oneDNN's primitives or as im2col over the op table's GEMM
-// (tensor/cpu_conv.h chooses per pass), BatchNorm2d, pooling and label-smoothed cross-entropy, as
-// host loops.
+// (tensor/cpu_conv.h chooses per pass), BatchNorm2d and pooling on oneDNN's primitives or as the
+// host loops here (tensor/cpu_bn_pool.h chooses), label-smoothed cross-entropy as host loops.
 #include "ptrain/nn/cnn.h"
 
 #include <fmt/format.h>
@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "ptrain/core/error.h"
+#include "ptrain/core/time.h"
+#include "ptrain/tensor/cpu_bn_pool.h"
 #include "ptrain/tensor/cpu_conv.h"
 
 namespace ptrain::nn {
@@ -308,11 +310,12 @@ int64_t batchnorm_batch_stats(float* mean, float* var, const float* x, const Bat
   return count;
 }
 
-void batchnorm_normalize(float* y, float* rstd, const float* x, const float* mean, const float* var,
-                         const float* weight, const float* bias, const BatchNormShape& s) {
+namespace {
+
+void normalize_naive(float* y, const float* x, const float* mean, const float* rstd,
+                     const float* weight, const float* bias, const BatchNormShape& s) {
   const int C = s.C;
   const int64_t HW = s.HW;
-  for (int c = 0; c < C; ++c) rstd[c] = float(1.0 / std::sqrt(double(var[c]) + double(s.eps)));
   for (int n = 0; n < s.N; ++n)
     for (int c = 0; c < C; ++c) {
       const float a = rstd[c] * weight[c];
@@ -322,6 +325,8 @@ void batchnorm_normalize(float* y, float* rstd, const float* x, const float* mea
       for (int64_t i = 0; i < HW; ++i) q[i] = p[i] * a + b;
     }
 }
+
+}  // namespace
 
 void batchnorm_update_running(float* running_mean, float* running_var, float* num_batches,
                               const float* mean, const float* var, int64_t count,
@@ -335,10 +340,11 @@ void batchnorm_update_running(float* running_mean, float* running_var, float* nu
   if (num_batches) *num_batches += 1.0f;
 }
 
-void batchnorm_backward(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
-                        const float* mean, const float* rstd, const float* weight,
-                        const BatchNormShape& s, bool batch_stats, int64_t count,
-                        GroupComm* group) {
+namespace {
+
+void backward_naive(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
+                    const float* mean, const float* rstd, const float* weight,
+                    const BatchNormShape& s, bool batch_stats, int64_t count, GroupComm* group) {
   const int C = s.C;
   const int64_t HW = s.HW;
   std::vector<float> sums(2 * size_t(C));  // sum dy | sum dy * xhat
@@ -384,7 +390,7 @@ void batchnorm_backward(float* dx, float* dweight, float* dbias, const float* dy
     }
 }
 
-void maxpool2d_forward(float* out, int32_t* argmax, const float* inp, const PoolShape& s) {
+void maxpool_forward_naive(float* out, int32_t* argmax, const float* inp, const PoolShape& s) {
   const int OH = s.OH(), OW = s.OW();
   PTRAIN_CHECK(OH > 0 && OW > 0, "max-pool: a {}x{} input is smaller than the {}x{} window", s.H,
                s.W, s.K, s.K);
@@ -417,7 +423,8 @@ void maxpool2d_forward(float* out, int32_t* argmax, const float* inp, const Pool
   }
 }
 
-void maxpool2d_backward(float* dinp, const float* dout, const int32_t* argmax, const PoolShape& s) {
+void maxpool_backward_naive(float* dinp, const float* dout, const int32_t* argmax,
+                            const PoolShape& s) {
   const int64_t HW = int64_t(s.H) * s.W, OHW = int64_t(s.OH()) * s.OW();
   std::fill(dinp, dinp + int64_t(s.N) * s.C * HW, 0.0f);
   for (int64_t plane = 0; plane < int64_t(s.N) * s.C; ++plane) {
@@ -429,7 +436,7 @@ void maxpool2d_backward(float* dinp, const float* dout, const int32_t* argmax, c
   }
 }
 
-void global_avgpool_forward(float* out, const float* inp, int N, int C, int HW) {
+void avgpool_forward_naive(float* out, const float* inp, int N, int C, int HW) {
   for (int64_t p = 0; p < int64_t(N) * C; ++p) {
     double sum = 0;
     const float* x = inp + p * HW;
@@ -438,12 +445,181 @@ void global_avgpool_forward(float* out, const float* inp, int N, int C, int HW) 
   }
 }
 
-void global_avgpool_backward(float* dinp, const float* dout, int N, int C, int HW) {
+void avgpool_backward_naive(float* dinp, const float* dout, int N, int C, int HW) {
   const float inv = 1.0f / float(HW);
   for (int64_t p = 0; p < int64_t(N) * C; ++p) {
     const float g = dout[p] * inv;
     std::fill(dinp + p * HW, dinp + (p + 1) * HW, g);
   }
+}
+
+// Times one batch norm or pooling call for tensor::cpu_bn_pool_record.
+class OpTimer {
+ public:
+  OpTimer(tensor::BnPoolOp op, bool dnnl)
+      : op_(op), dnnl_(dnnl), t0_(tensor::cpu_bn_pool_recording() ? mono_seconds() : -1) {}
+  OpTimer(const OpTimer&) = delete;
+  OpTimer& operator=(const OpTimer&) = delete;
+  ~OpTimer() {
+    if (t0_ >= 0) tensor::cpu_bn_pool_note(op_, dnnl_, mono_seconds() - t0_);
+  }
+
+ private:
+  tensor::BnPoolOp op_;
+  bool dnnl_;
+  double t0_;
+};
+
+tensor::CpuBnDims bn_dims(const BatchNormShape& s) {
+  tensor::CpuBnDims d;
+  d.N = s.N, d.C = s.C, d.HW = s.HW, d.eps = s.eps;
+  return d;
+}
+
+void check_bn(const BatchNormShape& s) {
+  PTRAIN_CHECK(s.N > 0 && s.C > 0 && s.HW > 0 && s.eps >= 0,
+               "batch norm shape N={} C={} HW={} eps {}", s.N, s.C, s.HW, s.eps);
+}
+
+void compute_rstd(float* rstd, const float* var, const BatchNormShape& s) {
+  for (int c = 0; c < s.C; ++c) rstd[c] = float(1.0 / std::sqrt(double(var[c]) + double(s.eps)));
+}
+
+tensor::CpuPoolDims pool_dims(const PoolShape& s) {
+  tensor::CpuPoolDims d;
+  d.kind = tensor::PoolKind::kMax;
+  d.N = s.N, d.C = s.C, d.H = s.H, d.W = s.W;
+  d.KH = d.KW = s.K, d.SH = d.SW = s.stride, d.PH = d.PW = s.pad;
+  return d;
+}
+
+// The global average pool as oneDNN's average pooling of [N,C,HW,1] with an HWx1 window.
+tensor::CpuPoolDims global_avg_dims(int N, int C, int HW) {
+  tensor::CpuPoolDims d;
+  d.kind = tensor::PoolKind::kAvg;
+  d.N = N, d.C = C, d.H = HW, d.W = 1, d.KH = HW, d.KW = 1;
+  return d;
+}
+
+void check_pool(const PoolShape& s) {
+  PTRAIN_CHECK(s.N > 0 && s.C > 0 && s.H > 0 && s.W > 0 && s.K > 0 && s.stride > 0 && s.pad >= 0,
+               "max-pool shape N={} C={} H={} W={} window {} stride {} pad {}", s.N, s.C, s.H, s.W,
+               s.K, s.stride, s.pad);
+  PTRAIN_CHECK(s.OH() > 0 && s.OW() > 0, "max-pool: a {}x{} input is smaller than the {}x{} window",
+               s.H, s.W, s.K, s.K);
+}
+
+}  // namespace
+
+void batchnorm_normalize(float* y, float* rstd, const float* x, const float* mean, const float* var,
+                         const float* weight, const float* bias, const BatchNormShape& s) {
+  check_bn(s);
+  const tensor::CpuBnDims d = bn_dims(s);
+  const bool dnnl = tensor::cpu_bn_uses_dnnl(d);
+  OpTimer timer(tensor::BnPoolOp::kBnNormalize, dnnl);
+  compute_rstd(rstd, var, s);
+  if (dnnl)
+    tensor::dnnl_bn_forward_inference(y, x, mean, var, weight, bias, d);
+  else
+    normalize_naive(y, x, mean, rstd, weight, bias, s);
+}
+
+int64_t batchnorm_forward_training(float* y, float* mean, float* var, float* rstd, const float* x,
+                                   const float* weight, const float* bias, const BatchNormShape& s,
+                                   GroupComm* group, const float* shift) {
+  check_bn(s);
+  const tensor::CpuBnDims d = bn_dims(s);
+  const bool dnnl = tensor::cpu_bn_uses_dnnl(d);
+  OpTimer timer(tensor::BnPoolOp::kBnTrainForward, dnnl);
+  if (dnnl && !group) {
+    tensor::dnnl_bn_forward_training(y, mean, var, x, weight, bias, d);
+    compute_rstd(rstd, var, s);
+    return int64_t(s.N) * s.HW;
+  }
+  const int64_t count = batchnorm_batch_stats(mean, var, x, s, group, shift);
+  compute_rstd(rstd, var, s);
+  if (dnnl)
+    tensor::dnnl_bn_forward_inference(y, x, mean, var, weight, bias, d);
+  else
+    normalize_naive(y, x, mean, rstd, weight, bias, s);
+  return count;
+}
+
+void batchnorm_backward(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
+                        const float* mean, const float* rstd, const float* weight,
+                        const BatchNormShape& s, bool batch_stats, int64_t count,
+                        GroupComm* group) {
+  check_bn(s);
+  const tensor::CpuBnDims d = bn_dims(s);
+  const bool dnnl = dx && !(batch_stats && group) && tensor::cpu_bn_uses_dnnl(d);
+  OpTimer timer(tensor::BnPoolOp::kBnBackward, dnnl);
+  if (!dnnl) {
+    backward_naive(dx, dweight, dbias, dy, x, mean, rstd, weight, s, batch_stats, count, group);
+    return;
+  }
+  PTRAIN_CHECK(!batch_stats || count == int64_t(s.N) * s.HW,
+               "batch norm backward: statistics over {} values, the batch has {}", count,
+               int64_t(s.N) * s.HW);
+  // oneDNN takes the variance: the one whose rstd forward gave, var + eps = 1 / rstd^2 (to
+  // round-off), and sums per channel that this call accumulates.
+  thread_local std::vector<float> tmp;
+  tmp.resize(3 * size_t(s.C));
+  float* var = tmp.data();
+  float* dw = var + s.C;
+  float* db = dw + s.C;
+  for (int c = 0; c < s.C; ++c) {
+    const double r = rstd[c];
+    var[c] = float(std::max(0.0, 1.0 / (r * r) - double(s.eps)));
+  }
+  tensor::dnnl_bn_backward(dx, dw, db, dy, x, mean, var, weight, batch_stats, d);
+  for (int c = 0; c < s.C; ++c) {
+    dweight[c] += dw[c];
+    dbias[c] += db[c];
+  }
+}
+
+void maxpool2d_forward(float* out, int32_t* argmax, const float* inp, const PoolShape& s) {
+  check_pool(s);
+  const tensor::CpuPoolDims d = pool_dims(s);
+  const bool dnnl = tensor::cpu_pool_uses_dnnl(false, d);
+  OpTimer timer(tensor::BnPoolOp::kMaxPoolForward, dnnl);
+  if (dnnl)
+    tensor::dnnl_maxpool_forward(out, argmax, inp, d);
+  else
+    maxpool_forward_naive(out, argmax, inp, s);
+}
+
+void maxpool2d_backward(float* dinp, const float* dout, const int32_t* argmax, const PoolShape& s) {
+  check_pool(s);
+  const tensor::CpuPoolDims d = pool_dims(s);
+  const bool dnnl = tensor::cpu_pool_uses_dnnl(true, d);
+  OpTimer timer(tensor::BnPoolOp::kMaxPoolBackward, dnnl);
+  if (dnnl)
+    tensor::dnnl_maxpool_backward(dinp, dout, argmax, d);
+  else
+    maxpool_backward_naive(dinp, dout, argmax, s);
+}
+
+void global_avgpool_forward(float* out, const float* inp, int N, int C, int HW) {
+  PTRAIN_CHECK(N > 0 && C > 0 && HW > 0, "global average pool shape N={} C={} HW={}", N, C, HW);
+  const tensor::CpuPoolDims d = global_avg_dims(N, C, HW);
+  const bool dnnl = tensor::cpu_pool_uses_dnnl(false, d);
+  OpTimer timer(tensor::BnPoolOp::kAvgPoolForward, dnnl);
+  if (dnnl)
+    tensor::dnnl_avgpool_forward(out, inp, d);
+  else
+    avgpool_forward_naive(out, inp, N, C, HW);
+}
+
+void global_avgpool_backward(float* dinp, const float* dout, int N, int C, int HW) {
+  PTRAIN_CHECK(N > 0 && C > 0 && HW > 0, "global average pool shape N={} C={} HW={}", N, C, HW);
+  const tensor::CpuPoolDims d = global_avg_dims(N, C, HW);
+  const bool dnnl = tensor::cpu_pool_uses_dnnl(true, d);
+  OpTimer timer(tensor::BnPoolOp::kAvgPoolBackward, dnnl);
+  if (dnnl)
+    tensor::dnnl_avgpool_backward(dinp, dout, d);
+  else
+    avgpool_backward_naive(dinp, dout, N, C, HW);
 }
 
 void crossentropy_smoothed_forward(float* losses, float* lse, const float* logits,

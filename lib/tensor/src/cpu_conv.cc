@@ -197,38 +197,12 @@ Cache& cache() {
   return c;
 }
 
-// A 64-byte aligned host buffer that only grows.
-class Buffer {
- public:
-  Buffer() = default;
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  ~Buffer() { std::free(p_); }
-  void* get(size_t bytes) {
-    bytes = std::max<size_t>(bytes, 64);
-    if (bytes > size_) {
-      std::free(p_);
-      size_ = (bytes + 4095) / 4096 * 4096;
-      p_ = std::aligned_alloc(64, size_);
-      if (!p_) {
-        size_ = 0;
-        throw IoError(fmt::format("out of host memory for a {} byte convolution buffer", bytes));
-      }
-    }
-    return p_;
-  }
-
- private:
-  void* p_ = nullptr;
-  size_t size_ = 0;
-};
-
 // One thread's stream and scratch memory: the operands in the primitive's layouts and the
 // scratchpads. A thread runs one pass at a time, so every pass shares them.
 struct ThreadState {
   std::unique_ptr<dnnl::stream> stream;
   std::unordered_map<Key, std::shared_ptr<const Conv>, KeyHash> seen;
-  Buffer operand[3], scratch;
+  DnnlBuffer operand[3], scratch;
 };
 
 ThreadState& thread_state() {

@@ -267,6 +267,24 @@ void set_omp_threads(int threads) {
   if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
 }
 
+DnnlBuffer::~DnnlBuffer() {
+  std::free(p_);
+}
+
+void* DnnlBuffer::get(size_t bytes) {
+  bytes = std::max<size_t>(bytes, 64);
+  if (bytes > size_) {
+    std::free(p_);
+    size_ = (bytes + 4095) / 4096 * 4096;
+    p_ = std::aligned_alloc(64, size_);
+    if (!p_) {
+      size_ = 0;
+      throw IoError(fmt::format("out of host memory for a {} byte oneDNN buffer", bytes));
+    }
+  }
+  return p_;
+}
+
 bool dnnl_has_avx512() {
   const unsigned bits = dnnl_cpu_isa_avx512_core;
   return (effective_isa() & bits) == bits;

@@ -10,6 +10,7 @@
 #include "cpu_gemm.h"
 #include "cpu_ops_internal.h"
 #include "ptrain/core/error.h"
+#include "ptrain/tensor/cpu_bn_pool.h"
 #include "ptrain/tensor/cpu_conv.h"
 #include "ptrain/tensor/cpu_kernels.h"
 #include "ptrain/tensor/cuda_plugin.h"
@@ -76,6 +77,8 @@ void set_cpu_threads(int threads) {
   openblas_set_num_threads(threads);
   cpu_gemm_mode();  // a bad PTRAIN_CPU_GEMM fails here, at setup, not inside a kernel
   cpu_conv_mode();  // and so does a bad PTRAIN_CPU_CONV
+  cpu_bn_mode();    // PTRAIN_CPU_BN
+  cpu_pool_mode();  // PTRAIN_CPU_POOL
 }
 
 int cpu_threads() {

@@ -2,8 +2,10 @@
 // semantics): conv2d without bias, BatchNorm2d (training and evaluation, optionally with its
 // statistics summed over a group of ranks, as SyncBatchNorm), max-pool, global average pool and
 // softmax cross-entropy with label smoothing. CPU only: convolutions run on oneDNN's convolution
-// primitives or as im2col + the op table's GEMM (tensor/cpu_conv.h, PTRAIN_CPU_CONV), the rest
-// are plain loops; a caller on another device gets a ConfigError.
+// primitives or as im2col + the op table's GEMM (tensor/cpu_conv.h, PTRAIN_CPU_CONV); batch norm
+// and pooling on oneDNN's primitives or as the plain loops here, which stay the reference
+// (tensor/cpu_bn_pool.h, PTRAIN_CPU_BN, PTRAIN_CPU_POOL); the rest are plain loops; a caller on
+// another device gets a ConfigError.
 // As in layers.h, backward functions WRITE dinp (when non-null) and ACCUMULATE weight gradients.
 #pragma once
 
@@ -53,9 +55,18 @@ struct BatchNormShape {
 // the shift keeps the cancellation small. Returns the count the statistics cover.
 int64_t batchnorm_batch_stats(float* mean, float* var, const float* x, const BatchNormShape& s,
                               GroupComm* group, const float* shift = nullptr);
-// y = (x - mean) * rstd * weight + bias with rstd = 1/sqrt(var + eps); rstd [C] is written.
+// y = (x - mean) * rstd * weight + bias with rstd = 1/sqrt(var + eps); rstd [C] is written
+// (the loops' rounding on both paths: float(1 / sqrt(double(var) + eps))). On oneDNN y is
+// (x - mean) * rstd' * weight + bias with its own float rstd', equal to round-off.
 void batchnorm_normalize(float* y, float* rstd, const float* x, const float* mean, const float* var,
                          const float* weight, const float* bias, const BatchNormShape& s);
+// Training mode in one call: batchnorm_batch_stats, then batchnorm_normalize. Without a group,
+// where tensor::cpu_bn_uses_dnnl says so, on oneDNN's batch normalization, which computes the
+// statistics and y in two passes over x (mean and var then equal the loops' to float round-off:
+// oneDNN sums in float); with a group the statistics are the loops'. Returns the count.
+int64_t batchnorm_forward_training(float* y, float* mean, float* var, float* rstd, const float* x,
+                                   const float* weight, const float* bias, const BatchNormShape& s,
+                                   GroupComm* group, const float* shift = nullptr);
 // PyTorch's running-statistics update: r_mean = (1-m) r_mean + m mean, r_var = (1-m) r_var +
 // m var * count/(count-1) (the unbiased variance), num_batches_tracked += 1 (when non-null).
 void batchnorm_update_running(float* running_mean, float* running_var, float* num_batches,
@@ -65,12 +76,16 @@ void batchnorm_update_running(float* running_mean, float* running_var, float* nu
 // were the batch's (training mode; with `group` the sums over the group of the `count` values),
 // so the mean and variance depend on x; otherwise (evaluation) they are constants.
 // dweight/dbias accumulate this rank's sums (the data-parallel reducer adds the ranks').
+// On oneDNN where tensor::cpu_bn_uses_dnnl says so, except with a group and batch statistics
+// (the sums must be allreduced between its two passes) or without dx: the loops.
 void batchnorm_backward(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
                         const float* mean, const float* rstd, const float* weight,
                         const BatchNormShape& s, bool batch_stats, int64_t count, GroupComm* group);
 
 // Max-pool with -inf padding (PyTorch MaxPool2d): out [N,C,OH,OW], argmax [N,C,OH,OW] the index
-// within the input plane of the first maximum.
+// within the input plane of the first maximum, the same on both paths, so forward and backward
+// may run on different ones. On oneDNN (tensor::cpu_pool_uses_dnnl) a NaN wins only where it is
+// the first of its window.
 struct PoolShape {
   int N = 1, C = 1, H = 1, W = 1;
   int K = 3, stride = 2, pad = 1;
@@ -82,7 +97,8 @@ void maxpool2d_forward(float* out, int32_t* argmax, const float* inp, const Pool
 // dinp = the gradient routed back to each window's maximum (written).
 void maxpool2d_backward(float* dinp, const float* dout, const int32_t* argmax, const PoolShape& s);
 
-// out [N,C] = mean of inp [N,C,HW] over HW; backward writes dinp.
+// out [N,C] = mean of inp [N,C,HW] over HW; backward writes dinp. On oneDNN: average pooling
+// with an HWx1 window (float sums; the loops sum in double).
 void global_avgpool_forward(float* out, const float* inp, int N, int C, int HW);
 void global_avgpool_backward(float* dinp, const float* dout, int N, int C, int HW);
 
