@@ -169,28 +169,7 @@ std::shared_ptr<const Conv> create(const Key& k) {
   return c;
 }
 
-class Cache {
- public:
-  std::shared_ptr<const Conv> get(const Key& k) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = map_.find(k);
-      if (it != map_.end()) return it->second;
-    }
-    // Created outside the lock (it can take milliseconds); a racing thread's copy is dropped.
-    auto c = create(k);
-    std::lock_guard<std::mutex> lock(mu_);
-    return map_.emplace(k, std::move(c)).first->second;
-  }
-  size_t size() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return map_.size();
-  }
-
- private:
-  std::mutex mu_;
-  std::unordered_map<Key, std::shared_ptr<const Conv>, KeyHash> map_;
-};
+using Cache = PrimitiveCache<Key, Conv, KeyHash, create>;
 
 Cache& cache() {
   static Cache c;

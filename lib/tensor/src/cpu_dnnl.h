@@ -4,6 +4,9 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 
@@ -27,6 +30,31 @@ class DnnlBuffer {
  private:
   void* p_ = nullptr;
   size_t size_ = 0;
+};
+
+// The process's primitives of one kind, created once per key by `Create`. Creation runs outside
+// the lock (it can take milliseconds); a racing thread's copy is dropped.
+template <class Key, class Value, class Hash, std::shared_ptr<const Value> (*Create)(const Key&)>
+class PrimitiveCache {
+ public:
+  std::shared_ptr<const Value> get(const Key& k) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = map_.find(k);
+      if (it != map_.end()) return it->second;
+    }
+    auto p = Create(k);
+    std::lock_guard<std::mutex> lock(mu_);
+    return map_.emplace(k, std::move(p)).first->second;
+  }
+  size_t size() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return map_.size();
+  }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<Key, std::shared_ptr<const Value>, Hash> map_;
 };
 
 }  // namespace ptrain::tensor::cpu

@@ -109,28 +109,7 @@ std::shared_ptr<const Primitive> create(const Key& k) {
   return nullptr;
 }
 
-class Cache {
- public:
-  std::shared_ptr<const Primitive> get(const Key& k) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = map_.find(k);
-      if (it != map_.end()) return it->second;
-    }
-    // Created outside the lock (it can take a millisecond); a racing thread's copy is dropped.
-    auto p = create(k);
-    std::lock_guard<std::mutex> lock(mu_);
-    return map_.emplace(k, std::move(p)).first->second;
-  }
-  size_t size() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return map_.size();
-  }
-
- private:
-  std::mutex mu_;
-  std::unordered_map<Key, std::shared_ptr<const Primitive>, KeyHash> map_;
-};
+using Cache = PrimitiveCache<Key, Primitive, KeyHash, create>;
 
 Cache& cache() {
   static Cache c;
